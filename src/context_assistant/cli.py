@@ -1,0 +1,219 @@
+"""The ``context-assistant`` command line.
+
+Exit codes: 0 success; 1 the command ran but failed (not found, rejected input, unreachable service);
+2 bad usage or configuration. Errors are one clear line on stderr, never a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from .config import ConfigError, load_config
+from .db import DatabaseError
+from .memory import ImportRejected, SessionNotFound
+from .services import Services
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(RuntimeError):
+    """A failure to report as one line with exit code 1."""
+
+
+def _print_json(value: Any, out: TextIO | None = None) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=None, default=str), file=out or sys.stdout)
+
+
+def _user(args: argparse.Namespace, services: Services) -> str:
+    return getattr(args, "user", None) or services.config.default_user
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sessions
+
+
+def cmd_sessions_list(args: argparse.Namespace, services: Services) -> int:
+    user = _user(args, services)
+    sessions = services.store.list_sessions(user, limit=args.limit)
+    if args.json:
+        _print_json({"user": user, "sessions": [s.to_json() for s in sessions]})
+        return EXIT_OK
+    if not sessions:
+        print(f"No sessions for {user}.")
+        return EXIT_OK
+    print(f"{'SESSION':<34} {'UPDATED':<20} {'MSGS':>5}  TITLE")
+    for s in sessions:
+        print(f"{s.id:<34} {s.updated_at:%Y-%m-%d %H:%M:%S}  {s.message_count:>5}  {s.title}")
+    return EXIT_OK
+
+
+def cmd_sessions_show(args: argparse.Namespace, services: Services) -> int:
+    user = _user(args, services)
+    session = services.store.get_session(user, args.session_id)
+    messages = services.store.messages(user, args.session_id)
+    if args.json:
+        _print_json({"session": session.to_json(), "messages": [m.to_json() | {"id": m.id} for m in messages]})
+        return EXIT_OK
+    print(f"Session {session.id} — {session.title or '(untitled)'} — {len(messages)} messages")
+    for m in messages:
+        flag = "  [failed]" if m.failed else ""
+        print(f"\n[{m.timestamp:%Y-%m-%d %H:%M:%S}] {m.role}{flag}:\n{m.content}")
+    return EXIT_OK
+
+
+def cmd_sessions_delete(args: argparse.Namespace, services: Services) -> int:
+    user = _user(args, services)
+    services.store.delete_session(user, args.session_id)
+    if args.json:
+        _print_json({"deleted": args.session_id})
+    else:
+        print(f"Deleted session {args.session_id}.")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
+# memory
+
+
+def cmd_memory_import(args: argparse.Namespace, services: Services) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as stream:
+            result = services.store.import_jsonl(stream)
+    except FileNotFoundError:
+        raise CommandError(f"no such file: {args.file}") from None
+    except UnicodeDecodeError as exc:
+        raise CommandError(
+            f"{args.file} is not UTF-8 text ({exc.reason} at byte {exc.start}); nothing imported"
+        ) from None
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(
+            f"Imported {result.messages} messages ({result.skipped} already present), "
+            f"{result.sessions_created} new sessions."
+        )
+    return EXIT_OK
+
+
+def cmd_memory_export(args: argparse.Namespace, services: Services) -> int:
+    if args.output and args.output != "-":
+        with open(args.output, "w", encoding="utf-8") as out:
+            count = services.store.export_jsonl(out, user=args.user)
+        print(f"Exported {count} messages to {args.output}.", file=sys.stderr)
+    else:
+        services.store.export_jsonl(sys.stdout, user=args.user)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
+# db
+
+
+def cmd_db_status(args: argparse.Namespace, services: Services) -> int:
+    status = services.db.status()
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    print(f"Database:  {status['target']}")
+    print(f"Server:    PostgreSQL {status['server_version']}")
+    vector = status["pgvector_version"] or (
+        f"not installed (available: {status['pgvector_available']})"
+        if status["pgvector_available"]
+        else "not available"
+    )
+    print(f"pgvector:  {vector}")
+    print(f"Schema:    version {status['schema_version']} (latest {status['latest_schema_version']})")
+    return EXIT_OK
+
+
+def cmd_db_stop(args: argparse.Namespace, services: Services) -> int:
+    from .db import EmbeddedPostgres
+
+    if not services.config.database.embedded:
+        raise CommandError("db stop only stops the embedded Postgres; this config points at an external server")
+    stopped = EmbeddedPostgres(services.config.data_path).stop()
+    print("Stopped the embedded Postgres." if stopped else "The embedded Postgres was not running.")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="context-assistant",
+        description="An assistant that remembers conversations and answers from your documents.",
+    )
+    parser.add_argument("--config", help="config file (default: $CONTEXT_ASSISTANT_CONFIG or ./config.yaml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(group: Any, name: str, handler: Callable[..., int], help: str, *, json_flag: bool = True) -> Any:
+        sub = group.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+        return sub
+
+    sessions = commands.add_parser("sessions", help="list, show or delete conversation sessions")
+    sessions_cmds = sessions.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(sessions_cmds, "list", cmd_sessions_list, "list a user's sessions, most recent first")
+    p.add_argument("--user", help="whose sessions (default: config user / OS user)")
+    p.add_argument("--limit", type=int, default=100)
+    p = add(sessions_cmds, "show", cmd_sessions_show, "show a session's messages in order")
+    p.add_argument("session_id")
+    p.add_argument("--user")
+    p = add(sessions_cmds, "delete", cmd_sessions_delete, "delete a session and its messages")
+    p.add_argument("session_id")
+    p.add_argument("--user")
+
+    memory = commands.add_parser("memory", help="import or export conversation memory as JSON lines")
+    memory_cmds = memory.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(memory_cmds, "import", cmd_memory_import, "import messages from a JSONL file (all or nothing)")
+    p.add_argument("file")
+    p = add(memory_cmds, "export", cmd_memory_export, "export messages as JSONL", json_flag=False)
+    p.add_argument("--user", help="only this user's messages (default: everyone's)")
+    p.add_argument("--output", "-o", help="file to write (default: stdout)")
+
+    db = commands.add_parser("db", help="database status and the embedded server")
+    db_cmds = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add(db_cmds, "status", cmd_db_status, "which Postgres, its version, pgvector and the schema version")
+    add(db_cmds, "stop", cmd_db_stop, "stop the embedded Postgres server", json_flag=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    services = Services(config)
+    try:
+        return args.handler(args, services)
+    except (SessionNotFound, ImportRejected, DatabaseError, CommandError, LookupError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.args[0] if isinstance(exc, LookupError) and exc.args else exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        services.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Typed, validated configuration from ``config.yaml`` plus environment overrides.
+
+A bad value is reported as one line that names the key, the value and what is allowed, so the CLI can print
+it and exit 2 instead of failing later with a traceback deep inside a connection or a model call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import getpass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+CONFIG_ENV = "CONTEXT_ASSISTANT_CONFIG"
+OVERRIDE_PREFIX = "CONTEXT_ASSISTANT__"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` is the single line shown to the user."""
+
+
+def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | None = None) -> Any:
+    return field(default=default, metadata={"choices": choices, "min": min})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    provider: str = _opt("auto", choices=("auto", "databricks", "openai", "offline"))
+    endpoint: str = "databricks-claude-sonnet-4-5"
+    base_url: str = ""
+    streaming: bool = False
+    max_tokens: int = _opt(1024, min=1)
+    temperature: float = _opt(0.2, min=0)
+    context_tokens: int = _opt(32000, min=512)
+    timeout_seconds: float = _opt(120.0, min=1)
+    max_retries: int = _opt(3, min=0)
+    system_prompt: str = (
+        "You are a helpful assistant for a data team. Answer from the sources and earlier conversations you "
+        "are given, cite sources as [1], [2], ... and say so when they do not contain the answer."
+    )
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    max_history: int = _opt(20, min=0)
+    history_tokens: int = _opt(6000, min=0)
+    recall: bool = True
+    recall_top_k: int = _opt(3, min=0)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    host: str = ""
+    port: int = _opt(5432, min=1)
+    name: str = "databricks_postgres"
+    user: str = ""
+    sslmode: str = _opt("require", choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full"))
+    instance_name: str = ""
+    endpoint: str = ""
+    pool_min_size: int = _opt(1, min=0)
+    pool_max_size: int = _opt(10, min=1)
+
+    @property
+    def embedded(self) -> bool:
+        """No host configured: run Postgres in the data directory."""
+        return not self.host
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    enabled: bool = True
+    source: str = "fixtures/docs"
+    backend: str = _opt("pgvector", choices=("pgvector", "vector_search"))
+    top_k: int = _opt(5, min=1)
+    chunk_size: int = _opt(500, min=50)
+    chunk_overlap: int = _opt(50, min=0)
+    embedding_model: str = "all-MiniLM-L6-v2"
+    index_type: str = _opt("hnsw", choices=("hnsw", "ivfflat"))
+    search_mode: str = _opt("hybrid", choices=("vector", "keyword", "hybrid"))
+    hnsw_ef_search: int = _opt(40, min=1)
+    ivfflat_probes: int = _opt(10, min=1)
+    chunk_table: str = "chunks"
+    documents_table: str = "documents"
+    vector_search_endpoint: str = ""
+    index_name: str = ""
+    vector_search_query_type: str = _opt("HYBRID", choices=("HYBRID", "ANN"))
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    enabled: bool = True
+    tracking_uri: str = ""
+    experiment: str = "context-assistant"
+    experiment_id: str = ""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"
+    port: int = _opt(8000, min=0)
+    default_user: str = ""
+    max_message_chars: int = _opt(16000, min=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = ".context-assistant"
+    user: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    rag: RagConfig = field(default_factory=RagConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    # Directory relative paths are resolved against: the config file's folder, else the working directory.
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve_path(self.data_dir)
+
+    @property
+    def default_user(self) -> str:
+        return self.user or os_user()
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a path-like setting; Volume and absolute paths are returned as they are."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with top-level fields or whole sections replaced (``cfg.replace(rag=...)``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (some containers)
+        return "local"
+
+
+# Environment variables set by Databricks Apps resources, libpq and the seed project, mapped onto keys.
+# Later entries win, so the platform-injected PG* variables take precedence over LAKEBASE_*.
+ENV_ALIASES: tuple[tuple[str, str], ...] = (
+    ("LAKEBASE_HOST", "database.host"),
+    ("LAKEBASE_DATABASE", "database.name"),
+    ("LAKEBASE_USER", "database.user"),
+    ("LAKEBASE_INSTANCE_NAME", "database.instance_name"),
+    ("LAKEBASE_ENDPOINT", "database.endpoint"),
+    ("PGHOST", "database.host"),
+    ("PGPORT", "database.port"),
+    ("PGDATABASE", "database.name"),
+    ("PGUSER", "database.user"),
+    ("PGSSLMODE", "database.sslmode"),
+    ("MLFLOW_TRACKING_URI", "tracing.tracking_uri"),
+    ("MLFLOW_EXPERIMENT_NAME", "tracing.experiment"),
+    ("MLFLOW_EXPERIMENT_ID", "tracing.experiment_id"),
+    ("DATABRICKS_APP_PORT", "web.port"),
+    ("CONTEXT_ASSISTANT_DATA_DIR", "data_dir"),
+)
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    """``--config`` wins, then $CONTEXT_ASSISTANT_CONFIG, then ./config.yaml if present."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (from --config)")
+        return path
+    if env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (from ${CONFIG_ENV})")
+        return path
+    default = Path("config.yaml")
+    return default if default.is_file() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load, merge environment overrides and validate. ``overrides`` are dotted keys (used by CLI flags)."""
+    env = os.environ if env is None else env
+    file = find_config_file(path, env)
+    raw: dict[str, Any] = {}
+    if file is not None:
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{file}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        raw = loaded or {}
+
+    sources: dict[str, str] = {}
+    for var, key in ENV_ALIASES:
+        if env.get(var):
+            _set_dotted(raw, key, env[var])
+            sources[key] = var
+    for var, value in env.items():
+        if var.startswith(OVERRIDE_PREFIX) and len(var) > len(OVERRIDE_PREFIX):
+            key = ".".join(part.lower() for part in var[len(OVERRIDE_PREFIX) :].split("__"))
+            _set_dotted(raw, key, _parse_env_scalar(value))
+            sources[key] = var
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+            sources[key] = "command line"
+
+    raw["base_dir"] = str((file.parent if file is not None else Path(".")).resolve())
+    config = _build(Config, raw, "", sources)
+    if config.rag.chunk_overlap >= config.rag.chunk_size:
+        raise ConfigError(
+            f"rag.chunk_overlap: {config.rag.chunk_overlap} must be smaller than rag.chunk_size "
+            f"({config.rag.chunk_size})"
+        )
+    if config.database.pool_min_size > config.database.pool_max_size:
+        raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
+    return config
+
+
+def _parse_env_scalar(value: str) -> Any:
+    """Environment values are strings; read them as YAML scalars so ``true``/``5`` get their types."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if isinstance(parsed, (str, int, float, bool)) else value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def _build(cls: type, data: Any, prefix: str, sources: Mapping[str, str]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping of keys, got {_show(data)}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    public = [name for name, f in fields.items() if not f.metadata.get("internal")]
+    for key in data:
+        if key not in fields:
+            suggestion = difflib.get_close_matches(str(key), public, n=1)
+            hint = (
+                f" (did you mean {prefix}{suggestion[0]}?)" if suggestion else f"; known keys: {', '.join(public)}"
+            )
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, data[name], key + ".", sources)
+        else:
+            values[name] = _coerce(key, data[name], hint, f.metadata, sources.get(key))
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, kind: type, meta: Mapping[str, Any], source: str | None) -> Any:
+    label = f"{key} (from {source})" if source and source != key else key
+
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"{label}: {_show(value)} {why}")
+
+    if kind is bool:
+        if isinstance(value, bool):
+            result: Any = value
+        elif isinstance(value, str) and value.lower() in {
+            "true",
+            "false",
+            "yes",
+            "no",
+            "1",
+            "0",
+            "on",
+            "off",
+        }:
+            result = value.lower() in {"true", "yes", "1", "on"}
+        else:
+            raise fail("is not true or false")
+    elif kind is int:
+        if isinstance(value, bool):
+            raise fail("is not an integer")
+        try:
+            result = int(value) if not isinstance(value, float) or value.is_integer() else None
+        except (TypeError, ValueError):
+            result = None
+        if result is None:
+            raise fail("is not an integer")
+    elif kind is float:
+        if isinstance(value, bool):
+            raise fail("is not a number")
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise fail("is not a number") from None
+    else:
+        if value is None:
+            result = ""
+        elif isinstance(value, (dict, list)):
+            raise fail("must be a single value, not a list or mapping")
+        else:
+            result = str(value)
+    choices = meta.get("choices")
+    if choices and result not in choices:
+        raise fail(f"is not one of {', '.join(choices)}")
+    minimum = meta.get("min")
+    if minimum is not None and result < minimum:
+        raise fail(f"must be at least {minimum:g}")
+    return result
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)

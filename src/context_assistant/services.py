@@ -1,0 +1,66 @@
+"""The composition root: builds each component from the config once, on first use.
+
+The CLI, the web app, the bundle's jobs and the notebooks all start here, so they wire the same parts the
+same way and only pay for what they touch (a ``sessions list`` never loads an embedding model).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .clock import REAL_CLOCK, Clock
+from .config import Config, load_config
+from .db import Database, open_database
+from .memory import ConversationStore
+
+
+class Services:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        env: Mapping[str, str] | None = None,
+        clock: Clock = REAL_CLOCK,
+        workspace_factory: Any = None,
+    ) -> None:
+        self.config = config
+        self.env = os.environ if env is None else env
+        self.clock = clock
+        self._workspace_factory = workspace_factory
+        self._closers: list[Any] = []
+
+    @classmethod
+    def from_config_file(cls, path: str | None = None, **overrides: Any) -> Services:
+        return cls(load_config(path, overrides=overrides or None))
+
+    @functools.cached_property
+    def workspace(self) -> Any:
+        """A databricks-sdk WorkspaceClient (only built when something needs Databricks)."""
+        if self._workspace_factory is not None:
+            return self._workspace_factory()
+        from databricks.sdk import WorkspaceClient
+
+        return WorkspaceClient()
+
+    @functools.cached_property
+    def db(self) -> Database:
+        db = open_database(self.config, env=self.env, workspace_factory=lambda: self.workspace, clock=self.clock)
+        self._closers.append(db.close)
+        return db
+
+    @functools.cached_property
+    def store(self) -> ConversationStore:
+        return ConversationStore(self.db, clock=self.clock)
+
+    def close(self) -> None:
+        while self._closers:
+            self._closers.pop()()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
