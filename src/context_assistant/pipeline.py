@@ -40,10 +40,11 @@ Nothing is written when nothing changed (no empty Delta commits). One ingest at 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -89,7 +90,10 @@ _FRESH_SCHEMA = (
     "chunk_id STRING, path STRING, chunk_index INT, text STRING, heading STRING, page INT, content_hash STRING, "
     "doc_hash STRING, modified_us BIGINT"
 )
-_UNCHANGED = "unchanged"  # parser output status for a candidate whose bytes hash to the stored hash
+_UNCHANGED = "unchanged"
+EMPTY_HASH = hashlib.sha256(
+    b""
+).hexdigest()  # parser output status for a candidate whose bytes hash to the stored hash
 _GLOB_CHARS = re.compile(r"[*?\[\]{}\\]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
@@ -128,6 +132,7 @@ class IngestResult:
     failures: list[Failure] = field(default_factory=list)
     chunks: ChunkCounts = field(default_factory=ChunkCounts)
     seconds: float = 0.0
+    parsed: int = 0  # files handed to the parser (not in to_json: a diagnostic for tests and benchmarks)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``json.dumps`` it); failures sorted by path."""
@@ -175,9 +180,11 @@ class IngestPlan:
     """What to do with each file, decided before any file is read."""
 
     candidates: list[SourceFile] = field(default_factory=list)  # read + hash, parse if the hash differs
+    previous_hash: dict[str, str | None] = field(default_factory=dict)  # per candidate; None: always parse
     unchanged: list[SourceFile] = field(default_factory=list)  # trusted unchanged by size+mtime
     skipped: list[tuple[SourceFile, str]] = field(default_factory=list)  # (file, reason)
     removed: list[KnownDocument] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # paths with chunks but no document row and no file
 
 
 def chunking_signature(chunk_size: int, chunk_overlap: int) -> str:
@@ -193,14 +200,23 @@ def skip_reason(path: str, size_bytes: int, max_file_bytes: int) -> str | None:
         ext = extension_of(path)
         return f"unsupported file type {ext!r}" if ext else "unsupported file type (no extension)"
     if size_bytes > max_file_bytes:
-        return f"file is {_mib(size_bytes)}, larger than the {_mib(max_file_bytes)} limit"
+        return f"file is {_human_size(size_bytes)}, larger than the {_human_size(max_file_bytes)} limit"
     return None
 
 
 def plan_ingest(
-    files: list[SourceFile], known: dict[str, KnownDocument], chunking: str, max_file_bytes: int
+    files: list[SourceFile],
+    known: dict[str, KnownDocument],
+    chunking: str,
+    max_file_bytes: int,
+    stored_chunks: Mapping[str, int] | None = None,
 ) -> IngestPlan:
-    """Sort listed files into candidates / unchanged / skipped and find known documents that disappeared."""
+    """Sort listed files into candidates / unchanged / skipped and find what left the source.
+
+    A stored document is trusted (may be skipped by size+mtime, or by hash) only if it was cut with the
+    same chunking and ``stored_chunks`` (rows per path in the chunk table, when given) still holds its
+    ``chunk_count`` chunks: deleting or damaging the chunk table by hand makes the next run rebuild it.
+    """
     plan = IngestPlan()
     listed = set()
     for f in files:
@@ -210,17 +226,19 @@ def plan_ingest(
             plan.skipped.append((f, reason))
             continue
         prev = known.get(f.path)
-        if (
+        trusted = (
             prev is not None
             and prev.status in (OK, FAILED)
-            and prev.size_bytes == f.size_bytes
-            and prev.modified_us == f.modified_us
             and prev.chunking == chunking
-        ):
+            and (stored_chunks is None or stored_chunks.get(f.path, 0) == prev.chunk_count)
+        )
+        if trusted and prev is not None and (prev.size_bytes, prev.modified_us) == (f.size_bytes, f.modified_us):
             plan.unchanged.append(f)
         else:
             plan.candidates.append(f)
+            plan.previous_hash[f.path] = prev.doc_hash if trusted and prev is not None else None
     plan.removed = [doc for path, doc in sorted(known.items()) if path not in listed]
+    plan.orphans = sorted(p for p in (stored_chunks or {}) if p not in known and p not in listed)
     return plan
 
 
@@ -345,6 +363,29 @@ def resolve_source(source: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def empty_local_files(source: str) -> list[SourceFile]:
+    """Zero-byte files under a local source folder, named and filtered like Spark's listing (names starting
+    with ``.`` or ``_`` are hidden). Non-local sources (``dbfs:``, ``s3:``...) return nothing."""
+    if _SCHEME.match(source) and not source.startswith("file:"):
+        return []
+    root = _SCHEME.sub("", source) if source.startswith("file:") else source
+    root = "/" + root.lstrip("/") if source.startswith("file:") else root
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        for name in names:
+            full = os.path.join(folder, name)
+            if name.startswith((".", "_")) or not os.path.isfile(full):
+                continue
+            stat = os.stat(full)
+            if stat.st_size == 0:
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                found.append(SourceFile(rel, 0, stat.st_mtime_ns // 1000))
+    return found
+
+
 def _supported_glob() -> str:
     """A case-insensitive ``pathGlobFilter`` for the parsed extensions (Hadoop and pysail globs agree)."""
     from context_assistant.documents import SUPPORTED_EXTENSIONS
@@ -438,6 +479,7 @@ class _Run:
         self.say(f"listing {self.source}")
         files, single_file = self.list_source()
         known = self.known_documents()
+        stored = self.stored_chunk_counts()
         if not files and not allow_empty:
             raise IngestError(
                 f"no files found under {self.source} (wrong path, or an empty folder?); refusing to "
@@ -445,14 +487,14 @@ class _Run:
                 if known
                 else f"no files found under {self.source} (wrong path, or an empty folder?)"
             )
-        plan = plan_ingest(files, known, chunking, max_file_bytes)
+        plan = plan_ingest(files, known, chunking, max_file_bytes, stored)
         self.say(
             f"{len(files)} file(s): {len(plan.candidates)} to check, {len(plan.unchanged)} unchanged, "
             f"{len(plan.skipped)} skipped, {len(plan.removed)} removed from the source"
         )
-        parsed = self.parse_candidates(plan, known, files, single_file, chunk_size, chunk_overlap, chunking)
-        result = IngestResult()
-        doc_rows, replace_paths = self.decide_documents(plan, known, parsed, chunking, run_us, result)
+        parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap)
+        result = IngestResult(parsed=sum(p.status != _UNCHANGED for p in parsed))
+        doc_rows, replace_paths = self.decide_documents(plan, known, stored, parsed, chunking, run_us, result)
         result.chunks = self.merge_chunks(replace_paths, run_us, has_parsed=any(p.status == OK for p in parsed))
         if plan.removed or any(row.op != "keep" for row in doc_rows):
             self.merge_documents(doc_rows)
@@ -474,10 +516,21 @@ class _Run:
         )
         by_path: dict[str, SourceFile] = {}
         single_file = False
+        try:
+            listed = frame.collect()
+        except Exception as error:  # Spark: [PATH_NOT_FOUND]; pysail lists a missing folder as empty
+            if "PATH_NOT_FOUND" in str(error) or "does not exist" in str(error):
+                raise IngestError(f"source not found: {self.source}") from error
+            raise
         # pysail lists a file bigger than its split size once per split: keep one row per path.
-        for row in frame.collect():
+        for row in listed:
             by_path[row.rel_path] = SourceFile(row.rel_path, int(row.length), int(row.modified_us))
             single_file = single_file or bool(row.is_root)
+        # pysail also leaves out empty files, which Spark lists; without them a file truncated to zero bytes
+        # would look deleted and lose its chunks. Add them from the local disk when the source is local.
+        if not single_file:
+            for empty in empty_local_files(self.source):
+                by_path.setdefault(empty.path, empty)
         return [by_path[p] for p in sorted(by_path)], single_file
 
     def known_documents(self) -> dict[str, KnownDocument]:
@@ -499,29 +552,34 @@ class _Run:
             for r in rows
         }
 
+    def stored_chunk_counts(self) -> dict[str, int]:
+        """Chunk rows per path as the chunk table really holds them (checked against the documents table)."""
+        rows = self.spark.sql(f"SELECT path, count(*) AS n FROM {self.chunks.sql_name} GROUP BY path").collect()
+        return {r.path: int(r.n) for r in rows}
+
     def parse_candidates(
-        self,
-        plan: IngestPlan,
-        known: dict[str, KnownDocument],
-        files: list[SourceFile],
-        single_file: bool,
-        chunk_size: int,
-        chunk_overlap: int,
-        chunking: str,
+        self, plan: IngestPlan, listed: int, single_file: bool, chunk_size: int, chunk_overlap: int
     ) -> list[_Parsed]:
         """Hash candidates in Spark, parse the changed ones into the staging table; return its summary."""
-        if not plan.candidates:
-            return []
-        previous_hash = {}
+        previous_hash = dict(plan.previous_hash)
+        # An empty file's bytes are known without reading it (and pysail cannot read one): decide on the driver.
+        decided: list[_Parsed] = []
         for f in plan.candidates:
-            prev = known.get(f.path)
-            usable = prev is not None and prev.status in (OK, FAILED) and prev.chunking == chunking
-            previous_hash[f.path] = prev.doc_hash if usable else None
+            if f.size_bytes == 0:
+                status, error, _ = parse_and_chunk(f.path, b"", chunk_size, chunk_overlap)
+                if status != OK:
+                    if previous_hash[f.path] == EMPTY_HASH:
+                        status, error = _UNCHANGED, None
+                    decided.append(_Parsed(f.path, 0, f.modified_us, EMPTY_HASH, status, error, 0))
+                    del previous_hash[f.path]
+        if not previous_hash:
+            return decided
         candidates = self.view(
             "candidates",
             self.spark.createDataFrame(sorted(previous_hash.items()), "path STRING, previous_hash STRING"),
         )
-        content = self.read_content(plan.candidates, len(files), single_file)
+        to_read = [f for f in plan.candidates if f.path in previous_hash]
+        content = self.read_content(to_read, listed, single_file)
         hashed = content.selectExpr(
             f"{relative_path_sql('path', self.root)} AS path",
             "length AS size_bytes",
@@ -535,7 +593,7 @@ class _Run:
             f"CASE WHEN h.doc_hash <=> c.previous_hash THEN NULL ELSE h.content END AS content "
             f"FROM {self.view_name('hashed')} h JOIN {candidates} c ON h.path = c.path"
         )
-        self.say(f"reading {len(plan.candidates)} file(s); parsing those whose content changed")
+        self.say(f"reading {len(to_read)} file(s); parsing those whose content changed")
         parsed = to_parse.mapInArrow(make_batch_parser(chunk_size, chunk_overlap), _PARSED_SCHEMA)
         writer = parsed.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         if self.staging.location is not None:
@@ -551,7 +609,7 @@ class _Run:
             summary[r.path] = _Parsed(
                 r.path, int(r.size_bytes), int(r.modified_us), r.doc_hash, r.status, r.error, int(r.chunk_count)
             )
-        return [summary[p] for p in sorted(summary)]
+        return sorted([*decided, *summary.values()], key=lambda p: p.path)
 
     def read_content(self, candidates: list[SourceFile], listed: int, single_file: bool) -> DataFrame:
         """The candidates' bytes. A short list is loaded file by file so nothing else is read; a long one
@@ -574,6 +632,7 @@ class _Run:
         self,
         plan: IngestPlan,
         known: dict[str, KnownDocument],
+        stored: dict[str, int],
         parsed: list[_Parsed],
         chunking: str,
         run_us: int,
@@ -591,7 +650,7 @@ class _Run:
         for f, reason in plan.skipped:
             counts.skipped += 1
             prev = known.get(f.path)
-            if prev is not None and prev.status != SKIPPED:
+            if stored.get(f.path):
                 replace.append(f.path)  # it had chunks; a file we no longer ingest must not be answered from
             same = prev is not None and (prev.status, prev.error, prev.size_bytes, prev.modified_us) == (
                 SKIPPED,
@@ -607,6 +666,7 @@ class _Run:
                 )
             )
         by_path = {p.path: p for p in parsed}
+        vanished: list[str] = []
         for f in plan.candidates:
             p = by_path.get(f.path)
             prev = known.get(f.path)
@@ -614,6 +674,7 @@ class _Run:
                 if prev is not None:
                     rows.append(_DocumentRow.keep(f.path))
                 counts.unchanged += 1
+                vanished.append(f.path)
             elif p.status == _UNCHANGED:  # touched, same bytes: remember the new size/mtime only
                 counts.unchanged += 1
                 rows.append(
@@ -643,7 +704,7 @@ class _Run:
                 counts.failed += 1
                 error = p.error or "could not be parsed"
                 result.failures.append(Failure(f.path, error))
-                kept = prev.chunk_count if prev is not None and prev.status in (OK, FAILED) else 0
+                kept = stored.get(f.path, 0)  # the last good version's chunks stay
                 rows.append(
                     _DocumentRow(
                         f.path,
@@ -662,6 +723,9 @@ class _Run:
             replace.append(doc.path)
             if doc.status != SKIPPED:
                 counts.deleted += 1
+        replace.extend(plan.orphans)
+        if vanished:
+            self.say(f"{len(vanished)} file(s) disappeared before they could be read, left for the next run")
         return rows, sorted(set(replace))
 
     def merge_chunks(self, replace_paths: list[str], run_us: int, has_parsed: bool) -> ChunkCounts:
@@ -801,5 +865,8 @@ def _micros(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB" if size % (1024 * 1024) else f"{size // (1024 * 1024)} MiB"
+def _human_size(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"

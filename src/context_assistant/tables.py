@@ -66,21 +66,21 @@ def resolve_table(value: str | TableRef, local_dir: str | os.PathLike[str] | Non
         parts = text.split(".")
         if 1 <= len(parts) <= 3 and all(_NAME_PART.match(p) for p in parts):
             if len(parts) == 1 and local_dir is not None:
-                return local_table(Path(local_dir) / text, label=text)
+                return local_table(Path(local_dir) / text)
             return TableRef(".".join(quote_part(p.strip("`")) for p in parts), None, text)
         raise ValueError(f"table {value!r} is neither a table name (catalog.schema.table) nor a folder path")
     path = Path(text).expanduser()
     if not path.is_absolute():
         path = Path(local_dir or os.getcwd()) / path
-    return local_table(path, label=text)
+    return local_table(path)
 
 
-def local_table(location: str | os.PathLike[str], label: str | None = None) -> TableRef:
+def local_table(location: str | os.PathLike[str]) -> TableRef:
     """A folder-backed table with a session name derived from the folder, so it is stable per folder."""
     folder = os.path.abspath(os.fspath(location))
     stem = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(folder.rstrip("/")) or "table")[:40]
     digest = hashlib.sha1(folder.encode("utf-8")).hexdigest()[:12]
-    return TableRef(quote_part(f"ca_{stem}_{digest}"), folder, label or folder)
+    return TableRef(quote_part(f"ca_{stem}_{digest}"), folder, folder)
 
 
 def quote_part(part: str) -> str:
@@ -111,6 +111,10 @@ def create_table(
     """
     dropped: list[str] = []
     props = dict(properties or {})
+    if table.location is not None and not os.path.isdir(os.path.join(table.location, "_delta_log")):
+        # The folder was deleted while this session had it registered: forget the stale name (an external
+        # table, so no data is touched) so the CREATE below makes a fresh table instead of a no-op.
+        spark.sql(f"DROP TABLE IF EXISTS {table.sql_name}").collect()
     while True:
         statement = f"CREATE TABLE IF NOT EXISTS {table.sql_name}"
         statement += f" ({columns}) USING DELTA" if columns else " USING DELTA"
