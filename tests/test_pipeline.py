@@ -34,6 +34,12 @@ from context_assistant.pipeline import (
     relative_path_sql,
     run_ingest,
 )
+from context_assistant.spark import (
+    databricks_connect_configured,
+    get_spark,
+    local_spark_running,
+    running_on_databricks,
+)
 from context_assistant.tables import TableRef, local_table, resolve_table, sql_string
 from spark_support import local_spark  # noqa: F401  (the session-scoped `spark` fixture)
 
@@ -180,6 +186,13 @@ def test_table_schemas_keep_the_columns_downstream_readers_use() -> None:
 
 
 # --------------------------------------------------------------------------- Spark transformations
+
+
+def test_get_spark_reuses_the_one_local_server_and_recognises_databricks(spark: Any) -> None:
+    assert get_spark() is spark and local_spark_running()
+    assert running_on_databricks({"DATABRICKS_RUNTIME_VERSION": "16.4"})
+    assert not running_on_databricks({})
+    assert not databricks_connect_configured({})  # no cluster or serverless compute named
 
 
 def test_relative_paths_are_the_same_for_databricks_and_pysail_listings(spark: Any) -> None:

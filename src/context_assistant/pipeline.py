@@ -20,7 +20,9 @@ How one run works, and why each step is where it is:
 
 1. List the source with ``binaryFile`` selecting only path/length/modificationTime, so no file is read.
 2. Plan on the driver (:func:`plan_ingest`, pure Python) against the documents table: a file whose size,
-   modification time and chunking settings all equal the stored ones is unchanged and is never read.
+   modification time and chunking settings all equal the stored ones, and whose chunk rows are all still
+   there, is unchanged and is never read. (So deleting the chunk table by hand makes the next run rebuild
+   it, and chunks whose path has neither a document row nor a file are deleted.)
 3. Read only the remaining candidates' bytes, hash them in Spark SQL (``sha2``), and pass to the parser
    (``mapInArrow``) only files whose hash differs from the stored one: a file that was merely touched is
    hashed but never parsed, and its bytes never reach Python.
@@ -35,6 +37,15 @@ How one run works, and why each step is where it is:
    run sees the old hashes and redoes the work, so a partial run never leaves chunks marked done.
 
 Nothing is written when nothing changed (no empty Delta commits). One ingest at a time per table pair.
+The staging table is kept between runs (overwritten by each run that parses something; safe to drop).
+Files and folders whose names start with ``.`` or ``_`` are ignored, as Spark's file listing does.
+
+Local (pysail) differences, handled here so results match Databricks: pysail lists a missing source as
+empty (we refuse an empty source unless ``allow_empty_source``), omits zero-byte files (added back from the
+local disk and decided without reading), lists a file larger than its 128 MiB split size once per split
+(deduplicated; files above ``max_file_bytes``, 64 MiB by default, are skipped anyway) and cannot create
+Change Data Feed tables. ``load()`` treats paths as globs and pysail has no escape for glob characters,
+so a changed file whose name contains one is read with a filtered scan of the whole source instead.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from context_assistant.clock import REAL_CLOCK, Clock
+from context_assistant.spark import running_on_databricks
 from context_assistant.tables import TableRef, create_table, resolve_table, sql_string
 
 if TYPE_CHECKING:
@@ -365,8 +377,9 @@ def resolve_source(source: str) -> str:
 
 def empty_local_files(source: str) -> list[SourceFile]:
     """Zero-byte files under a local source folder, named and filtered like Spark's listing (names starting
-    with ``.`` or ``_`` are hidden). Non-local sources (``dbfs:``, ``s3:``...) return nothing."""
-    if _SCHEME.match(source) and not source.startswith("file:"):
+    with ``.`` or ``_`` are hidden). Only needed for pysail: on Databricks (where Spark lists empty files
+    itself, and walking a Volume through FUSE would be slow) and for remote sources it returns nothing."""
+    if running_on_databricks() or (_SCHEME.match(source) and not source.startswith("file:")):
         return []
     root = _SCHEME.sub("", source) if source.startswith("file:") else source
     root = "/" + root.lstrip("/") if source.startswith("file:") else root

@@ -77,9 +77,10 @@ def start_local_spark(local_dir: str | os.PathLike[str] | None = None) -> SparkS
     global _server, _session, _atexit_registered
     with _lock:
         if _session is None or _server is None or not _server.running:
-            # Quiet the Rust server's INFO logging and keep everything on loopback; UDF workers must use
-            # this interpreter so they can import context_assistant.
-            os.environ.setdefault("RUST_LOG", "warn")
+            # Quiet the Rust server's logging (it warns about aborted tasks on every clean shutdown; set
+            # RUST_LOG to see more) and keep everything on loopback; UDF workers must use this interpreter
+            # so they can import context_assistant.
+            os.environ.setdefault("RUST_LOG", "error")
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             try:
