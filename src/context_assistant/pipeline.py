@@ -40,12 +40,16 @@ Nothing is written when nothing changed (no empty Delta commits). One ingest at 
 The staging table is kept between runs (overwritten by each run that parses something; safe to drop).
 Files and folders whose names start with ``.`` or ``_`` are ignored, as Spark's file listing does.
 
+Empty files: Spark's ``binaryFile`` (and pysail's) never lists zero-byte files, so a new empty file is
+invisible. A known document truncated to zero bytes is found by a ``stat`` (local folder or ``/Volumes``
+mount) and marked failed ("empty file") with its chunks kept, rather than treated as deleted.
+
 Local (pysail) differences, handled here so results match Databricks: pysail lists a missing source as
-empty (we refuse an empty source unless ``allow_empty_source``), omits zero-byte files (added back from the
-local disk and decided without reading), lists a file larger than its 128 MiB split size once per split
-(deduplicated; files above ``max_file_bytes``, 64 MiB by default, are skipped anyway) and cannot create
-Change Data Feed tables. ``load()`` treats paths as globs and pysail has no escape for glob characters,
-so a changed file whose name contains one is read with a filtered scan of the whole source instead.
+empty (we refuse an empty source unless ``allow_empty_source``), lists a file larger than its 128 MiB
+split size once per split (deduplicated; files above ``max_file_bytes``, 64 MiB by default, are skipped
+anyway) and cannot create Change Data Feed tables. ``load()`` treats paths as globs and pysail has no
+escape for glob characters, so a changed file whose name contains one is read with a filtered scan of the
+whole source instead.
 """
 
 from __future__ import annotations
@@ -61,7 +65,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from context_assistant.clock import REAL_CLOCK, Clock
-from context_assistant.spark import running_on_databricks
 from context_assistant.tables import TableRef, create_table, resolve_table, sql_string
 
 if TYPE_CHECKING:
@@ -375,27 +378,34 @@ def resolve_source(source: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
-def empty_local_files(source: str) -> list[SourceFile]:
-    """Zero-byte files under a local source folder, named and filtered like Spark's listing (names starting
-    with ``.`` or ``_`` are hidden). Only needed for pysail: on Databricks (where Spark lists empty files
-    itself, and walking a Volume through FUSE would be slow) and for remote sources it returns nothing."""
-    if running_on_databricks() or (_SCHEME.match(source) and not source.startswith("file:")):
-        return []
-    root = _SCHEME.sub("", source) if source.startswith("file:") else source
-    root = "/" + root.lstrip("/") if source.startswith("file:") else root
-    if not os.path.isdir(root):
+def local_path_of(source: str) -> str | None:
+    """Where the source can be seen by this Python process, if at all: a local folder, or a Volume through
+    its ``/Volumes`` mount on Databricks. ``None`` for object-store URLs (``s3://``, ``abfss://``...)."""
+    if source.startswith("dbfs:/Volumes/"):
+        return source[len("dbfs:") :]
+    if source.startswith("file:"):
+        return "/" + source[len("file:") :].lstrip("/")
+    return None if _SCHEME.match(source) else source
+
+
+def still_present_but_empty(source: str, paths: list[str]) -> list[SourceFile]:
+    """Those of ``paths`` (missing from the listing) that still exist as zero-byte files.
+
+    Spark's file sources (and pysail) leave empty files out of ``binaryFile`` listings, so a document
+    truncated to nothing would otherwise look deleted and lose its chunks; it is reported as failed
+    ("empty file") instead. Only known documents are checked, one ``stat`` each, never a folder walk.
+    """
+    root = local_path_of(source)
+    if root is None:
         return []
     found = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-        for name in names:
-            full = os.path.join(folder, name)
-            if name.startswith((".", "_")) or not os.path.isfile(full):
-                continue
-            stat = os.stat(full)
-            if stat.st_size == 0:
-                rel = os.path.relpath(full, root).replace(os.sep, "/")
-                found.append(SourceFile(rel, 0, stat.st_mtime_ns // 1000))
+    for path in paths:
+        try:
+            stat = os.stat(os.path.join(root, *path.split("/")))
+        except OSError:
+            continue
+        if stat.st_size == 0 and not os.path.isdir(os.path.join(root, *path.split("/"))):
+            found.append(SourceFile(path, 0, stat.st_mtime_ns // 1000))
     return found
 
 
@@ -493,6 +503,10 @@ class _Run:
         files, single_file = self.list_source()
         known = self.known_documents()
         stored = self.stored_chunk_counts()
+        if not single_file:
+            listed = {f.path for f in files}
+            emptied = still_present_but_empty(self.source, sorted(p for p in known if p not in listed))
+            files = sorted([*files, *emptied], key=lambda f: f.path)
         if not files and not allow_empty:
             raise IngestError(
                 f"no files found under {self.source} (wrong path, or an empty folder?); refusing to "
@@ -539,11 +553,6 @@ class _Run:
         for row in listed:
             by_path[row.rel_path] = SourceFile(row.rel_path, int(row.length), int(row.modified_us))
             single_file = single_file or bool(row.is_root)
-        # pysail also leaves out empty files, which Spark lists; without them a file truncated to zero bytes
-        # would look deleted and lose its chunks. Add them from the local disk when the source is local.
-        if not single_file:
-            for empty in empty_local_files(self.source):
-                by_path.setdefault(empty.path, empty)
         return [by_path[p] for p in sorted(by_path)], single_file
 
     def known_documents(self) -> dict[str, KnownDocument]:
@@ -575,7 +584,7 @@ class _Run:
     ) -> list[_Parsed]:
         """Hash candidates in Spark, parse the changed ones into the staging table; return its summary."""
         previous_hash = dict(plan.previous_hash)
-        # An empty file's bytes are known without reading it (and pysail cannot read one): decide on the driver.
+        # An empty file's bytes are known without reading it (and binaryFile cannot see one): decide here.
         decided: list[_Parsed] = []
         for f in plan.candidates:
             if f.size_bytes == 0:
