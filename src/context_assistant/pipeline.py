@@ -105,10 +105,8 @@ _FRESH_SCHEMA = (
     "chunk_id STRING, path STRING, chunk_index INT, text STRING, heading STRING, page INT, content_hash STRING, "
     "doc_hash STRING, modified_us BIGINT"
 )
-_UNCHANGED = "unchanged"
-EMPTY_HASH = hashlib.sha256(
-    b""
-).hexdigest()  # parser output status for a candidate whose bytes hash to the stored hash
+_UNCHANGED = "unchanged"  # parser output status for a candidate whose bytes hash to the stored hash
+EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 _GLOB_CHARS = re.compile(r"[*?\[\]{}\\]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
@@ -141,7 +139,11 @@ class Failure:
 
 @dataclass
 class IngestResult:
-    """What a run did; ``to_json()`` is the shape the CLI prints and the job logs."""
+    """What a run did; ``to_json()`` is the shape the CLI prints and the job logs.
+
+    A file listed in ``failures`` keeps the chunks of its last version that parsed (if it ever did), so
+    answers still cite it; its documents row says ``failed`` with the same error until its bytes change.
+    """
 
     documents: DocumentCounts = field(default_factory=DocumentCounts)
     failures: list[Failure] = field(default_factory=list)
@@ -644,10 +646,12 @@ class _Run:
         if len(paths) * 2 <= listed and not any(_GLOB_CHARS.search(p) for p in paths):
             base = self.source.rstrip("/")
             return reader.load([f"{base}/{p}" for p in paths])
+        # Spark checks the length filter before reading a file, so large unchanged files stay unread.
         return (
             reader.option("recursiveFileLookup", "true")
             .option("pathGlobFilter", _supported_glob())
             .load(self.source)
+            .where(f"length <= {max(c.size_bytes for c in candidates)}")
         )
 
     def decide_documents(
@@ -674,11 +678,11 @@ class _Run:
             prev = known.get(f.path)
             if stored.get(f.path):
                 replace.append(f.path)  # it had chunks; a file we no longer ingest must not be answered from
-            same = prev is not None and (prev.status, prev.error, prev.size_bytes, prev.modified_us) == (
-                SKIPPED,
-                reason,
-                f.size_bytes,
-                f.modified_us,
+            same = (
+                prev is not None
+                and prev.status == SKIPPED
+                and prev.error == reason
+                and (prev.size_bytes, prev.modified_us) == (f.size_bytes, f.modified_us)
             )
             rows.append(
                 _DocumentRow.keep(f.path)
