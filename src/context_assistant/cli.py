@@ -142,6 +142,25 @@ def cmd_db_stop(args: argparse.Namespace, services: Services) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# bundle
+
+
+def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
+    from .bundle import BundleLoadError, format_report, validate_bundle
+
+    try:
+        reports = [validate_bundle(args.root, target) for target in (args.target or [None])]
+    except BundleLoadError as exc:
+        raise CommandError(str(exc)) from None
+    ok = all(report.ok for report in reports)
+    if args.json:
+        _print_json({"ok": ok, "targets": [report.to_json() for report in reports]})
+    else:
+        print("\n\n".join(format_report(report) for report in reports))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -185,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     db_cmds = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     add(db_cmds, "status", cmd_db_status, "which Postgres, its version, pgvector and the schema version")
     add(db_cmds, "stop", cmd_db_stop, "stop the embedded Postgres server", json_flag=False)
+
+    bundle = commands.add_parser("bundle", help="check the Databricks Asset Bundle offline")
+    bundle_cmds = bundle.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(bundle_cmds, "validate", cmd_bundle_validate, "validate databricks.yml and resources/ offline")
+    p.add_argument("--target", "-t", action="append", help="target to validate (repeatable; default: the default)")
+    p.add_argument("--root", default=".", help="bundle folder (default: the current directory)")
     return parser
 
 

@@ -1,0 +1,306 @@
+"""Entry points of the bundle's job tasks (python_wheel_task): ``context-assistant-ingest`` and ``-sync``.
+
+The Databricks wheel runner calls the function with ``sys.argv = ["python", *parameters]``; the parameters are
+written in ``resources/*.job.yml``. Both run locally too, on the same code (``context-assistant-ingest
+--source fixtures/docs ...``), which is how the tests exercise them.
+
+Each prints one JSON summary line on stdout (the task's output in the run page) and progress on stderr.
+Exit code: 0 when the run completed — even if some documents failed to parse or embed: those are listed in
+the summary and in the documents table, and everything else was processed; 1 when the run could not complete
+(unreachable service, bad source, a sync already running); 2 for bad parameters or configuration.
+
+Configuration, as for the CLI: ``--config FILE``, else ``$CONTEXT_ASSISTANT_CONFIG``, else ``./config.yaml`` if
+present (a Databricks job task has none: it runs on the defaults), then
+``CONTEXT_ASSISTANT__*`` environment variables, then ``--set section.key=value`` (repeatable) and the
+explicit flags. ``--lakebase-branch projects/<p>/branches/<b>`` finds that branch's read-write endpoint
+with the Databricks SDK and connects to it with an OAuth token (a job has no injected PGHOST).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
+
+from .config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    """The run could not complete; ``str()`` is the one-line reason."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so callers (and tests) get the message and exit code 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _parser(prog: str, description: str) -> _Parser:
+    parser = _Parser(prog=prog, description=description)
+    parser.add_argument("--config", help="config file (default: none; the defaults plus the flags below)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config key, e.g. --set rag.chunk_size=800 (repeatable)",
+    )
+    parser.add_argument("--chunk-table", help="chunk table: catalog.schema.table, or a folder locally")
+    parser.add_argument(
+        "--lakebase-branch",
+        help="Lakebase Autoscaling branch (projects/<p>/branches/<b>): connect to its read-write endpoint",
+    )
+    return parser
+
+
+def ingest_parser() -> _Parser:
+    parser = _parser(
+        "context-assistant-ingest", "Parse and chunk the documents under --source into the Delta tables."
+    )
+    parser.add_argument("--source", help="folder or Volume path (/Volumes/<catalog>/<schema>/<volume>)")
+    parser.add_argument("--documents-table", help="documents table: catalog.schema.table, or a folder locally")
+    parser.add_argument(
+        "--allow-empty-source",
+        action="store_true",
+        help="accept a source with no files (it removes every ingested document)",
+    )
+    return parser
+
+
+def sync_parser() -> _Parser:
+    parser = _parser(
+        "context-assistant-sync", "Embed new and changed chunks and bring the retrieval index in line."
+    )
+    parser.add_argument("--full", action="store_true", help="re-embed every chunk, not just the changes")
+    return parser
+
+
+def parse_settings(settings: Sequence[str]) -> dict[str, Any]:
+    """``["rag.top_k=8"]`` → ``{"rag.top_k": "8"}`` (the config loader converts and validates the values)."""
+    out: dict[str, Any] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or ("." not in key and key.strip() not in ("data_dir", "user")):
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. rag.chunk_size=800")
+        out[key.strip()] = value
+    return out
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str], explicit: Mapping[str, Any]) -> Config:
+    overrides = parse_settings(args.settings)
+    overrides.update({key: value for key, value in explicit.items() if value is not None})
+    return load_config(args.config, env=env, overrides=overrides)
+
+
+def resolve_lakebase_branch(workspace: Any, branch: str) -> tuple[str, str]:
+    """The read-write endpoint of a Lakebase Autoscaling branch: ``(endpoint resource name, host)``."""
+    branch = branch.strip().rstrip("/")
+    if not branch.startswith("projects/") or "/branches/" not in branch:
+        raise ConfigError(f"--lakebase-branch {branch!r}: expected projects/<project>/branches/<branch>")
+    try:
+        endpoints = list(workspace.postgres.list_endpoints(parent=branch))
+    except Exception as exc:
+        raise JobFailed(f"could not list the endpoints of Lakebase branch {branch}: {exc}") from exc
+    for endpoint in endpoints:
+        status = endpoint.status
+        kind = getattr(getattr(status, "endpoint_type", None), "value", None)
+        host = getattr(getattr(status, "hosts", None), "host", None)
+        if kind == READ_WRITE and host:
+            return endpoint.name or f"{branch}/endpoints/{endpoint.endpoint_id}", host
+    found = ", ".join(e.name or "?" for e in endpoints) or "none"
+    raise JobFailed(f"Lakebase branch {branch} has no read-write endpoint with a host (endpoints: {found})")
+
+
+def with_lakebase(config: Config, branch: str | None, workspace_factory: Callable[[], Any]) -> Config:
+    """Point ``database`` at the branch's endpoint, unless a host is already configured (PGHOST, --set)."""
+    if not branch or config.database.host:
+        return config
+    endpoint, host = resolve_lakebase_branch(workspace_factory(), branch)
+    log.info("Lakebase branch %s: endpoint %s at %s", branch, endpoint, host)
+    database = type(config.database)(**{**_fields(config.database), "host": host, "endpoint": endpoint})
+    return config.replace(database=database)
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+# ------------------------------------------------------------------------------------------------- runs
+
+
+def run_ingest_job(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    spark_factory: Callable[[Config], Any] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Ingest the source into the chunk/documents tables; prints the JSON summary; returns the exit code."""
+    from .pipeline import IngestError, run_ingest
+
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    summary: dict[str, Any] = {"job": "ingest", "ok": False}
+    try:
+        args = ingest_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        config = build_config(
+            args,
+            env,
+            {
+                "rag.source": args.source,
+                "rag.chunk_table": args.chunk_table,
+                "rag.documents_table": args.documents_table,
+            },
+        )
+        rag = config.rag
+        summary.update(source=rag.source, chunk_table=rag.chunk_table, documents_table=rag.documents_table)
+        spark = (spark_factory or _default_spark)(config)
+        result = run_ingest(
+            spark,
+            _source_path(config),
+            _table(config, rag.chunk_table),
+            _table(config, rag.documents_table),
+            chunk_size=rag.chunk_size,
+            chunk_overlap=rag.chunk_overlap,
+            progress=_progress,
+            allow_empty_source=args.allow_empty_source,
+        )
+    except ConfigError as exc:
+        return _fail(summary, out, f"{exc}", EXIT_USAGE)
+    except (IngestError, JobFailed) as exc:
+        return _fail(summary, out, str(exc), EXIT_FAILED)
+    summary.update(ok=True, result=result.to_json())
+    _emit(summary, out)
+    return EXIT_OK
+
+
+def run_sync_job(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    workspace_factory: Callable[[], Any] | None = None,
+    services_factory: Callable[[Config], Any] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Refresh the retrieval index from the chunk table; prints the JSON summary; returns the exit code."""
+    from .db import DatabaseError
+    from .services import Services
+    from .sync import SyncError, refresh_index
+
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    summary: dict[str, Any] = {"job": "sync", "ok": False}
+    services = None
+    try:
+        args = sync_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        config = build_config(args, env, {"rag.chunk_table": args.chunk_table})
+        workspace = workspace_factory or _default_workspace
+        config = with_lakebase(config, args.lakebase_branch, workspace)
+        summary.update(
+            chunk_table=config.rag.chunk_table,
+            backend=config.rag.backend,
+            embedding_model=config.rag.embedding_model,
+            database=config.database.endpoint or config.database.host or "embedded",
+        )
+        services = (
+            services_factory(config)
+            if services_factory
+            else Services(config, env=env, workspace_factory=workspace_factory)
+        )
+        result = refresh_index(services, full=args.full)
+    except ConfigError as exc:
+        return _fail(summary, out, f"{exc}", EXIT_USAGE)
+    except (SyncError, DatabaseError, JobFailed) as exc:
+        return _fail(summary, out, str(exc), EXIT_FAILED)
+    except Exception as exc:  # an embedding or Vector Search failure that stopped the whole run
+        if type(exc).__name__ not in _RUN_STOPPERS:
+            raise
+        return _fail(summary, out, f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+    finally:
+        if services is not None:
+            services.close()
+    summary.update(ok=True, result=result.to_json())
+    _emit(summary, out)
+    return EXIT_OK
+
+
+# Errors from the retrieval modules that mean the run stopped (each has a one-line message); matched by name so
+# this module does not import (and load) every backend.
+_RUN_STOPPERS = {"EmbeddingError", "RetrievalError", "VectorSearchError", "VectorSearchTimeout"}
+
+
+def ingest_main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``context-assistant-ingest`` (the ingest task's entry point)."""
+    _setup_logging()
+    code = run_ingest_job(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def sync_main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``context-assistant-sync`` (the index sync task's entry point)."""
+    _setup_logging()
+    code = run_sync_job(argv)
+    if code:
+        raise SystemExit(code)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _default_spark(config: Config) -> Any:
+    from .spark import get_spark
+
+    return get_spark(config.data_path)
+
+
+def _default_workspace() -> Any:
+    from databricks.sdk import WorkspaceClient
+
+    return WorkspaceClient()
+
+
+def _source_path(config: Config) -> str:
+    """Volume paths and URIs as given; a local folder relative to the config file (or working directory)."""
+    source = config.rag.source
+    if source.startswith("/Volumes/") or "://" in source:
+        return source
+    return str(config.resolve_path(source))
+
+
+def _table(config: Config, name: str) -> Any:
+    from .tables import resolve_table
+
+    return resolve_table(name, local_dir=config.data_path)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _emit(summary: dict[str, Any], out: TextIO) -> None:
+    print(json.dumps(summary, ensure_ascii=False, default=str), file=out, flush=True)
+
+
+def _fail(summary: dict[str, Any], out: TextIO, message: str, code: int) -> int:
+    summary.update(ok=False, error=message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    _emit(summary, out)
+    return code
