@@ -22,6 +22,7 @@ from context_assistant.clock import FakeClock
 from context_assistant.config import Config, load_config
 from context_assistant.db import Database, EmbeddedPostgres, Target
 from context_assistant.memory import ConversationStore
+from spark_support import local_spark  # noqa: F401  (the session-scoped ``spark`` fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
