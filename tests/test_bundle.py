@@ -1,0 +1,456 @@
+"""Offline validation of the Databricks Asset Bundle (databricks.yml + resources/ + app.yaml).
+
+The real bundle must validate for both targets; deliberately broken copies (in tmp_path) must fail with a
+message that names the file, the YAML path and what is wrong. No workspace and no Databricks CLI involved:
+resources are checked with the databricks-bundles typed classes, the rest with the vendored schema subset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+import yaml
+from databricks.bundles.jobs import Job
+
+from context_assistant import cli
+from context_assistant.bundle import BundleLoadError, validate_bundle
+from context_assistant.bundle_load import load_bundle, merge
+from context_assistant.bundle_schema import SHAPES
+from context_assistant.bundle_shapes import typed_resource_classes
+from context_assistant.quartz import check_quartz
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE_FILES = ("databricks.yml", "app.yaml", "app.py", "assistant.py", "requirements.txt", "pyproject.toml")
+BUNDLE_DIRS = ("resources", "notebooks", "src")
+
+
+@pytest.fixture(scope="module")
+def real_reports():
+    return {target: validate_bundle(REPO, target) for target in ("dev", "prod")}
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    """A copy of the bundle to break; src/ comes along so entry points import from the copy."""
+    for name in BUNDLE_FILES:
+        shutil.copy2(REPO / name, tmp_path / name)
+    for name in BUNDLE_DIRS:
+        if (REPO / name).is_dir():
+            shutil.copytree(
+                REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+    return tmp_path
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path.name}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def messages(root: Path, target: str = "dev", **kwargs: bool) -> list[str]:
+    return [str(p) for p in validate_bundle(root, target, **kwargs).problems]
+
+
+# ------------------------------------------------------------------------------------------ the bundle
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_the_bundle_validates_for_each_target(real_reports, target):
+    report = real_reports[target]
+    assert [str(p) for p in report.problems] == []
+    assert report.resources == {
+        "apps": ["context_assistant"],
+        "experiments": ["traces"],
+        "jobs": ["ingest_job", "rag_sync_job"],
+        "postgres_projects": ["lakebase"],
+        "schemas": ["documents"],
+        "volumes": ["documents"],
+    }
+    assert "resources/rag_sync.job.yml" in report.files
+
+
+def test_targets_differ_where_they_should():
+    dev, prod = load_bundle(REPO, "dev"), load_bundle(REPO, "prod")
+    assert (dev.mode, prod.mode) == ("development", "production")
+    assert dev.variables["lakebase_project"] == "context-assistant-dev"
+    assert prod.variables["lakebase_project"] == "context-assistant"
+    assert prod.config["workspace"]["root_path"].startswith("/Workspace/Shared/")
+    assert {p["level"] for p in prod.config["permissions"]} == {"CAN_MANAGE", "CAN_VIEW"}
+    assert load_bundle(REPO).target == "dev"  # the default target
+
+
+def test_the_nightly_job_is_what_the_issue_asks_for():
+    job = load_bundle(REPO, "prod").config["resources"]["jobs"]["rag_sync_job"]
+    assert job["schedule"] == {"quartz_cron_expression": "0 0 2 * * ?", "timezone_id": "America/Los_Angeles"}
+    assert [t["task_key"] for t in job["tasks"]] == ["ingest", "sync_index"]
+    assert job["tasks"][1]["depends_on"] == [{"task_key": "ingest"}]
+    assert all(t["max_retries"] == 2 for t in job["tasks"])
+    assert job["environments"][0]["spec"]["dependencies"] == ["../dist/*.whl"]
+    wheel = job["tasks"][0]["python_wheel_task"]
+    assert (wheel["package_name"], wheel["entry_point"]) == ("context_assistant", "context-assistant-ingest")
+
+
+def test_app_yaml_only_uses_resources_the_app_declares():
+    app = load_bundle(REPO, "dev").config["resources"]["apps"]["context_assistant"]
+    names = {r["name"] for r in app["resources"]}
+    env = yaml.safe_load((REPO / "app.yaml").read_text())["env"]
+    assert {e["valueFrom"] for e in env if "valueFrom" in e} <= names
+    assert not any("${" in str(e.get("value", "")) for e in env)
+    assert "config" not in app  # app.yaml is the only runtime config
+
+
+def test_requirements_txt_matches_the_package_dependencies():
+    """The Databricks App installs requirements.txt; it must carry exactly the runtime dependencies."""
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    assert sorted(line for line in lines if line and not line.startswith("#")) == sorted(declared)
+
+
+# ------------------------------------------------------------------------------------- broken copies
+
+
+def test_unknown_key_is_named_with_its_file_and_path(bundle):
+    edit(bundle / "resources/rag_sync.job.yml", "      schedule:\n", "      schedul:\n")
+    found = messages(bundle, check_imports=False)
+    assert any(
+        m.startswith(
+            "resources/rag_sync.job.yml: resources.jobs.rag_sync_job.schedul: unknown key (did you mean 'schedule'?)"
+        )
+        for m in found
+    ), found
+
+
+def test_missing_timezone(bundle):
+    edit(bundle / "resources/rag_sync.job.yml", "        timezone_id: America/Los_Angeles\n", "")
+    found = messages(bundle, check_imports=False)
+    assert (
+        "resources/rag_sync.job.yml: resources.jobs.rag_sync_job.schedule.timezone_id: required key is missing"
+        in " ".join(found)
+    ), found
+
+
+def test_unknown_timezone(bundle):
+    edit(bundle / "resources/rag_sync.job.yml", "America/Los_Angeles", "America/Las_Angeles")
+    found = messages(bundle, check_imports=False)
+    assert found == [
+        "resources/rag_sync.job.yml: resources.jobs.rag_sync_job.schedule.timezone_id: "
+        "'America/Las_Angeles' is not a known time zone (line 19)"
+    ]
+
+
+def test_bad_cron_expression(bundle):
+    edit(bundle / "resources/rag_sync.job.yml", '"0 0 2 * * ?"', '"0 2 * * *"')
+    (found,) = messages(bundle, check_imports=False)
+    assert "resources.jobs.rag_sync_job.schedule.quartz_cron_expression: '0 2 * * *' has 5 fields" in found
+
+
+def test_undeclared_variable(bundle):
+    edit(bundle / "resources/documents.volume.yml", "name: ${var.volume}", "name: ${var.volumes}")
+    found = messages(bundle, check_imports=False)
+    assert (
+        "resources/documents.volume.yml: resources.volumes.documents.name: ${var.volumes} uses variable "
+        "'volumes', which is not declared under variables (line 8)"
+    ) in found
+
+
+def test_target_setting_an_undeclared_variable(bundle):
+    edit(bundle / "databricks.yml", "      app_name: context-assistant-dev\n", "      app_nam: x\n")
+    found = messages(bundle, check_imports=False)
+    assert any("targets.dev.variables.app_nam: sets variable 'app_nam', which is not declared" in m for m in found)
+
+
+def test_reference_to_a_missing_resource(bundle):
+    edit(
+        bundle / "resources/documents.volume.yml",
+        "${resources.schemas.documents.name}",
+        "${resources.schemas.docs.name}",
+    )
+    found = messages(bundle, check_imports=False)
+    assert any("refers to resources.schemas.docs, which is not defined in this bundle" in m for m in found), found
+
+
+def test_missing_notebook(bundle):
+    edit(
+        bundle / "resources/rag_sync.job.yml",
+        "      tasks:\n",
+        "      tasks:\n        - task_key: explore\n          notebook_task:\n"
+        "            notebook_path: ../notebooks/no_such_notebook.py\n",
+    )
+    found = messages(bundle, check_imports=False)
+    assert (
+        "resources/rag_sync.job.yml: resources.jobs.rag_sync_job.tasks[0].notebook_task.notebook_path: "
+        "notebook '../notebooks/no_such_notebook.py' does not exist (line 29)"
+    ) in found
+
+
+def test_entry_point_not_declared_in_pyproject(bundle):
+    edit(bundle / "resources/ingest.job.yml", "entry_point: context-assistant-ingest", "entry_point: ingest")
+    found = messages(bundle, check_imports=False)
+    assert (
+        "resources/ingest.job.yml: resources.jobs.ingest_job.tasks[0].python_wheel_task.entry_point: 'ingest' is "
+        "not an entry point of context-assistant in pyproject.toml [project.scripts] (declared: context-assistant, "
+        "context-assistant-ingest, context-assistant-sync) (line 37)"
+    ) in found
+
+
+def test_entry_point_whose_target_does_not_import(bundle):
+    edit(bundle / "pyproject.toml", '"context_assistant.jobs:sync_main"', '"context_assistant.jobs:sync_mian"')
+    found = messages(bundle)
+    assert any(
+        "entry point 'context-assistant-sync' = 'context_assistant.jobs:sync_mian' does not load: AttributeError"
+        in m
+        for m in found
+    ), found
+    assert len(found) == 2  # both jobs' sync tasks
+
+
+def test_wheel_package_that_no_artifact_builds(bundle):
+    edit(bundle / "resources/ingest.job.yml", "package_name: context_assistant", "package_name: other_package")
+    found = messages(bundle, check_imports=False)
+    assert any("'other_package' is not the project name of any wheel artifact" in m for m in found), found
+
+
+def test_wrong_types_and_enum_values(bundle):
+    edit(bundle / "resources/ingest.job.yml", "max_concurrent_runs: 1", "max_concurrent_runs: many")
+    edit(bundle / "resources/context_assistant.app.yml", "permission: CAN_EDIT", "permission: CAN_WRITE")
+    edit(bundle / "resources/documents.schema.yml", "name: ${var.schema}", "name: {a: 1}")
+    found = messages(bundle, check_imports=False)
+    assert any("resources.jobs.ingest_job.max_concurrent_runs: 'many' is not an integer" in m for m in found)
+    assert any(
+        "resources.apps.context_assistant.resources[3].experiment.permission: 'CAN_WRITE' is not one of "
+        "CAN_MANAGE, CAN_EDIT, CAN_READ" in m
+        for m in found
+    ), found
+    assert any(
+        "resources.schemas.documents.name: expected a single string value, got a mapping" in m for m in found
+    )
+
+
+def test_vendored_shape_checks_postgres_projects(bundle):
+    edit(
+        bundle / "resources/lakebase.postgres.yml",
+        "      pg_version: 17\n",
+        "      pg_version: 17\n      pg_versoin: 16\n",
+    )
+    edit(bundle / "resources/lakebase.postgres.yml", "      project_id: ${var.lakebase_project}\n", "")
+    found = messages(bundle, check_imports=False)
+    assert any(
+        "resources.postgres_projects.lakebase.pg_versoin: unknown key (did you mean 'pg_version'?)" in m
+        for m in found
+    )
+    assert any("resources.postgres_projects.lakebase.project_id: required key is missing" in m for m in found)
+
+
+def test_top_level_keys_are_checked_too(bundle):
+    edit(bundle / "databricks.yml", "    dynamic_version: true\n", "    dynamic_version: true\n    buid: make\n")
+    edit(bundle / "databricks.yml", "      - level: CAN_VIEW\n", "      - level: CAN_QUERY\n")
+    found = messages(bundle, "prod", check_imports=False)
+    assert any("databricks.yml: artifacts.default.buid: unknown key (did you mean 'build'?)" in m for m in found)
+    assert any("targets.prod.permissions[1].level: 'CAN_QUERY': bundle permissions take" in m for m in found)
+
+
+def test_app_yaml_problems(bundle):
+    edit(bundle / "app.yaml", "valueFrom: chat-endpoint", "valueFrom: chat")
+    edit(bundle / "app.yaml", "    value: databricks\n", "    value: ${var.chat_endpoint}\n")
+    found = messages(bundle, check_imports=False)
+    assert any(
+        m.startswith(
+            "app.yaml: env[1].valueFrom: CONTEXT_ASSISTANT__MODEL__ENDPOINT: 'chat' is not a resource of the app"
+        )
+        for m in found
+    ), found
+    assert any(
+        "app.yaml: env[0].value: CONTEXT_ASSISTANT__MODEL__PROVIDER: app.yaml is not interpolated" in m
+        for m in found
+    )
+
+
+def test_app_source_folder_must_exist(bundle):
+    edit(bundle / "resources/context_assistant.app.yml", "source_code_path: ..", "source_code_path: ../web")
+    found = messages(bundle, check_imports=False)
+    assert any(
+        "resources.apps.context_assistant.source_code_path: folder '../web' does not exist" in m for m in found
+    )
+
+
+def test_task_graph_problems(bundle):
+    edit(
+        bundle / "resources/ingest.job.yml", "            - task_key: ingest\n", "            - task_key: parse\n"
+    )
+    edit(
+        bundle / "resources/ingest.job.yml",
+        "environment_key: default\n          max_",
+        "environment_key: gpu\n          max_",
+    )
+    found = messages(bundle, check_imports=False)
+    assert any(
+        "tasks[1].depends_on[0].task_key: 'parse' is not a task of this job (tasks: ingest, sync_index)" in m
+        for m in found
+    )
+    assert any("tasks[0].environment_key: 'gpu' is not one of the job's environments" in m for m in found)
+
+
+def test_resource_defined_in_two_files(bundle):
+    shutil.copy2(bundle / "resources/documents.volume.yml", bundle / "resources/copy.volume.yml")
+    found = messages(bundle, check_imports=False)
+    assert any(
+        m.startswith(
+            "resources/documents.volume.yml: resources.volumes.documents: defined more than once "
+            "(also defined in resources/copy.volume.yml)"
+        )
+        for m in found
+    ), found
+
+
+def test_variable_without_a_value(bundle):
+    edit(bundle / "databricks.yml", "    default: databricks-gte-large-en\n", "")
+    found = messages(bundle, check_imports=False)
+    assert any("variables.embedding_endpoint: variable 'embedding_endpoint' has no default" in m for m in found)
+
+
+def test_unreadable_bundles_raise(bundle):
+    with pytest.raises(
+        BundleLoadError, match=r"unknown target 'staging' \(targets in databricks.yml: dev, prod\)"
+    ):
+        validate_bundle(bundle, "staging")
+    edit(bundle / "resources/ingest.job.yml", "      max_concurrent_runs: 1\n", "      max_concurrent_runs: [1\n")
+    with pytest.raises(BundleLoadError, match=r"resources/ingest.job.yml: line \d+ is not valid YAML"):
+        validate_bundle(bundle, "dev")
+
+
+# ----------------------------------------------------------------------------------- semantics, tools
+
+
+def test_target_overrides_merge_like_the_cli(tmp_path):
+    """Maps merge, sequences concatenate, then job tasks merge by task_key and app resources by name."""
+    (tmp_path / "databricks.yml").write_text(
+        """
+bundle: {name: b}
+variables: {size: {default: 1}, label: {default: "n=${var.size}"}}
+resources:
+  jobs:
+    j:
+      name: j
+      tags: {team: a}
+      tasks:
+        - {task_key: t1, timeout_seconds: 10, description: keep}
+  apps:
+    a:
+      name: a
+      resources:
+        - {name: model, serving_endpoint: {name: m1, permission: CAN_QUERY}}
+targets:
+  dev:
+    default: true
+    variables: {size: 3}
+    resources:
+      jobs:
+        j:
+          tags: {env: dev}
+          tasks:
+            - {task_key: t1, timeout_seconds: 20}
+            - {task_key: t2}
+      apps:
+        a:
+          resources:
+            - {name: model, serving_endpoint: {name: m2}}
+"""
+    )
+    loaded = load_bundle(tmp_path)
+    job = loaded.config["resources"]["jobs"]["j"]
+    assert job["tags"] == {"team": "a", "env": "dev"}
+    assert job["tasks"] == [
+        {"task_key": "t1", "timeout_seconds": 20, "description": "keep"},
+        {"task_key": "t2"},
+    ]
+    app_resources = loaded.config["resources"]["apps"]["a"]["resources"]
+    assert app_resources == [{"name": "model", "serving_endpoint": {"name": "m2", "permission": "CAN_QUERY"}}]
+    assert loaded.variables == {"size": 3, "label": "n=3"}
+    assert merge({"a": [1], "b": {"c": 1}}, {"a": [2], "b": {"d": 2}}) == {"a": [1, 2], "b": {"c": 1, "d": 2}}
+
+
+def test_typed_classes_reject_unknown_keys_but_not_every_bad_type():
+    """Why bundle.py walks the type hints itself: from_dict names no path and takes a mapping as a string."""
+    with pytest.raises(ValueError, match="Unexpected field 'bogus' for class Task"):
+        Job.from_dict({"name": "x", "tasks": [{"task_key": "a", "bogus": 1}]})
+    assert Job.from_dict({"name": {"not": "a string"}}).name == "{'not': 'a string'}"
+
+
+def test_every_resource_type_has_a_checker():
+    classes = typed_resource_classes()
+    assert {"jobs", "apps", "schemas", "volumes", "experiments", "database_instances"} <= set(classes)
+    for kind in SHAPES["vendored_resources"]:
+        assert kind not in classes, f"databricks-bundles now has {kind}: drop it from the vendored set"
+        assert kind in SHAPES["resource_types"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        ("0 0 2 * * ?", None),
+        ("0 */15 9-17 ? * MON-FRI", None),
+        ("0 0 12 L * ?", None),
+        ("0 0 1 ? * 6#3 2030", None),
+        ("0 0 2 * *", "has 5 fields"),
+        ("0 0 2 * * *", "exactly one of day-of-month and day-of-week must be '?'"),
+        ("0 60 2 * * ?", "minutes field '60': '60' is not in 0-59"),
+        ("0 0 2 ? FOO *", "month field 'FOO'"),
+        ("0 0/0 2 * * ?", "step '0' is not a positive number"),
+    ],
+)
+def test_quartz_cron(expression, problem):
+    found = check_quartz(expression)
+    assert (found is None) if problem is None else (problem in found), found
+
+
+def test_cli_bundle_validate(bundle, capsys):
+    assert cli.main(["bundle", "validate", "--root", str(REPO), "-t", "dev", "-t", "prod", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is True
+    assert [t["target"] for t in out["targets"]] == ["dev", "prod"]
+    assert set(out["targets"][0]) == {"target", "ok", "problems", "resources", "files"}
+
+    edit(bundle / "resources/rag_sync.job.yml", "America/Los_Angeles", "Mars/Olympus")
+    assert cli.main(["bundle", "validate", "--root", str(bundle)]) == 1
+    text = capsys.readouterr().out
+    assert "1 problem:" in text and "'Mars/Olympus' is not a known time zone" in text
+    assert cli.main(["bundle", "validate", "--root", str(bundle / "resources")]) == 1
+    assert re.search(r"error: no databricks.yml in .*resources", capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_the_wheel_declares_the_job_entry_points(tmp_path):
+    """What python_wheel_task resolves: importlib.metadata.distribution(package_name).entry_points."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("context_assistant-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        text = archive.read(entry_points).decode()
+    assert "context_assistant/jobs.py" in names and "context_assistant/bundle_schema.py" in names
+    assert "context-assistant-ingest = context_assistant.jobs:ingest_main" in text
+    assert "context-assistant-sync = context_assistant.jobs:sync_main" in text
