@@ -51,6 +51,7 @@ class FakeDatabricks:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # small responses otherwise wait ~40 ms for delayed ACKs
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -99,7 +100,7 @@ class FakeDatabricks:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     @property
