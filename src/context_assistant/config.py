@@ -34,6 +34,8 @@ class ModelConfig:
     provider: str = _opt("auto", choices=("auto", "databricks", "openai", "offline"))
     endpoint: str = "databricks-claude-sonnet-4-5"
     base_url: str = ""
+    # Environment variable holding the API key for provider openai (never the key itself: config is not secret).
+    api_key_env: str = "OPENAI_API_KEY"
     streaming: bool = False
     max_tokens: int = _opt(1024, min=1)
     temperature: float = _opt(0.2, min=0)

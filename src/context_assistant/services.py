@@ -14,7 +14,9 @@ from typing import Any
 from .clock import REAL_CLOCK, Clock
 from .config import Config, load_config
 from .db import Database, open_database
+from .llm import ChatModel, make_chat_model
 from .memory import ConversationStore
+from .tracing import DisabledTracer, Tracer, make_tracer
 
 
 class Services:
@@ -54,6 +56,18 @@ class Services:
     @functools.cached_property
     def store(self) -> ConversationStore:
         return ConversationStore(self.db, clock=self.clock)
+
+    @functools.cached_property
+    def chat_model(self) -> ChatModel:
+        """The model ``model.provider`` picks; the workspace client is only built on the first Databricks call."""
+        return make_chat_model(self.config.model, workspace=lambda: self.workspace, env=self.env, clock=self.clock)
+
+    @functools.cached_property
+    def tracer(self) -> Tracer | DisabledTracer:
+        """MLflow tracing of turns (MLflow itself is imported on the first traced turn)."""
+        tracer = make_tracer(self.config, self.env)
+        self._closers.append(tracer.close)
+        return tracer
 
     def close(self) -> None:
         while self._closers:
