@@ -1,0 +1,459 @@
+"""MLflow tracing of assistant turns: one trace per turn, a child span per step, feedback as assessments.
+
+Where traces go: ``tracing.tracking_uri`` (or ``MLFLOW_TRACKING_URI``) if set; otherwise ``databricks`` when
+running in a Databricks App or on Databricks compute; otherwise a SQLite store in the data directory
+(``sqlite:///<data_dir>/mlflow.db``, view it with ``mlflow ui --backend-store-uri <that uri>``). The experiment is
+``tracing.experiment_id`` if set, else ``tracing.experiment`` (created if missing; on Databricks a relative name
+becomes ``/Shared/<name>``).
+
+Tracing must never break a turn: every MLflow call is guarded, the first failure is logged as a warning (later
+ones at debug level), and a store that cannot be opened turns tracing off for the process. Exceptions raised by
+the traced code itself always propagate unchanged (and are recorded on the span).
+
+Spans are created with ``mlflow.start_span_no_context`` and explicit parents rather than the context-managed
+``mlflow.start_span``: a streamed turn is a generator that a web server may advance from different threads,
+and context-attached spans (contextvars) lose their parent there. Session and user go into the trace metadata
+keys MLflow documents (``mlflow.trace.session``, ``mlflow.trace.user``); token usage goes on the model span as
+``mlflow.chat.tokenUsage``, which MLflow sums into the trace's ``mlflow.trace.tokenUsage``. MLflow is imported
+only when the first turn is traced, so commands that trace nothing do not pay for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+# The steps of a turn, with the MLflow span type each is recorded as.
+SPAN_MEMORY_LOAD = "memory_load"
+SPAN_RECALL = "recall"
+SPAN_RETRIEVAL = "retrieval"
+SPAN_PROMPT_BUILD = "prompt_build"
+SPAN_MODEL_CALL = "model_call"
+SPAN_MEMORY_STORE = "memory_store"
+SPAN_TYPES = {
+    SPAN_MEMORY_LOAD: "MEMORY",
+    SPAN_RECALL: "MEMORY",
+    SPAN_RETRIEVAL: "RETRIEVER",
+    SPAN_PROMPT_BUILD: "PARSER",
+    SPAN_MODEL_CALL: "CHAT_MODEL",
+    SPAN_MEMORY_STORE: "MEMORY",
+}
+TURN_SPAN = "turn"
+FEEDBACK_NAME = "user_feedback"
+TRACE_SESSION_KEY = "mlflow.trace.session"
+TRACE_USER_KEY = "mlflow.trace.user"
+TOKEN_USAGE_ATTRIBUTE = "mlflow.chat.tokenUsage"
+
+
+class FeedbackError(ValueError):
+    """Feedback could not be recorded because of the request itself (e.g. an unknown trace id)."""
+
+
+class SpanHandle:
+    """One step of a turn. All methods are safe: a tracing failure is logged, never raised."""
+
+    def __init__(self, tracer: Tracer | None, span: Any) -> None:
+        self._tracer = tracer
+        self._span = span
+
+    def set_outputs(self, outputs: Any) -> None:
+        self._call("set outputs", lambda span: span.set_outputs(_jsonable(outputs)))
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self._call("set attributes", lambda span: span.set_attributes(_jsonable(dict(attributes))))
+
+    def set_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Token usage of a model call, in the attribute MLflow aggregates into the trace's token usage."""
+        usage = {
+            "input_tokens": int(prompt_tokens),
+            "output_tokens": int(completion_tokens),
+            "total_tokens": int(prompt_tokens) + int(completion_tokens),
+        }
+        self._call("set usage", lambda span: span.set_attribute(TOKEN_USAGE_ATTRIBUTE, usage))
+
+    def set_sources(self, sources: Sequence[Any]) -> None:
+        """Retrieved passages as the span's outputs, in the document shape MLflow's retriever view shows."""
+        self.set_outputs([source_document(source) for source in sources])
+
+    def _call(self, what: str, action: Any) -> None:
+        if self._span is None or self._tracer is None:
+            return
+        try:
+            action(self._span)
+        except Exception as exc:
+            self._tracer._failed(f"could not {what} on a span", exc)
+
+
+class TurnTrace:
+    """The trace of one turn. ``trace_id`` is None when tracing is off or failed to start."""
+
+    def __init__(self, tracer: Tracer | None, root: Any) -> None:
+        self._tracer = tracer
+        self._root = root
+        self.trace_id: str | None = getattr(root, "trace_id", None) if root is not None else None
+
+    @property
+    def recording(self) -> bool:
+        return self._root is not None
+
+    @contextlib.contextmanager
+    def span(self, name: str, inputs: Any = None, *, span_type: str | None = None) -> Iterator[SpanHandle]:
+        """A child span around one step; an exception from the step is recorded on it and re-raised."""
+        tracer = self._tracer
+        if tracer is None or self._root is None:
+            yield SpanHandle(None, None)
+            return
+        span = tracer._guard(
+            f"start span {name}",
+            lambda: tracer._mlflow.start_span_no_context(
+                name,
+                span_type=span_type or SPAN_TYPES.get(name, "UNKNOWN"),
+                parent_span=self._root,
+                inputs=_jsonable(inputs) if inputs is not None else None,
+            ),
+        )
+        handle = SpanHandle(tracer, span)
+        try:
+            yield handle
+        except BaseException as exc:
+            tracer._end_span(span, exc)
+            raise
+        tracer._end_span(span, None)
+
+    def set_outputs(self, outputs: Any) -> None:
+        SpanHandle(self._tracer, self._root).set_outputs(outputs)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Trace tags (mutable later, e.g. from the UI); values are stored as strings."""
+        tracer = self._tracer
+        if tracer is None or self._root is None or self.trace_id is None:
+            return
+        trace_id = self.trace_id
+        for key, value in tags.items():
+            tracer._guard(
+                f"set tag {key}", lambda k=key, v=value: tracer._mlflow.set_trace_tag(trace_id, k, str(v))
+            )
+
+    def set_session(self, session_id: str) -> None:
+        """Record the session once it is known (a turn that starts a new session creates it mid-turn)."""
+        tracer = self._tracer
+        if tracer is None or self._root is None:
+            return
+
+        def update() -> None:
+            # update_current_trace works on the active span; make the root active just for this call.
+            from mlflow.tracing.provider import safe_set_span_in_context
+
+            with safe_set_span_in_context(self._root):
+                tracer._mlflow.update_current_trace(metadata={TRACE_SESSION_KEY: session_id})
+
+        tracer._guard("set the session", update)
+
+
+class Tracer:
+    """Traces turns into one MLflow experiment. Cheap to build: MLflow is set up on the first turn."""
+
+    enabled = True
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        experiment: str = "context-assistant",
+        experiment_id: str = "",
+        artifact_location: str | None = None,
+        setup_timeout_seconds: float = 30.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment
+        self.experiment_id: str | None = experiment_id or None
+        self._given_experiment_id = bool(experiment_id)
+        self._artifact_location = artifact_location
+        self._setup_timeout = setup_timeout_seconds
+        self._lock = threading.Lock()
+        self._setup_thread: threading.Thread | None = None
+        self._started = False
+        self._broken = False
+        self._warned = False
+        self._warned_slow = False
+        self._mlflow: Any = None
+        self._no_op_trace_id = ""
+
+    # -- public
+
+    def warm_up(self) -> bool:
+        """Open the store now (e.g. at app start-up) instead of on the first turn. True if tracing works."""
+        return self._ensure_started()
+
+    @contextlib.contextmanager
+    def turn(self, user: str, session_id: str | None, inputs: Mapping[str, Any]) -> Iterator[TurnTrace]:
+        """Trace one turn. Exceptions from the body are recorded on the trace and re-raised unchanged."""
+        root = None
+        if self._ensure_started():
+            metadata = {TRACE_USER_KEY: user}
+            if session_id:
+                metadata[TRACE_SESSION_KEY] = session_id
+            root = self._guard(
+                "start a trace",
+                lambda: self._mlflow.start_span_no_context(
+                    TURN_SPAN,
+                    span_type="CHAIN",
+                    inputs=_jsonable(dict(inputs)),
+                    metadata=metadata,
+                    experiment_id=self.experiment_id,
+                ),
+            )
+            if root is not None and getattr(root, "trace_id", None) in (None, "", self._no_op_trace_id):
+                root = None  # MLflow handed back a no-op span: it failed (and logged why) or sampled this out
+        trace = TurnTrace(self if root is not None else None, root)
+        try:
+            yield trace
+        except BaseException as exc:
+            self._end_span(root, exc)
+            raise
+        self._end_span(root, None)
+
+    def feedback(self, trace_id: str, user: str, value: bool, comment: str = "") -> str | None:
+        """Record a thumbs up (True) or down (False) from ``user`` on a turn's trace, as an MLflow assessment.
+
+        Returns the assessment id, or None if tracing is off or the store failed (logged). Raises
+        :class:`FeedbackError` if the trace does not exist.
+        """
+        if not trace_id:
+            raise FeedbackError("no trace id given: this turn was not traced")
+        if not self._ensure_started():
+            return None
+        from mlflow.entities import AssessmentSource
+        from mlflow.exceptions import MlflowException
+
+        def log_feedback() -> Any:
+            return self._mlflow.log_feedback(
+                trace_id=trace_id,
+                name=FEEDBACK_NAME,
+                value=bool(value),
+                rationale=comment or None,
+                source=AssessmentSource(source_type="HUMAN", source_id=user),
+            )
+
+        for attempt in range(2):
+            try:
+                return log_feedback().assessment_id
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc).lower():
+                    self._failed("could not record feedback", exc)
+                    return None
+                if attempt == 0:  # the trace may still be in the async export queue
+                    self._guard("flush traces", self._mlflow.flush_trace_async_logging)
+                    continue
+                raise FeedbackError(f"trace {trace_id!r} not found in {self.tracking_uri}") from None
+            except Exception as exc:
+                self._failed("could not record feedback", exc)
+                return None
+        return None
+
+    def flush(self) -> None:
+        """Wait for traces queued for asynchronous export to be written."""
+        if self._started and not self._broken:
+            self._guard("flush traces", self._mlflow.flush_trace_async_logging)
+
+    def close(self) -> None:
+        self.flush()
+
+    # -- internals
+
+    def _ensure_started(self) -> bool:
+        """Set MLflow up once. A store that does not answer holds a turn up for at most the setup timeout:
+        setup goes on in the background and later turns are traced once it is done."""
+        if self._broken:
+            return False
+        if self._started:
+            self._guard("point MLflow at the trace store", self._point_mlflow_here)
+            return True
+        with self._lock:
+            if self._setup_thread is None:
+                self._setup_thread = threading.Thread(
+                    target=self._set_up, name="mlflow-tracing-setup", daemon=True
+                )
+                self._setup_thread.start()
+        self._setup_thread.join(self._setup_timeout)
+        if self._started:
+            return True
+        if not self._broken and not self._warned_slow:
+            self._warned_slow = True
+            log.warning(
+                "MLflow trace store %s did not open within %gs; turns are not traced until it does",
+                self.tracking_uri,
+                self._setup_timeout,
+            )
+        return False
+
+    def _set_up(self) -> None:
+        try:
+            self._start()
+            self._started = True
+        except Exception as exc:
+            self._broken = True
+            log.warning("MLflow tracing is off: cannot use the trace store %s: %s", self.tracking_uri, exc)
+
+    def _start(self) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        quiet = [logging.getLogger(name) for name in ("alembic", "mlflow.store.db.utils")]
+        levels = [logger.level for logger in quiet]
+        for logger in quiet:  # schema migrations on first use are not news for a CLI user
+            logger.setLevel(logging.WARNING)
+        try:
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            self.experiment_id = self._resolve_experiment(client)
+        finally:
+            for logger, level in zip(quiet, levels, strict=True):
+                logger.setLevel(level)
+        from mlflow.entities.span import NO_OP_SPAN_TRACE_ID
+
+        self._no_op_trace_id = NO_OP_SPAN_TRACE_ID
+        self._mlflow = mlflow
+        self._point_mlflow_here()
+
+    def _resolve_experiment(self, client: Any) -> str:
+        from mlflow.exceptions import MlflowException
+
+        if self._given_experiment_id:
+            experiment = client.get_experiment(self.experiment_id)
+            return str(experiment.experiment_id)
+        name = self.experiment_name
+        if self.tracking_uri.startswith("databricks") and not name.startswith("/"):
+            name = f"/Shared/{name}"
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        try:
+            return str(client.create_experiment(name, artifact_location=self._artifact_location))
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)  # created concurrently by another process
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    def _point_mlflow_here(self) -> None:
+        """Traces are exported to MLflow's global tracking URI; make sure it is ours (cheap when it is)."""
+        if self._mlflow.get_tracking_uri() != self.tracking_uri:
+            self._mlflow.set_tracking_uri(self.tracking_uri)
+
+    def _end_span(self, span: Any, exc: BaseException | None) -> None:
+        if span is None:
+            return
+
+        def end() -> None:
+            if exc is not None:
+                span.record_exception(exc if isinstance(exc, Exception) else repr(exc))
+                span.end(status="ERROR")
+            else:
+                span.end()
+
+        self._guard("end a span", end)
+
+    def _guard(self, what: str, action: Any) -> Any:
+        try:
+            return action()
+        except Exception as exc:
+            self._failed(f"could not {what}", exc)
+            return None
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("tracing: %s: %s (the turn goes on; later tracing errors are logged at debug)", what, exc)
+        else:
+            log.debug("tracing: %s: %s", what, exc, exc_info=exc)
+
+
+class DisabledTracer:
+    """``tracing.enabled: false``: the same interface, recording nothing."""
+
+    enabled = False
+    tracking_uri = ""
+    experiment_id = None
+
+    def warm_up(self) -> bool:
+        return False
+
+    @contextlib.contextmanager
+    def turn(self, user: str, session_id: str | None, inputs: Mapping[str, Any]) -> Iterator[TurnTrace]:
+        yield TurnTrace(None, None)
+
+    def feedback(self, trace_id: str, user: str, value: bool, comment: str = "") -> str | None:
+        return None
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def tracking_uri_for(config: Config, env: Mapping[str, str]) -> str:
+    """The configured tracking URI, else ``databricks`` on Databricks, else the SQLite store in data_dir."""
+    if config.tracing.tracking_uri:
+        return config.tracing.tracking_uri
+    if env.get("DATABRICKS_APP_NAME") or env.get("DATABRICKS_RUNTIME_VERSION"):
+        return "databricks"
+    return f"sqlite:///{config.data_path / 'mlflow.db'}"
+
+
+def make_tracer(config: Config, env: Mapping[str, str]) -> Tracer | DisabledTracer:
+    if not config.tracing.enabled:
+        return DisabledTracer()
+    uri = tracking_uri_for(config, env)
+    artifact_location = None
+    if uri.startswith("sqlite:///"):
+        # Without this MLflow puts artifacts in ./mlruns of whatever directory the process started in.
+        database = Path(uri.removeprefix("sqlite:///"))
+        with contextlib.suppress(OSError):
+            database.parent.mkdir(parents=True, exist_ok=True)
+        artifact_location = (database.parent / "mlflow-artifacts").as_uri()
+    return Tracer(
+        uri,
+        experiment=config.tracing.experiment,
+        experiment_id=config.tracing.experiment_id,
+        artifact_location=artifact_location,
+    )
+
+
+def source_document(source: Any) -> dict[str, Any]:
+    """A retrieved passage (Hit, NumberedSource or dict) as an MLflow retriever Document."""
+
+    def get(name: str, default: Any = None) -> Any:
+        return source.get(name, default) if isinstance(source, Mapping) else getattr(source, name, default)
+
+    metadata = {"doc_uri": get("path", ""), "chunk_id": get("chunk_id", ""), "score": get("score")}
+    for optional in ("index", "heading", "page"):
+        if get(optional) not in (None, ""):
+            metadata[optional] = get(optional)
+    return {"page_content": get("text", ""), "metadata": metadata, "id": get("chunk_id", "")}
+
+
+def _jsonable(value: Any) -> Any:
+    """Inputs/outputs as plain JSON-able data (dataclasses and datetimes included), for span serialisation."""
+    import dataclasses
+    from datetime import date, datetime
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
