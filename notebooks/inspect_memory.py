@@ -1,0 +1,144 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Inspect conversation memory
+# MAGIC
+# MAGIC Who uses the assistant and how: sessions and turns per user, the most recent sessions, and a user's
+# MAGIC latest turns. Reads the Postgres the assistant uses (Lakebase on Databricks: run this where
+# MAGIC `PGHOST`/`LAKEBASE_ENDPOINT` or `config.yaml` point at it; locally the embedded Postgres).
+
+# COMMAND ----------
+
+import os
+import sys
+from pathlib import Path
+
+if "__file__" in globals():  # a source checkout: use the code next to this notebook
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from context_assistant.config import load_config
+from context_assistant.services import Services
+
+
+def widget(name: str, default: str, label: str) -> str:
+    """A text widget on Databricks; off Databricks the CA_WIDGET_<NAME> variable, else the default."""
+    try:
+        dbutils.widgets.text(name, default, label)  # noqa: F821 - defined in Databricks notebooks
+        return dbutils.widgets.get(name)  # noqa: F821
+    except NameError:
+        return os.environ.get(f"CA_WIDGET_{name.upper()}", default)
+
+
+def table(rows: list[tuple], headers: tuple[str, ...]) -> None:
+    """Print rows as an aligned text table (the same on Databricks and locally)."""
+    cells = [tuple(str(v) for v in headers)] + [tuple("" if v is None else str(v) for v in row) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+    if not rows:
+        print("(none)")
+
+
+user = widget("user", "", "User (empty: everyone)")
+limit = int(widget("limit", "20", "Rows"))
+services = Services(load_config())
+db = services.db
+db.migrate()
+
+
+def query(sql: str, *params) -> list[tuple]:
+    with db.connection() as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+# COMMAND ----------
+
+# MAGIC %md ## Sessions and turns per user
+
+# COMMAND ----------
+
+per_user = query(
+    """
+    SELECT s.user_id, count(DISTINCT s.id) AS sessions, count(c.id) AS turns,
+           count(c.id) FILTER (WHERE c.role = 'user') AS questions, max(c.timestamp) AS last_turn
+    FROM sessions s LEFT JOIN conversations c ON c.session_id = s.id
+    WHERE %s = '' OR s.user_id = %s
+    GROUP BY s.user_id ORDER BY last_turn DESC NULLS LAST LIMIT %s
+    """,
+    user,
+    user,
+    limit,
+)
+table(per_user, ("user", "sessions", "turns", "questions", "last turn"))
+
+# COMMAND ----------
+
+# MAGIC %md ## Most recent sessions
+
+# COMMAND ----------
+
+recent = query(
+    """
+    SELECT s.id, s.user_id, s.title, s.updated_at, count(c.id) AS turns,
+           count(c.id) FILTER (WHERE c.metadata ->> 'status' = 'failed') AS failed
+    FROM sessions s LEFT JOIN conversations c ON c.session_id = s.id
+    WHERE %s = '' OR s.user_id = %s
+    GROUP BY s.id ORDER BY s.updated_at DESC LIMIT %s
+    """,
+    user,
+    user,
+    limit,
+)
+table(recent, ("session", "user", "title", "updated", "turns", "failed"))
+
+# COMMAND ----------
+
+# MAGIC %md ## Latest turns
+
+# COMMAND ----------
+
+turns = query(
+    """
+    SELECT timestamp, user_id, session_id, role, left(replace(content, E'\\n', ' '), 100)
+    FROM conversations WHERE %s = '' OR user_id = %s ORDER BY timestamp DESC, id DESC LIMIT %s
+    """,
+    user,
+    user,
+    limit,
+)
+table(turns, ("time", "user", "session", "role", "content"))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Recent traces
+# MAGIC Each turn is traced to the MLflow experiment in `tracing.experiment` (the bundle's `traces`
+# MAGIC experiment on Databricks); open it in the Experiments UI, or search here.
+
+# COMMAND ----------
+
+tracing = services.config.tracing
+try:
+    if not tracing.tracking_uri:
+        # Locally traces go to a SQLite store in the data folder; browse them with the MLflow UI.
+        store_uri = f"sqlite:///{services.config.data_path / 'mlflow.db'}"
+        print(f"local traces: mlflow ui --backend-store-uri {store_uri}")
+    else:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracing.tracking_uri)
+        experiment = (
+            mlflow.get_experiment(tracing.experiment_id)
+            if tracing.experiment_id
+            else mlflow.get_experiment_by_name(tracing.experiment)
+        )
+        if experiment is None:
+            print(f"no experiment {tracing.experiment!r} yet: no traces recorded")
+        else:
+            traces = mlflow.search_traces(experiment_ids=[experiment.experiment_id], max_results=limit)
+            print(traces.head(limit).to_string() if len(traces) else "no traces yet")
+except Exception as exc:  # tracing is optional: report, never fail the notebook
+    print(f"traces unavailable: {exc}")
+finally:
+    services.close()
