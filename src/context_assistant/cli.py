@@ -161,6 +161,166 @@ def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# retrieval: sync, search, recall (issue 4)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _retrieval_errors() -> tuple[type[BaseException], ...]:
+    from .embeddings import EmbeddingError
+    from .retrieval import RetrievalError
+    from .sync import SyncError
+
+    return (EmbeddingError, RetrievalError, SyncError)
+
+
+def _read_batch(path: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every line of a JSONL batch file, validated before anything runs (a bad line rejects the file)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            lines = stream.readlines()
+    except FileNotFoundError:
+        raise CommandError(f"no such file: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    items: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(item, dict):
+            errors.append(f"line {number}: expected a JSON object")
+            continue
+        problem = next((f for f in fields if f not in item), None)
+        if problem:
+            errors.append(f"line {number}: missing {problem!r}")
+            continue
+        bad = [f for f in (*fields, *optional) if f != "id" and f in item and not _non_empty(item[f])]
+        if bad:
+            errors.append(f"line {number}: {bad[0]!r} must be a non-empty string")
+            continue
+        if not isinstance(item["id"], (str, int)) or isinstance(item["id"], bool):
+            errors.append(f"line {number}: 'id' must be a string or an integer")
+            continue
+        items.append(item)
+    if errors:
+        shown = errors[:20]
+        more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
+        raise CommandError(f"{path}: nothing run, {len(errors)} bad line(s)\n" + "\n".join(shown) + more)
+    return items
+
+
+def _non_empty(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _one_of_query_or_batch(args: argparse.Namespace, command: str) -> None:
+    if bool(args.query) == bool(args.batch):
+        raise _UsageError(f"{command}: give either a QUERY or --batch FILE")
+
+
+class _UsageError(Exception):
+    """Bad combination of arguments (exit code 2)."""
+
+
+def _run_usage_checked(handler: Callable[[argparse.Namespace, Services], int]) -> Callable[..., int]:
+    def run(args: argparse.Namespace, services: Services) -> int:
+        try:
+            return handler(args, services)
+        except _UsageError as exc:
+            print(f"usage error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except _retrieval_errors() as exc:
+            raise CommandError(str(exc)) from exc
+
+    return run
+
+
+def cmd_sync(args: argparse.Namespace, services: Services) -> int:
+    from .sync import SyncResult, refresh_index
+
+    index = services.chunk_index if services.config.rag.enabled else None
+    if index is not None and hasattr(index, "progress") and not args.json:
+        index.progress = lambda message: print(message, file=sys.stderr)
+    result = refresh_index(services, full=args.full)
+    if args.json:
+        _print_json(result.to_json())
+    elif isinstance(result, SyncResult):
+        print(result.summary())
+    else:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+    return EXIT_FAILED if isinstance(result, SyncResult) and result.failed else EXIT_OK
+
+
+def _hit_lines(rank: int, hit: Any) -> str:
+    where = hit.path + (f" › {hit.heading}" if hit.heading else "") + (f" (page {hit.page})" if hit.page else "")
+    text = " ".join(hit.text.split())
+    excerpt = text if len(text) <= 240 else text[:239] + "…"
+    return f"{rank}. {where}  [score {hit.score:.4f}]\n   {excerpt}"
+
+
+def cmd_search(args: argparse.Namespace, services: Services) -> int:
+    _one_of_query_or_batch(args, "search")
+    if args.batch:
+        items = _read_batch(args.batch, ("id", "query"))
+        retriever = services.retriever
+        for item in items:
+            hits = retriever.search(item["query"], top_k=args.top_k, mode=args.mode, path_prefix=args.path_prefix)
+            _print_json({"id": item["id"], "hits": [h.to_json() for h in hits]})
+        return EXIT_OK
+    hits = services.retriever.search(args.query, top_k=args.top_k, mode=args.mode, path_prefix=args.path_prefix)
+    if args.json:
+        mode = args.mode or services.config.rag.search_mode
+        _print_json({"query": args.query, "mode": mode, "hits": [h.to_json() for h in hits]})
+        return EXIT_OK
+    if not hits:
+        print("No matching chunks.")
+    for rank, hit in enumerate(hits, start=1):
+        print(_hit_lines(rank, hit))
+    return EXIT_OK
+
+
+def cmd_recall(args: argparse.Namespace, services: Services) -> int:
+    _one_of_query_or_batch(args, "recall")
+    recall = services.recall
+    if args.batch:
+        items = _read_batch(args.batch, ("id", "query"), optional=("user",))
+        for item in items:
+            user = item.get("user") or _user(args, services)
+            turns = recall.recall(user, item["query"], top_k=args.top_k, mode=args.mode)
+            _print_json({"id": item["id"], "user": user, "hits": [t.to_json() for t in turns]})
+        return EXIT_OK
+    user = _user(args, services)
+    turns = recall.recall(user, args.query, top_k=args.top_k, exclude_session=args.exclude_session, mode=args.mode)
+    if args.json:
+        _print_json({"user": user, "query": args.query, "hits": [t.to_json() for t in turns]})
+        return EXIT_OK
+    if not turns:
+        print(f"Nothing relevant in {user}'s earlier conversations.")
+    for rank, turn in enumerate(turns, start=1):
+        text = " ".join(turn.content.split())
+        excerpt = text if len(text) <= 240 else text[:239] + "…"
+        print(
+            f"{rank}. [{turn.timestamp:%Y-%m-%d %H:%M}] session {turn.session_id} {turn.role}  "
+            f"[score {turn.score:.4f}]\n   {excerpt}"
+        )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -210,6 +370,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(bundle_cmds, "validate", cmd_bundle_validate, "validate databricks.yml and resources/ offline")
     p.add_argument("--target", "-t", action="append", help="target to validate (repeatable; default: the default)")
     p.add_argument("--root", default=".", help="bundle folder (default: the current directory)")
+
+    from .retrieval import SEARCH_MODES
+
+    p = add(commands, "sync", _run_usage_checked(cmd_sync), "bring the search index in step with the chunk table")
+    p.add_argument("--full", action="store_true", help="re-embed every chunk, even unchanged ones")
+    p = add(commands, "search", _run_usage_checked(cmd_search), "search the indexed documents")
+    p.add_argument("query", nargs="?", help="what to look for")
+    p.add_argument("--batch", metavar="QUERIES.jsonl", help='lines {"id", "query"}; prints lines {"id", "hits"}')
+    p.add_argument("--top-k", type=_positive_int, help="number of hits (default: rag.top_k)")
+    p.add_argument("--mode", choices=SEARCH_MODES, help="default: rag.search_mode")
+    p.add_argument("--path-prefix", help="only documents whose path starts with this")
+    p = add(commands, "recall", _run_usage_checked(cmd_recall), "find relevant turns from earlier conversations")
+    p.add_argument("query", nargs="?", help="what to look for")
+    p.add_argument("--user", help="whose conversations (default: config user / OS user)")
+    p.add_argument(
+        "--batch",
+        metavar="QUERIES.jsonl",
+        help='lines {"id", "user", "query"}; prints lines {"id", "user", "hits"}',
+    )
+    p.add_argument("--top-k", type=_positive_int, help="number of turns (default: memory.recall_top_k)")
+    p.add_argument("--mode", choices=SEARCH_MODES, help="default: rag.search_mode")
+    p.add_argument("--exclude-session", help="leave out this session's turns")
     return parser
 
 

@@ -59,6 +59,102 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE EXTENSION IF NOT EXISTS vector;",
         requires_vector=True,
     ),
+    Migration(
+        3,
+        "retrieval: embedding spaces and BM25 statistics",
+        """
+        -- One row per embedding space ('chunks' = the document index, 'turns' = conversation recall): which
+        -- model filled it and its dimension. The space's table (rag_chunks / turn_index) has a vector(dim)
+        -- column, so it is created at run time by index_pgvector.py once the model's dimension is known, and
+        -- dropped and rebuilt when the model changes, never mixed.
+        CREATE TABLE vector_spaces (
+            space       text PRIMARY KEY,
+            model       text NOT NULL,
+            dimension   int NOT NULL CHECK (dimension > 0),
+            -- The approximate-nearest-neighbour index on the space's table: its kind, its parameters
+            -- (ivfflat lists) and the row count when it was built (ivfflat is rebuilt when rows grow 4x).
+            index_type  text,
+            index_lists int,
+            index_rows  bigint,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            updated_at  timestamptz NOT NULL DEFAULT now()
+        );
+
+        -- BM25 corpus statistics per space, kept exact by statement triggers on the space's table, so they
+        -- change in the same transaction as the rows they describe: document frequency per lexeme, and the
+        -- number of documents and their total length (for the average document length).
+        CREATE TABLE bm25_terms (
+            space   text NOT NULL,
+            lexeme  text NOT NULL,
+            df      int NOT NULL,
+            PRIMARY KEY (space, lexeme)
+        );
+        CREATE TABLE bm25_stats (
+            space        text PRIMARY KEY,
+            doc_count    bigint NOT NULL DEFAULT 0,
+            total_length bigint NOT NULL DEFAULT 0
+        );
+
+        -- AFTER ... FOR EACH STATEMENT trigger with transition tables new_rows / old_rows, each row having
+        -- tsv tsvector and doc_len int; TG_ARGV[0] names the space. Lexemes are upserted in sorted order so
+        -- concurrent writers lock them in the same order and cannot deadlock.
+        CREATE FUNCTION bm25_track() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        DECLARE
+            v_space   text := TG_ARGV[0];
+            added     tsvector[] := '{}';
+            removed   tsvector[] := '{}';
+            add_docs  bigint := 0;
+            add_len   bigint := 0;
+            del_docs  bigint := 0;
+            del_len   bigint := 0;
+            emptied   text[];
+        BEGIN
+            IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                SELECT coalesce(array_agg(tsv), '{}'), count(*), coalesce(sum(doc_len), 0)
+                  INTO added, add_docs, add_len FROM new_rows;
+            END IF;
+            IF TG_OP IN ('DELETE', 'UPDATE') THEN
+                SELECT coalesce(array_agg(tsv), '{}'), count(*), coalesce(sum(doc_len), 0)
+                  INTO removed, del_docs, del_len FROM old_rows;
+            END IF;
+            IF add_docs = 0 AND del_docs = 0 THEN
+                RETURN NULL;
+            END IF;
+            WITH delta AS (
+                SELECT lexeme, sum(n)::int AS n FROM (
+                    SELECT l AS lexeme, 1 AS n FROM unnest(added) AS a(tsv), unnest(tsvector_to_array(a.tsv)) AS l
+                    UNION ALL
+                    SELECT l, -1 FROM unnest(removed) AS r(tsv), unnest(tsvector_to_array(r.tsv)) AS l
+                ) changes GROUP BY lexeme HAVING sum(n) <> 0
+            )
+            , upserted AS (
+                INSERT INTO bm25_terms AS t (space, lexeme, df)
+                SELECT v_space, lexeme, n FROM delta ORDER BY lexeme
+                ON CONFLICT (space, lexeme) DO UPDATE SET df = t.df + EXCLUDED.df
+                RETURNING t.lexeme, t.df
+            )
+            SELECT coalesce(array_agg(lexeme) FILTER (WHERE df <= 0), '{}') INTO emptied FROM upserted;
+            IF cardinality(emptied) > 0 THEN
+                DELETE FROM bm25_terms WHERE space = v_space AND lexeme = ANY (emptied);
+            END IF;
+            INSERT INTO bm25_stats AS s (space, doc_count, total_length)
+            VALUES (v_space, add_docs - del_docs, add_len - del_len)
+            ON CONFLICT (space) DO UPDATE
+                SET doc_count = s.doc_count + EXCLUDED.doc_count,
+                    total_length = s.total_length + EXCLUDED.total_length;
+            RETURN NULL;
+        END
+        $fn$;
+
+        -- The query side: an OR of the query's lexemes (english stemming and stop words, as for documents),
+        -- each quoted for tsquery input. NULL when the query has no lexemes (only stop words).
+        CREATE FUNCTION bm25_or_query(q text) RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+            SELECT string_agg('''' || replace(replace(l, '\\', '\\\\'), '''', '''''') || '''', ' | ')::tsquery
+            FROM unnest(tsvector_to_array(to_tsvector('english', q))) AS l
+        $fn$;
+        """,
+        requires_vector=True,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

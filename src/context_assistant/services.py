@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .clock import REAL_CLOCK, Clock
 from .config import Config, load_config
@@ -17,6 +17,12 @@ from .db import Database, open_database
 from .llm import ChatModel, make_chat_model
 from .memory import ConversationStore
 from .tracing import DisabledTracer, Tracer, make_tracer
+
+if TYPE_CHECKING:
+    from .embeddings import Embedder
+    from .recall import TurnRecall
+    from .retrieval import Retriever
+    from .sync import ChunkSource
 
 
 class Services:
@@ -68,6 +74,56 @@ class Services:
         tracer = make_tracer(self.config, self.env)
         self._closers.append(tracer.close)
         return tracer
+
+    # -- retrieval (issue 4) ---------------------------------------------------------------------------
+
+    @functools.cached_property
+    def embedder(self) -> Embedder:
+        """The embedding model ``rag.embedding_model`` names; a local model loads on first use, once."""
+        from .embeddings import make_embedder
+
+        embedder = make_embedder(self.config.rag, lambda: self.workspace, clock=self.clock)
+        closer = getattr(embedder, "close", None)
+        if closer is not None:
+            self._closers.append(closer)
+        return embedder
+
+    @functools.cached_property
+    def chunk_index(self) -> Any:
+        """The document index ``rag.backend`` names: a ChunkIndex (see retrieval.py) with search/refresh."""
+        if self.config.rag.backend == "vector_search":
+            from .index_vector_search import VectorSearchIndex
+
+            return VectorSearchIndex.from_config(
+                self.config.rag, self.workspace, embedder=self.embedder, clock=self.clock
+            )
+        from .index_pgvector import PgVectorChunkIndex
+
+        return PgVectorChunkIndex.from_config(self.db, self.embedder, self.config.rag)
+
+    @property
+    def retriever(self) -> Retriever:
+        """What the assistant searches documents with (the chunk index)."""
+        return self.chunk_index
+
+    @functools.cached_property
+    def chunk_source(self) -> ChunkSource:
+        """The chunk table (``rag.chunk_table``) as the index sync reads it."""
+        from .sync import make_chunk_source
+
+        return make_chunk_source(self.config)
+
+    @functools.cached_property
+    def recall(self) -> TurnRecall:
+        """Recall of the user's earlier turns (always pgvector: turns live in Postgres)."""
+        from .recall import TurnRecall
+
+        return TurnRecall(
+            self.db,
+            self.embedder,
+            top_k=self.config.memory.recall_top_k,
+            search_mode=self.config.rag.search_mode,
+        )
 
     def close(self) -> None:
         while self._closers:

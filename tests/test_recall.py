@@ -1,0 +1,171 @@
+"""Memory recall on real Postgres + pgvector: lazily embedded turns (live and imported), hybrid search scoped
+to one user, excluded sessions, failed turns, deletion, model changes and a failing model. Mechanics use the
+hashing embedder test double; one test checks a paraphrase with the real all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from context_assistant.embeddings import LocalEmbedder
+from context_assistant.memory import ConversationStore
+from context_assistant.recall import TURNS_TABLE, TurnRecall
+from context_assistant.retrieval import RetrievalError
+from retrieval_support import CountingEmbedder, HashingEmbedder, PoisonEmbedder, bm25_stats_consistent, minilm  # noqa: F401
+
+
+def _conversation(store: ConversationStore, user: str, session: str, *turns: str) -> list[Any]:
+    store.create_session(user, session_id=session)
+    return [
+        store.append(user, session, "user" if i % 2 == 0 else "assistant", text) for i, text in enumerate(turns)
+    ]
+
+
+@pytest.fixture
+def seeded(store: ConversationStore) -> ConversationStore:
+    _conversation(
+        store,
+        "ana",
+        "ana-1",
+        "How do I rotate the warehouse credentials?",
+        "Rotate them in the secrets scope team-creds, then restart the job cluster.",
+    )
+    _conversation(
+        store, "ana", "ana-2", "What is our data retention for raw events?", "Raw events are kept 400 days."
+    )
+    _conversation(
+        store,
+        "bob",
+        "bob-1",
+        "Rotate the warehouse credentials for me",
+        "Bob's credentials live in the scope bob-private.",
+    )
+    return store
+
+
+def test_recall_finds_the_users_own_turns_and_never_anothers(seeded: ConversationStore) -> None:
+    recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=5)
+    for mode in ("vector", "keyword", "hybrid"):
+        turns = recall.recall("ana", "rotate warehouse credentials secrets scope", mode=mode)
+        assert turns and {t.session_id for t in turns} <= {"ana-1", "ana-2"}
+        assert turns[0].session_id == "ana-1"
+        assert all("bob" not in t.content.lower() for t in turns)
+    bob = recall.recall("bob", "credentials scope", top_k=10)
+    assert {t.session_id for t in bob} == {"bob-1"}
+    assert recall.recall("carol", "credentials") == []
+
+
+def test_hits_carry_the_turn(seeded: ConversationStore) -> None:
+    recall = TurnRecall(seeded.db, HashingEmbedder())
+    turn = recall.recall("ana", "secrets scope team-creds", top_k=1, mode="keyword")[0]
+    stored = seeded.get_message("ana", turn.message_id)
+    assert (turn.session_id, turn.role, turn.content, turn.timestamp) == (
+        stored.session_id,
+        "assistant",
+        stored.content,
+        stored.timestamp,
+    )
+    assert set(turn.to_json()) == {"message_id", "session_id", "role", "content", "timestamp", "score"}
+    json.dumps(turn.to_json())
+
+
+def test_exclude_session_leaves_out_the_current_conversation(seeded: ConversationStore) -> None:
+    recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=10)
+    turns = recall.recall("ana", "rotate credentials retention", exclude_session="ana-1")
+    assert turns and {t.session_id for t in turns} == {"ana-2"}
+
+
+def test_failed_turns_are_never_recalled(seeded: ConversationStore) -> None:
+    failed = seeded.append("ana", "ana-2", "assistant", "half an answer about credentials", {"status": "failed"})
+    recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=10)
+    assert failed.id not in {t.message_id for t in recall.recall("ana", "credentials answer")}
+    # A turn marked failed after it was embedded disappears too.
+    good = seeded.messages("ana", "ana-1")[1]
+    assert good.id in {t.message_id for t in recall.recall("ana", "secrets scope team-creds")}
+    seeded.update_metadata("ana", good.id, {"status": "failed"})
+    for mode in ("vector", "keyword", "hybrid"):
+        assert good.id not in {t.message_id for t in recall.recall("ana", "secrets scope team-creds", mode=mode)}
+
+
+def test_turns_are_embedded_lazily_once(seeded: ConversationStore) -> None:
+    embedder = CountingEmbedder(HashingEmbedder())
+    recall = TurnRecall(seeded.db, embedder, batch_size=2)
+    assert recall.pending_count() == 6
+    recall.recall("ana", "credentials")
+    assert recall.pending_count("ana") == 0 and recall.pending_count("bob") == 2  # only ana's were needed
+    texts = len(embedder.texts)
+    assert texts == 4 + 1  # ana's four turns and the query
+    recall.recall("ana", "credentials")
+    assert len(embedder.texts) == texts + 1  # just the query
+    assert recall.index_pending() == 2  # everyone else's (what `sync` does)
+    assert recall.index_pending() == 0
+    bm25_stats_consistent(seeded.db, "turns", TURNS_TABLE)
+
+
+def test_imported_turns_are_recalled(store: ConversationStore) -> None:
+    lines = [
+        {
+            "session_id": "old-1",
+            "user_id": "dana",
+            "role": role,
+            "content": content,
+            "timestamp": f"2025-05-0{i + 1}T10:00:00Z",
+        }
+        for i, (role, content) in enumerate(
+            [
+                ("user", "Which cluster policy do interns get?"),
+                ("assistant", "Interns use the policy intern-small."),
+            ]
+        )
+    ]
+    store.import_jsonl(json.dumps(line) for line in lines)
+    turns = TurnRecall(store.db, HashingEmbedder()).recall("dana", "cluster policy for interns", top_k=2)
+    assert [t.content for t in turns][:1] in (["Interns use the policy intern-small."], [lines[0]["content"]])
+    assert {t.session_id for t in turns} == {"old-1"}
+
+
+def test_deleting_a_session_removes_its_turns(seeded: ConversationStore) -> None:
+    recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=10)
+    assert any(t.session_id == "ana-1" for t in recall.recall("ana", "credentials rotate"))
+    seeded.delete_session("ana", "ana-1")
+    assert all(t.session_id != "ana-1" for t in recall.recall("ana", "credentials rotate"))
+    bm25_stats_consistent(seeded.db, "turns", TURNS_TABLE)
+
+
+def test_model_change_rebuilds_the_turn_index(seeded: ConversationStore) -> None:
+    TurnRecall(seeded.db, HashingEmbedder(64, "model-a")).index_pending()
+    recall = TurnRecall(seeded.db, HashingEmbedder(16, "model-b"), top_k=2)
+    assert recall.recall("ana", "rotate warehouse credentials", mode="vector")[0].session_id == "ana-1"
+    with seeded.db.connection() as conn:
+        assert conn.execute("SELECT model, dimension FROM vector_spaces WHERE space = 'turns'").fetchone() == (
+            "model-b",
+            16,
+        )
+    bm25_stats_consistent(seeded.db, "turns", TURNS_TABLE)
+
+
+def test_a_failing_model_falls_back_to_keywords(seeded: ConversationStore) -> None:
+    TurnRecall(seeded.db, HashingEmbedder()).index_pending()
+    seeded.append("ana", "ana-2", "user", "a new turn about credentials")  # pending, and cannot be embedded
+    broken = TurnRecall(seeded.db, PoisonEmbedder(HashingEmbedder(), ""), top_k=3)  # every call fails
+    turns = broken.recall("ana", "secrets scope team-creds")
+    assert turns and turns[0].session_id == "ana-1"
+    with pytest.raises(RetrievalError, match="recall could not embed the query: endpoint rejected the input"):
+        broken.recall("ana", "secrets", mode="vector")
+
+
+def test_bad_recall_arguments(seeded: ConversationStore) -> None:
+    recall = TurnRecall(seeded.db, HashingEmbedder())
+    with pytest.raises(RetrievalError, match="the query is empty"):
+        recall.recall("ana", " ")
+    with pytest.raises(RetrievalError, match="recall needs a user"):
+        recall.recall("", "credentials")
+    assert recall.recall("ana", "credentials", top_k=0) == []
+
+
+def test_recall_finds_a_paraphrase_with_minilm(seeded: ConversationStore, minilm: LocalEmbedder) -> None:  # noqa: F811
+    recall = TurnRecall(seeded.db, minilm, top_k=1)
+    (turn,) = recall.recall("ana", "how long do we store unprocessed clickstream logs?")
+    assert turn.session_id == "ana-2"
