@@ -12,6 +12,7 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,6 +125,46 @@ def bm25_stats_consistent(db: Any, space: str, table: str) -> None:
         ).fetchone() or (0, 0)
     assert actual_df == expected_df
     assert tuple(stats) == (docs, length)
+
+
+def write_chunk_table(location: Path, chunks: list[SourceChunk], mode: str = "overwrite") -> None:
+    """Write chunks as the pipeline's Delta chunk table (its column set; pipeline.CHUNK_COLUMNS)."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    schema = pa.schema(
+        [
+            ("chunk_id", pa.string(), False),
+            ("path", pa.string(), False),
+            ("chunk_index", pa.int32(), False),
+            ("text", pa.string(), False),
+            ("heading", pa.string(), False),
+            ("page", pa.int32()),
+            ("content_hash", pa.string(), False),
+            ("doc_hash", pa.string(), False),
+            ("modified_at", pa.timestamp("us", tz="UTC"), False),
+            ("ingested_at", pa.timestamp("us", tz="UTC"), False),
+        ]
+    )
+    rows = [
+        {
+            "chunk_id": c.chunk_id,
+            "path": c.path,
+            "chunk_index": c.chunk_index,
+            "text": c.text,
+            "heading": c.heading,
+            "page": c.page,
+            "content_hash": c.content_hash,
+            "doc_hash": "d-" + c.path,
+            "modified_at": now,
+            "ingested_at": now,
+        }
+        for c in chunks
+    ]
+    write_deltalake(str(location), pa.Table.from_pylist(rows, schema=schema), mode=mode)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from context_assistant.sync import (
     DeltaLakeChunkSource,
     Fingerprint,
     InMemoryChunkSource,
-    SourceChunk,
     SyncError,
     SyncResult,
     document_batches,
@@ -34,6 +33,7 @@ from retrieval_support import (
     chunk,
     document,
     minilm,  # noqa: F401
+    write_chunk_table,
 )
 from spark_support import local_spark  # noqa: F401
 
@@ -227,46 +227,6 @@ def test_sync_result_json_shape() -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Chunk sources: a real Delta table
-
-
-def write_chunk_table(location: Path, chunks: list[SourceChunk], mode: str = "overwrite") -> None:
-    """Write chunks as the pipeline's Delta chunk table (its column set; pipeline.CHUNK_COLUMNS)."""
-    from datetime import datetime, timezone
-
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    schema = pa.schema(
-        [
-            ("chunk_id", pa.string(), False),
-            ("path", pa.string(), False),
-            ("chunk_index", pa.int32(), False),
-            ("text", pa.string(), False),
-            ("heading", pa.string(), False),
-            ("page", pa.int32()),
-            ("content_hash", pa.string(), False),
-            ("doc_hash", pa.string(), False),
-            ("modified_at", pa.timestamp("us", tz="UTC"), False),
-            ("ingested_at", pa.timestamp("us", tz="UTC"), False),
-        ]
-    )
-    rows = [
-        {
-            "chunk_id": c.chunk_id,
-            "path": c.path,
-            "chunk_index": c.chunk_index,
-            "text": c.text,
-            "heading": c.heading,
-            "page": c.page,
-            "content_hash": c.content_hash,
-            "doc_hash": "d-" + c.path,
-            "modified_at": now,
-            "ingested_at": now,
-        }
-        for c in chunks
-    ]
-    write_deltalake(str(location), pa.Table.from_pylist(rows, schema=schema), mode=mode)
 
 
 def test_delta_table_source_syncs_exactly(db: Database, tmp_path: Path) -> None:
