@@ -19,6 +19,7 @@ from .memory import ConversationStore
 from .tracing import DisabledTracer, Tracer, make_tracer
 
 if TYPE_CHECKING:
+    from .assistant import Assistant
     from .embeddings import Embedder
     from .recall import TurnRecall
     from .retrieval import Retriever
@@ -123,6 +124,21 @@ class Services:
             self.embedder,
             top_k=self.config.memory.recall_top_k,
             search_mode=self.config.rag.search_mode,
+        )
+
+    @functools.cached_property
+    def assistant(self) -> Assistant:
+        """The assistant turn, wired to this config's memory, retrieval, recall, model and tracer."""
+        from .assistant import Assistant
+
+        return Assistant(
+            self.config,
+            self.store,
+            self.chat_model,
+            retriever=self.retriever if self.config.rag.enabled else None,
+            recall=self.recall if self.config.memory.recall else None,
+            tracer=self.tracer,
+            clock=self.clock,
         )
 
     def close(self) -> None:
