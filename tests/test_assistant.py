@@ -11,8 +11,6 @@ import dataclasses
 from typing import Any
 
 import pytest
-from fake_databricks import FakeDatabricks, Response
-from retrieval_support import HashingEmbedder, document
 
 from context_assistant.assistant import Assistant, TurnFailed
 from context_assistant.clock import FakeClock
@@ -23,6 +21,8 @@ from context_assistant.llm_offline import OfflineModel
 from context_assistant.memory import ConversationStore
 from context_assistant.recall import TurnRecall
 from context_assistant.sync import InMemoryChunkSource
+from fake_databricks import FakeDatabricks, Response
+from retrieval_support import HashingEmbedder, document
 
 DOCS = [
     *document(
