@@ -92,6 +92,9 @@ class RagConfig:
     vector_search_endpoint: str = ""
     index_name: str = ""
     vector_search_query_type: str = _opt("HYBRID", choices=("HYBRID", "ANN"))
+    vector_search_embeddings: str = _opt("managed", choices=("managed", "self_managed"))
+    vector_search_endpoint_type: str = _opt("STANDARD", choices=("STANDARD", "STORAGE_OPTIMIZED"))
+    vector_search_timeout_seconds: float = _opt(3600.0, min=1)
 
 
 @dataclass(frozen=True)
