@@ -7,8 +7,11 @@ Exit codes: 0 success; 1 the command ran but failed (not found, rejected input, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import re
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -321,6 +324,77 @@ def cmd_recall(args: argparse.Namespace, services: Services) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# ingest
+
+
+class TerminalProgress:
+    """Progress of a long command on stderr: one live status line (with a bar when a message carries
+    ``done/total``) on a terminal, plain lines otherwise, nothing when ``quiet``."""
+
+    BAR = 24
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.quiet = quiet and not self.live
+        self._shown = False
+
+    def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
+        if not self.live:
+            print(message, file=self.stream, flush=True)
+            return
+        match = re.search(r"(\d+)/(\d+)", message)
+        bar = ""
+        if match and int(match.group(2)) > 0:
+            done = min(1.0, int(match.group(1)) / int(match.group(2)))
+            filled = round(done * self.BAR)
+            bar = f"[{'#' * filled}{'.' * (self.BAR - filled)}] {done:4.0%} "
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        self.stream.write("\r\033[K" + (bar + message)[:width])
+        self.stream.flush()
+        self._shown = True
+
+    def done(self) -> None:
+        if self.live and self._shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
+    from .refresh import RefreshError, refresh_documents
+
+    if args.source:
+        services.config = services.config.replace(rag=dataclasses.replace(services.config.rag, source=args.source))
+    progress = TerminalProgress(quiet=args.json)
+    index = services.chunk_index if services.config.rag.backend == "pgvector" else None
+    if index is not None:
+        index.progress = progress
+    try:
+        result = refresh_documents(services, full=args.full, progress=progress)
+    except RefreshError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        progress.done()
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(result.summary())
+    return EXIT_OK  # the run completed; documents that failed are listed, with their previous chunks kept
+
+
+# ---------------------------------------------------------------------------------------------------------
+# chat (issue 5)
+
+
+def cmd_chat(args: argparse.Namespace, services: Services) -> int:
+    from .chat import run_chat
+
+    return run_chat(args, services)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -371,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", "-t", action="append", help="target to validate (repeatable; default: the default)")
     p.add_argument("--root", default=".", help="bundle folder (default: the current directory)")
 
+    p = add(commands, "ingest", cmd_ingest, "parse and chunk new or changed documents, then sync the index")
+    p.add_argument("--source", help="documents folder or Volume path (default: rag.source)")
+    p.add_argument("--full", action="store_true", help="re-embed every chunk, even unchanged ones")
+
     from .retrieval import SEARCH_MODES
 
     p = add(commands, "sync", _run_usage_checked(cmd_sync), "bring the search index in step with the chunk table")
@@ -392,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_positive_int, help="number of turns (default: memory.recall_top_k)")
     p.add_argument("--mode", choices=SEARCH_MODES, help="default: rag.search_mode")
     p.add_argument("--exclude-session", help="leave out this session's turns")
+
+    from .chat import add_chat_arguments
+
+    p = add(commands, "chat", cmd_chat, "chat with the assistant: a REPL, or one question with --message")
+    add_chat_arguments(p)
     return parser
 
 

@@ -89,6 +89,8 @@ class RagConfig:
     ivfflat_probes: int = _opt(10, min=1)
     chunk_table: str = "chunks"
     documents_table: str = "documents"
+    # In a Databricks App (no Spark): the id of the ingestion job that a refresh runs instead.
+    refresh_job_id: str = ""
     vector_search_endpoint: str = ""
     index_name: str = ""
     vector_search_query_type: str = _opt("HYBRID", choices=("HYBRID", "ANN"))

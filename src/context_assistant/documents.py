@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import logging
 import os
 import re
 import unicodedata
@@ -608,6 +609,8 @@ def _parse_pdf(data: bytes) -> list[Section]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    # pypdf logs repairs of damaged files as warnings; a file we cannot read gets a ParseError instead.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
     except PdfReadError as error:

@@ -158,6 +158,10 @@ def load_sentence_transformer(target: str) -> Any:
                     "local embeddings need sentence-transformers: pip install 'context-assistant[local]'"
                 ) from exc
             try:
+                # Loading prints a per-weight progress bar; it is noise in a CLI or a job log.
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()
                 model = SentenceTransformer(target, device="cpu")
             except Exception as exc:
                 raise EmbeddingError(

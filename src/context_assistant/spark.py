@@ -97,6 +97,9 @@ def start_local_spark(local_dir: str | os.PathLike[str] | None = None) -> SparkS
             host, port = server.listening_address
             _server = server
             _session = SparkSession.builder.remote(f"sc://{host}:{port}").create()
+            # The session time zone otherwise follows the machine's (e.g. "Etc/UTC"), and pysail then refuses
+            # to reopen Delta tables whose timestamps were declared under another zone name ("UTC").
+            _session.conf.set("spark.sql.session.timeZone", "UTC")
             if not _atexit_registered:
                 atexit.register(stop_local_spark)
                 _atexit_registered = True

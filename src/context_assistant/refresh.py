@@ -1,0 +1,175 @@
+"""Bring the assistant's knowledge up to date: documents → chunk table → index, as one step.
+
+``context-assistant ingest``, the chat's ``/refresh`` and the web app's refresh button all call
+:func:`refresh_documents`. Where Spark is available (a laptop with the local Spark, a notebook or job on
+Databricks) it parses and chunks the changed documents and then syncs the index, in this process. A Databricks
+App has no Spark, so there ``rag.refresh_job_id`` names the bundle's ingestion job and the refresh runs that
+job (which does the same two steps on serverless) and follows its run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .clock import REAL_CLOCK, Clock
+from .config import Config
+
+if TYPE_CHECKING:
+    from .pipeline import IngestResult
+    from .services import Services
+    from .tables import TableRef
+
+log = logging.getLogger(__name__)
+
+TERMINAL_LIFE_CYCLE_STATES = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
+
+
+class RefreshError(RuntimeError):
+    """The refresh could not complete; ``str()`` is one line for the user."""
+
+
+@dataclass
+class RefreshResult:
+    ingest: IngestResult | None = None
+    sync: Any | None = None  # sync.SyncResult, or the Vector Search backend's report
+    job_run: dict[str, Any] | None = None  # when the refresh ran as a Databricks job
+
+    @property
+    def ok(self) -> bool:
+        if self.job_run is not None:
+            return self.job_run.get("result_state") == "SUCCESS"
+        return bool(getattr(self.sync, "ok", True))
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``ingest --json`` shape: the pipeline's summary (``documents``, ``failures``, ``chunks``,
+        ``seconds``) plus ``sync`` (what the index sync did); or ``{"job_run": {...}}`` for a job run."""
+        out: dict[str, Any] = self.ingest.to_json() if self.ingest is not None else {}
+        if self.sync is not None:
+            out["sync"] = self.sync.to_json()
+        if self.job_run is not None:
+            out["job_run"] = self.job_run
+        return out
+
+    def summary(self) -> str:
+        lines = []
+        if self.ingest is not None:
+            d = self.ingest.to_json()["documents"]
+            lines.append(
+                f"Documents: {d['added']} added, {d['updated']} updated, {d['deleted']} deleted, "
+                f"{d['unchanged']} unchanged, {d['failed']} failed, {d['skipped']} skipped "
+                f"({self.ingest.chunks.written} chunks written, {self.ingest.chunks.deleted} deleted)."
+            )
+            lines += [f"FAILED {f.path}: {f.error}" for f in sorted(self.ingest.failures, key=lambda f: f.path)]
+        if self.sync is not None:
+            summary = getattr(self.sync, "summary", None)
+            lines.append(summary() if callable(summary) else f"Index: {self.sync.to_json()}")
+        if self.job_run is not None:
+            run = self.job_run
+            lines.append(
+                f"Job run {run['run_id']}: {run.get('result_state') or run.get('state')} {run.get('url', '')}"
+            )
+        return "\n".join(lines)
+
+
+def source_location(config: Config) -> str:
+    """``rag.source`` as the pipeline reads it: Volume paths and URIs as given, local folders resolved."""
+    source = config.rag.source
+    if source.startswith("/Volumes/") or "://" in source:
+        return source
+    return str(config.resolve_path(source))
+
+
+def table_ref(config: Config, name: str) -> TableRef:
+    """A chunk/documents table setting: ``catalog.schema.table``, or a folder under the data directory."""
+    from .tables import resolve_table
+
+    return resolve_table(name, local_dir=config.data_path)
+
+
+def refresh_documents(
+    services: Services,
+    *,
+    full: bool = False,
+    progress: Callable[[str], None] | None = None,
+    spark_factory: Callable[[], Any] | None = None,
+    wait: bool = True,
+    clock: Clock = REAL_CLOCK,
+) -> RefreshResult:
+    """Ingest changed documents and sync the index; or, with ``rag.refresh_job_id``, run that job."""
+    config = services.config
+    if not config.rag.enabled:
+        raise RefreshError("RAG is disabled (rag.enabled: false): there are no documents to refresh")
+    if config.rag.refresh_job_id:
+        return RefreshResult(job_run=run_refresh_job(services, wait=wait, clock=clock, progress=progress))
+
+    from .pipeline import IngestError, run_ingest
+    from .sync import refresh_index
+
+    source = source_location(config)
+    if "://" not in source and not source.startswith("/Volumes/") and not Path(source).is_dir():
+        raise RefreshError(f"the documents folder does not exist: {source} (rag.source or --source)")
+    say = progress or (lambda message: None)
+    if spark_factory is None:
+        from .spark import get_spark
+
+        def spark_factory() -> Any:
+            return get_spark(config.data_path)
+
+    try:
+        ingest = run_ingest(
+            spark_factory(),
+            source,
+            table_ref(config, config.rag.chunk_table),
+            table_ref(config, config.rag.documents_table),
+            chunk_size=config.rag.chunk_size,
+            chunk_overlap=config.rag.chunk_overlap,
+            progress=say,
+        )
+    except IngestError as exc:
+        raise RefreshError(str(exc)) from exc
+    say("Syncing the index with the chunk table...")
+    sync = refresh_index(services, full=full)
+    return RefreshResult(ingest=ingest, sync=sync)
+
+
+def run_refresh_job(
+    services: Services,
+    *,
+    wait: bool = True,
+    clock: Clock = REAL_CLOCK,
+    poll_seconds: float = 10.0,
+    timeout_seconds: float = 3600.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Start the ingestion job (``rag.refresh_job_id``) and, with ``wait``, follow it to the end."""
+    job_id = int(services.config.rag.refresh_job_id)
+    jobs = services.workspace.jobs
+    try:
+        started = jobs.run_now(job_id=job_id)
+        run_id = started.run_id if hasattr(started, "run_id") else started.response.run_id
+    except Exception as exc:
+        raise RefreshError(f"could not start the ingestion job {job_id}: {exc}") from exc
+    say = progress or (lambda message: None)
+    say(f"Started job {job_id}, run {run_id}.")
+    deadline = clock.monotonic() + timeout_seconds
+    while True:
+        run = jobs.get_run(run_id=run_id)
+        state = run.state
+        life = state.life_cycle_state.value if state and state.life_cycle_state else "UNKNOWN"
+        result = state.result_state.value if state and state.result_state else None
+        info = {"job_id": job_id, "run_id": run_id, "state": life, "result_state": result, "url": run.run_page_url}
+        if life in TERMINAL_LIFE_CYCLE_STATES or not wait:
+            if life in TERMINAL_LIFE_CYCLE_STATES and result != "SUCCESS":
+                message = (state.state_message if state else "") or "no message"
+                raise RefreshError(
+                    f"the ingestion job run {run_id} ended {result or life}: {message} ({run.run_page_url})"
+                )
+            return info
+        if clock.monotonic() > deadline:
+            raise RefreshError(f"the ingestion job run {run_id} did not finish within {timeout_seconds:g}s")
+        say(f"Job run {run_id}: {life}...")
+        clock.sleep(poll_seconds)
