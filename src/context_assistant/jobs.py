@@ -150,6 +150,7 @@ def run_ingest_job(
 ) -> int:
     """Ingest the source into the chunk/documents tables; prints the JSON summary; returns the exit code."""
     from .pipeline import IngestError, run_ingest
+    from .refresh import source_location, table_ref
 
     env = os.environ if env is None else env
     out = out or sys.stdout
@@ -170,9 +171,9 @@ def run_ingest_job(
         spark = (spark_factory or _default_spark)(config)
         result = run_ingest(
             spark,
-            _source_path(config),
-            _table(config, rag.chunk_table),
-            _table(config, rag.documents_table),
+            source_location(config),
+            table_ref(config, rag.chunk_table),
+            table_ref(config, rag.documents_table),
             chunk_size=rag.chunk_size,
             chunk_overlap=rag.chunk_overlap,
             progress=_progress,
@@ -271,20 +272,6 @@ def _default_workspace() -> Any:
     from databricks.sdk import WorkspaceClient
 
     return WorkspaceClient()
-
-
-def _source_path(config: Config) -> str:
-    """Volume paths and URIs as given; a local folder relative to the config file (or working directory)."""
-    source = config.rag.source
-    if source.startswith("/Volumes/") or "://" in source:
-        return source
-    return str(config.resolve_path(source))
-
-
-def _table(config: Config, name: str) -> Any:
-    from .tables import resolve_table
-
-    return resolve_table(name, local_dir=config.data_path)
 
 
 def _progress(message: str) -> None:
