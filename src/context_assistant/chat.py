@@ -17,6 +17,11 @@ always waits for the whole answer and calls the model without streaming (for ser
 ``--json`` never streams. Ctrl-C while an answer is arriving stops that answer, not the chat: the question
 stays stored, marked interrupted, and ``/retry`` asks it again.
 
+**/refresh** (or the seed's bare ``refresh``) does what ``context-assistant ingest`` does, through the same
+:func:`context_assistant.refresh.refresh_documents`: new, changed and deleted documents in ``rag.source`` are
+parsed and chunked into the chunk table, then the index is synced; with ``rag.refresh_job_id`` (a Databricks
+App, which has no Spark) it runs the bundle's ingestion job instead. It prints what changed.
+
 **Errors** never end the REPL: a failed turn, a failed refresh or a database hiccup prints one line and the
 prompt comes back. A failed turn's message is kept (marked failed, left out of later prompts) and ``/retry``
 sends it again without storing it twice.
@@ -492,7 +497,7 @@ class ChatRepl:
             for source in self.last_result.sources:
                 self.say(source_line(source_json(source, with_text=False)))
                 for text_line in source.text.strip().splitlines():
-                    self.say("    " + text_line)
+                    self.say(f"    {text_line}".rstrip())
                 self.say()
             return True
         stored = self._stored_sources()
