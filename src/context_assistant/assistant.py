@@ -226,8 +226,9 @@ class Assistant:
                 raise self._fail(
                     user, session_id, user_message, str(exc), "context_too_long", False, trace
                 ) from exc
-            except GeneratorExit:
-                # The caller stopped listening (a closed browser tab). Keep the message, say why there is no reply.
+            except (GeneratorExit, KeyboardInterrupt):
+                # The caller stopped listening (a closed browser tab, Ctrl-C in the terminal). Keep the message
+                # and say why there is no reply.
                 if not finished:
                     self._mark_failed(
                         user, user_message, "the reply was interrupted before it completed", "interrupted", trace

@@ -317,6 +317,8 @@ class Tracer:
         finally:
             for logger, level in zip(quiet, levels, strict=True):
                 logger.setLevel(level)
+        # At exit MLflow announces it is flushing queued traces; that is not news for a CLI user either.
+        logging.getLogger("mlflow.tracing.export.async_export_queue").setLevel(logging.WARNING)
         from mlflow.entities.span import NO_OP_SPAN_TRACE_ID
 
         self._no_op_trace_id = NO_OP_SPAN_TRACE_ID
