@@ -277,6 +277,8 @@ def _hit_lines(rank: int, hit: Any) -> str:
 
 def cmd_search(args: argparse.Namespace, services: Services) -> int:
     _one_of_query_or_batch(args, "search")
+    if not services.config.rag.enabled:
+        raise CommandError("document search is off (rag.enabled: false in the config)")
     if args.batch:
         items = _read_batch(args.batch, ("id", "query"))
         retriever = services.retriever
@@ -298,6 +300,8 @@ def cmd_search(args: argparse.Namespace, services: Services) -> int:
 
 def cmd_recall(args: argparse.Namespace, services: Services) -> int:
     _one_of_query_or_batch(args, "recall")
+    if not services.config.memory.recall:
+        raise CommandError("memory recall is off (memory.recall: false in the config)")
     recall = services.recall
     if args.batch:
         items = _read_batch(args.batch, ("id", "query"), optional=("user",))
@@ -395,6 +399,28 @@ def cmd_chat(args: argparse.Namespace, services: Services) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# web app (issue 6)
+
+
+def port_number(value: str) -> int:
+    """argparse type for ``--port`` (also used by ``python app.py``)."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
+def cmd_serve(args: argparse.Namespace, services: Services) -> int:
+    from .web import serve
+
+    serve(services, args.host, args.port)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -475,6 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(commands, "chat", cmd_chat, "chat with the assistant: a REPL, or one question with --message")
     add_chat_arguments(p)
+
+    p = add(
+        commands,
+        "serve",
+        cmd_serve,
+        "serve the chat page and its JSON API (as python app.py does)",
+        json_flag=False,
+    )
+    p.add_argument("--host", help="interface to listen on (default: web.host; 0.0.0.0 on Databricks Apps)")
+    p.add_argument("--port", type=port_number, help="port (default: $DATABRICKS_APP_PORT, else web.port)")
     return parser
 
 

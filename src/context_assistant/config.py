@@ -113,6 +113,11 @@ class WebConfig:
     port: int = _opt(8000, min=0)
     default_user: str = ""
     max_message_chars: int = _opt(16000, min=1)
+    # Whose request is it: X-Forwarded-Email & co. are honoured only behind the Databricks Apps proxy ("auto":
+    # when DATABRICKS_APP_NAME is set), always ("trust": another proxy that sets them) or never ("ignore").
+    forwarded_identity: str = _opt("auto", choices=("auto", "trust", "ignore"))
+    max_body_bytes: int = _opt(262144, min=1024)
+    health_timeout_seconds: float = _opt(5.0, min=0.1)
 
 
 @dataclass(frozen=True)
