@@ -189,3 +189,24 @@ def test_entry_point_in_a_subprocess(config_file: Path, pg_env: dict[str, str], 
     assert done.stderr == f"error: no such file: {tmp_path / 'nope.jsonl'}\n"
     done = run("search", "x", "--top-k", "0")
     assert done.returncode == 2 and "--top-k: must be at least 1, got 0" in done.stderr
+
+
+def test_switched_off_features_say_so(
+    make_config: Any, tmp_path: Path, pg_env: dict[str, str], monkeypatch: Any, capsys: Any
+) -> None:
+    import dataclasses
+
+    import yaml
+
+    data = dataclasses.asdict(make_config(rag__enabled=False, memory__recall=False))
+    data.pop("base_dir")
+    path = tmp_path / "off.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for key, value in pg_env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--config", str(path), "search", "x"]) == 1
+    assert capsys.readouterr().err == "error: document search is off (rag.enabled: false in the config)\n"
+    assert main(["--config", str(path), "recall", "x"]) == 1
+    assert capsys.readouterr().err == "error: memory recall is off (memory.recall: false in the config)\n"
+    assert main(["--config", str(path), "sync", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedded"] == 0

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from context_assistant import index_pgvector
 from context_assistant.db import Database
 from context_assistant.embeddings import LocalEmbedder
 from context_assistant.index_pgvector import (
@@ -137,6 +138,32 @@ def test_keyword_scores_are_bm25(index: PgVectorChunkIndex, db: Database, query:
     hits = index.search(query, top_k=50, mode="keyword")
     assert {h.chunk_id: pytest.approx(h.score, rel=1e-9) for h in hits} == expected
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+@pytest.mark.parametrize("budget", [1, 10, 5000])
+def test_pruned_bm25_is_exact(db: Database, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    """Scoring first only the rows with the rarer query terms must not change the top-k (any budget)."""
+    monkeypatch.setattr(index_pgvector, "BM25_CANDIDATE_BUDGET", budget)
+    docs = [
+        *(c for i in range(40) for c in document(f"common/{i:02d}.md", f"common words {'filler ' * (i % 7)}{i}")),
+        *document("rare/one.md", "common rare"),
+        *document("rare/two.md", "rare rare and a long tail of other words here"),
+        *document("both/three.md", "common common common sometimes"),
+    ]
+    idx = PgVectorChunkIndex(db, HashingEmbedder())
+    idx.refresh(InMemoryChunkSource(docs))
+    candidate_sets: list[list[str]] = []
+    real_tsquery_or = index_pgvector.tsquery_or
+    monkeypatch.setattr(
+        index_pgvector, "tsquery_or", lambda lex: candidate_sets.append(list(lex)) or real_tsquery_or(lex)
+    )
+    for query, k in (("common rare", 1), ("common rare", 2), ("common rare", 3), ("common words", 5), ("rare", 1)):
+        expected = sorted(_reference_bm25(db, query).items(), key=lambda item: (-item[1], item[0]))[:k]
+        hits = idx.search(query, top_k=k, mode="keyword")
+        assert [(h.chunk_id, pytest.approx(h.score, rel=1e-9)) for h in hits] == expected
+    if budget == 10:
+        # "common rare" top 1 and 2: answered from the rows with "rare" alone; top 3 needs the fallback.
+        assert candidate_sets[:4] == [["rare"], ["rare"], ["rare"], ["rare", "common"]]
 
 
 def test_bm25_prefers_rare_terms_and_short_documents(db: Database) -> None:

@@ -74,6 +74,7 @@ MAX_HALFVEC_INDEX_DIM = 4000  # ... and for halfvec
 DEFAULT_BATCH_SIZE = 256  # chunks embedded per write transaction
 DELETE_BATCH_SIZE = 1000
 MAX_CONSECUTIVE_FAILURES = 3  # documents failing in a row before the run stops embedding
+BM25_CANDIDATE_BUDGET = 5000  # rows (by document frequency) scored in the first, pruned phase of BM25
 SYNC_LOCK_KEY = 0x0C0A5518  # advisory lock: one refresh of the chunk index at a time
 
 CHUNKS_SPACE = "chunks"
@@ -178,37 +179,76 @@ def like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def bm25_sql(space: str, table: str, key: str, where: str) -> str:
-    """BM25 over ``table`` rows matching ``where`` (SQL over alias ``c``); params ``query`` and ``limit``.
+def tsquery_or(lexemes: Sequence[str]) -> str:
+    """A tsquery (text form) matching any of these already-normalised lexemes."""
+    return " | ".join("'" + lex.replace("\\", "\\\\").replace("'", "''") + "'" for lex in lexemes)
 
-    Returns ``(key, score)`` best first. ``doc_len`` and ``tsv`` are columns of the table; the statistics come
-    from ``bm25_terms``/``bm25_stats`` of ``space``.
+
+def bm25_rank(
+    conn: psycopg.Connection,
+    space: str,
+    table: str,
+    key: str,
+    where: str,
+    params: dict[str, Any],
+    query: str,
+    limit: int,
+) -> list[tuple[Any, float]]:
+    """The top ``limit`` rows of ``table`` (alias ``c``, filtered by ``where`` with ``params``) by BM25 for
+    ``query``: ``(key, score)`` best first, exactly as if every matching row were scored.
+
+    Rows are scored from their ``tsv`` (term frequency = number of positions of the lexeme) and ``doc_len``,
+    with ``df`` per lexeme and the document count and average length of ``space`` from ``bm25_terms`` /
+    ``bm25_stats``. Scoring every row that contains a very common query term is what makes naive SQL BM25
+    slow, so this runs in two phases (the MaxScore idea): first only rows containing one of the query's
+    rarer terms (together at most :data:`BM25_CANDIDATE_BUDGET` rows by document frequency) are scored; a
+    row containing none of them can score at most ``(k1 + 1) * sum(idf)`` of the remaining common terms,
+    so if the ``limit``-th score already reaches that bound the answer is exact. Otherwise every row
+    matching any query term is scored.
     """
-    return f"""
-        WITH stats AS (
-            SELECT doc_count::float8 AS n, greatest(total_length::float8 / nullif(doc_count, 0), 1) AS avgdl
-            FROM bm25_stats WHERE space = '{space}'
-        ), terms AS (
-            SELECT t.lexeme, ln(1 + (s.n - t.df + 0.5) / (t.df + 0.5)) AS idf
-            FROM (SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}',
-                      %(query)s))) AS l) q
-            JOIN bm25_terms t ON t.space = '{space}' AND t.lexeme = q.l
-            CROSS JOIN stats s
-        ), candidates AS (
-            SELECT c.{key} AS key, c.tsv, c.doc_len FROM {table} c
-            WHERE c.tsv @@ bm25_or_query(%(query)s) AND {where}
-        )
-        SELECT c.key, sum(
+    stats = conn.execute("SELECT doc_count, total_length FROM bm25_stats WHERE space = %s", (space,)).fetchone()
+    if not stats or not stats[0]:
+        return []
+    n, total = float(stats[0]), float(stats[1])
+    avgdl = max(total / n, 1.0)
+    terms = conn.execute(
+        f"""SELECT t.lexeme, t.df FROM bm25_terms t
+            WHERE t.space = %s AND t.lexeme = ANY (tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', %s)))
+            ORDER BY t.df, t.lexeme""",
+        (space, query),
+    ).fetchall()
+    if not terms:
+        return []
+    lexemes = [lexeme for lexeme, _ in terms]
+    idfs = [math.log(1 + (n - df + 0.5) / (df + 0.5)) for _, df in terms]
+    essential = 1
+    budget = terms[0][1]
+    while essential < len(terms) and budget + terms[essential][1] <= BM25_CANDIDATE_BUDGET:
+        budget += terms[essential][1]
+        essential += 1
+    scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": avgdl, "limit": limit}
+    sql_text = f"""
+        SELECT c.{key}, sum(
                    t.idf * f.tf * ({BM25_K1} + 1)
-                   / (f.tf + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * c.doc_len / s.avgdl))) AS score
-        FROM candidates c
-        CROSS JOIN stats s
-        CROSS JOIN LATERAL unnest(c.tsv) AS u(lexeme, positions, weights)
-        JOIN terms t ON t.lexeme = u.lexeme
+                   / (f.tf + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * c.doc_len / %(avgdl)s))) AS score
+        FROM {table} c
+        -- Only the query's lexemes of the row, with their positions: deleting "every other lexeme" in C is
+        -- far cheaper than unnesting the whole tsvector and joining.
+        CROSS JOIN LATERAL unnest(ts_delete(c.tsv, tsvector_to_array(ts_delete(c.tsv, %(lexemes)s::text[]))))
+            AS u(lexeme, positions, weights)
+        JOIN unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS t(lexeme, idf) ON t.lexeme = u.lexeme
         CROSS JOIN LATERAL (SELECT coalesce(array_length(u.positions, 1), 1)::float8 AS tf) f
-        GROUP BY c.key
-        ORDER BY score DESC, c.key
+        WHERE c.tsv @@ %(candidates)s::tsquery AND {where}
+        GROUP BY c.{key}
+        ORDER BY score DESC, c.{key}
         LIMIT %(limit)s"""
+    if essential < len(terms):
+        bound = (BM25_K1 + 1) * sum(idfs[essential:])
+        rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes[:essential])}).fetchall()
+        if len(rows) >= limit and rows[-1][1] >= bound:
+            return [(row[0], float(row[1])) for row in rows]
+    rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes)}).fetchall()
+    return [(row[0], float(row[1])) for row in rows]
 
 
 DOC_LEN_SQL = "(SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest({tsv}) u)::int"
@@ -587,7 +627,7 @@ class PgVectorChunkIndex:
             (qvec,) = self.embedder.embed([query])
         pool = top_k if mode != "hybrid" else candidate_count(top_k)
         where = "TRUE"
-        params: dict[str, Any] = {"query": query, "limit": pool}
+        params: dict[str, Any] = {"limit": pool}
         if path_prefix:
             where = "c.path LIKE %(prefix)s"
             params["prefix"] = like_prefix(path_prefix)
@@ -605,10 +645,9 @@ class PgVectorChunkIndex:
                     conn, info, qvec, where, dict(params), filtered=bool(path_prefix)
                 )
             if mode != "vector":
-                keyword_ranked = [
-                    (key, float(score))
-                    for key, score in conn.execute(bm25_sql(CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", where), params)
-                ]
+                keyword_ranked = bm25_rank(
+                    conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", where, params, query, pool
+                )
             if mode == "vector":
                 ranked = vector_ranked
             elif mode == "keyword":

@@ -32,7 +32,7 @@ from .embeddings import Embedder, EmbeddingError, validate_vectors
 from .index_pgvector import (
     DOC_LEN_SQL,
     TEXT_SEARCH_CONFIG,
-    bm25_sql,
+    bm25_rank,
     read_space,
     reset_space,
     table_exists,
@@ -210,7 +210,7 @@ class TurnRecall:
             log.warning("recall uses keyword search over the turns embedded so far: %s", exc)
         pool = top_k if mode != "hybrid" else candidate_count(top_k)
         where = 'c.user_id = %(user)s AND NOT EXISTS (SELECT 1 FROM conversations m WHERE m.id = c.message_id AND m.metadata @> \'{"status": "failed"}\')'
-        params: dict[str, Any] = {"user": user, "query": query, "limit": pool}
+        params: dict[str, Any] = {"user": user, "limit": pool}
         if exclude_session is not None:
             where += " AND c.session_id <> %(exclude)s"
             params["exclude"] = exclude_session
@@ -232,8 +232,8 @@ class TurnRecall:
                     vector_ranked.append(message_id)
                     scores[message_id] = 1.0 - float(distance)
             if mode != "vector":
-                for message_id, score in conn.execute(
-                    bm25_sql(TURNS_SPACE, TURNS_TABLE, "message_id", where), params
+                for message_id, score in bm25_rank(
+                    conn, TURNS_SPACE, TURNS_TABLE, "message_id", where, params, query, pool
                 ):
                     keyword_ranked.append(message_id)
                     if mode == "keyword":

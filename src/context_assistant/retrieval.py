@@ -1,16 +1,18 @@
 """The retrieval interface every index backend implements, and the pieces they share.
 
-A backend (``index_pgvector.PgVectorChunkIndex``; ``index_vector_search`` for Databricks Vector Search) is a
-:class:`ChunkIndex`: two methods, nothing else is required.
+A backend is a :class:`Retriever` (``search``) that can also be refreshed from the chunk table:
 
-* ``refresh(source, full=False) -> SyncResult``: bring the index in step with the chunk table read through
-  ``source`` (a :class:`context_assistant.sync.ChunkSource`). ``full`` re-embeds everything even when the
-  content hashes match. Failures of single documents are reported in ``SyncResult.failed`` (their previous
-  chunks stay searchable); an error that stops the whole run raises.
 * ``search(query, top_k=None, mode=None, path_prefix=None) -> list[Hit]``: best first. ``mode`` is one of
   :data:`SEARCH_MODES` (None = the configured ``rag.search_mode``); ``path_prefix`` keeps only chunks whose
   ``path`` starts with that string (a plain string prefix: ``teams/`` matches ``teams/a.md``). Raises
   :class:`RetrievalError` (e.g. :class:`IndexNotReady`) with a message meant for the user.
+* refresh: :class:`ChunkIndex` ``refresh(source, full=False) -> SyncResult`` for indexes we fill ourselves
+  (``index_pgvector.PgVectorChunkIndex``): bring the index in step with the chunk table read through
+  ``source`` (a :class:`context_assistant.sync.ChunkSource`); ``full`` re-embeds everything. Failures of
+  single documents are reported in ``SyncResult.failed`` (their previous chunks stay searchable); an error
+  that stops the whole run raises. Databricks Vector Search (``index_vector_search.VectorSearchIndex``)
+  reads the Delta table itself, so its ``refresh(full=False)`` takes no source and returns its own report;
+  :func:`context_assistant.sync.refresh_index` calls whichever the configured backend has.
 
 ``Hit.score`` is "higher is better" and comparable only within one result list: cosine similarity in
 ``vector`` mode, the BM25 score in ``keyword`` mode, the reciprocal-rank-fusion score in ``hybrid`` mode.
