@@ -160,6 +160,8 @@ def test_recall_brings_a_fact_from_another_session_of_the_same_user_only(config,
     recalled = [t.content for t in later.recalled]
     assert any("pelican-stage" in c for c in recalled)
     assert not any("pelican-secret" in c for c in recalled)
+    # The offline model's own replies only quote documents: they are never recalled as "what was said".
+    assert recalled and all(t.role == "user" for t in later.recalled)
     assert "pelican-stage" in later.reply and "pelican-secret" not in later.reply
 
 

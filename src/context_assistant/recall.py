@@ -209,7 +209,12 @@ class TurnRecall:
                 raise RetrievalError(f"recall could not embed the query: {exc}") from exc
             log.warning("recall uses keyword search over the turns embedded so far: %s", exc)
         pool = top_k if mode != "hybrid" else candidate_count(top_k)
-        where = 'c.user_id = %(user)s AND NOT EXISTS (SELECT 1 FROM conversations m WHERE m.id = c.message_id AND m.metadata @> \'{"status": "failed"}\')'
+        # Failed turns are left out, and so are the offline model's replies: they only quote documents that
+        # retrieval already finds, and recalling them would crowd out what the user actually said.
+        where = (
+            "c.user_id = %(user)s AND NOT EXISTS (SELECT 1 FROM conversations m WHERE m.id = c.message_id"
+            " AND (m.metadata @> '{\"status\": \"failed\"}' OR m.metadata @> '{\"model\": \"offline\"}'))"
+        )
         params: dict[str, Any] = {"user": user, "limit": pool}
         if exclude_session is not None:
             where += " AND c.session_id <> %(exclude)s"
