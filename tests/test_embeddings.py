@@ -9,6 +9,7 @@ The serving-endpoint tests drive the real client (httpx with databricks-sdk auth
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -21,9 +22,9 @@ from context_assistant.embeddings import (
     ServingEndpointEmbedder,
     make_embedder,
     parse_model_spec,
-    parse_retry_after,
     validate_vectors,
 )
+from context_assistant.retries import retry_after_seconds
 from fake_databricks import Response
 from retrieval_support import minilm  # noqa: F401  (session fixture)
 
@@ -220,7 +221,11 @@ def test_custom_endpoint_predictions_shape(fake_databricks: Any, clock: Any) -> 
 
 
 def test_retry_after_header_forms() -> None:
-    assert parse_retry_after("3", now=0) == 3.0
-    assert parse_retry_after(None, now=0) is None
-    assert parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", now=4.0) == 6.0
-    assert parse_retry_after("soon", now=0) is None
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert retry_after_seconds({"retry-after": "3"}, epoch) == 3.0
+    assert retry_after_seconds({}, epoch) is None
+    assert (
+        retry_after_seconds({"retry-after": "Thu, 01 Jan 1970 00:00:10 GMT"}, epoch + timedelta(seconds=4)) == 6.0
+    )
+    assert retry_after_seconds({"retry-after": "soon"}, epoch) is None
+    assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}, epoch) == 1.5

@@ -19,7 +19,6 @@ probe input), never from a constant.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .clock import REAL_CLOCK, Clock
-from .retries import RetriesExhausted, retry_call
+from .retries import RetriesExhausted, retry_after_seconds, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -239,21 +238,6 @@ def _retry_after(exc: BaseException) -> float | None:
     return exc.retry_after if isinstance(exc, EndpointHTTPError) else None
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now) if when is not None else None
-
-
 class ServingEndpointEmbedder:
     """Embeddings from a Databricks model serving endpoint, authenticated by databricks-sdk.
 
@@ -360,7 +344,7 @@ class ServingEndpointEmbedder:
             raise EndpointHTTPError(
                 response.status_code,
                 _error_message(response),
-                parse_retry_after(response.headers.get("retry-after"), self.clock.now().timestamp()),
+                retry_after_seconds(response.headers, self.clock.now()),
             )
         try:
             return response.json()

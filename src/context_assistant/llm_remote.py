@@ -13,15 +13,13 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 from .clock import REAL_CLOCK, Clock
 from .llm import ChatMessage, Completion, ModelError, ModelStream, PromptContext, Usage, estimate_usage
-from .retries import RetriesExhausted, retry_call
+from .retries import RetriesExhausted, retry_after_seconds, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +228,7 @@ class OpenAICompatibleModel:
                     "rate_limited",
                     True,
                     status=status,
-                    retry_after=_retry_after_seconds(exc.response.headers, self._clock),
+                    retry_after=retry_after_seconds(exc.response.headers, self._clock.now()),
                 )
             if status >= 500:
                 return ModelError(
@@ -238,7 +236,7 @@ class OpenAICompatibleModel:
                     "unavailable",
                     True,
                     status=status,
-                    retry_after=_retry_after_seconds(exc.response.headers, self._clock),
+                    retry_after=retry_after_seconds(exc.response.headers, self._clock.now()),
                 )
             if status == 413 or (status in (400, 422) and _CONTEXT_TOO_LONG.search(detail or "")):
                 return ModelError(
@@ -513,30 +511,6 @@ def _server_message(exc: Any) -> str:
             message = None
     text = " ".join(str(message).split()) if message else ""
     return text[:300] + ("…" if len(text) > 300 else "")
-
-
-def _retry_after_seconds(headers: Mapping[str, str], clock: Clock) -> float | None:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (delta seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - clock.now()).total_seconds())
 
 
 def _is_timeout(exc: BaseException) -> bool:

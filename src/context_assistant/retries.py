@@ -6,8 +6,10 @@ the request or configuration, so it surfaces at once with its message.
 
 from __future__ import annotations
 
+import email.utils
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from typing import TypeVar
 
 from .clock import REAL_CLOCK, Clock
@@ -55,3 +57,28 @@ def retry_call(
                 on_retry(attempt, exc, delay)
             clock.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: datetime) -> float | None:
+    """How long a server asked us to wait: ``retry-after-ms`` (OpenAI-style), else ``Retry-After`` as seconds
+    or an HTTP date (relative to ``now``). None when the server did not say, or said something unreadable."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - now).total_seconds())
