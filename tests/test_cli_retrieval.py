@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from context_assistant.cli import main
+from context_assistant.cli import build_parser, main
 from context_assistant.config import Config
-from retrieval_support import document, minilm, write_chunk_table  # noqa: F401
+from context_assistant.services import Services
+from retrieval_support import HashingEmbedder, PoisonEmbedder, document, minilm, write_chunk_table  # noqa: F401
 
 DOCS = [
     *document(
@@ -140,6 +141,28 @@ def test_recall_and_batch_recall(cli: Any, tmp_path: Path, minilm: Any) -> None:
         (1, "ana", True),
         (2, "zoe", False),
     ]
+
+
+def test_sync_that_completes_with_failed_documents_exits_0_and_lists_them(
+    config: Config, pg_env: dict[str, str], chunk_table: Path, capsys: Any
+) -> None:
+    """Like ``ingest`` and the sync job: the run completed, so exit 0 with the failed documents listed (their
+    previous chunks kept). ``PoisonEmbedder`` (a test double) rejects every text mentioning the pager."""
+    for argv in (["sync"], ["sync", "--json"]):
+        services = Services(config, env=pg_env)
+        services.embedder = PoisonEmbedder(HashingEmbedder(), "pager")  # type: ignore[misc]
+        args = build_parser().parse_args(argv)
+        try:
+            code = args.handler(args, services)
+        finally:
+            services.close()
+        out = capsys.readouterr().out
+        assert code == 0
+        if "--json" in argv:
+            (failure,) = json.loads(out)["failed"]
+            assert failure["path"] == "guides/oncall.md"
+        else:
+            assert "FAILED guides/oncall.md: endpoint rejected the input containing 'pager'" in out
 
 
 def test_errors_are_one_clear_line(cli: Any, tmp_path: Path) -> None:

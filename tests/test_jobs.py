@@ -20,14 +20,12 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config as SdkConfig
 
 from context_assistant.config import load_config
+from context_assistant.db import DatabaseError, resolve_lakebase_branch, with_lakebase
 from context_assistant.jobs import (
-    JobFailed,
     ingest_main,
     parse_settings,
-    resolve_lakebase_branch,
     run_ingest_job,
     run_sync_job,
-    with_lakebase,
 )
 from fake_databricks import Response
 
@@ -176,7 +174,7 @@ def test_lakebase_branch_without_a_read_write_endpoint(fake_databricks, workspac
         rf"/api/2.0/postgres/{BRANCH}/endpoints",
         {"endpoints": [_endpoint("ENDPOINT_TYPE_READ_WRITE", None, "primary")]},
     )
-    with pytest.raises(JobFailed, match=rf"Lakebase branch {BRANCH} has no read-write endpoint with a host"):
+    with pytest.raises(DatabaseError, match=rf"Lakebase branch {BRANCH} has no read-write endpoint with a host"):
         resolve_lakebase_branch(workspace, BRANCH)
 
 
@@ -192,3 +190,19 @@ def test_lakebase_branch_lookup_failure_stops_the_sync_with_exit_1(fake_databric
 def test_a_configured_host_wins_over_the_branch_lookup():
     config = load_config(None, env={"PGHOST": "db.internal"})
     assert with_lakebase(config, BRANCH, lambda: pytest.fail("no lookup expected")) is config
+
+
+def test_a_malformed_branch_name_is_a_usage_error_before_any_workspace_call(tmp_path):
+    argv = [
+        "--chunk-table",
+        str(tmp_path / "c"),
+        "--lakebase-branch",
+        "production",
+        "--set",
+        f"data_dir={tmp_path}",
+    ]
+    code, summary = run(
+        run_sync_job, argv, env={}, workspace_factory=lambda: pytest.fail("no workspace call expected")
+    )
+    assert code == 2
+    assert summary["error"] == "Lakebase branch 'production': expected projects/<project>/branches/<branch>"

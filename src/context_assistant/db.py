@@ -7,6 +7,7 @@ connections get a token at most 15 minutes old and connections are retired well 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -22,7 +23,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .clock import REAL_CLOCK, Clock
-from .config import Config, DatabaseConfig
+from .config import Config, ConfigError, DatabaseConfig
 from .migrations import MIGRATIONS, Migration
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ TOKEN_CACHE_SECONDS = 15 * 60
 # Lakebase tokens expire after an hour; retire connections after 45 minutes (the pool adds up to 5% jitter).
 CONNECTION_MAX_LIFETIME = 45 * 60
 MIGRATION_LOCK_KEY = 0x0C0A5517  # advisory lock id shared by every process migrating this schema
+LAKEBASE_READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"  # the endpoint type of a branch's primary
 
 TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 5}
 
@@ -198,6 +200,45 @@ def resolve_target(
     token = CachedToken(lakebase_token_minter(settings, workspace), clock=clock)
     conninfo = psycopg.conninfo.make_conninfo(**params)
     return Target("lakebase", conninfo, f"Lakebase at {where} as {user} (OAuth)", password=token)
+
+
+def lakebase_branch_name(branch: str) -> str:
+    """``projects/<project>/branches/<branch>``, checked before any workspace call."""
+    name = branch.strip().rstrip("/")
+    if not name.startswith("projects/") or "/branches/" not in name:
+        raise ConfigError(f"Lakebase branch {branch!r}: expected projects/<project>/branches/<branch>")
+    return name
+
+
+def resolve_lakebase_branch(workspace: Any, branch: str) -> tuple[str, str]:
+    """The read-write endpoint of a Lakebase Autoscaling branch: ``(endpoint resource name, host)``.
+
+    A job gets no injected PGHOST, so it names its branch (``projects/<p>/branches/<b>``) and finds the
+    endpoint to connect to with databricks-sdk.
+    """
+    branch = lakebase_branch_name(branch)
+    try:
+        endpoints = list(workspace.postgres.list_endpoints(parent=branch))
+    except Exception as exc:
+        raise DatabaseError(f"could not list the endpoints of Lakebase branch {branch}: {exc}") from exc
+    for endpoint in endpoints:
+        status = endpoint.status
+        kind = getattr(getattr(status, "endpoint_type", None), "value", None)
+        host = getattr(getattr(status, "hosts", None), "host", None)
+        if kind == LAKEBASE_READ_WRITE and host:
+            return endpoint.name or f"{branch}/endpoints/{endpoint.endpoint_id}", host
+    found = ", ".join(e.name or "?" for e in endpoints) or "none"
+    raise DatabaseError(f"Lakebase branch {branch} has no read-write endpoint with a host (endpoints: {found})")
+
+
+def with_lakebase(config: Config, branch: str | None, workspace_factory: Callable[[], Any]) -> Config:
+    """Point ``database`` at the branch's read-write endpoint, unless a host is already configured (PGHOST)."""
+    if not branch or config.database.host:
+        return config
+    name = lakebase_branch_name(branch)  # a malformed name fails before any workspace call
+    endpoint, host = resolve_lakebase_branch(workspace_factory(), name)
+    log.info("Lakebase branch %s: endpoint %s at %s", branch, endpoint, host)
+    return config.replace(database=dataclasses.replace(config.database, host=host, endpoint=endpoint))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -153,12 +153,12 @@ class VectorSearchSettings:
             endpoint=rag.vector_search_endpoint.strip(),
             index_name=rag.index_name.strip(),
             source_table=rag.chunk_table.strip(),
-            embeddings=str(getattr(rag, "vector_search_embeddings", "managed")),
+            embeddings=rag.vector_search_embeddings,
             embedding_model=rag.embedding_model.strip(),
             query_type=rag.vector_search_query_type,
-            endpoint_type=str(getattr(rag, "vector_search_endpoint_type", "STANDARD")),
+            endpoint_type=rag.vector_search_endpoint_type,
             top_k=rag.top_k,
-            timeout_seconds=float(getattr(rag, "vector_search_timeout_seconds", DEFAULT_TIMEOUT_SECONDS)),
+            timeout_seconds=rag.vector_search_timeout_seconds,
         )
         settings.validate()
         return settings

@@ -27,15 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from .config import Config, ConfigError, load_config
+from .db import with_lakebase
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"
 
 log = logging.getLogger(__name__)
-
-
-class JobFailed(RuntimeError):
-    """The run could not complete; ``str()`` is the one-line reason."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,41 +99,6 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str], explicit: Map
     return load_config(args.config, env=env, overrides=overrides)
 
 
-def resolve_lakebase_branch(workspace: Any, branch: str) -> tuple[str, str]:
-    """The read-write endpoint of a Lakebase Autoscaling branch: ``(endpoint resource name, host)``."""
-    branch = branch.strip().rstrip("/")
-    if not branch.startswith("projects/") or "/branches/" not in branch:
-        raise ConfigError(f"--lakebase-branch {branch!r}: expected projects/<project>/branches/<branch>")
-    try:
-        endpoints = list(workspace.postgres.list_endpoints(parent=branch))
-    except Exception as exc:
-        raise JobFailed(f"could not list the endpoints of Lakebase branch {branch}: {exc}") from exc
-    for endpoint in endpoints:
-        status = endpoint.status
-        kind = getattr(getattr(status, "endpoint_type", None), "value", None)
-        host = getattr(getattr(status, "hosts", None), "host", None)
-        if kind == READ_WRITE and host:
-            return endpoint.name or f"{branch}/endpoints/{endpoint.endpoint_id}", host
-    found = ", ".join(e.name or "?" for e in endpoints) or "none"
-    raise JobFailed(f"Lakebase branch {branch} has no read-write endpoint with a host (endpoints: {found})")
-
-
-def with_lakebase(config: Config, branch: str | None, workspace_factory: Callable[[], Any]) -> Config:
-    """Point ``database`` at the branch's endpoint, unless a host is already configured (PGHOST, --set)."""
-    if not branch or config.database.host:
-        return config
-    endpoint, host = resolve_lakebase_branch(workspace_factory(), branch)
-    log.info("Lakebase branch %s: endpoint %s at %s", branch, endpoint, host)
-    database = type(config.database)(**{**_fields(config.database), "host": host, "endpoint": endpoint})
-    return config.replace(database=database)
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-
-
 # ------------------------------------------------------------------------------------------------- runs
 
 
@@ -181,7 +142,7 @@ def run_ingest_job(
         )
     except ConfigError as exc:
         return _fail(summary, out, f"{exc}", EXIT_USAGE)
-    except (IngestError, JobFailed) as exc:
+    except IngestError as exc:
         return _fail(summary, out, str(exc), EXIT_FAILED)
     summary.update(ok=True, result=result.to_json())
     _emit(summary, out)
@@ -224,7 +185,7 @@ def run_sync_job(
         result = refresh_index(services, full=args.full)
     except ConfigError as exc:
         return _fail(summary, out, f"{exc}", EXIT_USAGE)
-    except (SyncError, DatabaseError, JobFailed) as exc:
+    except (SyncError, DatabaseError) as exc:
         return _fail(summary, out, str(exc), EXIT_FAILED)
     except Exception as exc:  # an embedding or Vector Search failure that stopped the whole run
         if type(exc).__name__ not in _RUN_STOPPERS:
