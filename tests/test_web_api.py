@@ -7,11 +7,13 @@ behind an app's document refresh is the same loopback server speaking the Jobs R
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,12 @@ import psycopg
 from psycopg import sql
 
 from conftest import REPO, TEMPLATE_DB
+from context_assistant.assistant import TurnEvent
 from context_assistant.config import load_config
 from context_assistant.services import Services
 from context_assistant.sync import InMemoryChunkSource, refresh_index
 from context_assistant.web import bind_address
+from context_assistant.web_stream import KEEPALIVE, turn_frames
 from fake_databricks import FakeDatabricks, Response
 from web_support import DOCS, read_events, start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 
@@ -179,18 +183,21 @@ def test_a_failed_model_call_is_an_error_event_and_retry_of_answers_the_same_mes
 def test_a_client_that_disconnects_mid_stream_leaves_the_message_marked_interrupted(
     start_app, make_config, fake_databricks: FakeDatabricks
 ) -> None:  # type: ignore[no-untyped-def]
-    release = threading.Event()
+    def long_answer(request: Any) -> Response:
+        """A model writing a long answer, a word every 50 ms: it is still writing when the client hangs up."""
 
-    def slow_stream(request: Any) -> Response:
         def chunks() -> Iterator[bytes]:
-            first, *rest = sse_bytes(completion_chunk("The rotation "), completion_chunk("hands over.", "stop"))
-            yield first
-            release.wait(20)  # the model "thinks" until the test has hung up
-            yield from rest
+            *words, done = sse_bytes(
+                *(completion_chunk(f"word{i} ") for i in range(400)), completion_chunk("", "stop")
+            )
+            for word in words:
+                yield word
+                time.sleep(0.05)
+            yield done
 
         return Response(body=chunks())
 
-    fake_databricks.on("POST", "/v1/chat/completions", slow_stream)
+    fake_databricks.on("POST", "/v1/chat/completions", long_answer)
     app = start_app(openai_model_config(make_config, fake_databricks))
     client = app.client()
 
@@ -201,7 +208,6 @@ def test_a_client_that_disconnects_mid_stream_leaves_the_message_marked_interrup
             if name == "delta":
                 break  # hang up mid-answer
     start = seen[0][1]
-    release.set()
 
     user = app.services.config.default_user
     message = wait_for(
@@ -606,3 +612,28 @@ def test_python_app_py_serves_on_the_databricks_app_port(config_file: Path, pg_e
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_a_quiet_stream_sends_keepalive_comments_until_the_next_event() -> None:
+    """The SSE framing alone: a turn that goes quiet (a slow model) keeps the connection alive with comments."""
+    gate = threading.Event()
+
+    def slow_turn() -> Iterator[TurnEvent]:
+        yield TurnEvent("start", {"session_id": "s", "user_message_id": 1})
+        assert gate.wait(10)
+        yield TurnEvent("delta", {"text": "at last"})
+
+    async def collect() -> list[bytes]:
+        events = slow_turn()
+        first = next(events)
+        frames = []
+        async for frame in turn_frames(first, events, keepalive=0.02):
+            frames.append(frame)
+            if frame == KEEPALIVE:
+                gate.set()
+        return frames
+
+    frames = asyncio.run(collect())
+    assert frames[0] == b'event: start\ndata: {"session_id": "s", "user_message_id": 1}\n\n'
+    assert KEEPALIVE in frames
+    assert frames[-1] == b'event: delta\ndata: {"text": "at last"}\n\n'

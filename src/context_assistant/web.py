@@ -106,9 +106,17 @@ class WebState:
     def assistant(self) -> Assistant:
         return self.component("assistant")
 
-    @property
-    def db(self) -> Database:
-        return self.component("db")
+    def database(self, timeout: float) -> Database:
+        """The pool, waiting at most ``timeout`` for another thread that is still opening it."""
+        cached = self.services.__dict__.get("db")
+        if cached is not None:
+            return cached
+        if not self._build_lock.acquire(timeout=timeout):
+            raise DatabaseError("still connecting to the database")
+        try:
+            return self.services.db
+        finally:
+            self._build_lock.release()
 
     def _refresh_documents(self, full: bool, progress: Callable[[str], None]) -> Any:
         """What the refresh button does: ingest changed documents and sync the index (the ingestion job
@@ -383,7 +391,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
             "user": identity.user,
             "identity": identity.source,
             "max_message_chars": config.web.max_message_chars,
-            "model": config.model.provider,
+            "model": getattr(state.component("chat_model"), "provider", config.model.provider),
             "rag_enabled": config.rag.enabled,
         }
 
@@ -392,13 +400,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         """200 when a database connection answers within web.health_timeout_seconds, else 503."""
         timeout = config.web.health_timeout_seconds
         try:
-            if not state._build_lock.acquire(timeout=timeout):
-                raise DatabaseError("still connecting to the database")
-            try:
-                db = state.services.db
-            finally:
-                state._build_lock.release()
-            with db.connection(timeout=timeout) as conn:
+            with state.database(timeout).connection(timeout=timeout) as conn:
                 conn.execute("SELECT 1").fetchone()
         except Exception as exc:
             where = getattr(state.services.__dict__.get("db"), "target", None)

@@ -153,7 +153,7 @@ class Me(BaseModel):
     user: str = Field(description="Who the app thinks you are.")
     identity: str = Field(description="Where that came from: the header name, or 'default' (web.default_user).")
     max_message_chars: int
-    model: str = Field(description="The chat model provider in use (offline: no language model).")
+    model: str = Field(description="The chat model provider in use: databricks, openai or offline (no model).")
     rag_enabled: bool
 
 

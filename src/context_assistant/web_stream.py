@@ -1,9 +1,13 @@
-"""Streaming a turn as Server-Sent Events, with the synchronous assistant running in worker threads.
+"""Streaming a turn as Server-Sent Events, with the synchronous assistant in a thread of its own.
 
-The assistant's turn is a blocking generator (database pool, model client). Each ``next()`` runs in a worker
-thread so the event loop keeps serving other requests. When the client goes away mid-answer, Starlette
-cancels the response; the ``finally`` below then closes the turn's generator (in a thread, shielded from the
-cancellation), which is how the assistant learns to mark the message as interrupted.
+The assistant's turn is a blocking generator (database pool, model client). After its first event (the
+message is stored: taken by the endpoint, so problems before that are plain HTTP errors) the rest of the turn
+runs in one dedicated thread that hands each event to the event loop: one thread, so the trace the turn opens
+(MLflow keeps the active span in context variables) is entered, added to and closed in the same context.
+When the client goes away mid-answer, Starlette cancels the response; the thread notices at the next event,
+stops and closes the generator, which is how the assistant learns to mark the message as interrupted. While
+nothing happens (a slow model) a comment line goes out every ``KEEPALIVE_SECONDS`` so proxies keep the
+connection open.
 
 Events (``event: <name>`` then one ``data:`` line of JSON):
 
@@ -17,12 +21,12 @@ Events (``event: <name>`` then one ``data:`` line of JSON):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
-
-import anyio
 
 from .assistant import TurnEvent, TurnFailed
 
@@ -34,7 +38,8 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
-_END = object()
+KEEPALIVE_SECONDS = 15.0
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -50,47 +55,67 @@ def event_frame(event: TurnEvent) -> bytes:
     return sse(event.type, event.data)
 
 
-def _next(events: Iterator[TurnEvent]) -> Any:
-    return next(events, _END)
+def _pump(events: Iterator[TurnEvent], put: Callable[[tuple[str, Any]], None], stop: threading.Event) -> None:
+    """The rest of the turn, in this thread: each event to ``put``, until the end or until ``stop`` is set."""
+    try:
+        for event in events:
+            put(("event", event))
+            if stop.is_set():
+                break
+    except TurnFailed as exc:
+        put(("failed", exc))
+    except Exception as exc:
+        log.exception("the streamed turn failed")
+        put(("crashed", exc))
+    finally:
+        close = getattr(events, "close", None)  # after a hang-up: the assistant marks the message interrupted
+        try:
+            if close is not None:
+                close()
+        except Exception:
+            log.exception("closing an interrupted turn failed")
+        put(("end", None))
 
 
-async def turn_frames(first: TurnEvent, events: Iterator[TurnEvent]) -> AsyncIterator[bytes]:
+async def turn_frames(
+    first: TurnEvent, events: Iterator[TurnEvent], keepalive: float = KEEPALIVE_SECONDS
+) -> AsyncIterator[bytes]:
     """The frames of a turn whose first event (``start``) has already been taken from ``events``."""
-    session_id = first.data.get("session_id")
-    user_message_id = first.data.get("user_message_id")
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop has shut down; nobody is listening any more
+            stop.set()
+
+    threading.Thread(target=_pump, args=(events, put, stop), name="turn-stream", daemon=True).start()
     try:
         yield event_frame(first)
         while True:
             try:
-                event = await anyio.to_thread.run_sync(_next, events)
-            except TurnFailed as exc:
-                yield sse("error", exc.to_json())
-                return
-            except Exception as exc:
-                log.exception("the streamed turn failed")
+                kind, value = await asyncio.wait_for(queue.get(), timeout=keepalive)
+            except asyncio.TimeoutError:
+                yield KEEPALIVE
+                continue
+            if kind == "event":
+                yield event_frame(value)
+            elif kind == "failed":
+                yield sse("error", value.to_json())
+            elif kind == "crashed":
                 yield sse(
                     "error",
                     {
-                        "error": f"internal error: {exc}",
+                        "error": f"internal error: {value}",
                         "kind": "internal",
                         "retryable": True,
-                        "session_id": session_id,
-                        "user_message_id": user_message_id,
+                        "session_id": first.data.get("session_id"),
+                        "user_message_id": first.data.get("user_message_id"),
                     },
                 )
+            else:
                 return
-            if event is _END:
-                return
-            yield event_frame(event)
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_close, events)
-
-
-def _close(events: Iterator[TurnEvent]) -> None:
-    close = getattr(events, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception:  # closing only records why there is no reply; never fail the response for it
-            log.exception("closing an interrupted turn failed")
+        stop.set()
