@@ -1,6 +1,9 @@
 """Conversation memory: import throughput, append throughput, and "last 20 messages" latency at 1M rows.
 
     python -m benchmarks.memory [--messages 100000] [--rows 1000000]
+
+The functions taking a conninfo are our side of ``python -m benchmarks`` (see ``benchmarks/__main__.py``),
+measured against LangChain's ``PostgresChatMessageHistory`` in ``benchmarks/peers.py`` on the same rows.
 """
 
 from __future__ import annotations
@@ -12,33 +15,28 @@ import random
 import time
 from datetime import datetime, timedelta, timezone
 
-import psycopg
-from psycopg import sql
-
-from benchmarks.common import Stats, machine, scratch_config, timed
-from context_assistant.db import EmbeddedPostgres, open_database
+from benchmarks.common import Stats, machine, timed
+from benchmarks.peers import message_text
+from benchmarks.scratch import ScratchServer, ours_database
+from context_assistant.db import Database
 from context_assistant.memory import ConversationStore
 
-
-def fresh_database(config) -> None:  # type: ignore[no-untyped-def]
-    admin = EmbeddedPostgres(config.data_path).start("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config.database.name)))
+BENCH_USER = "bench"
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def jsonl(messages: int, sessions: int, users: int = 50) -> str:
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+def jsonl(messages: int, sessions: int, users: int = 50, offset: int = 0) -> str:
     out = io.StringIO()
-    for i in range(messages):
+    for i in range(offset, offset + messages):
         session = i % sessions
         out.write(
             json.dumps(
                 {
                     "session_id": f"s{session}",
-                    "user_id": f"user{session % users}",
+                    "user_id": f"user{session % users}" if users else BENCH_USER,
                     "role": "user" if (i // sessions) % 2 == 0 else "assistant",
-                    "content": f"message {i} about deployment, retention and on-call handover number {i % 97}",
-                    "timestamp": (start + timedelta(seconds=i)).isoformat(),
+                    "content": message_text(i),
+                    "timestamp": (START + timedelta(seconds=i)).isoformat(),
                     "metadata": {},
                 }
             )
@@ -47,60 +45,106 @@ def jsonl(messages: int, sessions: int, users: int = 50) -> str:
     return out.getvalue()
 
 
-def bench_import(messages: int) -> dict[str, float]:
-    with scratch_config("bench_memory_import", **{"rag.enabled": False, "memory.recall": False}) as config:
-        fresh_database(config)
+def append_throughput(conninfo: str, messages: int, batch: int) -> float:
+    """Messages per second into one session: ``ConversationStore.append`` one message per call when
+    ``batch == 1``; otherwise ``import_jsonl`` (our only multi-message write) with ``batch`` lines per call."""
+    db = ours_database(conninfo)
+    try:
+        store = ConversationStore(db)
+        session = store.create_session(BENCH_USER, session_id="s0")
+        if batch == 1:
+            seconds = timed(
+                lambda: [
+                    store.append(BENCH_USER, session.id, "user" if i % 2 == 0 else "assistant", message_text(i))
+                    for i in range(messages)
+                ]
+            )
+        else:
+            calls = [
+                jsonl(min(batch, messages - start), sessions=1, users=0, offset=start).splitlines()
+                for start in range(0, messages, batch)
+            ]
+            seconds = timed(lambda: [store.import_jsonl(call) for call in calls])
+        with db.connection() as conn:
+            count = conn.execute("SELECT count(*) FROM conversations").fetchone()[0]
+    finally:
+        db.close()
+    if count != messages:
+        raise AssertionError(f"our store holds {count} messages after appending {messages}")
+    return messages / seconds
+
+
+def fill_history(db: Database, rows: int, sessions: int) -> float:
+    """``rows`` messages over ``sessions`` sessions (1,000 users), written by SQL; returns the seconds."""
+    started = time.perf_counter()
+    with db.connection() as conn:
+        conn.execute(
+            """INSERT INTO sessions (id, user_id, created_at, updated_at)
+               SELECT 's' || g, 'user' || mod(g, 1000), now(), now() FROM generate_series(0, %s - 1) g""",
+            (sessions,),
+        )
+        conn.execute(
+            """INSERT INTO conversations (session_id, user_id, role, content, timestamp)
+               SELECT 's' || mod(g, %(s)s), 'user' || mod(mod(g, %(s)s), 1000),
+                      CASE WHEN mod(g / %(s)s, 2) = 0 THEN 'user' ELSE 'assistant' END,
+                      'message ' || g || ' with some ordinary length text about the team''s work',
+                      timestamptz '2026-01-01' + g * interval '1 second'
+               FROM generate_series(0, %(n)s - 1) g""",
+            {"s": sessions, "n": rows},
+        )
+    with db.connection() as conn:
+        conn.execute("ANALYZE sessions")
+        conn.execute("ANALYZE conversations")
+    return time.perf_counter() - started
+
+
+def fetch_last(db: Database, sessions: int, fetches: int, seed: int, last: int = 20) -> list[float]:
+    """Seconds per ``recent_messages(max_messages=last)`` of a random session; 20 warm-up fetches first."""
+    store = ConversationStore(db)
+    rng = random.Random(seed)
+    picks = [rng.randrange(sessions) for _ in range(fetches + 20)]
+    times = []
+    for i, s in enumerate(picks):
+        started = time.perf_counter()
+        messages = store.recent_messages(f"user{s % 1000}", f"s{s}", max_messages=last)
+        elapsed = time.perf_counter() - started
+        if not messages:
+            raise AssertionError(f"our history of session s{s} is empty")
+        if i >= 20:
+            times.append(elapsed)
+    return times
+
+
+def last_messages(db: Database, session: int, last: int = 20) -> list[str]:
+    store = ConversationStore(db)
+    return [m.content for m in store.recent_messages(f"user{session % 1000}", f"s{session}", max_messages=last)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the stand-alone script (issue 2's figures)
+
+
+def bench_import(server: ScratchServer, messages: int) -> dict[str, float]:
+    db = ours_database(server.fresh("bench_memory_import"))
+    try:
         text = jsonl(messages, sessions=max(1, messages // 100))
-        with open_database(config) as db:
-            store = ConversationStore(db)
-            seconds = timed(lambda: store.import_jsonl(text.splitlines()))
-            again = timed(lambda: store.import_jsonl(text.splitlines()))
+        store = ConversationStore(db)
+        seconds = timed(lambda: store.import_jsonl(text.splitlines()))
+        again = timed(lambda: store.import_jsonl(text.splitlines()))
+    finally:
+        db.close()
     return {"messages": messages, "seconds": seconds, "per_second": messages / seconds, "reimport_seconds": again}
 
 
-def bench_append(n: int) -> dict[str, float]:
-    with scratch_config("bench_memory_append", **{"rag.enabled": False, "memory.recall": False}) as config:
-        fresh_database(config)
-        with open_database(config) as db:
-            store = ConversationStore(db)
-            session = store.create_session("bench")
-            seconds = timed(lambda: [store.append("bench", session.id, "user", f"message {i}") for i in range(n)])
-    return {"messages": n, "seconds": seconds, "per_second": n / seconds}
-
-
-def bench_history(rows: int, sessions: int, fetches: int, seed: int = 7) -> dict[str, object]:
-    """Fill ``rows`` messages over ``sessions`` sessions with SQL, then time 20-message history fetches."""
-    with scratch_config("bench_memory_history", **{"rag.enabled": False, "memory.recall": False}) as config:
-        fresh_database(config)
-        with open_database(config) as db:
-            t0 = time.perf_counter()
-            with db.connection() as conn:
-                conn.execute(
-                    """INSERT INTO sessions (id, user_id, created_at, updated_at)
-                       SELECT 's' || g, 'user' || mod(g, 1000), now(), now() FROM generate_series(0, %s - 1) g""",
-                    (sessions,),
-                )
-                conn.execute(
-                    """INSERT INTO conversations (session_id, user_id, role, content, timestamp)
-                       SELECT 's' || mod(g, %(s)s), 'user' || mod(mod(g, %(s)s), 1000),
-                              CASE WHEN mod(g / %(s)s, 2) = 0 THEN 'user' ELSE 'assistant' END,
-                              'message ' || g || ' with some ordinary length text about the team''s work',
-                              timestamptz '2026-01-01' + g * interval '1 second'
-                       FROM generate_series(0, %(n)s - 1) g""",
-                    {"s": sessions, "n": rows},
-                )
-            with db.connection() as conn:
-                conn.execute("ANALYZE sessions")
-                conn.execute("ANALYZE conversations")
-            fill = time.perf_counter() - t0
-            store = ConversationStore(db)
-            rng = random.Random(seed)
-            picks = [rng.randrange(sessions) for _ in range(fetches)]
-            for s in picks[:20]:  # warm the cache and the pool
-                store.recent_messages(f"user{s % 1000}", f"s{s}", max_messages=20)
-            times = [
-                timed(lambda s=s: store.recent_messages(f"user{s % 1000}", f"s{s}", max_messages=20)) for s in picks
-            ]
+def bench_history(
+    server: ScratchServer, rows: int, sessions: int, fetches: int, seed: int = 7
+) -> dict[str, object]:
+    db = ours_database(server.fresh("bench_memory_history"))
+    try:
+        fill = fill_history(db, rows, sessions)
+        times = fetch_last(db, sessions, fetches, seed)
+    finally:
+        db.close()
     return {"rows": rows, "sessions": sessions, "fill_seconds": fill, "fetch": Stats.of(times)}
 
 
@@ -111,16 +155,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="table size for the history fetch")
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--fetches", type=int, default=500)
+    parser.add_argument("--database-url", help="admin URL of a Postgres with pgvector (default: embedded)")
     args = parser.parse_args()
+    server = ScratchServer(args.database_url)
     print(machine())
-    imp = bench_import(args.messages)
+    imp = bench_import(server, args.messages)
     print(
         f"memory import: {imp['messages']:,} messages in {imp['seconds']:.2f} s = {imp['per_second']:,.0f} msg/s "
         f"(re-import of the same file, all skipped: {imp['reimport_seconds']:.2f} s)"
     )
-    app = bench_append(args.appends)
-    print(f"append (one session, one thread, one transaction each): {app['per_second']:,.0f} msg/s")
-    hist = bench_history(args.rows, args.sessions, args.fetches)
+    rate = append_throughput(server.fresh("bench_memory_append"), args.appends, batch=1)
+    print(f"append (one session, one thread, one transaction each): {rate:,.0f} msg/s")
+    hist = bench_history(server, args.rows, args.sessions, args.fetches)
     print(
         f"history fetch, last 20 of one session among {hist['rows']:,} messages "
         f"(filled in {hist['fill_seconds']:.1f} s): {hist['fetch'].fmt()}"  # type: ignore[union-attr]

