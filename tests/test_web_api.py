@@ -560,6 +560,7 @@ def test_me_docs_and_page(start_app, make_config) -> None:  # type: ignore[no-un
 
     page = client.get("/")
     assert page.status_code == 200 and "<title>Context Assistant</title>" in page.text
+    assert client.head("/").status_code == 200 and client.head("/health").status_code == 200  # probes
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
     script = client.get("/static/app.js")

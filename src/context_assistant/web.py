@@ -408,9 +408,11 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
             return JSONResponse({"status": "unavailable", "database": detail}, status_code=503)
         return {"status": "ok", "database": "ok"}
 
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # for HEAD probes
+
     # -- the page -----------------------------------------------------------------------------------------
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(
             STATIC_DIR / "index.html",
