@@ -17,6 +17,7 @@ import pytest
 from context_assistant.config import load_config
 from context_assistant.embeddings import (
     MINILM,
+    CachingEmbedder,
     EmbeddingError,
     LocalEmbedder,
     ServingEndpointEmbedder,
@@ -46,11 +47,13 @@ def test_model_names_choose_local_or_endpoint() -> None:
 
 
 def test_make_embedder_builds_nothing_expensive_up_front() -> None:
-    local = make_embedder(load_config(None, env={}).rag)
+    cached = make_embedder(load_config(None, env={}).rag)
+    assert isinstance(cached, CachingEmbedder) and cached.model_name == MINILM
+    local = cached.inner
     assert isinstance(local, LocalEmbedder) and local.model_name == MINILM and local._model is None
     rag = load_config(None, env={}, overrides={"rag.embedding_model": "databricks-gte-large-en"}).rag
     built: list[int] = []
-    remote = make_embedder(rag, lambda: built.append(1))
+    remote = make_embedder(rag, lambda: built.append(1)).inner
     assert isinstance(remote, ServingEndpointEmbedder) and remote.endpoint == "databricks-gte-large-en"
     assert built == []  # the workspace client is only made when a request goes out
     with pytest.raises(EmbeddingError, match="needs a Databricks workspace client"):
@@ -229,3 +232,25 @@ def test_retry_after_header_forms() -> None:
     )
     assert retry_after_seconds({"retry-after": "soon"}, epoch) is None
     assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}, epoch) == 1.5
+
+
+def test_caching_embedder_embeds_a_question_once_and_never_caches_bulk_batches() -> None:
+    from retrieval_support import CountingEmbedder, HashingEmbedder
+
+    counting = CountingEmbedder(HashingEmbedder())
+    cached = CachingEmbedder(counting, capacity=2)
+    first = cached.embed(["when is the handover?"])
+    assert cached.embed(["when is the handover?"]) == first and counting.texts == ["when is the handover?"]
+    # A mixed call embeds only what it has not seen.
+    cached.embed(["when is the handover?", "who approves deploys?"])
+    assert counting.texts[-1:] == ["who approves deploys?"]
+    # Least recently used texts leave when the cache is full.
+    cached.embed(["third"])
+    cached.embed(["when is the handover?"])
+    assert counting.texts[-1] == "when is the handover?"
+    # Bulk calls (a sync batch) are looked up but not stored.
+    bulk = [f"chunk {i}" for i in range(20)]
+    cached.embed(bulk)
+    calls = counting.calls
+    cached.embed(["chunk 3"])
+    assert counting.calls == calls + 1

@@ -616,7 +616,7 @@ def warm_up(services: Services) -> threading.Thread:
             if config.rag.enabled or config.memory.recall:
                 from .embeddings import LocalEmbedder
 
-                embedder = services.embedder
+                embedder = getattr(services.embedder, "inner", services.embedder)
                 if isinstance(embedder, LocalEmbedder):
                     embedder.dimension  # noqa: B018  (loads the model)
             if config.tracing.enabled:

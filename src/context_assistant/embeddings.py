@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,6 +401,58 @@ def _error_message(response: Any) -> str:
     return str(body)[:300]
 
 
+class CachingEmbedder:
+    """Remembers the vectors of recent short texts, so one turn embeds its question once.
+
+    A turn embeds the user's question for document retrieval and again for recall, and the next turn's
+    recall indexes that same message as a past turn; all three are one model call with this cache.
+    Only calls of a few texts (questions, single turns) are remembered; bulk sync batches are looked up
+    but not stored, so a large sync does not churn the cache or hold its vectors.
+    """
+
+    SMALL_CALL = 8
+
+    def __init__(self, inner: Embedder, capacity: int = 1024) -> None:
+        self.inner = inner
+        self.capacity = capacity
+        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        found: dict[int, list[float]] = {}
+        with self._lock:
+            for i, text in enumerate(texts):
+                vector = self._vectors.get(text)
+                if vector is not None:
+                    self._vectors.move_to_end(text)
+                    found[i] = vector
+        missing = [i for i in range(len(texts)) if i not in found]
+        if missing:
+            fresh = self.inner.embed([texts[i] for i in missing])
+            for i, vector in zip(missing, fresh, strict=True):
+                found[i] = vector
+            if len(texts) <= self.SMALL_CALL:
+                with self._lock:
+                    for i in missing:
+                        self._vectors[texts[i]] = found[i]
+                    while len(self._vectors) > self.capacity:
+                        self._vectors.popitem(last=False)
+        return [found[i] for i in range(len(texts))]
+
+    def close(self) -> None:
+        closer = getattr(self.inner, "close", None)
+        if closer is not None:
+            closer()
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -412,5 +465,5 @@ def make_embedder(
     if spec.provider == "endpoint":
         if workspace is None:
             raise EmbeddingError(f"serving endpoint {spec.name!r} needs a Databricks workspace client")
-        return ServingEndpointEmbedder(spec.name, workspace, clock=clock)
-    return LocalEmbedder(spec.name)
+        return CachingEmbedder(ServingEndpointEmbedder(spec.name, workspace, clock=clock))
+    return CachingEmbedder(LocalEmbedder(spec.name))

@@ -67,6 +67,7 @@ _PENDING = f"""
     WHERE {{user_filter}} c.id > %(after)s
       AND c.role IN ('user', 'assistant')
       AND NOT (c.metadata @> '{{{{"status": "failed"}}}}')
+      AND NOT (c.metadata @> '{{{{"model": "offline"}}}}')
       AND btrim(c.content) <> ''
       AND NOT EXISTS (SELECT 1 FROM {TURNS_TABLE} t WHERE t.message_id = c.id)
     ORDER BY c.id LIMIT %(limit)s"""
@@ -213,7 +214,7 @@ class TurnRecall:
         # retrieval already finds, and recalling them would crowd out what the user actually said.
         where = (
             "c.user_id = %(user)s AND NOT EXISTS (SELECT 1 FROM conversations m WHERE m.id = c.message_id"
-            " AND (m.metadata @> '{\"status\": \"failed\"}' OR m.metadata @> '{\"model\": \"offline\"}'))"
+            ' AND (m.metadata @> \'{"status": "failed"}\' OR m.metadata @> \'{"model": "offline"}\'))'
         )
         params: dict[str, Any] = {"user": user, "limit": pool}
         if exclude_session is not None:
