@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -23,30 +22,25 @@ from typing import Any
 
 import psycopg
 
-from context_assistant.chunking import content_hash
 from context_assistant.db import Database, EmbeddedPostgres, Target
 from context_assistant.embeddings import LocalEmbedder, make_embedder
+from context_assistant.evaluation import (
+    LabelledDocument,
+    LabelledQuery,
+    corpus_chunks,
+    load_corpus,
+    load_queries,
+)
+from context_assistant.evaluation import evaluate as score_modes
 from context_assistant.index_pgvector import PgVectorChunkIndex
-from context_assistant.sync import InMemoryChunkSource, SourceChunk
+from context_assistant.sync import InMemoryChunkSource
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "eval"
 MODES = ("vector", "keyword", "hybrid")
 
 
-def load_set(folder: Path = EVAL_DIR) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines() if line.strip()]
-    queries = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines() if line.strip()]
-    return corpus, queries
-
-
-def recall_at(ranked: list[str], relevant: set[str], k: int) -> float:
-    return len(set(ranked[:k]) & relevant) / len(relevant)
-
-
-def ndcg_at(ranked: list[str], relevant: set[str], k: int) -> float:
-    dcg = sum(1 / math.log2(i + 2) for i, doc in enumerate(ranked[:k]) if doc in relevant)
-    ideal = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), k)))
-    return dcg / ideal
+def load_set(folder: Path = EVAL_DIR) -> tuple[list[LabelledDocument], list[LabelledQuery]]:
+    return load_corpus(folder / "corpus.jsonl"), load_queries(folder / "queries.jsonl")
 
 
 def fresh_database(url: str | None) -> Database:
@@ -64,35 +58,14 @@ def fresh_database(url: str | None) -> Database:
     return db
 
 
-def evaluate(db: Database, embedder: Any, corpus: list[dict[str, Any]], queries: list[dict[str, Any]]) -> dict:
-    chunks = [
-        SourceChunk(d["id"], d["id"], 0, d["text"], d["title"], None, content_hash(d["text"])) for d in corpus
-    ]
+def evaluate(db: Database, embedder: Any, corpus: list[LabelledDocument], queries: list[LabelledQuery]) -> dict:
     index = PgVectorChunkIndex(db, embedder)
     started = time.monotonic()
-    index.refresh(InMemoryChunkSource(chunks))
+    index.refresh(InMemoryChunkSource(corpus_chunks(corpus)))
     indexed_seconds = time.monotonic() - started
     report: dict[str, Any] = {"documents": len(corpus), "queries": len(queries), "index_seconds": indexed_seconds}
-    kinds = sorted({q["kind"] for q in queries})
     embedder.embed(["warm up"])  # the first call pays one-time costs; keep them out of the latencies
-    for mode in MODES:
-        per_kind: dict[str, list[tuple[float, float]]] = {kind: [] for kind in ["all", *kinds]}
-        started = time.monotonic()
-        for q in queries:
-            ranked = [h.path for h in index.search(q["query"], top_k=10, mode=mode)]
-            relevant = set(q["relevant"])
-            scores = (recall_at(ranked, relevant, 5), ndcg_at(ranked, relevant, 10))
-            per_kind["all"].append(scores)
-            per_kind[q["kind"]].append(scores)
-        report[mode] = {
-            kind: {
-                "recall@5": sum(s[0] for s in values) / len(values),
-                "ndcg@10": sum(s[1] for s in values) / len(values),
-                "n": len(values),
-            }
-            for kind, values in per_kind.items()
-        }
-        report[mode]["ms_per_query"] = 1000 * (time.monotonic() - started) / len(queries)
+    report.update(score_modes(index, queries, modes=MODES))
     return report
 
 

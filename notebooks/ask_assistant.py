@@ -1,0 +1,71 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Ask the assistant
+# MAGIC
+# MAGIC One turn, exactly as the app and the terminal chat run it: the question is stored in your memory,
+# MAGIC earlier conversations are recalled, your documents are searched, and the answer comes back with its
+# MAGIC numbered sources and the id of its MLflow trace. Leave `session` empty to start a new conversation;
+# MAGIC paste the session id printed below to continue it.
+
+# COMMAND ----------
+
+import os
+import sys
+from pathlib import Path
+
+if "__file__" in globals():  # a source checkout: use the code next to this notebook
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from context_assistant.assistant import TurnFailed
+from context_assistant.config import load_config
+from context_assistant.services import Services
+
+
+def widget(name: str, default: str, label: str) -> str:
+    """A text widget on Databricks; off Databricks the CA_WIDGET_<NAME> variable, else the default."""
+    try:
+        dbutils.widgets.text(name, default, label)  # dbutils: defined in Databricks notebooks
+        return dbutils.widgets.get(name)
+    except NameError:
+        return os.environ.get(f"CA_WIDGET_{name.upper()}", default)
+
+
+def notebook_user(fallback: str) -> str:
+    """Who runs the notebook on Databricks (their memory is theirs); elsewhere the configured user."""
+    try:
+        context = dbutils.notebook.entry_point.getDbutils().notebook().getContext()  # noqa: F821
+        return context.userName().get()
+    except Exception:  # not on Databricks, or no user in this context
+        return fallback
+
+
+services = Services(load_config())
+user = widget("user", notebook_user(services.config.default_user), "User").strip()
+question = widget("question", "How do I deploy the bundle to production?", "Question")
+session = widget("session", "", "Session id (empty: a new conversation)").strip() or None
+
+# COMMAND ----------
+
+try:
+    result = services.assistant.turn(user, question, session)
+except TurnFailed as failed:
+    hint = "try again shortly" if failed.retryable else "trying again will not help until this is fixed"
+    print(f"The assistant could not answer ({failed.kind}): {failed}\n{hint}; your question is kept in session")
+    print(f"{failed.session_id} (message {failed.user_message_id}).")
+    result = None
+finally:
+    services.close()  # also flushes the turn's trace to MLflow
+
+if result is not None:
+    print(result.reply)
+    print("\nSources:")
+    for source in result.sources:
+        where = source.path + (f" › {source.heading}" if source.heading else "")
+        where += f", page {source.page}" if source.page is not None else ""
+        print(f"  [{source.index}] {where}  (score {source.score:.3f})")
+    if not result.sources:
+        print("  (none: nothing in the documents matched)")
+    for warning in result.warnings:
+        print(f"Note: {warning}")
+    print(f"\nsession: {result.session_id}")
+    print(f"trace: {result.trace_id or '(not traced: tracing is off or its store is unavailable)'}")
