@@ -28,7 +28,7 @@ class Stats:
     @classmethod
     def of(cls, values: list[float]) -> Stats:
         ordered = sorted(values)
-        p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+        p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
         return cls(statistics.median(ordered), ordered[0], ordered[-1], p95, len(ordered))
 
     def fmt(self, unit: str = "ms", scale: float = 1000.0) -> str:
@@ -51,7 +51,8 @@ def repeat(fn: Callable[[], object], times: int) -> Stats:
 def machine() -> str:
     cores = os.cpu_count()
     try:
-        mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+        with open("/proc/meminfo") as meminfo:
+            mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
         mem = f"{mem_kb / 1024 / 1024:.0f} GiB RAM"
     except (OSError, StopIteration):
         mem = "RAM unknown"
