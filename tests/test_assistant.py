@@ -309,7 +309,7 @@ def test_turn_is_traced_with_a_span_per_step(config, store, index, recall, tmp_p
     from context_assistant.tracing import Tracer
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracer = Tracer(uri, experiment="assistant-test")
+    tracer = Tracer(uri, experiment="assistant-test", artifact_location=(tmp_path / "artifacts").as_uri())
     assistant = Assistant(
         config, store, OfflineModel(), retriever=index, recall=recall, tracer=tracer, clock=clock
     )
