@@ -89,6 +89,20 @@ class PgServer:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_environment() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``, which the config loader reads: without
+    this, one test's trace store (even one set up by a module-scoped fixture) would leak into every later
+    test's configuration. Other ``MLFLOW_*`` variables a test sets are put back afterwards."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    saved = {key: value for key, value in os.environ.items() if key.startswith("MLFLOW_")}
+    yield
+    for key in [key for key in os.environ if key.startswith("MLFLOW_")]:
+        if key not in saved:
+            del os.environ[key]
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     server = PgServer(tmp_path_factory.mktemp("pg"))
