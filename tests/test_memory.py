@@ -277,3 +277,30 @@ def test_concurrent_appends_lose_nothing_and_keep_order(db, clock: FakeClock) ->
     for n, sid in enumerate(sessions):
         contents = [m.content for m in store.messages(f"user{n % 4}", sid)]
         assert contents == [f"{n}:{i}" for i in range(50)]
+
+
+def test_append_many_keeps_order_in_one_statement(store: ConversationStore) -> None:
+    session = store.create_session("alice")
+    added = store.append_many(
+        "alice", session.id, [("user", "q", None), ("assistant", "a", {"model": "m"}), ("user", "q2", {})]
+    )
+    assert [m.content for m in added] == ["q", "a", "q2"] and added[0].id < added[1].id < added[2].id
+    stored = store.messages("alice", session.id)
+    assert [(m.id, m.content, m.metadata) for m in stored] == [(m.id, m.content, m.metadata) for m in added]
+    assert store.append_many("alice", session.id, []) == []
+    with pytest.raises(SessionNotFound):
+        store.append_many("bob", session.id, [("user", "sneaky", None)])
+    with pytest.raises(ValueError, match="'robot' is not one of"):
+        store.append_many("alice", session.id, [("user", "ok", None), ("robot", "x", None)])
+    assert len(store.messages("alice", session.id)) == 3  # nothing of the rejected batch was written
+
+
+def test_session_activity_moves_at_a_second_granularity(store: ConversationStore, clock: FakeClock) -> None:
+    session = store.create_session("alice")
+    created = store.get_session("alice", session.id).updated_at
+    clock.advance(0.3)
+    store.append("alice", session.id, "user", "soon after")
+    assert store.get_session("alice", session.id).updated_at == created  # not rewritten for 0.3 s
+    clock.advance(5)
+    store.append("alice", session.id, "user", "later")
+    assert store.get_session("alice", session.id).updated_at == clock.now()

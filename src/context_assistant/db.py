@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +34,9 @@ TOKEN_CACHE_SECONDS = 15 * 60
 CONNECTION_MAX_LIFETIME = 45 * 60
 MIGRATION_LOCK_KEY = 0x0C0A5517  # advisory lock id shared by every process migrating this schema
 LAKEBASE_READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"  # the endpoint type of a branch's primary
+
+# A pooled connection idle longer than this is health-checked before it is handed out.
+IDLE_CHECK_SECONDS = 5.0
 
 TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 5}
 
@@ -268,7 +272,7 @@ class Database:
             max_size=max_size,
             max_lifetime=max_lifetime,
             max_idle=5 * 60,
-            check=ConnectionPool.check_connection,
+            check=self._check_if_idle,
             configure=self._configure,
             name="context-assistant",
             open=False,
@@ -300,6 +304,14 @@ class Database:
             kwargs["password"] = self.target.password()
         return kwargs
 
+    def _check_if_idle(self, conn: psycopg.Connection) -> None:
+        """Health-check a connection on checkout only if it sat idle a while: a connection used moments ago
+        is alive, and a round trip per checkout would tax every query. One idle longer (a server restart, a
+        network drop, Lakebase scaling to zero) is checked, and replaced by the pool if it is dead."""
+        returned_at = getattr(conn, "_ca_returned_at", None)
+        if returned_at is None or time.monotonic() - returned_at > IDLE_CHECK_SECONDS:
+            ConnectionPool.check_connection(conn)
+
     def _configure(self, conn: psycopg.Connection) -> None:
         if self._vector_ready:
             from pgvector.psycopg import register_vector
@@ -311,7 +323,10 @@ class Database:
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
         """A pooled connection; the block is one transaction, committed on success, rolled back on error."""
         with self.pool.connection(timeout=timeout) as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                conn._ca_returned_at = time.monotonic()  # type: ignore[attr-defined]  (see _check_if_idle)
 
     def close(self) -> None:
         self.pool.close()

@@ -85,6 +85,9 @@ CHUNKS_TABLE = "rag_chunks"
 # Spaces: a table with a vector(dim) column, registered with its model
 
 
+PGVECTOR_DEFAULT_EF_SEARCH = 40  # hnsw.ef_search when nobody sets it
+
+
 @dataclass(frozen=True)
 class SpaceInfo:
     space: str
@@ -623,7 +626,7 @@ class PgVectorChunkIndex:
             raise RetrievalError(f"top_k must be at least 1, got {top_k}")
         qvec = None
         if mode != "keyword":
-            self._check_model_matches()
+            # Embed before taking a connection: the model is the slow part, and holds no database resources.
             (qvec,) = self.embedder.embed([query])
         pool = top_k if mode != "hybrid" else candidate_count(top_k)
         where = "TRUE"
@@ -635,14 +638,16 @@ class PgVectorChunkIndex:
             info = self._space(conn)
             vector_ranked: list[tuple[str, float]] = []
             keyword_ranked: list[tuple[str, float]] = []
+            rows: dict[str, tuple[Any, ...]] = {}
             if qvec is not None:
+                self._check_model_matches(info)
                 if len(qvec) != info.dimension:
                     raise IndexNotReady(
                         f"the query vector has {len(qvec)} dims but the index has {info.dimension}; "
                         "run `context-assistant sync`"
                     )
                 vector_ranked = self._vector_search(
-                    conn, info, qvec, where, dict(params), filtered=bool(path_prefix)
+                    conn, info, qvec, where, dict(params), filtered=bool(path_prefix), rows=rows
                 )
             if mode != "vector":
                 keyword_ranked = bm25_rank(
@@ -655,24 +660,24 @@ class PgVectorChunkIndex:
             else:
                 ranked = rrf_fuse([[k for k, _ in vector_ranked], [k for k, _ in keyword_ranked]])
             ranked = ranked[:top_k]
-            rows = {
-                row[0]: row
-                for row in conn.execute(
-                    sql.SQL("SELECT chunk_id, path, heading, page, text FROM {} WHERE chunk_id = ANY(%s)").format(
-                        sql.Identifier(CHUNKS_TABLE)
-                    ),
-                    ([k for k, _ in ranked],),
+            missing = [k for k, _ in ranked if k not in rows]  # keyword hits; vector hits came with their rows
+            if missing:
+                rows.update(
+                    (row[0], row)
+                    for row in conn.execute(
+                        sql.SQL(
+                            "SELECT chunk_id, path, heading, page, text FROM {} WHERE chunk_id = ANY(%s)"
+                        ).format(sql.Identifier(CHUNKS_TABLE)),
+                        (missing,),
+                    )
                 )
-            }
         return [
             Hit(chunk_id, rows[chunk_id][1], rows[chunk_id][2], rows[chunk_id][3], rows[chunk_id][4], score)
             for chunk_id, score in ranked
             if chunk_id in rows
         ]
 
-    def _check_model_matches(self) -> None:
-        with self.db.connection() as conn:
-            info = self._space(conn)
+    def _check_model_matches(self, info: SpaceInfo) -> None:
         if info.model != self.embedder.model_name:
             raise IndexNotReady(
                 f"the chunk index was built with {info.model} but rag.embedding_model is now "
@@ -680,10 +685,15 @@ class PgVectorChunkIndex:
             )
 
     def _space(self, conn: psycopg.Connection) -> SpaceInfo:
-        info = read_space(conn, CHUNKS_SPACE)
-        if info is None or not table_exists(conn, CHUNKS_TABLE):
+        """The chunk space as recorded, in one round trip (this is on every search's path)."""
+        row = conn.execute(
+            """SELECT space, model, dimension, index_type, index_lists, index_rows
+               FROM vector_spaces WHERE space = %s AND to_regclass(%s) IS NOT NULL""",
+            (CHUNKS_SPACE, CHUNKS_TABLE),
+        ).fetchone()
+        if row is None:
             raise IndexNotReady("the chunk index is empty: run `context-assistant ingest` (or `sync`) first")
-        return info
+        return SpaceInfo(*row)
 
     def _vector_search(
         self,
@@ -693,12 +703,17 @@ class PgVectorChunkIndex:
         where: str,
         params: dict,
         filtered: bool,
+        rows: dict[str, tuple[Any, ...]] | None = None,
     ) -> list[tuple[str, float]]:
+        """Nearest chunks by cosine distance; their rows (chunk_id, path, heading, page, text) go into ``rows``
+        so a vector search needs no second query."""
         if self._pgvector is None:
             self._pgvector = pgvector_version(conn)
         limit = params["limit"]
         if info.index_type == "hnsw":
-            set_local(conn, "hnsw.ef_search", max(self.hnsw_ef_search, limit))
+            ef_search = max(self.hnsw_ef_search, limit)
+            if ef_search != PGVECTOR_DEFAULT_EF_SEARCH:  # a round trip saved on the default path
+                set_local(conn, "hnsw.ef_search", ef_search)
             if filtered and self._pgvector >= (0, 8):
                 set_local(conn, "hnsw.iterative_scan", "relaxed_order")
         elif info.index_type == "ivfflat":
@@ -708,14 +723,17 @@ class PgVectorChunkIndex:
         expression, _ = vector_expression(info.dimension)
         params["qvec"] = vector_literal(qvec)
         distance = f"{expression} <=> {query_vector_sql(info.dimension)}"
-        rows = conn.execute(
-            f"""SELECT chunk_id, distance FROM (
-                    SELECT c.chunk_id, {distance} AS distance FROM {CHUNKS_TABLE} c
+        found = conn.execute(
+            f"""SELECT chunk_id, path, heading, page, text, distance FROM (
+                    SELECT c.chunk_id, c.path, c.heading, c.page, c.text, {distance} AS distance
+                    FROM {CHUNKS_TABLE} c
                     WHERE {where} ORDER BY distance LIMIT %(limit)s) ranked
                 ORDER BY distance, chunk_id""",
             params,
         ).fetchall()
-        return [(chunk_id, 1.0 - float(d)) for chunk_id, d in rows]
+        if rows is not None:
+            rows.update((row[0], row[:5]) for row in found)
+        return [(row[0], 1.0 - float(row[5])) for row in found]
 
     # -- inspection -----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -205,30 +205,58 @@ class ConversationStore:
         metadata: dict[str, Any] | None = None,
     ) -> Message:
         """Add a message to one of the user's sessions (and mark the session active)."""
-        if role not in ROLES:
-            raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        return self.append_many(user, session_id, [(role, content, metadata)])[0]
+
+    def append_many(
+        self,
+        user: str,
+        session_id: str,
+        messages: Sequence[tuple[str, str, dict[str, Any] | None]],
+    ) -> list[Message]:
+        """Add ``(role, content, metadata)`` messages, in order, in one statement and one transaction.
+
+        The session's ``updated_at`` moves only when it is a second or more behind: rewriting the session row
+        on every message would cost an extra (non-HOT) row version per message for no visible difference.
+        """
+        for role, _, _ in messages:
+            if role not in ROLES:
+                raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        if not messages:
+            return []
         timestamp = self.clock.now()
-        meta = metadata or {}
+        metas = [meta or {} for _, _, meta in messages]
         with self.db.connection() as conn:
-            row = conn.execute(
-                """WITH s AS (
-                       UPDATE sessions SET updated_at = GREATEST(updated_at, %(ts)s)
-                       WHERE id = %(sid)s AND user_id = %(uid)s RETURNING id, user_id)
-                   INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
-                   SELECT s.id, s.user_id, %(role)s, %(content)s, %(ts)s, %(meta)s FROM s
-                   RETURNING id""",
-                {
-                    "ts": timestamp,
-                    "sid": session_id,
-                    "uid": user,
-                    "role": role,
-                    "content": content,
-                    "meta": Jsonb(meta),
-                },
-            ).fetchone()
-        if row is None:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    """WITH s AS (SELECT id, user_id FROM sessions WHERE id = %(sid)s AND user_id = %(uid)s),
+                       touched AS (
+                           UPDATE sessions SET updated_at = %(ts)s
+                           WHERE id = (SELECT id FROM s) AND updated_at <= %(ts)s - interval '1 second'),
+                       inserted AS (
+                           INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
+                           SELECT s.id, s.user_id, m.role, m.content, %(ts)s, m.metadata
+                           FROM s, unnest(%(roles)s::text[], %(contents)s::text[], %(metas)s::jsonb[])
+                                WITH ORDINALITY AS m(role, content, metadata, n)
+                           ORDER BY m.n
+                           RETURNING id)
+                       SELECT id FROM inserted ORDER BY id""",
+                    {
+                        "ts": timestamp,
+                        "sid": session_id,
+                        "uid": user,
+                        "roles": [role for role, _, _ in messages],
+                        "contents": [content for _, content, _ in messages],
+                        "metas": [Jsonb(meta) for meta in metas],
+                    },
+                )
+            ]
+        if not ids:
             raise SessionNotFound(session_id)
-        return Message(row[0], session_id, user, role, content, timestamp, meta)
+        return [
+            Message(message_id, session_id, user, role, content, timestamp, meta)
+            for message_id, (role, content, _), meta in zip(ids, messages, metas, strict=True)
+        ]
 
     def update_metadata(self, user: str, message_id: int, patch: dict[str, Any]) -> Message:
         """Merge ``patch`` into a message's metadata (e.g. a failed status, feedback, trace id)."""
