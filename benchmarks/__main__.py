@@ -147,9 +147,8 @@ class Suite:
             HIGHER,
             [],
             [] if self.with_peers else None,
-            note="ours: `ConversationStore.import_jsonl` (our only multi-message write: it validates every line "
-            "and skips duplicates in one transaction); theirs: `PostgresChatMessageHistory.add_messages` "
-            "(executemany, one commit).",
+            note="ours: `ConversationStore.append_many` (one INSERT … SELECT FROM unnest, one commit); theirs: "
+            "`PostgresChatMessageHistory.add_messages` (executemany, one commit).",
         )
         for run in range(s.runs):
             say(f"memory append run {run + 1}/{s.runs}")

@@ -47,7 +47,7 @@ def jsonl(messages: int, sessions: int, users: int = 50, offset: int = 0) -> str
 
 def append_throughput(conninfo: str, messages: int, batch: int) -> float:
     """Messages per second into one session: ``ConversationStore.append`` one message per call when
-    ``batch == 1``; otherwise ``import_jsonl`` (our only multi-message write) with ``batch`` lines per call."""
+    ``batch == 1``; otherwise ``ConversationStore.append_many`` with ``batch`` messages per call."""
     db = ours_database(conninfo)
     try:
         store = ConversationStore(db)
@@ -61,10 +61,13 @@ def append_throughput(conninfo: str, messages: int, batch: int) -> float:
             )
         else:
             calls = [
-                jsonl(min(batch, messages - start), sessions=1, users=0, offset=start).splitlines()
+                [
+                    ("user" if i % 2 == 0 else "assistant", message_text(i), None)
+                    for i in range(start, min(start + batch, messages))
+                ]
                 for start in range(0, messages, batch)
             ]
-            seconds = timed(lambda: [store.import_jsonl(call) for call in calls])
+            seconds = timed(lambda: [store.append_many(BENCH_USER, session.id, call) for call in calls])
         with db.connection() as conn:
             count = conn.execute("SELECT count(*) FROM conversations").fetchone()[0]
     finally:
