@@ -164,6 +164,7 @@ def test_result_json_has_exactly_the_documented_shape() -> None:
     assert result.to_json() == {
         "documents": {"added": 2, "updated": 0, "deleted": 0, "unchanged": 0, "failed": 0, "skipped": 0},
         "failures": [],
+        "still_failing": [],
         "chunks": {"written": 7, "deleted": 0},
         "seconds": 1.5,
     }

@@ -58,6 +58,8 @@ def test_ingest_parses_chunks_and_indexes_then_reruns_as_a_no_op(
     assert code == 0
     assert again["documents"]["unchanged"] == 11 and again["chunks"] == {"written": 0, "deleted": 0}
     assert again["sync"]["embedded"] == 0 and again["sync"]["kept"] == first["chunks"]["written"]
+    # The broken file was not retried (same bytes), but it is still reported as not answerable.
+    assert again["failures"] == [] and again["still_failing"] == first["failures"]
 
     # Edit one document: only its chunks are re-embedded; delete another: its chunks leave the index.
     runbook = docs / "oncall-runbook.txt"

@@ -147,6 +147,8 @@ class IngestResult:
 
     documents: DocumentCounts = field(default_factory=DocumentCounts)
     failures: list[Failure] = field(default_factory=list)
+    # Unchanged files that failed in an earlier run and were not retried (same bytes): still not answerable.
+    still_failing: list[Failure] = field(default_factory=list)
     chunks: ChunkCounts = field(default_factory=ChunkCounts)
     seconds: float = 0.0
     parsed: int = 0  # files handed to the parser (not in to_json: a diagnostic for tests and benchmarks)
@@ -164,6 +166,9 @@ class IngestResult:
                 "skipped": d.skipped,
             },
             "failures": [{"path": f.path, "error": f.error} for f in sorted(self.failures, key=lambda f: f.path)],
+            "still_failing": [
+                {"path": f.path, "error": f.error} for f in sorted(self.still_failing, key=lambda f: f.path)
+            ],
             "chunks": {"written": self.chunks.written, "deleted": self.chunks.deleted},
             "seconds": self.seconds,
         }
@@ -673,6 +678,10 @@ class _Run:
         rows = [_DocumentRow.keep(f.path) for f in plan.unchanged]
         replace: list[str] = []
         counts.unchanged += len(plan.unchanged)
+        for f in plan.unchanged:
+            prev = known.get(f.path)
+            if prev is not None and prev.status == FAILED:
+                result.still_failing.append(Failure(f.path, prev.error or "could not be parsed"))
         for f, reason in plan.skipped:
             counts.skipped += 1
             prev = known.get(f.path)
@@ -703,6 +712,8 @@ class _Run:
                 vanished.append(f.path)
             elif p.status == _UNCHANGED:  # touched, same bytes: remember the new size/mtime only
                 counts.unchanged += 1
+                if prev is not None and prev.status == FAILED:
+                    result.still_failing.append(Failure(f.path, prev.error or "could not be parsed"))
                 rows.append(
                     _DocumentRow(f.path, None, None, None, 0, p.size_bytes, p.modified_us, None, 0, "touch")
                 )

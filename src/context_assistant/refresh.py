@@ -64,6 +64,10 @@ class RefreshResult:
                 f"({self.ingest.chunks.written} chunks written, {self.ingest.chunks.deleted} deleted)."
             )
             lines += [f"FAILED {f.path}: {f.error}" for f in sorted(self.ingest.failures, key=lambda f: f.path)]
+            lines += [
+                f"STILL FAILING {f.path}: {f.error} (unchanged since it failed)"
+                for f in sorted(self.ingest.still_failing, key=lambda f: f.path)
+            ]
         if self.sync is not None:
             summary = getattr(self.sync, "summary", None)
             lines.append(summary() if callable(summary) else f"Index: {self.sync.to_json()}")
