@@ -475,3 +475,20 @@ def test_bad_chunk_settings_are_refused_with_the_reason(spark: Any, source: Path
     with pytest.raises(IngestError, match=r"chunk_overlap \(500\) must be smaller than chunk_size \(500\)"):
         run_ingest(spark, str(source), str(data / "c"), str(data / "d"), chunk_size=500, chunk_overlap=500)
     assert not data.exists()
+
+
+def test_a_parser_stuck_on_one_file_is_stopped_and_reported() -> None:
+    """A file whose parsing outlasts the limit fails with the reason instead of stalling the run."""
+    import time
+
+    from context_assistant.pipeline import ParseTimeout, parse_and_chunk, time_limit
+
+    with pytest.raises(ParseTimeout, match=r"parsing took longer than 0.05s"), time_limit(0.05):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a parser looping on a crafted file
+            pass
+    big = ("A sentence about deploys. " * 200_000).encode()
+    status, error, chunks = parse_and_chunk("huge.txt", big, 500, 50, timeout=0.001)
+    assert (status, chunks) == ("failed", [])
+    assert error == "parsing took longer than 0.001s (a pathological or huge file?)"
+    assert parse_and_chunk("small.txt", b"Fine text.", 500, 50, timeout=5)[0] == "ok"

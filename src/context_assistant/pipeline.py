@@ -58,6 +58,8 @@ import contextlib
 import hashlib
 import os
 import re
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 # Bump when parsing or chunking changes in a way that should re-chunk unchanged files.
 PIPELINE_VERSION = 1
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+PARSE_SECONDS = 300.0  # the longest one file may take to parse and chunk
 STAGING_SUFFIX = "__ingest_staging"
 
 CHUNK_COLUMNS = (
@@ -264,15 +267,50 @@ def plan_ingest(
     return plan
 
 
-def parse_and_chunk(path: str, data: bytes, chunk_size: int, chunk_overlap: int) -> tuple[str, str | None, list]:
+class ParseTimeout(BaseException):
+    """Parsing one file took longer than ``PARSE_SECONDS``. A BaseException, like KeyboardInterrupt, so the
+    parsers' own ``except Exception`` wrappers cannot swallow it half way."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`ParseTimeout` in this block after ``seconds`` of wall time.
+
+    Uses SIGALRM, so it only works in a process's main thread on POSIX — which is where Spark's Python
+    workers run a ``mapInArrow`` function. Elsewhere (threads, Windows) the block runs without a limit.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise ParseTimeout(f"parsing took longer than {seconds:g}s (a pathological or huge file?)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def parse_and_chunk(
+    path: str, data: bytes, chunk_size: int, chunk_overlap: int, timeout: float = PARSE_SECONDS
+) -> tuple[str, str | None, list]:
     """Parse and chunk one file: ``(status, error, chunks)``. Never raises for bad input: a parser crash on a
-    hostile file becomes a ``failed`` status with the reason, so one file cannot stop the run."""
+    hostile file becomes a ``failed`` status with the reason, and a parser stuck on one (pure-Python parsers
+    can loop for a very long time on crafted PDFs) is stopped after ``timeout`` seconds, so one file cannot
+    stop or stall the run."""
     from context_assistant.chunking import chunk_document
     from context_assistant.documents import ParseError, UnsupportedFormat, parse_document
 
     try:
-        doc = parse_document(path, data)
-        chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+        with time_limit(timeout):
+            doc = parse_document(path, data)
+            chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    except ParseTimeout as error:
+        return FAILED, str(error), []
     except ParseError as error:
         return FAILED, str(error) or "could not be parsed", []
     except UnsupportedFormat as error:
