@@ -453,9 +453,9 @@ class Suite:
                     note=f"`Assistant.turn` with the offline model, time inside the model subtracted; {s.turns} turns "
                     "per run in one session. Includes storing both messages, history + rolling summary, recall over "
                     "the user's other sessions, hybrid retrieval, the prompt, and MLflow tracing to a local sqlite "
-                    "store, and the local embedding model: the question is embedded twice (recall, retrieval) and the "
-                    "previous reply and the new question are embedded for recall. The stored chunks/messages carry "
-                    "synthetic vectors (setup speed).",
+                    "store, and the local embedding model: the question is embedded once (a small cache shares it "
+                    "between retrieval, recall and the next turn's recall indexing; offline replies are not embedded). "
+                    "The stored chunks/messages carry synthetic vectors (setup speed).",
                 )
             )
             self.report.add(
