@@ -67,6 +67,25 @@ def make_assistant(
     )
 
 
+def completion(text: str) -> dict[str, Any]:
+    """A chat-completions response body as the OpenAI-compatible REST API returns it."""
+    return {
+        "id": "c",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+    }
+
+
+def loopback_model(config: Config, fake: FakeDatabricks, responses: list[Response]) -> Any:
+    """The real OpenAI-compatible client, pointed at the loopback server answering ``responses`` in order."""
+    fake.on("POST", "/v1/chat/completions", responses)
+    return make_chat_model(
+        dataclasses.replace(config.model, provider="openai", base_url=fake.url + "/v1", max_retries=0)
+    )
+
+
 def test_offline_turn_cites_sources_and_stores_both_messages(config, store, index, recall) -> None:  # type: ignore[no-untyped-def]
     assistant = make_assistant(config, store, index, recall)
     result = assistant.turn("ana", "When does the on-call rotation hand over?")
@@ -98,20 +117,7 @@ def test_offline_turn_is_deterministic(config, store, index, recall) -> None:  #
 def test_history_is_sent_in_order_and_trimmed_to_the_newest_turns(
     config, store, index, recall, fake_databricks: FakeDatabricks
 ) -> None:  # type: ignore[no-untyped-def]
-    fake_databricks.on(
-        "POST",
-        "/v1/chat/completions",
-        {
-            "id": "c",
-            "object": "chat.completion",
-            "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        },
-    )
-    model = make_chat_model(
-        dataclasses.replace(config.model, provider="openai", base_url=fake_databricks.url + "/v1", max_retries=0)
-    )
+    model = loopback_model(config, fake_databricks, [Response(body=completion("ok"))])
     assistant = make_assistant(config, store, index, recall, model, memory={"max_history": 4, "recall": False})
     session = None
     for i in range(4):
@@ -168,20 +174,8 @@ def test_recall_brings_a_fact_from_another_session_of_the_same_user_only(config,
 def test_model_failure_keeps_the_message_marks_it_and_later_prompts_skip_it(
     config, store, index, recall, fake_databricks: FakeDatabricks
 ) -> None:  # type: ignore[no-untyped-def]
-    ok = {
-        "id": "c",
-        "object": "chat.completion",
-        "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
-    }
-    fake_databricks.on(
-        "POST",
-        "/v1/chat/completions",
-        [Response(body=ok), Response(503, {"error": {"message": "overloaded"}}), Response(body=ok)],
-    )
-    model = make_chat_model(
-        dataclasses.replace(config.model, provider="openai", base_url=fake_databricks.url + "/v1", max_retries=0)
-    )
+    ok = Response(body=completion("fine"))
+    model = loopback_model(config, fake_databricks, [ok, Response(503, {"error": {"message": "overloaded"}}), ok])
     assistant = make_assistant(config, store, index, recall, model, memory={"recall": False})
     session = assistant.turn("ana", "first question").session_id
 
@@ -201,17 +195,10 @@ def test_model_failure_keeps_the_message_marks_it_and_later_prompts_skip_it(
 def test_a_failed_turn_can_be_retried_without_duplicating_the_message(
     config, store, index, recall, fake_databricks: FakeDatabricks
 ) -> None:  # type: ignore[no-untyped-def]
-    ok = {
-        "id": "c",
-        "object": "chat.completion",
-        "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "answer"}, "finish_reason": "stop"}],
-    }
-    fake_databricks.on(
-        "POST", "/v1/chat/completions", [Response(429, {"error": {"message": "slow down"}}), Response(body=ok)]
-    )
-    model = make_chat_model(
-        dataclasses.replace(config.model, provider="openai", base_url=fake_databricks.url + "/v1", max_retries=0)
+    model = loopback_model(
+        config,
+        fake_databricks,
+        [Response(429, {"error": {"message": "slow down"}}), Response(body=completion("answer"))],
     )
     assistant = make_assistant(config, store, index, recall, model)
     with pytest.raises(TurnFailed) as info:
