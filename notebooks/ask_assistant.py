@@ -9,7 +9,6 @@
 
 # COMMAND ----------
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,16 +17,10 @@ if "__file__" in globals():  # a source checkout: use the code next to this note
 
 from context_assistant.assistant import TurnFailed
 from context_assistant.config import load_config
+from context_assistant.notebook import Widgets
 from context_assistant.services import Services
 
-
-def widget(name: str, default: str, label: str) -> str:
-    """A text widget on Databricks; off Databricks the CA_WIDGET_<NAME> variable, else the default."""
-    try:
-        dbutils.widgets.text(name, default, label)  # dbutils: defined in Databricks notebooks
-        return dbutils.widgets.get(name)
-    except NameError:
-        return os.environ.get(f"CA_WIDGET_{name.upper()}", default)
+widget = Widgets(dbutils.widgets if "dbutils" in globals() else None).text  # noqa: F821
 
 
 def notebook_user(fallback: str) -> str:

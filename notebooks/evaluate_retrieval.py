@@ -34,7 +34,6 @@
 # COMMAND ----------
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -57,29 +56,14 @@ from context_assistant.evaluation import (
     mlflow_experiment,
     open_scratch_database,
 )
+from context_assistant.notebook import Widgets, print_table
 from context_assistant.retrieval import SEARCH_MODES
 from context_assistant.services import Services
 
 OWN_SET_DEPTH = 50  # chunks fetched per query on your index, so documents with many chunks still fill the top 10
 
 
-def widget(name: str, default: str, label: str) -> str:
-    """A text widget on Databricks; off Databricks the CA_WIDGET_<NAME> variable, else the default."""
-    try:
-        dbutils.widgets.text(name, default, label)  # dbutils: defined in Databricks notebooks
-        return dbutils.widgets.get(name)
-    except NameError:
-        return os.environ.get(f"CA_WIDGET_{name.upper()}", default)
-
-
-def table(rows: list[tuple], headers: tuple[str, ...]) -> None:
-    """Print rows as an aligned text table (the same on Databricks and locally)."""
-    cells = [tuple(str(v) for v in headers)] + [tuple("" if v is None else str(v) for v in row) for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for index, row in enumerate(cells):
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
+widget = Widgets(dbutils.widgets if "dbutils" in globals() else None).text  # noqa: F821
 
 
 queries_path = widget("queries", "", "Labelled queries (JSONL; empty: the project's set)").strip()
@@ -153,9 +137,9 @@ rows = [
     for mode, scores in report.items()
     for group in groups
 ]
-table(rows, ("mode", "queries", recall_key, ndcg_key, "n"))
+print_table(rows, ("mode", "queries", recall_key, ndcg_key, "n"))
 print()
-table([(mode, f"{scores['ms_per_query']:.1f}") for mode, scores in report.items()], ("mode", "ms/query"))
+print_table([(mode, f"{scores['ms_per_query']:.1f}") for mode, scores in report.items()], ("mode", "ms/query"))
 
 # COMMAND ----------
 

@@ -9,7 +9,6 @@
 
 # COMMAND ----------
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ if "__file__" in globals():  # a source checkout: use the code next to this note
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from context_assistant.config import load_config
+from context_assistant.notebook import Widgets
 from context_assistant.pipeline import ensure_tables
 from context_assistant.spark import get_spark
 from context_assistant.tables import resolve_table
@@ -24,13 +24,7 @@ from context_assistant.tables import resolve_table
 config = load_config()
 
 
-def widget(name: str, default: str, label: str) -> str:
-    """A text widget on Databricks; off Databricks the CA_WIDGET_<NAME> variable, else the default."""
-    try:
-        dbutils.widgets.text(name, default, label)  # noqa: F821 - defined in Databricks notebooks
-        return dbutils.widgets.get(name)  # noqa: F821
-    except NameError:
-        return os.environ.get(f"CA_WIDGET_{name.upper()}", default)
+widget = Widgets(dbutils.widgets if "dbutils" in globals() else None).text  # noqa: F821
 
 
 def show(frame, rows: int = 50) -> None:

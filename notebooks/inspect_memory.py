@@ -8,7 +8,6 @@
 
 # COMMAND ----------
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,28 +15,10 @@ if "__file__" in globals():  # a source checkout: use the code next to this note
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from context_assistant.config import load_config
+from context_assistant.notebook import Widgets, print_table
 from context_assistant.services import Services
 
-
-def widget(name: str, default: str, label: str) -> str:
-    """A text widget on Databricks; off Databricks the CA_WIDGET_<NAME> variable, else the default."""
-    try:
-        dbutils.widgets.text(name, default, label)  # noqa: F821 - defined in Databricks notebooks
-        return dbutils.widgets.get(name)  # noqa: F821
-    except NameError:
-        return os.environ.get(f"CA_WIDGET_{name.upper()}", default)
-
-
-def table(rows: list[tuple], headers: tuple[str, ...]) -> None:
-    """Print rows as an aligned text table (the same on Databricks and locally)."""
-    cells = [tuple(str(v) for v in headers)] + [tuple("" if v is None else str(v) for v in row) for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for index, row in enumerate(cells):
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
-    if not rows:
-        print("(none)")
+widget = Widgets(dbutils.widgets if "dbutils" in globals() else None).text  # noqa: F821
 
 
 user = widget("user", "", "User (empty: everyone)")
@@ -70,7 +51,7 @@ per_user = query(
     user,
     limit,
 )
-table(per_user, ("user", "sessions", "turns", "questions", "last turn"))
+print_table(per_user, ("user", "sessions", "turns", "questions", "last turn"))
 
 # COMMAND ----------
 
@@ -90,7 +71,7 @@ recent = query(
     user,
     limit,
 )
-table(recent, ("session", "user", "title", "updated", "turns", "failed"))
+print_table(recent, ("session", "user", "title", "updated", "turns", "failed"))
 
 # COMMAND ----------
 
@@ -107,7 +88,7 @@ turns = query(
     user,
     limit,
 )
-table(turns, ("time", "user", "session", "role", "content"))
+print_table(turns, ("time", "user", "session", "role", "content"))
 
 # COMMAND ----------
 
