@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
@@ -427,20 +427,31 @@ class ConversationStore:
         return ImportResult(messages=inserted, skipped=len(rows) - inserted, sessions_created=created)
 
 
+class _Turnish(Protocol):
+    role: str
+    content: str
+
+
+M = TypeVar("M", bound=_Turnish)
+
+
 def fit_turns(
-    messages: list[Message],
+    messages: Sequence[M],
     max_messages: int,
     max_tokens: int | None,
     count_tokens: Callable[[str], int] = message_tokens,
-) -> list[Message]:
-    """Keep the newest whole turns of ``messages`` (oldest first) within both limits."""
-    turns: list[list[Message]] = []
+) -> list[M]:
+    """Keep the newest whole turns of ``messages`` (oldest first) within both limits.
+
+    A turn is a user message with the replies that follow it; the history and the prompt both cut whole turns.
+    """
+    turns: list[list[M]] = []
     for message in messages:
         if message.role == "user" or not turns:
             turns.append([message])
         else:
             turns[-1].append(message)
-    kept: list[list[Message]] = []
+    kept: list[list[M]] = []
     used_messages = used_tokens = 0
     for turn in reversed(turns):
         cost = sum(count_tokens(m.content) for m in turn)

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .llm import NumberedSource
+from .memory import fit_turns
 from .tokens import message_tokens
 
 
@@ -122,22 +123,11 @@ def build_prompt(
         else:
             dropped["summary"] = 1
 
-    # History: whole turns, newest first (a turn = a user message and the replies after it).
-    turns: list[list[HistoryLike]] = []
-    for item in history:
-        if item.role == "user" or not turns:
-            turns.append([item])
-        else:
-            turns[-1].append(item)
-    kept_turns: list[list[HistoryLike]] = []
-    for turn in reversed(turns):
-        cost = sum(count(m.content) for m in turn)
-        if used + cost > budget:
-            dropped["history_messages"] = sum(len(t) for t in turns) - sum(len(t) for t in kept_turns)
-            break
-        kept_turns.append(turn)
-        used += cost
-    kept_history = [m for turn in reversed(kept_turns) for m in turn]
+    # History: the newest whole turns that fit what is left.
+    kept_history = fit_turns(history, len(history), budget - used, count)
+    used += sum(count(m.content) for m in kept_history)
+    if len(kept_history) < len(history):
+        dropped["history_messages"] = len(history) - len(kept_history)
 
     numbered: list[NumberedSource] = []
     header_cost = count("Sources:")
