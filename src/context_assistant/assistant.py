@@ -302,14 +302,13 @@ class Assistant:
                 span.set_sources(hits)
 
         with trace.span(SPAN_PROMPT_BUILD, {"message": message}) as span:
-            session = self.store.get_session(user, session_id)
             prompt = build_prompt(
                 system_prompt=config.model.system_prompt,
                 message=message,
                 history=history,
                 sources=hits,
                 recalled=recalled,
-                summary=session.summary,
+                summary=summary,
                 context_tokens=config.model.context_tokens,
                 reserve_tokens=config.model.max_tokens,
             )
@@ -330,8 +329,8 @@ class Assistant:
         first_kept = history[0].id if history else current_id
         dropped = [
             m
-            for m in self.store.messages(user, session_id, after_id=session.summary_through)
-            if m.id < first_kept and not m.failed
+            for m in self.store.messages(user, session_id, after_id=session.summary_through, before_id=first_kept)
+            if not m.failed
         ]
         if not dropped:
             return session.summary

@@ -282,15 +282,24 @@ class ConversationStore:
             raise LookupError(f"message not found: {message_id}")
         return row
 
-    def messages(self, user: str, session_id: str, *, after_id: int | None = None) -> list[Message]:
-        """All messages of a session in order (timestamp, then id for equal timestamps)."""
+    def messages(
+        self, user: str, session_id: str, *, after_id: int | None = None, before_id: int | None = None
+    ) -> list[Message]:
+        """A session's messages in order (timestamp, then id for equal timestamps), optionally only those
+        with ``after_id < id < before_id``."""
         self.get_session(user, session_id)
         with self.db.connection() as conn, conn.cursor(row_factory=class_row(Message)) as cur:
             cur.execute(
                 f"""SELECT {_MESSAGE_COLUMNS} FROM conversations
-                    WHERE session_id = %s AND user_id = %s AND id > %s
+                    WHERE session_id = %(sid)s AND user_id = %(uid)s AND id > %(after)s
+                      AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
                     ORDER BY timestamp, id""",
-                (session_id, user, after_id if after_id is not None else -1),
+                {
+                    "sid": session_id,
+                    "uid": user,
+                    "after": after_id if after_id is not None else -1,
+                    "before": before_id,
+                },
             )
             return cur.fetchall()
 
