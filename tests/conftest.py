@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from context_assistant.clock import FakeClock
-from context_assistant.config import Config, load_config
+from context_assistant.config import Config, load_config, save_config
 from context_assistant.db import Database, EmbeddedPostgres, Target
 from context_assistant.memory import ConversationStore
 from spark_support import local_spark  # noqa: F401  (the session-scoped ``spark`` fixture)
@@ -153,15 +153,7 @@ def config(make_config: Callable[..., Config]) -> Config:
 @pytest.fixture
 def config_file(config: Config, tmp_path: Path) -> Path:
     """The test config written as a config.yaml, for CLI subprocesses."""
-    import dataclasses
-
-    import yaml
-
-    data = dataclasses.asdict(config)
-    data.pop("base_dir")
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
+    return save_config(config, tmp_path / "config.yaml")
 
 
 @pytest.fixture

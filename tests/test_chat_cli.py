@@ -15,7 +15,6 @@ for the initial index and for ``/refresh`` inside the chat process.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -29,11 +28,10 @@ from typing import Any
 
 import pexpect
 import pytest
-import yaml
 
 from context_assistant.chat import parse_command, source_line
 from context_assistant.cli import main
-from context_assistant.config import Config, os_user
+from context_assistant.config import Config, os_user, save_config
 from context_assistant.memory import ConversationStore
 from fake_databricks import FakeDatabricks, Request, Response, sse
 from retrieval_support import HashingEmbedder
@@ -107,13 +105,6 @@ def indexed(
     result = json.loads(out)
     assert result["documents"]["added"] == 2 and result["sync"]["embedded"] > 0
     return result
-
-
-def write_config(config: Config, path: Path) -> Path:
-    data = dataclasses.asdict(config)
-    data.pop("base_dir")
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -306,7 +297,7 @@ def test_a_failed_model_call_keeps_the_chat_alive_and_retry_answers_it(
         memory__recall=False,
         web__max_message_chars=100,
     )
-    config_file = write_config(config, tmp_path / "model.yaml")
+    config_file = save_config(config, tmp_path / "model.yaml")
     chat = Chat(config_file, env, "--user", "ana")
     assert "Model: openai:test-model (model.provider is openai)" in chat.banner
     assert "Documents: off (rag.enabled is false)" in chat.banner
@@ -401,7 +392,7 @@ def test_one_shot_failure_exits_1_with_the_error_as_json_then_retry_succeeds(
         rag__enabled=False,
         memory__recall=False,
     )
-    config_file = write_config(config, tmp_path / "model.yaml")
+    config_file = save_config(config, tmp_path / "model.yaml")
     model_server.mode = "down"
     failed = run_chat(config_file, env, "--user", "bo", "--message", "When can we deploy?", "--json", script=True)
     assert failed.returncode == 1

@@ -138,3 +138,15 @@ def test_cli_prints_one_line_and_exits_2_on_bad_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == "config error: rag.backend: 'pgvektor' is not one of pgvector, vector_search"
     assert "Traceback" not in result.stderr
+
+
+def test_saved_config_loads_back_to_the_same_values(tmp_path: Path) -> None:
+    from context_assistant.config import save_config
+
+    original = load_config(
+        None,
+        env={},
+        overrides={"rag.top_k": 9, "model.system_prompt": "Line one.\nLine two.", "data_dir": "/srv/ca"},
+    )
+    reloaded = load_config(save_config(original, tmp_path / "saved.yaml"), env={})
+    assert reloaded.replace(base_dir=original.base_dir) == original

@@ -8,18 +8,16 @@ lookup goes through the real databricks-sdk against a loopback server that speak
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config as SdkConfig
 
-from context_assistant.config import load_config
+from context_assistant.config import load_config, save_config
 from context_assistant.db import DatabaseError, resolve_lakebase_branch, with_lakebase
 from context_assistant.jobs import (
     ingest_main,
@@ -45,11 +43,7 @@ def run(job: Any, argv: list[str], **kwargs: Any) -> tuple[int, dict[str, Any]]:
 def job_config(make_config, tmp_path: Path) -> Path:
     """A config file on the test database and a temporary data folder, as a job would get with --config."""
     config = make_config(rag__embedding_model="all-MiniLM-L6-v2", memory__recall=True)
-    data = dataclasses.asdict(config)
-    data.pop("base_dir")
-    path = tmp_path / "job-config.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
+    return save_config(config, tmp_path / "job-config.yaml")
 
 
 def test_ingest_then_sync_end_to_end_on_the_fixtures(spark, job_config, pg_env, tmp_path):

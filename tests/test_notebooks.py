@@ -7,15 +7,14 @@ Postgres, the real all-MiniLM-L6-v2 model and a real MLflow store (SQLite, one p
 
 from __future__ import annotations
 
-import dataclasses
 import runpy
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import yaml
 
+from context_assistant.config import save_config
 from context_assistant.index_pgvector import PgVectorChunkIndex
 from context_assistant.pipeline import run_ingest
 from context_assistant.sync import InMemoryChunkSource
@@ -31,10 +30,7 @@ def notebook_config(make_config, pg_env, tmp_path, monkeypatch):
 
     def use(**overrides):
         config = make_config(**overrides)
-        data = dataclasses.asdict(config)
-        data.pop("base_dir")
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        path = save_config(config, tmp_path / "config.yaml")
         monkeypatch.setenv("CONTEXT_ASSISTANT_CONFIG", str(path))
         for key, value in pg_env.items():
             monkeypatch.setenv(key, value)

@@ -151,6 +151,16 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def save_config(config: Config, path: str | os.PathLike[str]) -> Path:
+    """Write ``config`` as a config.yaml that ``load_config`` reads back to the same values (secrets are never
+    part of a Config, so nothing sensitive is written)."""
+    data = dataclasses.asdict(config)
+    data.pop("base_dir")
+    target = Path(path)
+    target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return target
+
+
 def os_user() -> str:
     try:
         return getpass.getuser()
