@@ -28,8 +28,8 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.common import Stats, machine, scratch_config
-from context_assistant.config import Config
-from context_assistant.db import EmbeddedPostgres
+from context_assistant.core.config import Config
+from context_assistant.storage.db import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = [
@@ -46,9 +46,9 @@ QUESTIONS = [
 
 def fixture_chunks(config: Config) -> list[Any]:
     """The fixture documents parsed and chunked as the pipeline would (unparseable ones are skipped)."""
-    from context_assistant.chunking import chunk_document
-    from context_assistant.documents import parse_document
-    from context_assistant.sync import SourceChunk
+    from context_assistant.ingest.chunking import chunk_document
+    from context_assistant.ingest.documents import parse_document
+    from context_assistant.retrieval.sync import SourceChunk
 
     chunks = []
     for path in sorted((REPO / "fixtures" / "docs").iterdir()):
@@ -67,9 +67,9 @@ def serve(config: Config, port: int, embedder: str, ready: Any) -> None:
     """The app process: build the index, then serve until terminated."""
     import uvicorn
 
+    from context_assistant.retrieval.sync import InMemoryChunkSource, refresh_index
     from context_assistant.services import Services
-    from context_assistant.sync import InMemoryChunkSource, refresh_index
-    from context_assistant.web import create_app
+    from context_assistant.web.app import create_app
 
     services = Services(config, env={})
     if embedder == "hashing":
@@ -126,8 +126,8 @@ async def run_load(url: str, clients: int, requests: int) -> dict[str, Any]:
 
 def verify(config: Config, records: list[dict[str, Any]]) -> dict[str, int]:
     """Every returned turn is in the database: the user message and the reply, with the right content."""
-    from context_assistant.db import open_database
-    from context_assistant.memory import ConversationStore
+    from context_assistant.storage.db import open_database
+    from context_assistant.storage.memory import ConversationStore
 
     missing = wrong = 0
     with open_database(config) as db:

@@ -43,8 +43,8 @@ if "__file__" in globals():  # a source checkout: use the code next to this note
 else:  # a Databricks notebook runs in its own folder (notebooks/ of the deployed bundle)
     REPO = Path.cwd().parent
 
-from context_assistant.config import load_config
-from context_assistant.evaluation import (
+from context_assistant.core.config import load_config
+from context_assistant.retrieval.evaluation import (
     DEFAULT_NDCG_K,
     EvaluationError,
     check_scratch_name,
@@ -57,7 +57,7 @@ from context_assistant.evaluation import (
     open_scratch_database,
 )
 from context_assistant.notebook import Widgets, print_table
-from context_assistant.retrieval import SEARCH_MODES
+from context_assistant.retrieval.base import SEARCH_MODES
 from context_assistant.services import Services
 
 OWN_SET_DEPTH = 50  # chunks fetched per query on your index, so documents with many chunks still fill the top 10

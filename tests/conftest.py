@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from context_assistant.clock import FakeClock
-from context_assistant.config import Config, load_config, save_config
-from context_assistant.db import Database, EmbeddedPostgres, Target
-from context_assistant.memory import ConversationStore
+from context_assistant.core.clock import FakeClock
+from context_assistant.core.config import Config, load_config, save_config
+from context_assistant.storage.db import Database, EmbeddedPostgres, Target
+from context_assistant.storage.memory import ConversationStore
 from spark_support import local_spark  # noqa: F401  (the session-scoped ``spark`` fixture)
 
 REPO = Path(__file__).resolve().parent.parent

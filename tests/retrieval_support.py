@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from context_assistant.chunking import content_hash, make_chunk_id
-from context_assistant.embeddings import EmbeddingError, LocalEmbedder
-from context_assistant.sync import SourceChunk
+from context_assistant.ingest.chunking import content_hash, make_chunk_id
+from context_assistant.retrieval.embeddings import EmbeddingError, LocalEmbedder
+from context_assistant.retrieval.sync import SourceChunk
 
 _WORD = re.compile(r"[a-z0-9]+")
 

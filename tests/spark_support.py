@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from context_assistant.spark import start_local_spark, stop_local_spark
+from context_assistant.ingest.spark import start_local_spark, stop_local_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from context_assistant.assistant import Assistant, TurnFailed
-from context_assistant.clock import FakeClock
-from context_assistant.config import Config
-from context_assistant.index_pgvector import PgVectorChunkIndex
-from context_assistant.llm import make_chat_model
-from context_assistant.llm_offline import OfflineModel
-from context_assistant.memory import ConversationStore
-from context_assistant.recall import TurnRecall
-from context_assistant.sync import InMemoryChunkSource
+from context_assistant.assistant.turn import Assistant, TurnFailed
+from context_assistant.core.clock import FakeClock
+from context_assistant.core.config import Config
+from context_assistant.llm.interface import make_chat_model
+from context_assistant.llm.offline import OfflineModel
+from context_assistant.retrieval.pgvector import PgVectorChunkIndex
+from context_assistant.retrieval.recall import TurnRecall
+from context_assistant.retrieval.sync import InMemoryChunkSource
+from context_assistant.storage.memory import ConversationStore
 from fake_databricks import FakeDatabricks, Response
 from retrieval_support import HashingEmbedder, document
 
@@ -268,7 +268,7 @@ def test_retrieval_failure_degrades_to_an_answer_without_sources(config, store, 
         """A retriever whose backend is down (its error type is what the index raises)."""
 
         def search(self, *args: Any, **kwargs: Any) -> list[Any]:
-            from context_assistant.retrieval import RetrievalError
+            from context_assistant.retrieval.base import RetrievalError
 
             raise RetrievalError("index not built yet: run context-assistant sync")
 
@@ -281,7 +281,7 @@ def test_retrieval_failure_degrades_to_an_answer_without_sources(config, store, 
 
 
 def test_another_users_session_is_not_found(config, store, index, recall) -> None:  # type: ignore[no-untyped-def]
-    from context_assistant.memory import SessionNotFound
+    from context_assistant.storage.memory import SessionNotFound
 
     assistant = make_assistant(config, store, index, recall)
     session = assistant.turn("ana", "hello").session_id
@@ -293,7 +293,7 @@ def test_another_users_session_is_not_found(config, store, index, recall) -> Non
 def test_turn_is_traced_with_a_span_per_step(config, store, index, recall, tmp_path, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
     from mlflow import MlflowClient
 
-    from context_assistant.tracing import Tracer
+    from context_assistant.core.tracing import Tracer
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracer = Tracer(uri, experiment="assistant-test", artifact_location=(tmp_path / "artifacts").as_uri())

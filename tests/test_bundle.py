@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from context_assistant_tools.bundle.load import load_bundle, merge
+from context_assistant_tools.bundle.quartz import check_quartz
+from context_assistant_tools.bundle.schema import SHAPES
+from context_assistant_tools.bundle.shapes import typed_resource_classes
+from context_assistant_tools.bundle.validate import BundleLoadError, validate_bundle
 from databricks.bundles.jobs import Job
 
 from context_assistant import cli
-from context_assistant.bundle import BundleLoadError, validate_bundle
-from context_assistant.bundle_load import load_bundle, merge
-from context_assistant.bundle_schema import SHAPES
-from context_assistant.bundle_shapes import typed_resource_classes
-from context_assistant.quartz import check_quartz
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_FILES = ("databricks.yml", "app.yaml", "app.py", "assistant.py", "requirements.txt", "pyproject.toml")
@@ -429,7 +429,15 @@ def test_cli_bundle_validate(bundle, capsys):
 
 @pytest.mark.slow
 def test_the_wheel_declares_the_job_entry_points(tmp_path):
-    """What python_wheel_task resolves: importlib.metadata.distribution(package_name).entry_points."""
+    """What python_wheel_task resolves: importlib.metadata.distribution(package_name).entry_points.
+
+    Built from a clean copy of the sources, as a fresh clone builds it (setuptools would otherwise reuse a
+    stale ``build/`` of this checkout). The offline bundle validator is a development tool: not in the wheel."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     subprocess.run(
         [
             sys.executable,
@@ -441,7 +449,7 @@ def test_the_wheel_declares_the_job_entry_points(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(REPO),
+            str(source),
         ],
         check=True,
         cwd=tmp_path,
@@ -451,6 +459,7 @@ def test_the_wheel_declares_the_job_entry_points(tmp_path):
         names = archive.namelist()
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         text = archive.read(entry_points).decode()
-    assert "context_assistant/jobs.py" in names and "context_assistant/bundle_schema.py" in names
+    assert "context_assistant/jobs.py" in names and "context_assistant/web/static/index.html" in names
+    assert not any("bundle" in name or "quartz" in name for name in names), names
     assert "context-assistant-ingest = context_assistant.jobs:ingest_main" in text
     assert "context-assistant-sync = context_assistant.jobs:sync_main" in text

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from context_assistant.chunking import (
+from context_assistant.ingest.chunking import (
     Chunk,
     TextPiece,
     chunk_document,
@@ -31,7 +31,7 @@ from context_assistant.chunking import (
     make_chunk_id,
     split_text,
 )
-from context_assistant.documents import ParsedDocument, Section, parse_document
+from context_assistant.ingest.documents import ParsedDocument, Section, parse_document
 
 DOCS = Path(__file__).resolve().parent.parent / "fixtures" / "docs"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from context_assistant.config import Config, ConfigError, load_config
+from context_assistant.core.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def test_cli_prints_one_line_and_exits_2_on_bad_config(tmp_path: Path) -> None:
 
 
 def test_saved_config_loads_back_to_the_same_values(tmp_path: Path) -> None:
-    from context_assistant.config import save_config
+    from context_assistant.core.config import save_config
 
     original = load_config(
         None,

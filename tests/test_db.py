@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from conftest import PgServer
-from context_assistant.clock import FakeClock
-from context_assistant.config import load_config
-from context_assistant.db import (
+from context_assistant.core.clock import FakeClock
+from context_assistant.core.config import load_config
+from context_assistant.storage.db import (
     CONNECTION_MAX_LIFETIME,
     CachedToken,
     Database,
@@ -25,7 +25,7 @@ from context_assistant.db import (
     open_database,
     resolve_target,
 )
-from context_assistant.migrations import LATEST_VERSION, MIGRATIONS
+from context_assistant.storage.migrations import LATEST_VERSION, MIGRATIONS
 from fake_databricks import FakeDatabricks
 
 
@@ -107,8 +107,8 @@ def test_embedded_server_is_shared_by_two_processes(tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"data_dir: {data}\nrag:\n  enabled: false\nmemory:\n  recall: false\n")
     code = (
-        "import json, sys; from context_assistant.config import load_config;"
-        "from context_assistant.db import open_database;"
+        "import json, sys; from context_assistant.core.config import load_config;"
+        "from context_assistant.storage.db import open_database;"
         f"db = open_database(load_config({str(cfg)!r}, env={{}}));"
         "c = db.pool.getconn(); print(json.dumps({'pid': c.execute('SELECT pg_postmaster_start_time()::text')"
         ".fetchone()[0], 'status': db.status()})); db.pool.putconn(c); db.close()"
@@ -304,7 +304,9 @@ def _unprivileged_python() -> list[str] | None:
         "HOME=/tmp",
         system_python,
     ]
-    probe = subprocess.run([*command, "-c", "import context_assistant.db"], capture_output=True, timeout=60)
+    probe = subprocess.run(
+        [*command, "-c", "import context_assistant.storage.db"], capture_output=True, timeout=60
+    )
     return command if probe.returncode == 0 else None
 
 
@@ -319,7 +321,7 @@ def test_embedded_server_starts_as_a_normal_user() -> None:
     base = Path(tempfile.mkdtemp(prefix="ca-nobody-", dir="/tmp"))
     base.chmod(0o777)
     code = (
-        "from context_assistant.config import load_config; from context_assistant.db import EmbeddedPostgres,"
+        "from context_assistant.core.config import load_config; from context_assistant.storage.db import EmbeddedPostgres,"
         f" open_database; cfg = load_config(None, env={{}}, overrides={{'data_dir': {str(base / 'state')!r}}});"
         " db = open_database(cfg); print(db.status()['kind'], db.status()['schema_version'] > 0); db.close();"
         " print(EmbeddedPostgres(cfg.data_path).stop())"

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from context_assistant import documents
-from context_assistant.documents import (
+from context_assistant.ingest import documents
+from context_assistant.ingest.documents import (
     SUPPORTED_EXTENSIONS,
     ParsedDocument,
     ParseError,
@@ -560,7 +560,7 @@ def test_parse_function_results_and_errors_pickle() -> None:
 
 def test_importing_the_module_does_not_import_parser_libraries() -> None:
     code = (
-        "import sys, context_assistant.documents, context_assistant.chunking; "
+        "import sys, context_assistant.ingest.documents, context_assistant.ingest.chunking; "
         "print(sorted(m for m in ('pypdf', 'docx', 'bs4') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

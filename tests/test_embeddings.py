@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from context_assistant.config import load_config
-from context_assistant.embeddings import (
+from context_assistant.core.config import load_config
+from context_assistant.core.retries import retry_after_seconds
+from context_assistant.retrieval.embeddings import (
     MINILM,
     CachingEmbedder,
     EmbeddingError,
@@ -25,7 +26,6 @@ from context_assistant.embeddings import (
     parse_model_spec,
     validate_vectors,
 )
-from context_assistant.retries import retry_after_seconds
 from fake_databricks import Response
 from retrieval_support import minilm  # noqa: F401  (session fixture)
 

@@ -1,4 +1,4 @@
-"""Retrieval evaluation (context_assistant.evaluation): metrics, labelled-set files, scoring a real pgvector
+"""Retrieval evaluation (context_assistant.retrieval.evaluation): metrics, labelled-set files, scoring a real pgvector
 index, and the scratch database the project's set is indexed into.
 
 Index mechanics use ``HashingEmbedder`` (a fast test double, see retrieval_support); the real model runs in
@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from context_assistant.clock import FakeClock
-from context_assistant.db import Database, Target
-from context_assistant.evaluation import (
+from context_assistant.core.clock import FakeClock
+from context_assistant.retrieval.base import Hit
+from context_assistant.retrieval.evaluation import (
     EvaluationError,
     LabelledDocument,
     LabelledQuery,
@@ -30,9 +30,9 @@ from context_assistant.evaluation import (
     open_scratch_database,
     recall_at_k,
 )
-from context_assistant.index_pgvector import PgVectorChunkIndex
-from context_assistant.retrieval import Hit
-from context_assistant.sync import InMemoryChunkSource
+from context_assistant.retrieval.pgvector import PgVectorChunkIndex
+from context_assistant.retrieval.sync import InMemoryChunkSource
+from context_assistant.storage.db import Database, Target
 from retrieval_support import HashingEmbedder, document
 
 REPO = Path(__file__).resolve().parents[1]

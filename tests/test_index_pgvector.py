@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from context_assistant import index_pgvector
-from context_assistant.db import Database
-from context_assistant.embeddings import LocalEmbedder
-from context_assistant.index_pgvector import (
+from context_assistant.retrieval import pgvector as index_pgvector
+from context_assistant.retrieval.base import Hit, IndexNotReady, RetrievalError, retrieve, rrf_fuse
+from context_assistant.retrieval.embeddings import LocalEmbedder
+from context_assistant.retrieval.pgvector import (
     CHUNKS_TABLE,
     PgVectorChunkIndex,
     ivfflat_lists,
     like_prefix,
 )
-from context_assistant.retrieval import Hit, IndexNotReady, RetrievalError, retrieve, rrf_fuse
-from context_assistant.sync import InMemoryChunkSource, embedding_text
+from context_assistant.retrieval.sync import InMemoryChunkSource, embedding_text
+from context_assistant.storage.db import Database
 from retrieval_support import HashingEmbedder, bm25_stats_consistent, document, minilm  # noqa: F401
 
 CORPUS = [

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from context_assistant.clock import FakeClock
-from context_assistant.config import ConfigError, RagConfig
-from context_assistant.index_vector_search import (
+from context_assistant.core.clock import FakeClock
+from context_assistant.core.config import ConfigError, RagConfig
+from context_assistant.retrieval.base import Hit, IndexNotReady, RetrievalError
+from context_assistant.retrieval.vector_search import (
     MAX_RESULTS,
     VectorSearchError,
     VectorSearchIndex,
@@ -26,7 +27,6 @@ from context_assistant.index_vector_search import (
     VectorSearchTimeout,
     hits_from_response,
 )
-from context_assistant.retrieval import Hit, IndexNotReady, RetrievalError
 from fake_databricks import FakeDatabricks
 from vector_search_fake import VectorSearchFake, workspace_client
 
@@ -74,7 +74,7 @@ ROWS = [
 
 
 class HashingEmbedder:
-    """A small deterministic Embedder (the protocol from context_assistant.embeddings) for self-managed mode."""
+    """A small deterministic Embedder (the protocol from context_assistant.retrieval.embeddings) for self-managed mode."""
 
     model_name = "hashing-test-3"
     dimension = 3
@@ -685,9 +685,9 @@ def test_malformed_responses_are_clear_errors(body: dict[str, Any], message: str
 def test_services_wire_the_backend_for_sync_and_search(
     vs: VectorSearchFake, fake_databricks: FakeDatabricks, clock: FakeClock
 ) -> None:
-    from context_assistant.config import Config
+    from context_assistant.core.config import Config
+    from context_assistant.retrieval.sync import refresh_index
     from context_assistant.services import Services
-    from context_assistant.sync import refresh_index
 
     ready_index(vs)
     rag = RagConfig(

@@ -17,14 +17,14 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config as SdkConfig
 
-from context_assistant.config import load_config, save_config
-from context_assistant.db import DatabaseError, resolve_lakebase_branch, with_lakebase
+from context_assistant.core.config import load_config, save_config
 from context_assistant.jobs import (
     ingest_main,
     parse_settings,
     run_ingest_job,
     run_sync_job,
 )
+from context_assistant.storage.db import DatabaseError, resolve_lakebase_branch, with_lakebase
 from fake_databricks import Response
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from context_assistant.clock import FakeClock
-from context_assistant.config import ModelConfig
-from context_assistant.llm import (
+from context_assistant.core.clock import FakeClock
+from context_assistant.core.config import ModelConfig
+from context_assistant.llm.interface import (
     CONFIGURE_HINT,
     ContextTurn,
     ModelError,
@@ -28,8 +28,8 @@ from context_assistant.llm import (
     make_chat_model,
     resolve_provider,
 )
-from context_assistant.llm_offline import OfflineModel
-from context_assistant.llm_remote import DatabricksServingModel, OpenAICompatibleModel
+from context_assistant.llm.offline import OfflineModel
+from context_assistant.llm.remote import DatabricksServingModel, OpenAICompatibleModel
 from fake_databricks import FakeDatabricks, Request, Response, sse
 
 MESSAGES = [

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from context_assistant.clock import FakeClock
-from context_assistant.memory import (
+from context_assistant.core.clock import FakeClock
+from context_assistant.storage.memory import (
     ConversationStore,
     ImportRejected,
     SessionNotFound,
@@ -62,7 +62,7 @@ def test_token_budget_keeps_the_newest_whole_turns(store: ConversationStore) -> 
 
 
 def test_a_turn_too_large_for_the_budget_is_dropped_whole() -> None:
-    from context_assistant.memory import Message
+    from context_assistant.storage.memory import Message
 
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     msgs = [Message(1, "s", "u", "user", "short", now), Message(2, "s", "u", "assistant", "x" * 400, now)]
@@ -255,7 +255,7 @@ def test_import_cannot_write_into_another_users_session(store: ConversationStore
 
 
 def test_concurrent_appends_lose_nothing_and_keep_order(db, clock: FakeClock) -> None:  # type: ignore[no-untyped-def]
-    from context_assistant.clock import RealClock
+    from context_assistant.core.clock import RealClock
 
     store = ConversationStore(db, clock=RealClock())
     sessions = [store.create_session(f"user{i % 4}").id for i in range(20)]

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from context_assistant.config import save_config
-from context_assistant.index_pgvector import PgVectorChunkIndex
-from context_assistant.pipeline import run_ingest
-from context_assistant.sync import InMemoryChunkSource
+from context_assistant.core.config import save_config
+from context_assistant.ingest.run import run_ingest
+from context_assistant.retrieval.pgvector import PgVectorChunkIndex
+from context_assistant.retrieval.sync import InMemoryChunkSource
 from retrieval_support import document, minilm  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,7 +201,7 @@ def test_evaluate_retrieval_notebook_on_your_own_labelled_set(
     ],
 )
 def test_evaluate_retrieval_notebook_rejects_bad_input(notebook_env, tmp_path, monkeypatch, widgets, message):
-    from context_assistant.evaluation import EvaluationError
+    from context_assistant.retrieval.evaluation import EvaluationError
 
     labels = tmp_path / "labels.jsonl"
     labels.write_text('{"id": "q1", "query": "deploy", "relevant": []}\n', encoding="utf-8")

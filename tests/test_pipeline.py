@@ -16,10 +16,10 @@ import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
 
-from context_assistant.chunking import chunk_document, document_hash
-from context_assistant.clock import FakeClock
-from context_assistant.documents import parse_document
-from context_assistant.pipeline import (
+from context_assistant.core.clock import FakeClock
+from context_assistant.ingest.chunking import chunk_document, document_hash
+from context_assistant.ingest.documents import parse_document
+from context_assistant.ingest.run import (
     CHUNK_COLUMNS,
     DOCUMENT_COLUMNS,
     IngestError,
@@ -35,13 +35,13 @@ from context_assistant.pipeline import (
     relative_path_sql,
     run_ingest,
 )
-from context_assistant.spark import (
+from context_assistant.ingest.spark import (
     databricks_connect_configured,
     get_spark,
     local_spark_running,
     running_on_databricks,
 )
-from context_assistant.tables import TableRef, local_table, resolve_table, sql_string
+from context_assistant.ingest.tables import TableRef, local_table, resolve_table, sql_string
 from spark_support import local_spark  # noqa: F401  (the session-scoped `spark` fixture)
 
 FIXTURE_DOCS = Path(__file__).resolve().parent.parent / "fixtures" / "docs"
@@ -229,7 +229,7 @@ def test_batch_parser_parses_changed_bytes_and_passes_unchanged_ones_through(spa
     frame = spark.createDataFrame(
         rows, "path STRING, size_bytes BIGINT, modified_us BIGINT, doc_hash STRING, content BINARY"
     )
-    from context_assistant.pipeline import _PARSED_SCHEMA
+    from context_assistant.ingest.run import _PARSED_SCHEMA
 
     parsed = frame.mapInArrow(make_batch_parser(500, 50), _PARSED_SCHEMA)
     # Ordered explicitly: pysail cannot sort or hash array columns, which chispa's ignore_row_order needs.
@@ -481,7 +481,7 @@ def test_a_parser_stuck_on_one_file_is_stopped_and_reported() -> None:
     """A file whose parsing outlasts the limit fails with the reason instead of stalling the run."""
     import time
 
-    from context_assistant.pipeline import ParseTimeout, parse_and_chunk, time_limit
+    from context_assistant.ingest.run import ParseTimeout, parse_and_chunk, time_limit
 
     with pytest.raises(ParseTimeout, match=r"parsing took longer than 0.05s"), time_limit(0.05):
         deadline = time.monotonic() + 10

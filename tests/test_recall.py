@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from context_assistant.embeddings import LocalEmbedder
-from context_assistant.memory import ConversationStore
-from context_assistant.recall import TURNS_TABLE, TurnRecall
-from context_assistant.retrieval import RetrievalError
+from context_assistant.retrieval.base import RetrievalError
+from context_assistant.retrieval.embeddings import LocalEmbedder
+from context_assistant.retrieval.recall import TURNS_TABLE, TurnRecall
+from context_assistant.storage.memory import ConversationStore
 from retrieval_support import CountingEmbedder, HashingEmbedder, PoisonEmbedder, bm25_stats_consistent, minilm  # noqa: F401
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from context_assistant.cli import TerminalProgress, main
-from context_assistant.clock import FakeClock
+from context_assistant.cli.commands import TerminalProgress, main
+from context_assistant.core.clock import FakeClock
 from context_assistant.refresh import RefreshError, run_refresh_job
 from context_assistant.services import Services
 from fake_databricks import FakeDatabricks

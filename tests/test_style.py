@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PATHS = ["src", "tests", "benchmarks", "app.py", "assistant.py"]
+PATHS = ["src", "tools", "tests", "benchmarks", "scripts", "app.py", "assistant.py"]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from context_assistant.db import Database
-from context_assistant.embeddings import LocalEmbedder
-from context_assistant.index_pgvector import CHUNKS_TABLE, SYNC_LOCK_KEY, PgVectorChunkIndex
-from context_assistant.sync import (
+from context_assistant.retrieval.embeddings import LocalEmbedder
+from context_assistant.retrieval.pgvector import CHUNKS_TABLE, SYNC_LOCK_KEY, PgVectorChunkIndex
+from context_assistant.retrieval.sync import (
     DeltaLakeChunkSource,
     Fingerprint,
     InMemoryChunkSource,
@@ -23,6 +22,7 @@ from context_assistant.sync import (
     make_chunk_source,
     plan_sync,
 )
+from context_assistant.storage.db import Database
 from retrieval_support import (
     CountingEmbedder,
     CrashingEmbedder,
@@ -274,8 +274,8 @@ def test_chunk_table_without_needed_columns(tmp_path: Path) -> None:
 
 @pytest.mark.spark
 def test_spark_source_reads_the_same_table(tmp_path: Path, spark: Any) -> None:
-    from context_assistant.sync import SparkChunkSource
-    from context_assistant.tables import local_table
+    from context_assistant.ingest.tables import local_table
+    from context_assistant.retrieval.sync import SparkChunkSource
 
     memory = _library(docs=2, chunks=2)
     write_chunk_table(tmp_path / "chunks", list(memory.chunks.values()))

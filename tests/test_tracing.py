@@ -18,10 +18,8 @@ from typing import Any
 
 import pytest
 
-from context_assistant.config import load_config
-from context_assistant.llm import NumberedSource
-from context_assistant.services import Services
-from context_assistant.tracing import (
+from context_assistant.core.config import load_config
+from context_assistant.core.tracing import (
     SPAN_MEMORY_LOAD,
     SPAN_MEMORY_STORE,
     SPAN_MODEL_CALL,
@@ -34,6 +32,8 @@ from context_assistant.tracing import (
     make_tracer,
     tracking_uri_for,
 )
+from context_assistant.llm.interface import NumberedSource
+from context_assistant.services import Services
 
 SOURCES = [
     NumberedSource(1, "docs/security.md", "Tokens", None, "Rotate tokens in Settings.", 0.82, "c-1"),
@@ -222,7 +222,7 @@ def test_a_broken_tracking_uri_never_breaks_a_turn(
     uri = f"sqlite:///{blocker}/mlflow.db" if kind == "unwritable sqlite path" else "nosuchstore://nowhere"
     broken = Tracer(uri, experiment="ca-tests")
 
-    with caplog.at_level(logging.WARNING, logger="context_assistant.tracing"):
+    with caplog.at_level(logging.WARNING, logger="context_assistant.core.tracing"):
         for _ in range(2):
             with broken.turn("gina", "session-broken", {"message": "hi"}) as turn:
                 with turn.span(SPAN_RETRIEVAL, {"query": "hi"}) as span:
@@ -233,7 +233,7 @@ def test_a_broken_tracking_uri_never_breaks_a_turn(
             assert turn.trace_id is None and result
         assert broken.feedback("tr-1", "gina", True) is None
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "context_assistant.tracing"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "context_assistant.core.tracing"]
     assert len(warnings) == 1  # said once, not per turn
     assert warnings[0].startswith(f"MLflow tracing is off: cannot use the trace store {uri}: ")
     # The shared, working tracer is unaffected.
@@ -255,7 +255,7 @@ def test_a_trace_store_that_does_not_answer_does_not_hold_up_turns(
     fake_databricks.on("GET", r"/api/2\.0/mlflow/experiments/get-by-name", slow_then_refuse)
     slow = Tracer(fake_databricks.url, experiment="ca-tests", setup_timeout_seconds=0.1)
 
-    with caplog.at_level(logging.WARNING, logger="context_assistant.tracing"):
+    with caplog.at_level(logging.WARNING, logger="context_assistant.core.tracing"):
         with slow.turn("ivan", "session-slow", {"message": "hi"}) as turn:
             pass
         assert turn.trace_id is None
@@ -266,7 +266,7 @@ def test_a_trace_store_that_does_not_answer_does_not_hold_up_turns(
             pass
         assert turn.trace_id is None
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "context_assistant.tracing"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "context_assistant.core.tracing"]
     assert warnings[0] == (
         f"MLflow trace store {fake_databricks.url} did not open within 0.1s; turns are not traced until it does"
     )

@@ -23,12 +23,12 @@ import psycopg
 from psycopg import sql
 
 from conftest import REPO, TEMPLATE_DB
-from context_assistant.assistant import TurnEvent
-from context_assistant.config import load_config
+from context_assistant.assistant.turn import TurnEvent
+from context_assistant.core.config import load_config
+from context_assistant.retrieval.sync import InMemoryChunkSource, refresh_index
 from context_assistant.services import Services
-from context_assistant.sync import InMemoryChunkSource, refresh_index
-from context_assistant.web import bind_address
-from context_assistant.web_stream import KEEPALIVE, turn_frames
+from context_assistant.web.app import bind_address
+from context_assistant.web.stream import KEEPALIVE, turn_frames
 from fake_databricks import FakeDatabricks, Response
 from web_support import DOCS, read_events, start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 

@@ -5,7 +5,7 @@ It speaks the documented paths and JSON shapes (``/api/2.0/vector-search/endpoin
 pipelines call the backend uses (``GET /api/2.0/pipelines/{id}``), so tests drive the real databricks-sdk
 ``WorkspaceClient`` over real HTTP and assert on exactly what it sent.
 
-State changes on a timeline read from the test's :class:`~context_assistant.clock.FakeClock`, the same clock
+State changes on a timeline read from the test's :class:`~context_assistant.core.clock.FakeClock`, the same clock
 the code under test sleeps on: an endpoint created at t comes ONLINE at ``t + endpoint_ready_after``, an
 index finishes its initial build ``index_ready_after`` seconds after creation, and a triggered sync runs for
 ``sync_seconds``. So the code's own polling (``clock.sleep``) is what moves the world forward, and nothing in a
@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from context_assistant.clock import FakeClock
+from context_assistant.core.clock import FakeClock
 from fake_databricks import FakeDatabricks, Request, Response
 
 VS = "/api/2.0/vector-search"

@@ -20,10 +20,10 @@ import httpx
 import pytest
 import uvicorn
 
-from context_assistant.config import Config
+from context_assistant.core.config import Config
+from context_assistant.retrieval.sync import InMemoryChunkSource, refresh_index
 from context_assistant.services import Services
-from context_assistant.sync import InMemoryChunkSource, refresh_index
-from context_assistant.web import create_app
+from context_assistant.web.app import create_app
 from retrieval_support import HashingEmbedder, document
 
 DOCS = [

@@ -26,8 +26,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from .config import Config, ConfigError, load_config
-from .db import with_lakebase
+from .core.config import Config, ConfigError, load_config
+from .storage.db import with_lakebase
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -110,7 +110,7 @@ def run_ingest_job(
     out: TextIO | None = None,
 ) -> int:
     """Ingest the source into the chunk/documents tables; prints the JSON summary; returns the exit code."""
-    from .pipeline import IngestError, run_ingest
+    from .ingest.run import IngestError, run_ingest
     from .refresh import source_location, table_ref
 
     env = os.environ if env is None else env
@@ -158,9 +158,9 @@ def run_sync_job(
     out: TextIO | None = None,
 ) -> int:
     """Refresh the retrieval index from the chunk table; prints the JSON summary; returns the exit code."""
-    from .db import DatabaseError
+    from .retrieval.sync import SyncError, refresh_index
     from .services import Services
-    from .sync import SyncError, refresh_index
+    from .storage.db import DatabaseError
 
     env = os.environ if env is None else env
     out = out or sys.stdout
@@ -224,7 +224,7 @@ def sync_main(argv: Sequence[str] | None = None) -> None:
 
 
 def _default_spark(config: Config) -> Any:
-    from .spark import get_spark
+    from .ingest.spark import get_spark
 
     return get_spark(config.data_path)
 

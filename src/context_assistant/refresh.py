@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .clock import REAL_CLOCK, Clock
-from .config import Config
+from .core.clock import REAL_CLOCK, Clock
+from .core.config import Config
 
 if TYPE_CHECKING:
-    from .pipeline import IngestResult
+    from .ingest.run import IngestResult
+    from .ingest.tables import TableRef
     from .services import Services
-    from .tables import TableRef
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def source_location(config: Config) -> str:
 
 def table_ref(config: Config, name: str) -> TableRef:
     """A chunk/documents table setting: ``catalog.schema.table``, or a folder under the data directory."""
-    from .tables import resolve_table
+    from .ingest.tables import resolve_table
 
     return resolve_table(name, local_dir=config.data_path)
 
@@ -110,15 +110,15 @@ def refresh_documents(
     if config.rag.refresh_job_id:
         return RefreshResult(job_run=run_refresh_job(services, wait=wait, clock=clock, progress=progress))
 
-    from .pipeline import IngestError, run_ingest
-    from .sync import refresh_index
+    from .ingest.run import IngestError, run_ingest
+    from .retrieval.sync import refresh_index
 
     source = source_location(config)
     if "://" not in source and not source.startswith("/Volumes/") and not Path(source).is_dir():
         raise RefreshError(f"the documents folder does not exist: {source} (rag.source or --source)")
     say = progress or (lambda message: None)
     if spark_factory is None:
-        from .spark import get_spark
+        from .ingest.spark import get_spark
 
         def spark_factory() -> Any:
             return get_spark(config.data_path)

@@ -11,19 +11,19 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .clock import REAL_CLOCK, Clock
-from .config import Config, load_config
-from .db import Database, open_database
-from .llm import ChatModel, make_chat_model
-from .memory import ConversationStore
-from .tracing import DisabledTracer, Tracer, make_tracer
+from .core.clock import REAL_CLOCK, Clock
+from .core.config import Config, load_config
+from .core.tracing import DisabledTracer, Tracer, make_tracer
+from .llm.interface import ChatModel, make_chat_model
+from .storage.db import Database, open_database
+from .storage.memory import ConversationStore
 
 if TYPE_CHECKING:
-    from .assistant import Assistant
-    from .embeddings import Embedder
-    from .recall import TurnRecall
-    from .retrieval import Retriever
-    from .sync import ChunkSource
+    from .assistant.turn import Assistant
+    from .retrieval.base import Retriever
+    from .retrieval.embeddings import Embedder
+    from .retrieval.recall import TurnRecall
+    from .retrieval.sync import ChunkSource
 
 
 class Services:
@@ -81,7 +81,7 @@ class Services:
     @functools.cached_property
     def embedder(self) -> Embedder:
         """The embedding model ``rag.embedding_model`` names; a local model loads on first use, once."""
-        from .embeddings import make_embedder
+        from .retrieval.embeddings import make_embedder
 
         embedder = make_embedder(self.config.rag, lambda: self.workspace, clock=self.clock)
         closer = getattr(embedder, "close", None)
@@ -91,14 +91,14 @@ class Services:
 
     @functools.cached_property
     def chunk_index(self) -> Any:
-        """The document index ``rag.backend`` names: a ChunkIndex (see retrieval.py) with search/refresh."""
+        """The document index ``rag.backend`` names: a ChunkIndex (see retrieval.base) with search/refresh."""
         if self.config.rag.backend == "vector_search":
-            from .index_vector_search import VectorSearchIndex
+            from .retrieval.vector_search import VectorSearchIndex
 
             return VectorSearchIndex.from_config(
                 self.config.rag, self.workspace, embedder=self.embedder, clock=self.clock
             )
-        from .index_pgvector import PgVectorChunkIndex
+        from .retrieval.pgvector import PgVectorChunkIndex
 
         return PgVectorChunkIndex.from_config(self.db, self.embedder, self.config.rag)
 
@@ -110,14 +110,14 @@ class Services:
     @functools.cached_property
     def chunk_source(self) -> ChunkSource:
         """The chunk table (``rag.chunk_table``) as the index sync reads it."""
-        from .sync import make_chunk_source
+        from .retrieval.sync import make_chunk_source
 
         return make_chunk_source(self.config)
 
     @functools.cached_property
     def recall(self) -> TurnRecall:
         """Recall of the user's earlier turns (always pgvector: turns live in Postgres)."""
-        from .recall import TurnRecall
+        from .retrieval.recall import TurnRecall
 
         return TurnRecall(
             self.db,
@@ -129,7 +129,7 @@ class Services:
     @functools.cached_property
     def assistant(self) -> Assistant:
         """The assistant turn, wired to this config's memory, retrieval, recall, model and tracer."""
-        from .assistant import Assistant
+        from .assistant.turn import Assistant
 
         return Assistant(
             self.config,

@@ -1,0 +1,5 @@
+"""The ``context-assistant`` command line and its terminal chat."""
+
+from .commands import build_parser, main
+
+__all__ = ["build_parser", "main"]

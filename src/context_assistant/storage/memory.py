@@ -1,0 +1,568 @@
+"""Conversation memory: sessions and their messages, private to the user who owns them.
+
+Every query takes the user and filters on it, so a session id that belongs to someone else behaves exactly
+like one that does not exist. All SQL is parameterised.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol, TextIO, TypeVar
+
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from ..core.clock import REAL_CLOCK, Clock
+from ..core.tokens import message_tokens
+from .db import Database
+
+ROLES = ("user", "assistant", "system")
+MAX_SESSION_ID_LENGTH = 255
+TITLE_LENGTH = 80
+
+
+class SessionNotFound(LookupError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session not found: {session_id}")
+        self.session_id = session_id
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    user_id: str
+    title: str
+    summary: str
+    summary_through: int | None
+    created_at: datetime
+    updated_at: datetime
+    message_count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "title": self.title,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "message_count": self.message_count,
+        }
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    session_id: str
+    user_id: str
+    role: str
+    content: str
+    timestamp: datetime
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.metadata.get("status") == "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        """The export/API shape (also one line of ``memory export``)."""
+        return {
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "role": self.role,
+            "content": self.content,
+            "timestamp": self.timestamp.isoformat(),
+            "metadata": self.metadata,
+        }
+
+
+_SESSION_COLUMNS = """s.id, s.user_id, s.title, s.summary, s.summary_through, s.created_at, s.updated_at,
+    (SELECT count(*) FROM conversations c WHERE c.session_id = s.id)::int AS message_count"""
+_MESSAGE_COLUMNS = "id, session_id, user_id, role, content, timestamp, metadata"
+
+
+def _new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def title_from(message: str) -> str:
+    """A session title from its first message: the first line, shortened at a word boundary."""
+    line = " ".join(message.strip().split("\n", 1)[0].split())
+    if len(line) <= TITLE_LENGTH:
+        return line
+    cut = line[: TITLE_LENGTH - 1].rsplit(" ", 1)[0]
+    return cut + "…"
+
+
+class ConversationStore:
+    """Sessions and messages in Postgres, scoped by user."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock = REAL_CLOCK,
+        new_session_id: Callable[[], str] = _new_session_id,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.new_session_id = new_session_id
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    def create_session(self, user: str, title: str = "", session_id: str | None = None) -> Session:
+        session_id = session_id or self.new_session_id()
+        _check_session_id(session_id)
+        now = self.clock.now()
+        with self.db.connection() as conn, conn.cursor(row_factory=class_row(Session)) as cur:
+            cur.execute(
+                """INSERT INTO sessions AS s (id, user_id, title, created_at, updated_at)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
+                   RETURNING s.id, s.user_id, s.title, s.summary, s.summary_through, s.created_at,
+                             s.updated_at, 0 AS message_count""",
+                (session_id, user, title, now, now),
+            )
+            row = cur.fetchone()
+        if row is None:
+            # The id is taken. Whether by this user or another, do not reveal the other's session.
+            existing = self._find_session(user, session_id)
+            if existing is None:
+                raise ValueError(f"session id already in use: {session_id}")
+            return existing
+        return row
+
+    def get_session(self, user: str, session_id: str) -> Session:
+        session = self._find_session(user, session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        return session
+
+    def _find_session(self, user: str, session_id: str) -> Session | None:
+        with self.db.connection() as conn, conn.cursor(row_factory=class_row(Session)) as cur:
+            cur.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.id = %s AND s.user_id = %s",
+                (session_id, user),
+            )
+            return cur.fetchone()
+
+    def list_sessions(self, user: str, limit: int = 100, offset: int = 0) -> list[Session]:
+        """The user's sessions, most recently active first."""
+        with self.db.connection() as conn, conn.cursor(row_factory=class_row(Session)) as cur:
+            cur.execute(
+                f"""SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.user_id = %s
+                    ORDER BY s.updated_at DESC, s.id LIMIT %s OFFSET %s""",
+                (user, limit, offset),
+            )
+            return cur.fetchall()
+
+    def rename_session(self, user: str, session_id: str, title: str) -> Session:
+        with self.db.connection() as conn:
+            updated = conn.execute(
+                "UPDATE sessions SET title = %s WHERE id = %s AND user_id = %s", (title, session_id, user)
+            ).rowcount
+        if not updated:
+            raise SessionNotFound(session_id)
+        return self.get_session(user, session_id)
+
+    def set_title_if_empty(self, user: str, session_id: str, title: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                "UPDATE sessions SET title = %s WHERE id = %s AND user_id = %s AND title = ''",
+                (title, session_id, user),
+            )
+
+    def delete_session(self, user: str, session_id: str) -> None:
+        """Delete a session and its messages."""
+        with self.db.connection() as conn:
+            deleted = conn.execute(
+                "DELETE FROM sessions WHERE id = %s AND user_id = %s", (session_id, user)
+            ).rowcount
+        if not deleted:
+            raise SessionNotFound(session_id)
+
+    def set_summary(self, user: str, session_id: str, summary: str, through_message_id: int) -> None:
+        """Store the rolling summary of everything up to and including ``through_message_id``."""
+        with self.db.connection() as conn:
+            updated = conn.execute(
+                """UPDATE sessions SET summary = %s, summary_through = %s
+                   WHERE id = %s AND user_id = %s""",
+                (summary, through_message_id, session_id, user),
+            ).rowcount
+        if not updated:
+            raise SessionNotFound(session_id)
+
+    # -- messages -----------------------------------------------------------------------------------
+
+    def append(
+        self,
+        user: str,
+        session_id: str,
+        role: str,
+        content: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> Message:
+        """Add a message to one of the user's sessions (and mark the session active)."""
+        return self.append_many(user, session_id, [(role, content, metadata)])[0]
+
+    def append_many(
+        self,
+        user: str,
+        session_id: str,
+        messages: Sequence[tuple[str, str, dict[str, Any] | None]],
+    ) -> list[Message]:
+        """Add ``(role, content, metadata)`` messages, in order, in one statement and one transaction.
+
+        The session's ``updated_at`` moves only when it is a second or more behind: rewriting the session row
+        on every message would cost an extra (non-HOT) row version per message for no visible difference.
+        """
+        for role, _, _ in messages:
+            if role not in ROLES:
+                raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        if not messages:
+            return []
+        timestamp = self.clock.now()
+        metas = [meta or {} for _, _, meta in messages]
+        with self.db.connection() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    """WITH s AS (SELECT id, user_id FROM sessions WHERE id = %(sid)s AND user_id = %(uid)s),
+                       touched AS (
+                           UPDATE sessions SET updated_at = %(ts)s
+                           WHERE id = (SELECT id FROM s) AND updated_at <= %(ts)s - interval '1 second'),
+                       inserted AS (
+                           INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
+                           SELECT s.id, s.user_id, m.role, m.content, %(ts)s, m.metadata
+                           FROM s, unnest(%(roles)s::text[], %(contents)s::text[], %(metas)s::jsonb[])
+                                WITH ORDINALITY AS m(role, content, metadata, n)
+                           ORDER BY m.n
+                           RETURNING id)
+                       SELECT id FROM inserted ORDER BY id""",
+                    {
+                        "ts": timestamp,
+                        "sid": session_id,
+                        "uid": user,
+                        "roles": [role for role, _, _ in messages],
+                        "contents": [content for _, content, _ in messages],
+                        "metas": [Jsonb(meta) for meta in metas],
+                    },
+                )
+            ]
+        if not ids:
+            raise SessionNotFound(session_id)
+        return [
+            Message(message_id, session_id, user, role, content, timestamp, meta)
+            for message_id, (role, content, _), meta in zip(ids, messages, metas, strict=True)
+        ]
+
+    def update_metadata(self, user: str, message_id: int, patch: dict[str, Any]) -> Message:
+        """Merge ``patch`` into a message's metadata (e.g. a failed status, feedback, trace id)."""
+        with self.db.connection() as conn, conn.cursor(row_factory=class_row(Message)) as cur:
+            cur.execute(
+                f"""UPDATE conversations SET metadata = metadata || %s
+                    WHERE id = %s AND user_id = %s RETURNING {_MESSAGE_COLUMNS}""",
+                (Jsonb(patch), message_id, user),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise LookupError(f"message not found: {message_id}")
+        return row
+
+    def get_message(self, user: str, message_id: int) -> Message:
+        with self.db.connection() as conn, conn.cursor(row_factory=class_row(Message)) as cur:
+            cur.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM conversations WHERE id = %s AND user_id = %s",
+                (message_id, user),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise LookupError(f"message not found: {message_id}")
+        return row
+
+    def messages(
+        self, user: str, session_id: str, *, after_id: int | None = None, before_id: int | None = None
+    ) -> list[Message]:
+        """A session's messages in order (timestamp, then id for equal timestamps), optionally only those
+        with ``after_id < id < before_id``."""
+        self.get_session(user, session_id)
+        with self.db.connection() as conn, conn.cursor(row_factory=class_row(Message)) as cur:
+            cur.execute(
+                f"""SELECT {_MESSAGE_COLUMNS} FROM conversations
+                    WHERE session_id = %(sid)s AND user_id = %(uid)s AND id > %(after)s
+                      AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+                    ORDER BY timestamp, id""",
+                {
+                    "sid": session_id,
+                    "uid": user,
+                    "after": after_id if after_id is not None else -1,
+                    "before": before_id,
+                },
+            )
+            return cur.fetchall()
+
+    def recent_messages(
+        self,
+        user: str,
+        session_id: str,
+        *,
+        max_messages: int,
+        max_tokens: int | None = None,
+        include_failed: bool = False,
+        before_id: int | None = None,
+        count_tokens: Callable[[str], int] = message_tokens,
+    ) -> list[Message]:
+        """The newest whole turns that fit ``max_messages`` and ``max_tokens``, oldest first.
+
+        A turn is a user message with the replies that follow it; turns are kept or dropped whole, so the
+        history never starts with an answer whose question was cut. Failed messages (a model call that did
+        not complete) are left out unless asked for. ``before_id`` excludes the message being answered.
+        """
+        if max_messages <= 0:
+            return []
+        with self.db.connection() as conn, conn.cursor(row_factory=class_row(Message)) as cur:
+            cur.execute(
+                f"""SELECT {_MESSAGE_COLUMNS} FROM conversations
+                    WHERE session_id = %(sid)s AND user_id = %(uid)s
+                      AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+                      AND (%(failed)s OR NOT (metadata @> '{{"status": "failed"}}'))
+                    ORDER BY timestamp DESC, id DESC LIMIT %(limit)s""",
+                {
+                    "sid": session_id,
+                    "uid": user,
+                    "before": before_id,
+                    "failed": include_failed,
+                    "limit": max_messages,
+                },
+            )
+            newest_first = cur.fetchall()
+        oldest_first = list(reversed(newest_first))
+        if len(oldest_first) == max_messages:
+            # The window may have cut a turn in half: drop replies whose question fell outside it.
+            while oldest_first and oldest_first[0].role != "user":
+                oldest_first.pop(0)
+        return fit_turns(oldest_first, max_messages, max_tokens, count_tokens)
+
+    # -- import / export ----------------------------------------------------------------------------
+
+    def export_jsonl(self, out: TextIO, user: str | None = None) -> int:
+        """Write every message (of one user, or all) as JSON lines; returns the count."""
+        count = 0
+        with self.db.connection() as conn, conn.cursor(name="export", row_factory=class_row(Message)) as cur:
+            cur.itersize = 5000
+            if user is None:
+                cur.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM conversations ORDER BY user_id, session_id, timestamp, id"
+                )
+            else:
+                cur.execute(
+                    f"""SELECT {_MESSAGE_COLUMNS} FROM conversations WHERE user_id = %s
+                        ORDER BY session_id, timestamp, id""",
+                    (user,),
+                )
+            for message in cur:
+                out.write(json.dumps(message.to_json(), ensure_ascii=False) + "\n")
+                count += 1
+        return count
+
+    def import_jsonl(self, lines: Iterable[str]) -> ImportResult:
+        """Import exported lines, all or nothing.
+
+        Every line is validated first; any bad line rejects the whole file with each problem and its line
+        number. Messages already present (same session, role, timestamp and content) are skipped, so importing
+        the same file twice adds nothing the second time.
+        """
+        rows, errors = _parse_import(lines)
+        if errors:
+            raise ImportRejected(errors)
+        if not rows:
+            return ImportResult(0, 0, 0)
+        with self.db.connection() as conn:
+            conn.execute(
+                """CREATE TEMP TABLE import_messages (
+                       line int, session_id text, user_id text, role text, content text,
+                       timestamp timestamptz, metadata jsonb) ON COMMIT DROP"""
+            )
+            with conn.cursor().copy(
+                "COPY import_messages (line, session_id, user_id, role, content, timestamp, metadata) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            owned_elsewhere = conn.execute(
+                """SELECT DISTINCT ON (i.session_id) i.line, i.session_id FROM import_messages i
+                   JOIN sessions s ON s.id = i.session_id AND s.user_id <> i.user_id
+                   ORDER BY i.session_id, i.line"""
+            ).fetchall()
+            if owned_elsewhere:
+                raise ImportRejected(
+                    [
+                        f"line {line}: session {sid!r} already belongs to another user"
+                        for line, sid in owned_elsewhere
+                    ]
+                )
+            sessions = conn.execute(
+                """INSERT INTO sessions (id, user_id, title, created_at, updated_at)
+                   SELECT session_id, min(user_id), '', min(timestamp), max(timestamp)
+                   FROM import_messages GROUP BY session_id
+                   ON CONFLICT (id) DO UPDATE SET updated_at = GREATEST(sessions.updated_at, EXCLUDED.updated_at)
+                   RETURNING (xmax = 0)"""
+            ).fetchall()
+            inserted = conn.execute(
+                """INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
+                   SELECT DISTINCT ON (i.session_id, i.timestamp, i.role, i.content)
+                          i.session_id, i.user_id, i.role, i.content, i.timestamp, i.metadata
+                   FROM import_messages i
+                   WHERE NOT EXISTS (
+                       SELECT 1 FROM conversations c
+                       WHERE c.session_id = i.session_id AND c.timestamp = i.timestamp
+                         AND c.role = i.role AND c.content = i.content)
+                   ORDER BY i.session_id, i.timestamp, i.role, i.content, i.line"""
+            ).rowcount
+            # Untitled sessions take the first line of their first user message, as live sessions do.
+            for session_id, first in conn.execute(
+                """SELECT DISTINCT ON (c.session_id) c.session_id, c.content
+                   FROM conversations c JOIN sessions s ON s.id = c.session_id
+                   WHERE s.title = '' AND c.role = 'user'
+                     AND c.session_id IN (SELECT DISTINCT session_id FROM import_messages)
+                   ORDER BY c.session_id, c.timestamp, c.id"""
+            ).fetchall():
+                conn.execute(
+                    "UPDATE sessions SET title = %s WHERE id = %s AND title = ''",
+                    (title_from(first), session_id),
+                )
+        created = sum(1 for (is_new,) in sessions if is_new)
+        return ImportResult(messages=inserted, skipped=len(rows) - inserted, sessions_created=created)
+
+
+class _Turnish(Protocol):
+    role: str
+    content: str
+
+
+M = TypeVar("M", bound=_Turnish)
+
+
+def fit_turns(
+    messages: Sequence[M],
+    max_messages: int,
+    max_tokens: int | None,
+    count_tokens: Callable[[str], int] = message_tokens,
+) -> list[M]:
+    """Keep the newest whole turns of ``messages`` (oldest first) within both limits.
+
+    A turn is a user message with the replies that follow it; the history and the prompt both cut whole turns.
+    """
+    turns: list[list[M]] = []
+    for message in messages:
+        if message.role == "user" or not turns:
+            turns.append([message])
+        else:
+            turns[-1].append(message)
+    kept: list[list[M]] = []
+    used_messages = used_tokens = 0
+    for turn in reversed(turns):
+        cost = sum(count_tokens(m.content) for m in turn)
+        if used_messages + len(turn) > max_messages:
+            break
+        if max_tokens is not None and used_tokens + cost > max_tokens:
+            break
+        kept.append(turn)
+        used_messages += len(turn)
+        used_tokens += cost
+    return [m for turn in reversed(kept) for m in turn]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Import parsing
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    messages: int
+    skipped: int
+    sessions_created: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"imported": self.messages, "skipped": self.skipped, "sessions_created": self.sessions_created}
+
+
+class ImportRejected(ValueError):
+    """The file was not imported; ``errors`` lists each bad line (``line N: problem``)."""
+
+    MAX_SHOWN = 20
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        shown = errors[: self.MAX_SHOWN]
+        more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
+        super().__init__(f"nothing imported: {len(errors)} problem(s)\n" + "\n".join(shown) + more)
+
+
+def _parse_import(lines: Iterable[str]) -> tuple[list[tuple[Any, ...]], list[str]]:
+    rows: list[tuple[Any, ...]] = []
+    errors: list[str] = []
+    owners: dict[str, tuple[str, int]] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = _parse_line(line)
+        except ValueError as exc:
+            errors.append(f"line {number}: {exc}")
+            continue
+        session_id, user_id = row[0], row[1]
+        owner = owners.setdefault(session_id, (user_id, number))
+        if owner[0] != user_id:
+            errors.append(
+                f"line {number}: session {session_id!r} has user {user_id!r} but line {owner[1]} gave {owner[0]!r}"
+            )
+            continue
+        rows.append((number, *row))
+    return rows, errors
+
+
+def _parse_line(line: str) -> tuple[Any, ...]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    for key in ("session_id", "user_id", "role", "content", "timestamp"):
+        if key not in obj:
+            raise ValueError(f"missing {key!r}")
+    session_id, user_id, role, content = obj["session_id"], obj["user_id"], obj["role"], obj["content"]
+    if not isinstance(session_id, str) or not session_id:
+        raise ValueError("'session_id' must be a non-empty string")
+    _check_session_id(session_id)
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("'user_id' must be a non-empty string")
+    if role not in ROLES:
+        raise ValueError(f"'role' {role!r} is not one of {', '.join(ROLES)}")
+    if not isinstance(content, str):
+        raise ValueError("'content' must be a string")
+    if "\x00" in content:
+        raise ValueError("'content' contains a NUL character, which Postgres cannot store")
+    timestamp = _parse_timestamp(obj["timestamp"])
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("'metadata' must be an object")
+    return session_id, user_id, role, content, timestamp, Jsonb(metadata)
+
+
+def _parse_timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("'timestamp' must be an ISO 8601 string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"'timestamp' {value!r} is not an ISO 8601 date-time") from None
+    # A timestamp without an offset is taken as UTC (documented in the README).
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _check_session_id(session_id: str) -> None:
+    if len(session_id) > MAX_SESSION_ID_LENGTH:
+        raise ValueError(f"session id longer than {MAX_SESSION_ID_LENGTH} characters")
