@@ -15,7 +15,7 @@ import pytest
 from context_assistant.assistant.turn import Assistant, TurnFailed
 from context_assistant.core.clock import FakeClock
 from context_assistant.core.config import Config
-from context_assistant.llm.interface import make_chat_model
+from context_assistant.llm.factory import make_chat_model
 from context_assistant.llm.offline import OfflineModel
 from context_assistant.retrieval.pgvector import PgVectorChunkIndex
 from context_assistant.retrieval.recall import TurnRecall

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from context_assistant.retrieval import pgvector as index_pgvector
 from context_assistant.retrieval.base import Hit, IndexNotReady, RetrievalError, retrieve, rrf_fuse
 from context_assistant.retrieval.embeddings import LocalEmbedder
 from context_assistant.retrieval.pgvector import (
@@ -20,6 +19,7 @@ from context_assistant.retrieval.pgvector import (
     like_prefix,
 )
 from context_assistant.retrieval.sync import InMemoryChunkSource, embedding_text
+from context_assistant.storage import bm25
 from context_assistant.storage.db import Database
 from retrieval_support import HashingEmbedder, bm25_stats_consistent, document, minilm  # noqa: F401
 
@@ -143,7 +143,7 @@ def test_keyword_scores_are_bm25(index: PgVectorChunkIndex, db: Database, query:
 @pytest.mark.parametrize("budget", [1, 10, 5000])
 def test_pruned_bm25_is_exact(db: Database, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
     """Scoring first only the rows with the rarer query terms must not change the top-k (any budget)."""
-    monkeypatch.setattr(index_pgvector, "BM25_CANDIDATE_BUDGET", budget)
+    monkeypatch.setattr(bm25, "BM25_CANDIDATE_BUDGET", budget)
     docs = [
         *(c for i in range(40) for c in document(f"common/{i:02d}.md", f"common words {'filler ' * (i % 7)}{i}")),
         *document("rare/one.md", "common rare"),
@@ -153,10 +153,8 @@ def test_pruned_bm25_is_exact(db: Database, monkeypatch: pytest.MonkeyPatch, bud
     idx = PgVectorChunkIndex(db, HashingEmbedder())
     idx.refresh(InMemoryChunkSource(docs))
     candidate_sets: list[list[str]] = []
-    real_tsquery_or = index_pgvector.tsquery_or
-    monkeypatch.setattr(
-        index_pgvector, "tsquery_or", lambda lex: candidate_sets.append(list(lex)) or real_tsquery_or(lex)
-    )
+    real_tsquery_or = bm25.tsquery_or
+    monkeypatch.setattr(bm25, "tsquery_or", lambda lex: candidate_sets.append(list(lex)) or real_tsquery_or(lex))
     for query, k in (("common rare", 1), ("common rare", 2), ("common rare", 3), ("common words", 5), ("rare", 1)):
         expected = sorted(_reference_bm25(db, query).items(), key=lambda item: (-item[1], item[0]))[:k]
         hits = idx.search(query, top_k=k, mode="keyword")

@@ -19,15 +19,8 @@ import pytest
 
 from context_assistant.core.clock import FakeClock
 from context_assistant.core.config import ModelConfig
-from context_assistant.llm.interface import (
-    CONFIGURE_HINT,
-    ContextTurn,
-    ModelError,
-    NumberedSource,
-    PromptContext,
-    make_chat_model,
-    resolve_provider,
-)
+from context_assistant.llm.factory import make_chat_model, resolve_provider
+from context_assistant.llm.interface import CONFIGURE_HINT, ContextTurn, ModelError, NumberedSource, PromptContext
 from context_assistant.llm.offline import OfflineModel
 from context_assistant.llm.remote import DatabricksServingModel, OpenAICompatibleModel
 from fake_databricks import FakeDatabricks, Request, Response, sse

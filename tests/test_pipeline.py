@@ -19,19 +19,13 @@ from deltalake import DeltaTable
 from context_assistant.core.clock import FakeClock
 from context_assistant.ingest.chunking import chunk_document, document_hash
 from context_assistant.ingest.documents import parse_document
+from context_assistant.ingest.plan import IngestResult, KnownDocument, SourceFile, chunking_signature, plan_ingest
 from context_assistant.ingest.run import (
     CHUNK_COLUMNS,
     DOCUMENT_COLUMNS,
     IngestError,
-    IngestResult,
-    KnownDocument,
-    SourceFile,
-    chunking_signature,
     local_path_of,
-    make_batch_parser,
     normalize_root,
-    parse_and_chunk,
-    plan_ingest,
     relative_path_sql,
     run_ingest,
 )
@@ -42,6 +36,7 @@ from context_assistant.ingest.spark import (
     running_on_databricks,
 )
 from context_assistant.ingest.tables import TableRef, local_table, resolve_table, sql_string
+from context_assistant.ingest.worker import make_batch_parser, parse_and_chunk
 from spark_support import local_spark  # noqa: F401  (the session-scoped `spark` fixture)
 
 FIXTURE_DOCS = Path(__file__).resolve().parent.parent / "fixtures" / "docs"
@@ -481,7 +476,7 @@ def test_a_parser_stuck_on_one_file_is_stopped_and_reported() -> None:
     """A file whose parsing outlasts the limit fails with the reason instead of stalling the run."""
     import time
 
-    from context_assistant.ingest.run import ParseTimeout, parse_and_chunk, time_limit
+    from context_assistant.ingest.worker import ParseTimeout, parse_and_chunk, time_limit
 
     with pytest.raises(ParseTimeout, match=r"parsing took longer than 0.05s"), time_limit(0.05):
         deadline = time.monotonic() + 10

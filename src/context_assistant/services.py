@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from .core.clock import REAL_CLOCK, Clock
 from .core.config import Config, load_config
 from .core.tracing import DisabledTracer, Tracer, make_tracer
-from .llm.interface import ChatModel, make_chat_model
+from .llm.factory import make_chat_model
+from .llm.interface import ChatModel
 from .storage.db import Database, open_database
 from .storage.memory import ConversationStore
 

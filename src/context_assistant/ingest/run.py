@@ -55,29 +55,36 @@ whole source instead.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
-import signal
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from ..core.clock import REAL_CLOCK, Clock
+from .plan import (
+    DEFAULT_MAX_FILE_BYTES,
+    EMPTY_HASH,
+    OK,
+    UNCHANGED,
+    ChunkCounts,
+    DocumentRow,
+    IngestPlan,
+    IngestResult,
+    KnownDocument,
+    ParsedFile,
+    SourceFile,
+    chunking_signature,
+    decide_documents,
+    plan_ingest,
+)
 from .tables import TableRef, create_table, resolve_table, sql_string
+from .worker import make_batch_parser, parse_and_chunk
 
 if TYPE_CHECKING:
-    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
-# Bump when parsing or chunking changes in a way that should re-chunk unchanged files.
-PIPELINE_VERSION = 1
-DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
-PARSE_SECONDS = 300.0  # the longest one file may take to parse and chunk
 STAGING_SUFFIX = "__ingest_staging"
 
 CHUNK_COLUMNS = (
@@ -108,284 +115,12 @@ _FRESH_SCHEMA = (
     "chunk_id STRING, path STRING, chunk_index INT, text STRING, heading STRING, page INT, content_hash STRING, "
     "doc_hash STRING, modified_us BIGINT"
 )
-_UNCHANGED = "unchanged"  # parser output status for a candidate whose bytes hash to the stored hash
-EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 _GLOB_CHARS = re.compile(r"[*?\[\]{}\\]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 class IngestError(Exception):
     """The run cannot proceed (bad source, bad settings); nothing was written. ``str()`` says why."""
-
-
-@dataclass
-class DocumentCounts:
-    added: int = 0  # new files (or files no longer skipped) parsed fine
-    updated: int = 0  # changed files parsed fine
-    deleted: int = 0  # ingested files that left the source
-    unchanged: int = 0  # supported files not re-parsed (same size+mtime, or same hash)
-    failed: int = 0  # files that failed to parse in this run (previous chunks, if any, kept)
-    skipped: int = 0  # files present but not ingested (unsupported type, too large)
-
-
-@dataclass
-class ChunkCounts:
-    written: int = 0  # chunk rows inserted or updated (text, heading or page changed)
-    deleted: int = 0  # chunk rows removed (tail of a shortened file, removed or now skipped files)
-
-
-@dataclass(frozen=True)
-class Failure:
-    path: str
-    error: str
-
-
-@dataclass
-class IngestResult:
-    """What a run did; ``to_json()`` is the shape the CLI prints and the job logs.
-
-    A file listed in ``failures`` keeps the chunks of its last version that parsed (if it ever did), so
-    answers still cite it; its documents row says ``failed`` with the same error until its bytes change.
-    """
-
-    documents: DocumentCounts = field(default_factory=DocumentCounts)
-    failures: list[Failure] = field(default_factory=list)
-    # Unchanged files that failed in an earlier run and were not retried (same bytes): still not answerable.
-    still_failing: list[Failure] = field(default_factory=list)
-    chunks: ChunkCounts = field(default_factory=ChunkCounts)
-    seconds: float = 0.0
-    parsed: int = 0  # files handed to the parser (not in to_json: a diagnostic for tests and benchmarks)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (``json.dumps`` it); failures sorted by path."""
-        d = self.documents
-        return {
-            "documents": {
-                "added": d.added,
-                "updated": d.updated,
-                "deleted": d.deleted,
-                "unchanged": d.unchanged,
-                "failed": d.failed,
-                "skipped": d.skipped,
-            },
-            "failures": [{"path": f.path, "error": f.error} for f in sorted(self.failures, key=lambda f: f.path)],
-            "still_failing": [
-                {"path": f.path, "error": f.error} for f in sorted(self.still_failing, key=lambda f: f.path)
-            ],
-            "chunks": {"written": self.chunks.written, "deleted": self.chunks.deleted},
-            "seconds": self.seconds,
-        }
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """A file as listed: ``path`` relative to the source root; ``modified_us`` microseconds since epoch."""
-
-    path: str
-    size_bytes: int
-    modified_us: int
-
-
-@dataclass(frozen=True)
-class KnownDocument:
-    """A row of the documents table as the planner needs it."""
-
-    path: str
-    doc_hash: str | None
-    status: str
-    error: str | None
-    chunk_count: int
-    size_bytes: int
-    modified_us: int
-    chunking: str | None
-
-
-@dataclass
-class IngestPlan:
-    """What to do with each file, decided before any file is read."""
-
-    candidates: list[SourceFile] = field(default_factory=list)  # read + hash, parse if the hash differs
-    previous_hash: dict[str, str | None] = field(default_factory=dict)  # per candidate; None: always parse
-    unchanged: list[SourceFile] = field(default_factory=list)  # trusted unchanged by size+mtime
-    skipped: list[tuple[SourceFile, str]] = field(default_factory=list)  # (file, reason)
-    removed: list[KnownDocument] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)  # paths with chunks but no document row and no file
-
-
-def chunking_signature(chunk_size: int, chunk_overlap: int) -> str:
-    """Stored per document so that changing chunk settings (or the pipeline) re-chunks unchanged files."""
-    return f"size={chunk_size},overlap={chunk_overlap},v={PIPELINE_VERSION}"
-
-
-def skip_reason(path: str, size_bytes: int, max_file_bytes: int) -> str | None:
-    """Why a file is not ingested, or None when it should be."""
-    from .documents import extension_of, is_supported
-
-    if not is_supported(path):
-        ext = extension_of(path)
-        return f"unsupported file type {ext!r}" if ext else "unsupported file type (no extension)"
-    if size_bytes > max_file_bytes:
-        return f"file is {_human_size(size_bytes)}, larger than the {_human_size(max_file_bytes)} limit"
-    return None
-
-
-def plan_ingest(
-    files: list[SourceFile],
-    known: dict[str, KnownDocument],
-    chunking: str,
-    max_file_bytes: int,
-    stored_chunks: Mapping[str, int] | None = None,
-) -> IngestPlan:
-    """Sort listed files into candidates / unchanged / skipped and find what left the source.
-
-    A stored document is trusted (may be skipped by size+mtime, or by hash) only if it was cut with the
-    same chunking and ``stored_chunks`` (rows per path in the chunk table, when given) still holds its
-    ``chunk_count`` chunks: deleting or damaging the chunk table by hand makes the next run rebuild it.
-    """
-    plan = IngestPlan()
-    listed = set()
-    for f in files:
-        listed.add(f.path)
-        reason = skip_reason(f.path, f.size_bytes, max_file_bytes)
-        if reason is not None:
-            plan.skipped.append((f, reason))
-            continue
-        prev = known.get(f.path)
-        trusted = (
-            prev is not None
-            and prev.status in (OK, FAILED)
-            and prev.chunking == chunking
-            and (stored_chunks is None or stored_chunks.get(f.path, 0) == prev.chunk_count)
-        )
-        if trusted and prev is not None and (prev.size_bytes, prev.modified_us) == (f.size_bytes, f.modified_us):
-            plan.unchanged.append(f)
-        else:
-            plan.candidates.append(f)
-            plan.previous_hash[f.path] = prev.doc_hash if trusted and prev is not None else None
-    plan.removed = [doc for path, doc in sorted(known.items()) if path not in listed]
-    plan.orphans = sorted(p for p in (stored_chunks or {}) if p not in known and p not in listed)
-    return plan
-
-
-class ParseTimeout(BaseException):
-    """Parsing one file took longer than ``PARSE_SECONDS``. A BaseException, like KeyboardInterrupt, so the
-    parsers' own ``except Exception`` wrappers cannot swallow it half way."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`ParseTimeout` in this block after ``seconds`` of wall time.
-
-    Uses SIGALRM, so it only works in a process's main thread on POSIX — which is where Spark's Python
-    workers run a ``mapInArrow`` function. Elsewhere (threads, Windows) the block runs without a limit.
-    """
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def expired(signum: int, frame: Any) -> None:
-        raise ParseTimeout(f"parsing took longer than {seconds:g}s (a pathological or huge file?)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def parse_and_chunk(
-    path: str, data: bytes, chunk_size: int, chunk_overlap: int, timeout: float = PARSE_SECONDS
-) -> tuple[str, str | None, list]:
-    """Parse and chunk one file: ``(status, error, chunks)``. Never raises for bad input: a parser crash on a
-    hostile file becomes a ``failed`` status with the reason, and a parser stuck on one (pure-Python parsers
-    can loop for a very long time on crafted PDFs) is stopped after ``timeout`` seconds, so one file cannot
-    stop or stall the run."""
-    from .chunking import chunk_document
-    from .documents import ParseError, UnsupportedFormat, parse_document
-
-    try:
-        with time_limit(timeout):
-            doc = parse_document(path, data)
-            chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-    except ParseTimeout as error:
-        return FAILED, str(error), []
-    except ParseError as error:
-        return FAILED, str(error) or "could not be parsed", []
-    except UnsupportedFormat as error:
-        return FAILED, f"unsupported format: {error}", []
-    except (MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as error:
-        return FAILED, f"unexpected {type(error).__name__} while parsing: {error}", []
-    return OK, None, chunks
-
-
-def make_batch_parser(
-    chunk_size: int, chunk_overlap: int
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function: rows with NULL ``content`` (hash unchanged) pass through unparsed."""
-
-    def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow as pa
-
-        schema = _parsed_arrow_schema()
-        for batch in batches:
-            out: list[dict[str, Any]] = []
-            for row in batch.to_pylist():
-                record = {k: row[k] for k in ("path", "size_bytes", "modified_us", "doc_hash")}
-                if row["content"] is None:
-                    record.update(status=_UNCHANGED, error=None, chunk_count=0, chunks=[])
-                else:
-                    status, error, chunks = parse_and_chunk(row["path"], row["content"], chunk_size, chunk_overlap)
-                    record.update(
-                        status=status,
-                        error=error,
-                        chunk_count=len(chunks),
-                        chunks=[
-                            {
-                                "chunk_id": c.chunk_id,
-                                "chunk_index": c.chunk_index,
-                                "text": c.text,
-                                "heading": c.heading,
-                                "page": c.page,
-                                "content_hash": c.content_hash,
-                            }
-                            for c in chunks
-                        ],
-                    )
-                out.append(record)
-            yield pa.RecordBatch.from_pylist(out, schema=schema)
-
-    return parse_batches
-
-
-def _parsed_arrow_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    chunk = pa.struct(
-        [
-            ("chunk_id", pa.string()),
-            ("chunk_index", pa.int32()),
-            ("text", pa.string()),
-            ("heading", pa.string()),
-            ("page", pa.int32()),
-            ("content_hash", pa.string()),
-        ]
-    )
-    return pa.schema(
-        [
-            ("path", pa.string()),
-            ("size_bytes", pa.int64()),
-            ("modified_us", pa.int64()),
-            ("doc_hash", pa.string()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("chunk_count", pa.int32()),
-            ("chunks", pa.list_(chunk)),
-        ]
-    )
 
 
 # --------------------------------------------------------------------------------------------- paths
@@ -565,8 +300,10 @@ class _Run:
             f"{len(plan.skipped)} skipped, {len(plan.removed)} removed from the source"
         )
         parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap)
-        result = IngestResult(parsed=sum(p.status != _UNCHANGED for p in parsed))
-        doc_rows, replace_paths = self.decide_documents(plan, known, stored, parsed, chunking, run_us, result)
+        result = IngestResult(parsed=sum(p.status != UNCHANGED for p in parsed))
+        doc_rows, replace_paths, vanished = decide_documents(plan, known, stored, parsed, chunking, run_us, result)
+        if vanished:
+            self.say(f"{len(vanished)} file(s) disappeared before they could be read, left for the next run")
         result.chunks = self.merge_chunks(replace_paths, run_us, has_parsed=any(p.status == OK for p in parsed))
         if plan.removed or any(row.op != "keep" for row in doc_rows):
             self.merge_documents(doc_rows)
@@ -626,18 +363,18 @@ class _Run:
 
     def parse_candidates(
         self, plan: IngestPlan, listed: int, single_file: bool, chunk_size: int, chunk_overlap: int
-    ) -> list[_Parsed]:
+    ) -> list[ParsedFile]:
         """Hash candidates in Spark, parse the changed ones into the staging table; return its summary."""
         previous_hash = dict(plan.previous_hash)
         # An empty file's bytes are known without reading it (and binaryFile cannot see one): decide here.
-        decided: list[_Parsed] = []
+        decided: list[ParsedFile] = []
         for f in plan.candidates:
             if f.size_bytes == 0:
                 status, error, _ = parse_and_chunk(f.path, b"", chunk_size, chunk_overlap)
                 if status != OK:
                     if previous_hash[f.path] == EMPTY_HASH:
-                        status, error = _UNCHANGED, None
-                    decided.append(_Parsed(f.path, 0, f.modified_us, EMPTY_HASH, status, error, 0))
+                        status, error = UNCHANGED, None
+                    decided.append(ParsedFile(f.path, 0, f.modified_us, EMPTY_HASH, status, error, 0))
                     del previous_hash[f.path]
         if not previous_hash:
             return decided
@@ -668,12 +405,12 @@ class _Run:
             create_table(self.spark, self.staging, None)
         else:
             writer.saveAsTable(self.staging.sql_name)
-        summary: dict[str, _Parsed] = {}
+        summary: dict[str, ParsedFile] = {}
         for r in self.spark.sql(
             "SELECT path, size_bytes, modified_us, doc_hash, status, error, chunk_count "
             f"FROM {self.staging.sql_name}"
         ).collect():
-            summary[r.path] = _Parsed(
+            summary[r.path] = ParsedFile(
                 r.path, int(r.size_bytes), int(r.modified_us), r.doc_hash, r.status, r.error, int(r.chunk_count)
             )
         return sorted([*decided, *summary.values()], key=lambda p: p.path)
@@ -696,112 +433,6 @@ class _Run:
             .load(self.source)
             .where(f"length <= {max(c.size_bytes for c in candidates)}")
         )
-
-    def decide_documents(
-        self,
-        plan: IngestPlan,
-        known: dict[str, KnownDocument],
-        stored: dict[str, int],
-        parsed: list[_Parsed],
-        chunking: str,
-        run_us: int,
-        result: IngestResult,
-    ) -> tuple[list[_DocumentRow], list[str]]:
-        """The documents table's target rows (each with an op) and the paths whose chunks must be replaced.
-
-        A file that fails to parse keeps the chunks of its last good version (and their count); only its
-        status, error and hash change, so the next run does not retry the same bytes.
-        """
-        counts = result.documents
-        rows = [_DocumentRow.keep(f.path) for f in plan.unchanged]
-        replace: list[str] = []
-        counts.unchanged += len(plan.unchanged)
-        for f in plan.unchanged:
-            prev = known.get(f.path)
-            if prev is not None and prev.status == FAILED:
-                result.still_failing.append(Failure(f.path, prev.error or "could not be parsed"))
-        for f, reason in plan.skipped:
-            counts.skipped += 1
-            prev = known.get(f.path)
-            if stored.get(f.path):
-                replace.append(f.path)  # it had chunks; a file we no longer ingest must not be answered from
-            same = (
-                prev is not None
-                and prev.status == SKIPPED
-                and prev.error == reason
-                and (prev.size_bytes, prev.modified_us) == (f.size_bytes, f.modified_us)
-            )
-            rows.append(
-                _DocumentRow.keep(f.path)
-                if same
-                else _DocumentRow(
-                    f.path, None, SKIPPED, reason, 0, f.size_bytes, f.modified_us, None, run_us, "upsert"
-                )
-            )
-        by_path = {p.path: p for p in parsed}
-        vanished: list[str] = []
-        for f in plan.candidates:
-            p = by_path.get(f.path)
-            prev = known.get(f.path)
-            if p is None:  # listed, then gone before it could be read: leave it to the next run
-                if prev is not None:
-                    rows.append(_DocumentRow.keep(f.path))
-                counts.unchanged += 1
-                vanished.append(f.path)
-            elif p.status == _UNCHANGED:  # touched, same bytes: remember the new size/mtime only
-                counts.unchanged += 1
-                if prev is not None and prev.status == FAILED:
-                    result.still_failing.append(Failure(f.path, prev.error or "could not be parsed"))
-                rows.append(
-                    _DocumentRow(f.path, None, None, None, 0, p.size_bytes, p.modified_us, None, 0, "touch")
-                )
-            elif p.status == OK:
-                if prev is None or prev.status == SKIPPED:
-                    counts.added += 1
-                else:
-                    counts.updated += 1
-                replace.append(f.path)
-                rows.append(
-                    _DocumentRow(
-                        f.path,
-                        p.doc_hash,
-                        OK,
-                        None,
-                        p.chunk_count,
-                        p.size_bytes,
-                        p.modified_us,
-                        chunking,
-                        run_us,
-                        "upsert",
-                    )
-                )
-            else:
-                counts.failed += 1
-                error = p.error or "could not be parsed"
-                result.failures.append(Failure(f.path, error))
-                kept = stored.get(f.path, 0)  # the last good version's chunks stay
-                rows.append(
-                    _DocumentRow(
-                        f.path,
-                        p.doc_hash,
-                        FAILED,
-                        error,
-                        kept,
-                        p.size_bytes,
-                        p.modified_us,
-                        chunking,
-                        run_us,
-                        "upsert",
-                    )
-                )
-        for doc in plan.removed:
-            replace.append(doc.path)
-            if doc.status != SKIPPED:
-                counts.deleted += 1
-        replace.extend(plan.orphans)
-        if vanished:
-            self.say(f"{len(vanished)} file(s) disappeared before they could be read, left for the next run")
-        return rows, sorted(set(replace))
 
     def merge_chunks(self, replace_paths: list[str], run_us: int, has_parsed: bool) -> ChunkCounts:
         """Insert/update/delete chunk rows of exactly ``replace_paths`` to match the staging table."""
@@ -855,7 +486,7 @@ class _Run:
         ).collect()
         return counts
 
-    def merge_documents(self, rows: list[_DocumentRow]) -> None:
+    def merge_documents(self, rows: list[DocumentRow]) -> None:
         """Mirror the source inventory: upsert changed rows, touch re-hashed ones, delete departed files."""
         self.say("writing document statuses")
         target = self.view(
@@ -900,48 +531,8 @@ class _Run:
         self._views.clear()
 
 
-class _DocumentRow(NamedTuple):
-    """A documents-table row as the MERGE source sees it; ``op``: upsert | touch (size/mtime) | keep."""
-
-    path: str
-    doc_hash: str | None
-    status: str | None
-    error: str | None
-    chunk_count: int
-    size_bytes: int
-    modified_us: int
-    chunking: str | None
-    ingested_us: int
-    op: str
-
-    @classmethod
-    def keep(cls, path: str) -> _DocumentRow:
-        """Present and unchanged: in the source only so ``NOT MATCHED BY SOURCE`` does not delete it."""
-        return cls(path, None, None, None, 0, 0, 0, None, 0, "keep")
-
-
-@dataclass(frozen=True)
-class _Parsed:
-    """One staging row without its chunks."""
-
-    path: str
-    size_bytes: int
-    modified_us: int
-    doc_hash: str | None
-    status: str
-    error: str | None
-    chunk_count: int
-
-
 def _micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _human_size(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"

@@ -115,6 +115,14 @@ def validate_vectors(vectors: Any, count: int, dimension: int | None, source: st
     return matrix.tolist()
 
 
+def checked_dimension(embedder: Embedder) -> int:
+    """The embedder's dimension, refused when the model reports none (a table of ``vector(0)`` cannot be)."""
+    dimension = embedder.dimension
+    if dimension < 1:
+        raise EmbeddingError(f"the embedding model {embedder.model_name!r} reports dimension {dimension}")
+    return dimension
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Local sentence-transformers
 

@@ -1,7 +1,8 @@
 """The pgvector backend: chunk embeddings in the same Postgres as memory, with hybrid BM25 + vector search.
 
 Schema (migration 3 creates the shared parts; the tables with a ``vector(dim)`` column are created here,
-once the model's dimension is known):
+once the model's dimension is known; the space and BM25 primitives live in :mod:`context_assistant.storage`,
+shared with memory recall):
 
 * ``vector_spaces``: per space (``chunks``, ``turns``) the model and dimension that filled it, and the
   approximate-nearest-neighbour (ANN) index built on it. A different model (name or dimension) drops and
@@ -33,13 +34,25 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
 from ..storage.db import Database
+from ..storage.vector_spaces import (
+    SpaceInfo,
+    like_prefix,
+    pgvector_version,
+    query_vector_sql,
+    read_space,
+    reset_space,
+    set_local,
+    table_exists,
+    vector_expression,
+    vector_literal,
+)
 from .base import (
     Hit,
     IndexNotReady,
@@ -49,7 +62,7 @@ from .base import (
     check_query,
     rrf_fuse,
 )
-from .embeddings import Embedder, EmbeddingError, validate_vectors
+from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 from .sync import (
     DocumentChange,
     DocumentFailure,
@@ -64,197 +77,18 @@ from .sync import (
 
 log = logging.getLogger(__name__)
 
-BM25_K1 = 1.2
-BM25_B = 0.75
-TEXT_SEARCH_CONFIG = "english"
 IVFFLAT_MIN_ROWS = 10_000
 IVFFLAT_REBUILD_GROWTH = 4
-MAX_VECTOR_INDEX_DIM = 2000  # pgvector's limit for indexing vector
-MAX_HALFVEC_INDEX_DIM = 4000  # ... and for halfvec
 DEFAULT_BATCH_SIZE = 256  # chunks embedded per write transaction
 DELETE_BATCH_SIZE = 1000
 MAX_CONSECUTIVE_FAILURES = 3  # documents failing in a row before the run stops embedding
-BM25_CANDIDATE_BUDGET = 5000  # rows (by document frequency) scored in the first, pruned phase of BM25
 SYNC_LOCK_KEY = 0x0C0A5518  # advisory lock: one refresh of the chunk index at a time
 
 CHUNKS_SPACE = "chunks"
 CHUNKS_TABLE = "rag_chunks"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Spaces: a table with a vector(dim) column, registered with its model
-
-
 PGVECTOR_DEFAULT_EF_SEARCH = 40  # hnsw.ef_search when nobody sets it
-
-
-@dataclass(frozen=True)
-class SpaceInfo:
-    space: str
-    model: str
-    dimension: int
-    index_type: str | None
-    index_lists: int | None
-    index_rows: int | None
-
-
-def read_space(conn: psycopg.Connection, space: str) -> SpaceInfo | None:
-    row = conn.execute(
-        """SELECT space, model, dimension, index_type, index_lists, index_rows
-           FROM vector_spaces WHERE space = %s""",
-        (space,),
-    ).fetchone()
-    return SpaceInfo(*row) if row else None
-
-
-def table_exists(conn: psycopg.Connection, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
-
-
-def reset_space(conn: psycopg.Connection, space: str, table: str, model: str, dimension: int, ddl: str) -> None:
-    """Drop the space's table and statistics and create them empty for ``model``/``dimension``.
-
-    ``ddl`` is the CREATE TABLE statement with ``{table}`` and ``{dim}`` placeholders; the table must have
-    ``tsv tsvector`` and ``doc_len int`` columns, which the BM25 triggers read.
-    """
-    if dimension < 1:
-        raise EmbeddingError(f"the embedding model {model!r} reports dimension {dimension}")
-    ident = sql.Identifier(table)
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident))
-    conn.execute("DELETE FROM bm25_terms WHERE space = %s", (space,))
-    conn.execute("DELETE FROM bm25_stats WHERE space = %s", (space,))
-    conn.execute(sql.SQL(ddl).format(table=ident, dim=sql.Literal(dimension)))
-    for op, referencing in (
-        ("INSERT", "NEW TABLE AS new_rows"),
-        ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-        ("DELETE", "OLD TABLE AS old_rows"),
-    ):
-        conn.execute(
-            sql.SQL(
-                "CREATE TRIGGER {name} AFTER " + op + " ON {table} REFERENCING " + referencing + " "
-                "FOR EACH STATEMENT EXECUTE FUNCTION bm25_track({space})"
-            ).format(name=sql.Identifier(f"{table}_bm25_{op.lower()}"), table=ident, space=sql.Literal(space))
-        )
-    conn.execute(
-        """INSERT INTO vector_spaces (space, model, dimension) VALUES (%s, %s, %s)
-           ON CONFLICT (space) DO UPDATE SET model = EXCLUDED.model, dimension = EXCLUDED.dimension,
-               index_type = NULL, index_lists = NULL, index_rows = NULL, created_at = now(), updated_at = now()""",
-        (space, model, dimension),
-    )
-    log.info("created %s for %s (%d dims)", table, model, dimension)
-
-
-def vector_literal(vector: Sequence[float]) -> str:
-    """pgvector's text form; used for query vectors so no type adapter is needed on the connection."""
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
-
-
-def vector_expression(dimension: int) -> tuple[str, str | None]:
-    """The indexed expression for a dimension and its cosine opclass (None: too wide to index)."""
-    if dimension <= MAX_VECTOR_INDEX_DIM:
-        return "embedding", "vector_cosine_ops"
-    if dimension <= MAX_HALFVEC_INDEX_DIM:
-        return f"(embedding::halfvec({dimension}))", "halfvec_cosine_ops"
-    return "embedding", None
-
-
-def query_vector_sql(dimension: int) -> str:
-    """The query vector parameter, cast to match :func:`vector_expression`."""
-    if MAX_VECTOR_INDEX_DIM < dimension <= MAX_HALFVEC_INDEX_DIM:
-        return f"(%(qvec)s::vector({dimension})::halfvec({dimension}))"
-    return f"%(qvec)s::vector({dimension})"
-
-
-def pgvector_version(conn: psycopg.Connection) -> tuple[int, ...]:
-    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-    if row is None:
-        return (0,)
-    return tuple(int(p) for p in row[0].split(".") if p.isdigit())
-
-
-def set_local(conn: psycopg.Connection, name: str, value: Any) -> None:
-    """``SET LOCAL`` with a bound value (SET itself takes no parameters)."""
-    conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
-
-
-def like_prefix(prefix: str) -> str:
-    """A LIKE pattern matching strings that start with ``prefix`` literally."""
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def tsquery_or(lexemes: Sequence[str]) -> str:
-    """A tsquery (text form) matching any of these already-normalised lexemes."""
-    return " | ".join("'" + lex.replace("\\", "\\\\").replace("'", "''") + "'" for lex in lexemes)
-
-
-def bm25_rank(
-    conn: psycopg.Connection,
-    space: str,
-    table: str,
-    key: str,
-    where: str,
-    params: dict[str, Any],
-    query: str,
-    limit: int,
-) -> list[tuple[Any, float]]:
-    """The top ``limit`` rows of ``table`` (alias ``c``, filtered by ``where`` with ``params``) by BM25 for
-    ``query``: ``(key, score)`` best first, exactly as if every matching row were scored.
-
-    Rows are scored from their ``tsv`` (term frequency = number of positions of the lexeme) and ``doc_len``,
-    with ``df`` per lexeme and the document count and average length of ``space`` from ``bm25_terms`` /
-    ``bm25_stats``. Scoring every row that contains a very common query term is what makes naive SQL BM25
-    slow, so this runs in two phases (the MaxScore idea): first only rows containing one of the query's
-    rarer terms (together at most :data:`BM25_CANDIDATE_BUDGET` rows by document frequency) are scored; a
-    row containing none of them can score at most ``(k1 + 1) * sum(idf)`` of the remaining common terms,
-    so if the ``limit``-th score already reaches that bound the answer is exact. Otherwise every row
-    matching any query term is scored.
-    """
-    stats = conn.execute("SELECT doc_count, total_length FROM bm25_stats WHERE space = %s", (space,)).fetchone()
-    if not stats or not stats[0]:
-        return []
-    n, total = float(stats[0]), float(stats[1])
-    avgdl = max(total / n, 1.0)
-    terms = conn.execute(
-        f"""SELECT t.lexeme, t.df FROM bm25_terms t
-            WHERE t.space = %s AND t.lexeme = ANY (tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', %s)))
-            ORDER BY t.df, t.lexeme""",
-        (space, query),
-    ).fetchall()
-    if not terms:
-        return []
-    lexemes = [lexeme for lexeme, _ in terms]
-    idfs = [math.log(1 + (n - df + 0.5) / (df + 0.5)) for _, df in terms]
-    essential = 1
-    budget = terms[0][1]
-    while essential < len(terms) and budget + terms[essential][1] <= BM25_CANDIDATE_BUDGET:
-        budget += terms[essential][1]
-        essential += 1
-    scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": avgdl, "limit": limit}
-    sql_text = f"""
-        SELECT c.{key}, sum(
-                   t.idf * f.tf * ({BM25_K1} + 1)
-                   / (f.tf + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * c.doc_len / %(avgdl)s))) AS score
-        FROM {table} c
-        -- Only the query's lexemes of the row, with their positions: deleting "every other lexeme" in C is
-        -- far cheaper than unnesting the whole tsvector and joining.
-        CROSS JOIN LATERAL unnest(ts_delete(c.tsv, tsvector_to_array(ts_delete(c.tsv, %(lexemes)s::text[]))))
-            AS u(lexeme, positions, weights)
-        JOIN unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS t(lexeme, idf) ON t.lexeme = u.lexeme
-        CROSS JOIN LATERAL (SELECT coalesce(array_length(u.positions, 1), 1)::float8 AS tf) f
-        WHERE c.tsv @@ %(candidates)s::tsquery AND {where}
-        GROUP BY c.{key}
-        ORDER BY score DESC, c.{key}
-        LIMIT %(limit)s"""
-    if essential < len(terms):
-        bound = (BM25_K1 + 1) * sum(idfs[essential:])
-        rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes[:essential])}).fetchall()
-        if len(rows) >= limit and rows[-1][1] >= bound:
-            return [(row[0], float(row[1])) for row in rows]
-    rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes)}).fetchall()
-    return [(row[0], float(row[1])) for row in rows]
-
-
-DOC_LEN_SQL = "(SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest({tsv}) u)::int"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -381,7 +215,7 @@ class PgVectorChunkIndex:
         model = self.embedder.model_name
         if info is not None and info.model == model and table_exists(conn, CHUNKS_TABLE):
             return False, info.dimension
-        dimension = self.embedder.dimension  # loads the model / probes the endpoint
+        dimension = checked_dimension(self.embedder)  # loads the model / probes the endpoint
         if (
             info is not None
             and info.model == model

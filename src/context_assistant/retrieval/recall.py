@@ -27,18 +27,11 @@ from typing import Any
 
 import psycopg
 
+from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
 from ..storage.db import Database
+from ..storage.vector_spaces import read_space, reset_space, table_exists, vector_literal
 from .base import RetrievalError, candidate_count, check_mode, check_query, rrf_fuse
-from .embeddings import Embedder, EmbeddingError, validate_vectors
-from .pgvector import (
-    DOC_LEN_SQL,
-    TEXT_SEARCH_CONFIG,
-    bm25_rank,
-    read_space,
-    reset_space,
-    table_exists,
-    vector_literal,
-)
+from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +112,7 @@ class TurnRecall:
             info = read_space(conn, TURNS_SPACE)
             if info is not None and info.model == model and table_exists(conn, TURNS_TABLE):
                 return info.dimension
-        dimension = self.embedder.dimension
+        dimension = checked_dimension(self.embedder)
         with self.db.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SPACE_LOCK_KEY,))
             info = read_space(conn, TURNS_SPACE)  # another process may have done it meanwhile

@@ -1,0 +1,144 @@
+"""The code Spark runs on its Python workers: parse and chunk the bytes of changed files.
+
+:func:`make_batch_parser` is the ``mapInArrow`` function of an ingest run (:mod:`context_assistant.ingest.run`).
+It imports only this module, :mod:`.plan` (the statuses), and, when a file must be parsed, the parsers
+(:mod:`.documents`, :mod:`.chunking`), so a worker loads nothing it does not use. One file can neither stop
+nor stall the run: a parser crash becomes a ``failed`` status with the reason, and a parser stuck on a file is
+stopped after :data:`PARSE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .plan import FAILED, OK, UNCHANGED
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+PARSE_SECONDS = 300.0  # the longest one file may take to parse and chunk
+
+
+class ParseTimeout(BaseException):
+    """Parsing one file took longer than ``PARSE_SECONDS``. A BaseException, like KeyboardInterrupt, so the
+    parsers' own ``except Exception`` wrappers cannot swallow it half way."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`ParseTimeout` in this block after ``seconds`` of wall time.
+
+    Uses SIGALRM, so it only works in a process's main thread on POSIX — which is where Spark's Python
+    workers run a ``mapInArrow`` function. Elsewhere (threads, Windows) the block runs without a limit.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise ParseTimeout(f"parsing took longer than {seconds:g}s (a pathological or huge file?)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def parse_and_chunk(
+    path: str, data: bytes, chunk_size: int, chunk_overlap: int, timeout: float = PARSE_SECONDS
+) -> tuple[str, str | None, list]:
+    """Parse and chunk one file: ``(status, error, chunks)``. Never raises for bad input: a parser crash on a
+    hostile file becomes a ``failed`` status with the reason, and a parser stuck on one (pure-Python parsers
+    can loop for a very long time on crafted PDFs) is stopped after ``timeout`` seconds, so one file cannot
+    stop or stall the run."""
+    from .chunking import chunk_document
+    from .documents import ParseError, UnsupportedFormat, parse_document
+
+    try:
+        with time_limit(timeout):
+            doc = parse_document(path, data)
+            chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    except ParseTimeout as error:
+        return FAILED, str(error), []
+    except ParseError as error:
+        return FAILED, str(error) or "could not be parsed", []
+    except UnsupportedFormat as error:
+        return FAILED, f"unsupported format: {error}", []
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        return FAILED, f"unexpected {type(error).__name__} while parsing: {error}", []
+    return OK, None, chunks
+
+
+def make_batch_parser(
+    chunk_size: int, chunk_overlap: int
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: rows with NULL ``content`` (hash unchanged) pass through unparsed."""
+
+    def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
+        schema = _parsed_arrow_schema()
+        for batch in batches:
+            out: list[dict[str, Any]] = []
+            for row in batch.to_pylist():
+                record = {k: row[k] for k in ("path", "size_bytes", "modified_us", "doc_hash")}
+                if row["content"] is None:
+                    record.update(status=UNCHANGED, error=None, chunk_count=0, chunks=[])
+                else:
+                    status, error, chunks = parse_and_chunk(row["path"], row["content"], chunk_size, chunk_overlap)
+                    record.update(
+                        status=status,
+                        error=error,
+                        chunk_count=len(chunks),
+                        chunks=[
+                            {
+                                "chunk_id": c.chunk_id,
+                                "chunk_index": c.chunk_index,
+                                "text": c.text,
+                                "heading": c.heading,
+                                "page": c.page,
+                                "content_hash": c.content_hash,
+                            }
+                            for c in chunks
+                        ],
+                    )
+                out.append(record)
+            yield pa.RecordBatch.from_pylist(out, schema=schema)
+
+    return parse_batches
+
+
+def _parsed_arrow_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    chunk = pa.struct(
+        [
+            ("chunk_id", pa.string()),
+            ("chunk_index", pa.int32()),
+            ("text", pa.string()),
+            ("heading", pa.string()),
+            ("page", pa.int32()),
+            ("content_hash", pa.string()),
+        ]
+    )
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("size_bytes", pa.int64()),
+            ("modified_us", pa.int64()),
+            ("doc_hash", pa.string()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("chunk_count", pa.int32()),
+            ("chunks", pa.list_(chunk)),
+        ]
+    )
