@@ -26,10 +26,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from .core.config import Config, ConfigError, load_config
+from .core.config import Config, load_config
+from .core.errors import EXIT_OK, ConfigError, ContextAssistantError
 from .storage.db import with_lakebase
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ def run_ingest_job(
     out: TextIO | None = None,
 ) -> int:
     """Ingest the source into the chunk/documents tables; prints the JSON summary; returns the exit code."""
-    from .ingest.run import IngestError, run_ingest
+    from .ingest.run import run_ingest
     from .refresh import source_location, table_ref
 
     env = os.environ if env is None else env
@@ -140,10 +139,8 @@ def run_ingest_job(
             progress=_progress,
             allow_empty_source=args.allow_empty_source,
         )
-    except ConfigError as exc:
-        return _fail(summary, out, f"{exc}", EXIT_USAGE)
-    except IngestError as exc:
-        return _fail(summary, out, str(exc), EXIT_FAILED)
+    except ContextAssistantError as exc:
+        return _fail(summary, out, str(exc), exc.exit_code)
     summary.update(ok=True, result=result.to_json())
     _emit(summary, out)
     return EXIT_OK
@@ -158,9 +155,8 @@ def run_sync_job(
     out: TextIO | None = None,
 ) -> int:
     """Refresh the retrieval index from the chunk table; prints the JSON summary; returns the exit code."""
-    from .retrieval.sync import SyncError, refresh_index
+    from .retrieval.sync import refresh_index
     from .services import Services
-    from .storage.db import DatabaseError
 
     env = os.environ if env is None else env
     out = out or sys.stdout
@@ -183,25 +179,14 @@ def run_sync_job(
             else Services(config, env=env, workspace_factory=workspace_factory)
         )
         result = refresh_index(services, full=args.full)
-    except ConfigError as exc:
-        return _fail(summary, out, f"{exc}", EXIT_USAGE)
-    except (SyncError, DatabaseError) as exc:
-        return _fail(summary, out, str(exc), EXIT_FAILED)
-    except Exception as exc:  # an embedding or Vector Search failure that stopped the whole run
-        if type(exc).__name__ not in _RUN_STOPPERS:
-            raise
-        return _fail(summary, out, f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+    except ContextAssistantError as exc:  # bad parameters (exit 2), or what stopped the whole run (exit 1)
+        return _fail(summary, out, str(exc), exc.exit_code)
     finally:
         if services is not None:
             services.close()
     summary.update(ok=True, result=result.to_json())
     _emit(summary, out)
     return EXIT_OK
-
-
-# Errors from the retrieval modules that mean the run stopped (each has a one-line message); matched by name so
-# this module does not import (and load) every backend.
-_RUN_STOPPERS = {"EmbeddingError", "RetrievalError", "VectorSearchError", "VectorSearchTimeout"}
 
 
 def ingest_main(argv: Sequence[str] | None = None) -> None:

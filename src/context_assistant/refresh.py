@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .core.clock import REAL_CLOCK, Clock
 from .core.config import Config
+from .core.errors import Conflict, Unavailable
 
 if TYPE_CHECKING:
     from .ingest.run import IngestResult
@@ -28,8 +29,13 @@ log = logging.getLogger(__name__)
 TERMINAL_LIFE_CYCLE_STATES = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
 
 
-class RefreshError(RuntimeError):
-    """The refresh could not complete; ``str()`` is one line for the user."""
+class RefreshError(Unavailable):
+    """The refresh could not complete (the ingestion job could not start, failed or ran too long); ``str()``
+    is one line for the user."""
+
+
+class RefreshDisabled(Conflict, RefreshError):
+    """There is nothing to refresh: document search is turned off."""
 
 
 @dataclass
@@ -106,7 +112,7 @@ def refresh_documents(
     """Ingest changed documents and sync the index; or, with ``rag.refresh_job_id``, run that job."""
     config = services.config
     if not config.rag.enabled:
-        raise RefreshError("RAG is disabled (rag.enabled: false): there are no documents to refresh")
+        raise RefreshDisabled("RAG is disabled (rag.enabled: false): there are no documents to refresh")
     if config.rag.refresh_job_id:
         return RefreshResult(job_run=run_refresh_job(services, wait=wait, clock=clock, progress=progress))
 
@@ -115,7 +121,7 @@ def refresh_documents(
 
     source = source_location(config)
     if "://" not in source and not source.startswith("/Volumes/") and not Path(source).is_dir():
-        raise RefreshError(f"the documents folder does not exist: {source} (rag.source or --source)")
+        raise IngestError(f"the documents folder does not exist: {source} (rag.source or --source)")
     say = progress or (lambda message: None)
     if spark_factory is None:
         from .ingest.spark import get_spark
@@ -123,18 +129,15 @@ def refresh_documents(
         def spark_factory() -> Any:
             return get_spark(config.data_path)
 
-    try:
-        ingest = run_ingest(
-            spark_factory(),
-            source,
-            table_ref(config, config.rag.chunk_table),
-            table_ref(config, config.rag.documents_table),
-            chunk_size=config.rag.chunk_size,
-            chunk_overlap=config.rag.chunk_overlap,
-            progress=say,
-        )
-    except IngestError as exc:
-        raise RefreshError(str(exc)) from exc
+    ingest = run_ingest(
+        spark_factory(),
+        source,
+        table_ref(config, config.rag.chunk_table),
+        table_ref(config, config.rag.documents_table),
+        chunk_size=config.rag.chunk_size,
+        chunk_overlap=config.rag.chunk_overlap,
+        progress=say,
+    )
     say("Syncing the index with the chunk table...")
     sync = refresh_index(services, full=full)
     return RefreshResult(ingest=ingest, sync=sync)

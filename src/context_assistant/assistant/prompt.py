@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from ..core.errors import InvalidInput
 from ..core.tokens import message_tokens
 from ..llm.interface import NumberedSource
 from ..storage.memory import fit_turns
@@ -79,7 +80,7 @@ class Prompt:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-class ContextTooLong(ValueError):
+class ContextTooLong(InvalidInput):
     """The message alone does not fit the model's context window."""
 
 

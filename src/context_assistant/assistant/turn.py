@@ -23,6 +23,7 @@ from typing import Any
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import Config
+from ..core.errors import InvalidInput, UpstreamError
 from ..core.tracing import (
     SPAN_MEMORY_LOAD,
     SPAN_MEMORY_STORE,
@@ -35,26 +36,27 @@ from ..core.tracing import (
     TurnTrace,
 )
 from ..llm.interface import ChatModel, Completion, ContextTurn, ModelError, PromptContext
-from ..storage.memory import ConversationStore, Message, title_from
+from ..storage.memory import ConversationStore, Message, MessageNotFound, title_from
 from .prompt import ContextTooLong, NumberedSource, Prompt, build_prompt, source_json
 from .summary import Summarizer
 
 log = logging.getLogger(__name__)
 
 
-class TurnFailed(RuntimeError):
+class TurnFailed(UpstreamError):
     """The turn could not produce a reply. The user's message is stored (``user_message_id``) and marked failed.
 
     ``retryable`` says whether trying again can help (an outage or a rate limit) or not (a bad endpoint name,
-    a message too long for the model). Retry with ``Assistant.turn(..., retry_of=user_message_id)``.
+    a message too long for the model). Retry with ``Assistant.turn(..., retry_of=user_message_id)``. A
+    conversation that no longer fits the model is the request's fault (HTTP 422); the rest the model's (502).
     """
 
     def __init__(self, message: str, *, session_id: str, user_message_id: int, kind: str, retryable: bool):
-        super().__init__(message)
+        super().__init__(message, retryable=retryable)
         self.session_id = session_id
         self.user_message_id = user_message_id
         self.kind = kind
-        self.retryable = retryable
+        self.http_status = 422 if kind == "context_too_long" else 502
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,17 @@ class TurnFailed(RuntimeError):
             "session_id": self.session_id,
             "user_message_id": self.user_message_id,
         }
+
+
+def check_message(message: str, max_chars: int) -> None:
+    """The one rule for what a user may send (the web API checks it before a turn starts, with the same words):
+    not blank, and at most ``web.max_message_chars`` characters."""
+    if not message or not message.strip():
+        raise InvalidInput("the message is empty")
+    if len(message) > max_chars:
+        raise InvalidInput(
+            f"the message is {len(message)} characters; the limit is {max_chars} (web.max_message_chars)"
+        )
 
 
 @dataclass(frozen=True)
@@ -245,17 +258,11 @@ class Assistant:
         if retry_of is not None:
             stored = self.store.get_message(user, retry_of)
             if session_id is not None and stored.session_id != session_id:
-                raise LookupError(f"message not found: {retry_of}")
+                raise MessageNotFound(retry_of)
             if stored.role != "user" or not stored.failed:
-                raise ValueError(f"message {retry_of} is not a failed user message; nothing to retry")
+                raise InvalidInput(f"message {retry_of} is not a failed user message; nothing to retry")
             return stored.session_id, stored
-        if not message or not message.strip():
-            raise ValueError("the message is empty")
-        limit = self.config.web.max_message_chars
-        if len(message) > limit:
-            raise ValueError(
-                f"the message is {len(message)} characters; the limit is {limit} (web.max_message_chars)"
-            )
+        check_message(message, self.config.web.max_message_chars)
         if session_id is None:
             session_id = self.store.create_session(user, title=title_from(message)).id
         stored = self.store.append(user, session_id, "user", message)

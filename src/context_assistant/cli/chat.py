@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 from ..assistant.prompt import source_json
 from ..assistant.turn import TurnFailed, TurnResult
+from ..core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ContextAssistantError, InvalidInput
 from ..llm.factory import resolve_provider
 from ..services import Services
 from ..storage.memory import Message, Session, SessionNotFound, title_from
@@ -58,7 +59,6 @@ from .chat_turns import (
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROMPT = "you> "
 SESSION_LIST_LIMIT = 20
 SHORT_ID = 8  # how much of a session id /sessions shows; /resume takes any unambiguous prefix
@@ -244,7 +244,7 @@ class ChatRepl:
         session_id = self.session.id if self.session is not None else None
         try:
             outcome = self.printer.run(message, session_id, retry_of=retry_of)
-        except ValueError:
+        except InvalidInput:
             if created is not None:  # the message was refused (too long): leave no empty session behind
                 with contextlib.suppress(Exception):
                     self.services.store.delete_session(self.user, created.id)
@@ -532,30 +532,29 @@ def run_one_shot(
         outcome = printer.run(message, session_id, retry_of=args.retry)
     except TurnFailed as exc:
         return _one_shot_failure(args, exc.to_json(), str(exc), exc, out)
-    except (ValueError, LookupError) as exc:  # an empty/oversized message, an unknown message or session
-        kind = "not_found" if isinstance(exc, LookupError) else "bad_input"
-        return _one_shot_failure(args, {"error": error_text(exc), "kind": kind}, error_text(exc), None, out)
+    except ContextAssistantError as exc:  # an empty/oversized message, an unknown message or session, ...
+        return _one_shot_failure(args, {"error": str(exc), "kind": exc.kind}, str(exc), exc, out)
     if outcome.failure is not None:
         exc = outcome.failure
         return _one_shot_failure(args, exc.to_json(), str(exc), exc, out)
     if outcome.interrupted:
         print("interrupted: the answer was not saved", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     assert outcome.result is not None
     print(f"(session {outcome.result.session_id}; continue it with --session)", file=sys.stderr)
     return EXIT_OK
 
 
 def _one_shot_failure(
-    args: argparse.Namespace, data: dict[str, Any], text: str, failure: TurnFailed | None, out: TextIO
+    args: argparse.Namespace, data: dict[str, Any], text: str, error: ContextAssistantError, out: TextIO
 ) -> int:
     hint = ""
-    if failure is not None:
-        hint = f" (message {failure.user_message_id} kept; send it again with --retry {failure.user_message_id})"
-    print(f"error: {text}{hint}", file=sys.stderr)
+    if isinstance(error, TurnFailed):
+        hint = f" (message {error.user_message_id} kept; send it again with --retry {error.user_message_id})"
+    print(f"{error.label}: {text}{hint}", file=sys.stderr)
     if args.json:
         _print_json(data, out)
-    return EXIT_FAILED
+    return error.exit_code
 
 
 def _print_json(value: Any, out: TextIO) -> None:

@@ -15,13 +15,14 @@ from typing import Any, TextIO
 
 from ..assistant.prompt import source_json
 from ..assistant.turn import TurnFailed, TurnResult
+from ..core.errors import InvalidInput
 from ..services import Services
 from ..storage.memory import Session, SessionNotFound
 
 log = logging.getLogger(__name__)
 
 
-class AmbiguousSession(LookupError):
+class AmbiguousSession(InvalidInput):
     """A session id prefix that matches more than one session."""
 
 

@@ -1,7 +1,8 @@
 """The ``context-assistant`` command line.
 
-Exit codes: 0 success; 1 the command ran but failed (not found, rejected input, unreachable service);
-2 bad usage or configuration. Errors are one clear line on stderr, never a traceback (``--debug`` shows it).
+Exit codes (:mod:`context_assistant.core.errors`): 0 success; 1 the command ran but failed (not found,
+rejected input, unreachable service); 2 bad usage or configuration; 130 interrupted. Errors are one clear
+line on stderr, never a traceback (``--debug`` shows it): :func:`main` catches the error hierarchy's root once.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from ..core.config import ConfigError, load_config
+from ..core.config import load_config
+from ..core.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Conflict,
+    ContextAssistantError,
+    InvalidInput,
+    NotFound,
+    UsageError,
+)
 from ..services import Services
-from ..storage.db import DatabaseError
-from ..storage.memory import ImportRejected, SessionNotFound
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class CommandError(RuntimeError):
-    """A failure to report as one line with exit code 1."""
 
 
 def _print_json(value: Any, out: TextIO | None = None) -> None:
@@ -88,9 +91,9 @@ def cmd_memory_import(args: argparse.Namespace, services: Services) -> int:
         with open(args.file, encoding="utf-8") as stream:
             result = services.store.import_jsonl(stream)
     except FileNotFoundError:
-        raise CommandError(f"no such file: {args.file}") from None
+        raise NotFound(f"no such file: {args.file}") from None
     except UnicodeDecodeError as exc:
-        raise CommandError(
+        raise InvalidInput(
             f"{args.file} is not UTF-8 text ({exc.reason} at byte {exc.start}); nothing imported"
         ) from None
     if args.json:
@@ -138,7 +141,7 @@ def cmd_db_stop(args: argparse.Namespace, services: Services) -> int:
     from ..storage.db import EmbeddedPostgres
 
     if not services.config.database.embedded:
-        raise CommandError("db stop only stops the embedded Postgres; this config points at an external server")
+        raise Conflict("db stop only stops the embedded Postgres; this config points at an external server")
     stopped = EmbeddedPostgres(services.config.data_path).stop()
     print("Stopped the embedded Postgres." if stopped else "The embedded Postgres was not running.")
     return EXIT_OK
@@ -153,17 +156,15 @@ def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
     try:
         from context_assistant_tools.bundle import BundleLoadError, format_report, validate_bundle
     except ImportError:
-        print(
-            "usage error: bundle validate is a development tool that is not installed here: run "
-            "`pip install -e ./tools` in a checkout of the project (requirements-dev.txt installs it)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise UsageError(
+            "bundle validate is a development tool that is not installed here: run `pip install -e ./tools` "
+            "in a checkout of the project (requirements-dev.txt installs it)"
+        ) from None
 
     try:
         reports = [validate_bundle(args.root, target) for target in (args.target or [None])]
     except BundleLoadError as exc:
-        raise CommandError(str(exc)) from None
+        raise InvalidInput(str(exc)) from None
     ok = all(report.ok for report in reports)
     if args.json:
         _print_json({"ok": ok, "targets": [report.to_json() for report in reports]})
@@ -186,23 +187,15 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _retrieval_errors() -> tuple[type[BaseException], ...]:
-    from ..retrieval.base import RetrievalError
-    from ..retrieval.embeddings import EmbeddingError
-    from ..retrieval.sync import SyncError
-
-    return (EmbeddingError, RetrievalError, SyncError)
-
-
 def _read_batch(path: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Every line of a JSONL batch file, validated before anything runs (a bad line rejects the file)."""
     try:
         with open(path, encoding="utf-8") as stream:
             lines = stream.readlines()
     except FileNotFoundError:
-        raise CommandError(f"no such file: {path}") from None
+        raise NotFound(f"no such file: {path}") from None
     except UnicodeDecodeError as exc:
-        raise CommandError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise InvalidInput(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     items: list[dict[str, Any]] = []
     errors: list[str] = []
     for number, line in enumerate(lines, start=1):
@@ -231,7 +224,7 @@ def _read_batch(path: str, fields: tuple[str, ...], optional: tuple[str, ...] = 
     if errors:
         shown = errors[:20]
         more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-        raise CommandError(f"{path}: nothing run, {len(errors)} bad line(s)\n" + "\n".join(shown) + more)
+        raise InvalidInput(f"{path}: nothing run, {len(errors)} bad line(s)\n" + "\n".join(shown) + more)
     return items
 
 
@@ -241,24 +234,7 @@ def _non_empty(value: Any) -> bool:
 
 def _one_of_query_or_batch(args: argparse.Namespace, command: str) -> None:
     if bool(args.query) == bool(args.batch):
-        raise _UsageError(f"{command}: give either a QUERY or --batch FILE")
-
-
-class _UsageError(Exception):
-    """Bad combination of arguments (exit code 2)."""
-
-
-def _run_usage_checked(handler: Callable[[argparse.Namespace, Services], int]) -> Callable[..., int]:
-    def run(args: argparse.Namespace, services: Services) -> int:
-        try:
-            return handler(args, services)
-        except _UsageError as exc:
-            print(f"usage error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except _retrieval_errors() as exc:
-            raise CommandError(str(exc)) from exc
-
-    return run
+        raise UsageError(f"{command}: give either a QUERY or --batch FILE")
 
 
 def cmd_sync(args: argparse.Namespace, services: Services) -> int:
@@ -287,7 +263,7 @@ def _hit_lines(rank: int, hit: Any) -> str:
 def cmd_search(args: argparse.Namespace, services: Services) -> int:
     _one_of_query_or_batch(args, "search")
     if not services.config.rag.enabled:
-        raise CommandError("document search is off (rag.enabled: false in the config)")
+        raise Conflict("document search is off (rag.enabled: false in the config)")
     if args.batch:
         items = _read_batch(args.batch, ("id", "query"))
         retriever = services.retriever
@@ -310,7 +286,7 @@ def cmd_search(args: argparse.Namespace, services: Services) -> int:
 def cmd_recall(args: argparse.Namespace, services: Services) -> int:
     _one_of_query_or_batch(args, "recall")
     if not services.config.memory.recall:
-        raise CommandError("memory recall is off (memory.recall: false in the config)")
+        raise Conflict("memory recall is off (memory.recall: false in the config)")
     recall = services.recall
     if args.batch:
         items = _read_batch(args.batch, ("id", "query"), optional=("user",))
@@ -376,7 +352,7 @@ class TerminalProgress:
 
 
 def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
-    from ..refresh import RefreshError, refresh_documents
+    from ..refresh import refresh_documents
 
     if args.source:
         services.config = services.config.replace(rag=dataclasses.replace(services.config.rag, source=args.source))
@@ -386,8 +362,6 @@ def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
         index.progress = progress
     try:
         result = refresh_documents(services, full=args.full, progress=progress)
-    except RefreshError as exc:
-        raise CommandError(str(exc)) from exc
     finally:
         progress.done()
     if args.json:
@@ -486,15 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..retrieval.base import SEARCH_MODES
 
-    p = add(commands, "sync", _run_usage_checked(cmd_sync), "bring the search index in step with the chunk table")
+    p = add(commands, "sync", cmd_sync, "bring the search index in step with the chunk table")
     p.add_argument("--full", action="store_true", help="re-embed every chunk, even unchanged ones")
-    p = add(commands, "search", _run_usage_checked(cmd_search), "search the indexed documents")
+    p = add(commands, "search", cmd_search, "search the indexed documents")
     p.add_argument("query", nargs="?", help="what to look for")
     p.add_argument("--batch", metavar="QUERIES.jsonl", help='lines {"id", "query"}; prints lines {"id", "hits"}')
     p.add_argument("--top-k", type=_positive_int, help="number of hits (default: rag.top_k)")
     p.add_argument("--mode", choices=SEARCH_MODES, help="default: rag.search_mode")
     p.add_argument("--path-prefix", help="only documents whose path starts with this")
-    p = add(commands, "recall", _run_usage_checked(cmd_recall), "find relevant turns from earlier conversations")
+    p = add(commands, "recall", cmd_recall, "find relevant turns from earlier conversations")
     p.add_argument("query", nargs="?", help="what to look for")
     p.add_argument("--user", help="whose conversations (default: config user / OS user)")
     p.add_argument(
@@ -527,27 +501,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    services: Services | None = None
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    services = Services(config)
-    try:
+        services = Services(load_config(args.config))
         return args.handler(args, services)
-    except (SessionNotFound, ImportRejected, DatabaseError, CommandError, LookupError) as exc:
+    except ContextAssistantError as exc:
         if args.debug:
             raise
-        print(f"error: {exc.args[0] if isinstance(exc, LookupError) and exc.args else exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"{exc.label}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     finally:
-        services.close()
+        if services is not None:
+            services.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

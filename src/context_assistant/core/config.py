@@ -17,12 +17,10 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from .errors import ConfigError
+
 CONFIG_ENV = "CONTEXT_ASSISTANT_CONFIG"
 OVERRIDE_PREFIX = "CONTEXT_ASSISTANT__"
-
-
-class ConfigError(ValueError):
-    """A configuration problem; ``str()`` is the single line shown to the user."""
 
 
 def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | None = None) -> Any:

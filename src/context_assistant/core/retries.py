@@ -13,12 +13,13 @@ from datetime import datetime, timezone
 from typing import TypeVar
 
 from .clock import REAL_CLOCK, Clock
+from .errors import Unavailable
 
 T = TypeVar("T")
 
 
-class RetriesExhausted(RuntimeError):
-    """Raised with the last transient error as ``__cause__`` once attempts run out."""
+class RetriesExhausted(Unavailable):
+    """Raised with the last transient error as ``__cause__`` once attempts run out (it may pass later)."""
 
 
 def retry_call(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ TRACE_USER_KEY = "mlflow.trace.user"
 TOKEN_USAGE_ATTRIBUTE = "mlflow.chat.tokenUsage"
 
 
-class FeedbackError(ValueError):
+class FeedbackError(InvalidInput):
     """Feedback could not be recorded because of the request itself (e.g. an unknown trace id)."""
 
 

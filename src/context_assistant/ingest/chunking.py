@@ -32,6 +32,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from ..core.errors import InvalidInput
 from .documents import ParsedDocument
 
 DEFAULT_CHUNK_SIZE = 500
@@ -104,11 +105,11 @@ def document_hash(data: bytes) -> str:
 def validate_chunking(chunk_size: int, chunk_overlap: int) -> None:
     """Reject settings that cannot produce bounded, progressing chunks, with a message naming the fix."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer (characters), got {chunk_size!r}")
+        raise InvalidInput(f"chunk_size must be a positive integer (characters), got {chunk_size!r}")
     if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or chunk_overlap < 0:
-        raise ValueError(f"chunk_overlap must be a non-negative integer (characters), got {chunk_overlap!r}")
+        raise InvalidInput(f"chunk_overlap must be a non-negative integer (characters), got {chunk_overlap!r}")
     if chunk_overlap >= chunk_size:
-        raise ValueError(
+        raise InvalidInput(
             f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_size ({chunk_size}), "
             "otherwise chunks could not advance through the text"
         )

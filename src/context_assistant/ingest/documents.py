@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.errors import InvalidInput
 from .text import (
     HEADING_SEPARATOR,
     ParseError,
@@ -51,7 +52,7 @@ MAX_DOCX_UNCOMPRESSED_BYTES = 256 * 1024 * 1024
 _MAX_NESTING = 16
 
 
-class UnsupportedFormat(Exception):
+class UnsupportedFormat(InvalidInput):
     """The file's extension is not one we parse; callers skip and count it rather than fail."""
 
 

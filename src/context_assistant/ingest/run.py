@@ -63,6 +63,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ..core.clock import REAL_CLOCK, Clock
+from ..core.errors import InvalidInput
 from .plan import (
     DEFAULT_MAX_FILE_BYTES,
     EMPTY_HASH,
@@ -119,7 +120,7 @@ _GLOB_CHARS = re.compile(r"[*?\[\]{}\\]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
-class IngestError(Exception):
+class IngestError(InvalidInput):
     """The run cannot proceed (bad source, bad settings); nothing was written. ``str()`` says why."""
 
 
@@ -225,7 +226,7 @@ def run_ingest(
 
     try:
         validate_chunking(chunk_size, chunk_overlap)
-    except ValueError as error:
+    except InvalidInput as error:
         raise IngestError(str(error)) from error
     if max_file_bytes < 1:
         raise IngestError(f"max_file_bytes must be positive, got {max_file_bytes}")

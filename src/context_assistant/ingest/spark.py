@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import Unavailable
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -86,7 +88,7 @@ def start_local_spark(local_dir: str | os.PathLike[str] | None = None) -> SparkS
             try:
                 from pysail.spark import SparkConnectServer
             except ImportError as error:
-                raise RuntimeError(
+                raise Unavailable(
                     "local Spark needs the 'pysail' package (pip install 'context-assistant[local]'), "
                     "or run on Databricks / configure Databricks Connect"
                 ) from error

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core.errors import InvalidInput
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -60,7 +62,7 @@ def resolve_table(value: str | TableRef, local_dir: str | os.PathLike[str] | Non
         return value
     text = value.strip()
     if not text:
-        raise ValueError("table name is empty: give catalog.schema.table or a folder path")
+        raise InvalidInput("table name is empty: give catalog.schema.table or a folder path")
     looks_like_path = "/" in text or "\\" in text or text.startswith(("~", "."))
     if not looks_like_path:
         parts = text.split(".")
@@ -68,7 +70,7 @@ def resolve_table(value: str | TableRef, local_dir: str | os.PathLike[str] | Non
             if len(parts) == 1 and local_dir is not None:
                 return local_table(Path(local_dir) / text)
             return TableRef(".".join(quote_part(p.strip("`")) for p in parts), None, text)
-        raise ValueError(f"table {value!r} is neither a table name (catalog.schema.table) nor a folder path")
+        raise InvalidInput(f"table {value!r} is neither a table name (catalog.schema.table) nor a folder path")
     path = Path(text).expanduser()
     if not path.is_absolute():
         path = Path(local_dir or os.getcwd()) / path

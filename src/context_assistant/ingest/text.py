@@ -13,10 +13,12 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..core.errors import InvalidInput
+
 HEADING_SEPARATOR = " > "
 
 
-class ParseError(Exception):
+class ParseError(InvalidInput):
     """A supported file could not be turned into text; ``str(error)`` is the human reason."""
 
 

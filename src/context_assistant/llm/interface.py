@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from ..core.errors import UpstreamError
 from ..core.tokens import estimate_tokens, message_tokens
 
 ChatMessage = Mapping[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}
@@ -37,11 +38,12 @@ ERROR_KINDS = (
 )
 
 
-class ModelError(RuntimeError):
+class ModelError(UpstreamError):
     """A chat model call failed. ``str()`` is one line for the user; ``kind`` is one of ``ERROR_KINDS``.
 
     ``retryable`` tells the caller whether sending the same turn again later can succeed (a rate limit or an
-    outage can pass; a missing endpoint or an oversized prompt cannot).
+    outage can pass; a missing endpoint or an oversized prompt cannot). A prompt too long for the model is
+    the request's fault (HTTP 422); every other kind is the model's (502).
     """
 
     def __init__(
@@ -53,12 +55,12 @@ class ModelError(RuntimeError):
         status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, retryable=retryable)
         self.message = message
         self.kind = kind
-        self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.http_status = 422 if kind == "context_too_long" else 502
 
     @property
     def transient(self) -> bool:

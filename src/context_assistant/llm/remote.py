@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
+from ..core.upstream import error_detail
 from .interface import ChatMessage, Completion, ModelError, ModelStream, PromptContext, Usage, estimate_usage
 
 log = logging.getLogger(__name__)
@@ -491,26 +492,13 @@ def _usage_from(usage: Any) -> Usage | None:
 
 
 def _server_message(exc: Any) -> str:
-    """The server's own explanation from an error body (OpenAI ``{"error": {...}}`` or Databricks shape)."""
-    body = getattr(exc, "body", None)
-    message: Any = None
-    if isinstance(body, dict):
-        inner = body.get("error")
-        if isinstance(inner, dict):
-            message = inner.get("message")
-        elif isinstance(inner, str):
-            message = inner
-        message = message or body.get("message") or body.get("detail") or body.get("error_code")
-    elif isinstance(body, str):
-        message = body
-    if not message and not isinstance(body, dict):
-        response = getattr(exc, "response", None)
-        try:
-            message = response.text if response is not None else None
-        except Exception:
-            message = None
-    text = " ".join(str(message).split()) if message else ""
-    return text[:300] + ("…" if len(text) > 300 else "")
+    """The server's own explanation from an openai error (its parsed body, else the response text)."""
+    response = getattr(exc, "response", None)
+    try:
+        text = response.text if response is not None else ""
+    except Exception:
+        text = ""
+    return error_detail(getattr(exc, "body", None), text)
 
 
 def _is_timeout(exc: BaseException) -> bool:

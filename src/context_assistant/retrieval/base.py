@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from ..core.errors import ContextAssistantError, InvalidInput, Unavailable, UpstreamError
+
 if TYPE_CHECKING:
     from .sync import ChunkSource, SyncResult
 
@@ -34,12 +36,25 @@ KNOWN_FILTERS = ("path_prefix",)
 K = TypeVar("K")
 
 
-class RetrievalError(RuntimeError):
-    """A search could not run; ``str()`` is one line for the user."""
+class RetrievalError(ContextAssistantError):
+    """A search could not run as asked (an empty query, an unknown mode); ``str()`` is one line for the user.
+
+    Raised as it is, the request was at fault (its HTTP status and kind are :class:`InvalidInput`'s); the
+    subclasses below say when the index or a service is.
+    """
+
+    http_status = InvalidInput.http_status
+    kind = InvalidInput.kind
 
 
-class IndexNotReady(RetrievalError):
+class IndexNotReady(Unavailable, RetrievalError):
     """The index is missing, or was built with another embedding model: run ``context-assistant sync``."""
+
+    retryable = False  # not until someone runs the sync
+
+
+class RetrievalFailed(UpstreamError, RetrievalError):
+    """A service the search needs (the embedding model, Vector Search) failed."""
 
 
 @dataclass(frozen=True)

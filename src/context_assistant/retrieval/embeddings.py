@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..core.clock import REAL_CLOCK, Clock
+from ..core.errors import UpstreamError
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
+from ..core.upstream import error_detail
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ MIN_NORM = 1e-9
 _PROBE_TEXT = "dimension probe"
 
 
-class EmbeddingError(RuntimeError):
+class EmbeddingError(UpstreamError):
     """Texts could not be embedded; ``str()`` says which model/endpoint and why."""
 
 
@@ -315,7 +317,8 @@ class ServingEndpointEmbedder:
             )
         except RetriesExhausted as exc:
             raise EmbeddingError(
-                f"serving endpoint {self.endpoint!r} kept failing after {self.attempts} attempts: {exc.__cause__}"
+                f"serving endpoint {self.endpoint!r} kept failing after {self.attempts} attempts: {exc.__cause__}",
+                retryable=True,
             ) from exc
         except EndpointHTTPError as exc:
             raise EmbeddingError(self._explain(exc)) from None
@@ -401,12 +404,8 @@ def _error_message(response: Any) -> str:
     try:
         body = response.json()
     except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        code = body.get("error_code")
-        message = body.get("message") or body.get("error") or body
-        return f"{code}: {message}" if code else str(message)
-    return str(body)[:300]
+        body = None
+    return error_detail(body, response.text, with_code=True) or response.reason_phrase
 
 
 class CachingEmbedder:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.clock import REAL_CLOCK, Clock
+from ..core.errors import InvalidInput
 from .base import SEARCH_MODES, Retriever, check_mode
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ _SCRATCH_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InvalidInput):
     """The labelled set or the scratch database is unusable; ``str()`` says what to fix."""
 
 

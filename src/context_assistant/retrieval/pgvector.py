@@ -176,7 +176,9 @@ class PgVectorChunkIndex:
             got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SYNC_LOCK_KEY,)).fetchone()[0]
             conn.commit()
             if not got:
-                raise SyncError("another sync of the chunk index is running; try again when it has finished")
+                raise SyncError(
+                    "another sync of the chunk index is running; try again when it has finished", retryable=True
+                )
             try:
                 from pgvector.psycopg import register_vector
 

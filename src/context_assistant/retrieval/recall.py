@@ -30,7 +30,7 @@ import psycopg
 from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
 from ..storage.db import Database
 from ..storage.vector_spaces import read_space, reset_space, table_exists, vector_literal
-from .base import RetrievalError, candidate_count, check_mode, check_query, rrf_fuse
+from .base import RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query, rrf_fuse
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class TurnRecall:
                 (qvec,) = self.embedder.embed([query])
         except EmbeddingError as exc:
             if mode == "vector":
-                raise RetrievalError(f"recall could not embed the query: {exc}") from exc
+                raise RetrievalFailed(f"recall could not embed the query: {exc}") from exc
             log.warning("recall uses keyword search over the turns embedded so far: %s", exc)
         pool = top_k if mode != "hybrid" else candidate_count(top_k)
         # Failed turns are left out, and so are the offline model's replies: they only quote documents that

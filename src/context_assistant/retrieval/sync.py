@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ..core.errors import Conflict
+
 if TYPE_CHECKING:
     from ..core.config import Config
     from ..ingest.tables import TableRef
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 SOURCE_COLUMNS = ("chunk_id", "path", "chunk_index", "text", "heading", "page", "content_hash")
 
 
-class SyncError(RuntimeError):
+class SyncError(Conflict):
     """The refresh cannot run (no chunk table, another sync running, ...); nothing was changed."""
 
 

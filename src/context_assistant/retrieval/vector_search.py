@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import ConfigError, RagConfig
+from ..core.upstream import exception_line
 from .base import Hit, IndexNotReady, RetrievalError, check_mode, check_query
 from .vector_search_shapes import (
     ENDPOINT_FAILED_STATES,
@@ -534,11 +535,11 @@ class VectorSearchIndex:
         try:
             return call()
         except DatabricksError as exc:
-            raise VectorSearchError(f"Vector Search {what} failed: {_one_line(exc)}") from exc
+            raise VectorSearchError(f"Vector Search {what} failed: {exception_line(exc)}") from exc
         except TimeoutError as exc:
             cause = exc.__cause__ or exc
             raise VectorSearchError(
-                f"Vector Search {what} failed: still failing after the SDK's retries ({_one_line(cause)})"
+                f"Vector Search {what} failed: still failing after the SDK's retries ({exception_line(cause)})"
             ) from cause
 
     def _wait(self, what: str, poll: Callable[[], tuple[bool, str]], deadline: float) -> str:
@@ -564,12 +565,6 @@ def _negate(result: tuple[bool, str]) -> tuple[bool, str]:
 
 def _norm_name(name: str) -> str:
     return ".".join(p.strip("`").lower() for p in name.split("."))
-
-
-def _one_line(exc: BaseException) -> str:
-    """The error's text on one line, without the client-config dump the SDK appends to auth errors."""
-    text = " ".join(str(exc).split()).split(" Config: host=")[0].rstrip(". ")
-    return text or type(exc).__name__
 
 
 __all__: Sequence[str] = (

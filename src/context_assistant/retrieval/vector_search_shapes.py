@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.config import ConfigError, RagConfig
-from .base import Hit, RetrievalError
+from .base import Hit, RetrievalFailed
 
 RESULT_COLUMNS = ("chunk_id", "path", "heading", "page", "text")
 SYNCED_COLUMNS = (*RESULT_COLUMNS, "content_hash")
@@ -50,12 +50,16 @@ FAILED_UPDATE_STATES = {"FAILED", "CANCELED"}
 ENDPOINT_FAILED_STATES = {"OFFLINE", "RED_STATE", "DELETED", "STOPPED", "STOPPING"}
 
 
-class VectorSearchError(RetrievalError):
+class VectorSearchError(RetrievalFailed):
     """Vector Search refused or failed a request, or an index/sync failed; ``str()`` is one line for users."""
 
 
 class VectorSearchTimeout(VectorSearchError):
     """Waiting for an endpoint, an index build or a sync ran past ``rag.vector_search_timeout_seconds``."""
+
+    http_status = 504
+    kind = "timeout"
+    retryable = True
 
 
 @dataclass(frozen=True)

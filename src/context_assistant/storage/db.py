@@ -24,7 +24,8 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.clock import REAL_CLOCK, Clock
-from ..core.config import Config, ConfigError, DatabaseConfig
+from ..core.config import Config, DatabaseConfig
+from ..core.errors import ConfigError, Unavailable
 from .migrations import MIGRATIONS, Migration
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ IDLE_CHECK_SECONDS = 5.0
 TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 5}
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(Unavailable):
     """A database problem explained for the user (what failed, where, and what to check)."""
 
 
@@ -339,12 +340,21 @@ class Database:
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
-        """A pooled connection; the block is one transaction, committed on success, rolled back on error."""
-        with self.pool.connection(timeout=timeout) as conn:
-            try:
-                yield conn
-            finally:
-                conn._ca_returned_at = time.monotonic()  # type: ignore[attr-defined]  (see _check_if_idle)
+        """A pooled connection; the block is one transaction, committed on success, rolled back on error.
+
+        A server that cannot be reached (no connection within ``timeout``, or one lost mid-statement) is a
+        :class:`DatabaseError` here, the one place that knows psycopg's and the pool's exceptions for it.
+        """
+        try:
+            with self.pool.connection(timeout=timeout) as conn:
+                try:
+                    yield conn
+                finally:
+                    conn._ca_returned_at = time.monotonic()  # type: ignore[attr-defined]  (see _check_if_idle)
+        except PoolTimeout as exc:
+            raise DatabaseError(f"the database is unavailable, try again shortly: {_one_line(exc)}") from exc
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"the database is unavailable, try again shortly: {_one_line(exc)}") from exc
 
     def close(self) -> None:
         self.pool.close()
@@ -451,3 +461,8 @@ def open_database(
             db.close()
             raise
     return db
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

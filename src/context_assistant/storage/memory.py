@@ -17,6 +17,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from ..core.clock import REAL_CLOCK, Clock
+from ..core.errors import InvalidInput, NotFound
 from ..core.tokens import message_tokens
 from .db import Database
 
@@ -25,10 +26,20 @@ MAX_SESSION_ID_LENGTH = 255
 TITLE_LENGTH = 80
 
 
-class SessionNotFound(LookupError):
+class SessionNotFound(NotFound):
+    """No session with this id belongs to the user (whether it exists for someone else is never said)."""
+
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session not found: {session_id}")
         self.session_id = session_id
+
+
+class MessageNotFound(NotFound):
+    """No message with this id belongs to the user."""
+
+    def __init__(self, message_id: int) -> None:
+        super().__init__(f"message not found: {message_id}")
+        self.message_id = message_id
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,7 @@ class ConversationStore:
             # The id is taken. Whether by this user or another, do not reveal the other's session.
             existing = self._find_session(user, session_id)
             if existing is None:
-                raise ValueError(f"session id already in use: {session_id}")
+                raise InvalidInput(f"session id already in use: {session_id}")
             return existing
         return row
 
@@ -220,7 +231,7 @@ class ConversationStore:
         """
         for role, _, _ in messages:
             if role not in ROLES:
-                raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+                raise InvalidInput(f"role {role!r} is not one of {', '.join(ROLES)}")
         if not messages:
             return []
         timestamp = self.clock.now()
@@ -268,7 +279,7 @@ class ConversationStore:
             )
             row = cur.fetchone()
         if row is None:
-            raise LookupError(f"message not found: {message_id}")
+            raise MessageNotFound(message_id)
         return row
 
     def get_message(self, user: str, message_id: int) -> Message:
@@ -279,7 +290,7 @@ class ConversationStore:
             )
             row = cur.fetchone()
         if row is None:
-            raise LookupError(f"message not found: {message_id}")
+            raise MessageNotFound(message_id)
         return row
 
     def messages(
@@ -488,7 +499,7 @@ class ImportResult:
         return {"imported": self.messages, "skipped": self.skipped, "sessions_created": self.sessions_created}
 
 
-class ImportRejected(ValueError):
+class ImportRejected(InvalidInput):
     """The file was not imported; ``errors`` lists each bad line (``line N: problem``)."""
 
     MAX_SHOWN = 20
@@ -565,4 +576,4 @@ def _parse_timestamp(value: Any) -> datetime:
 
 def _check_session_id(session_id: str) -> None:
     if len(session_id) > MAX_SESSION_ID_LENGTH:
-        raise ValueError(f"session id longer than {MAX_SESSION_ID_LENGTH} characters")
+        raise InvalidInput(f"session id longer than {MAX_SESSION_ID_LENGTH} characters")

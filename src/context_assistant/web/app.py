@@ -32,22 +32,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..assistant.turn import Assistant, TurnFailed
+from ..assistant.turn import Assistant
+from ..assistant.turn import check_message as check_chat_message
 from ..cli.commands import port_number
 from ..core.config import ConfigError, load_config
+from ..core.errors import EXIT_OK, Conflict, InvalidInput
 from ..core.tracing import FeedbackError
 from ..services import Services
 from ..storage.db import Database, DatabaseError
-from ..storage.memory import Message, Session, SessionNotFound
+from ..storage.memory import Message, Session
+from .errors import InternalErrors, install_error_handlers
 from .guard import RequestGuard
-from .identity import IdentityError, IdentityResolver
+from .identity import IdentityResolver
 from .models import (
     ChatReply,
     ChatRequest,
@@ -65,8 +66,8 @@ from .models import (
     SessionOut,
     SourceText,
 )
-from .passages import PassageUnavailable, passage
-from .refresh_runner import RefreshAlreadyRunning, RefreshCall, RefreshRunner
+from .passages import passage
+from .refresh_runner import RefreshCall, RefreshRunner
 from .stream import SSE_HEADERS, turn_frames
 
 log = logging.getLogger(__name__)
@@ -172,18 +173,12 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
     )
     app.state.web = state
     app.add_middleware(RequestGuard, max_body_bytes=config.web.max_body_bytes)
-    _install_error_handlers(app)
+    install_error_handlers(app)
+    app.add_middleware(InternalErrors)
 
     def check_message(body: ChatRequest) -> None:
-        if body.retry_of is not None:
-            return
-        limit = config.web.max_message_chars
-        if not body.message.strip():
-            raise HTTPException(422, "the message is empty")
-        if len(body.message) > limit:
-            raise HTTPException(
-                422, f"the message is {len(body.message)} characters; the limit is {limit} (web.max_message_chars)"
-            )
+        if body.retry_of is None:
+            check_chat_message(body.message, config.web.max_message_chars)
 
     # -- chat ---------------------------------------------------------------------------------------------
 
@@ -198,17 +193,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         """One turn. A failed model call answers 502 (or 422 when the conversation no longer fits the model)
         with the stored message's id: send it back as ``retry_of`` to try again."""
         check_message(body)
-        try:
-            result = state.assistant.turn(user, body.message, body.session_id, retry_of=body.retry_of)
-        except TurnFailed as exc:
-            return JSONResponse(exc.to_json(), status_code=_turn_failed_status(exc))
-        except SessionNotFound:
-            raise
-        except LookupError as exc:
-            raise HTTPException(404, str(exc)) from None
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        return result.to_json()
+        return state.assistant.turn(user, body.message, body.session_id, retry_of=body.retry_of).to_json()
 
     @app.post(
         "/api/chat/stream",
@@ -231,14 +216,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         check_message(body)
         assistant = await run_in_threadpool(lambda: state.assistant)
         events = assistant.stream_turn(user, body.message, body.session_id, retry_of=body.retry_of)
-        try:
-            first = await run_in_threadpool(next, events)  # stores the message: the start event
-        except SessionNotFound:
-            raise
-        except LookupError as exc:
-            raise HTTPException(404, str(exc)) from None
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        first = await run_in_threadpool(next, events)  # stores the message: the start event
         return StreamingResponse(turn_frames(first, events), media_type="text/event-stream", headers=SSE_HEADERS)
 
     # -- sessions -----------------------------------------------------------------------------------------
@@ -279,7 +257,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
     def rename_session(session_id: str, body: RenameSession, user: CurrentUser) -> Any:
         title = body.title.strip()
         if not title:
-            raise HTTPException(422, "the title is blank")
+            raise InvalidInput("the title is blank")
         return _session_out(state.component("store").rename_session(user, session_id, title))
 
     @app.delete("/api/sessions/{session_id}", status_code=204, responses=_errors(401, 404, 503), tags=["sessions"])
@@ -314,14 +292,9 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         """Thumbs up or down on one of your replies. Stored with the reply (a second call replaces it) and,
         when the turn was traced, recorded on its MLflow trace as a ``user_feedback`` assessment."""
         store = state.component("store")
-        try:
-            message = store.get_message(user, body.message_id)
-        except LookupError as exc:
-            raise HTTPException(404, str(exc)) from None
+        message = store.get_message(user, body.message_id)
         if message.role != "assistant":
-            raise HTTPException(
-                422, f"feedback is given on a reply; message {message.id} is a {message.role} message"
-            )
+            raise InvalidInput(f"feedback is given on a reply; message {message.id} is a {message.role} message")
         comment = body.comment.strip()
         trace_id = message.metadata.get("trace_id")
         assessment_id, note = None, None
@@ -353,10 +326,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
     @app.get("/api/sources/{chunk_id}", response_model=SourceText, responses=_errors(401, 404, 503), tags=["chat"])
     def source_text(chunk_id: str, user: CurrentUser) -> Any:
         """The text of a cited passage (for sources of earlier answers, which are stored without it)."""
-        try:
-            return passage(services, chunk_id)
-        except PassageUnavailable as exc:
-            raise HTTPException(404, str(exc)) from None
+        return passage(services, chunk_id)
 
     # -- documents ----------------------------------------------------------------------------------------
 
@@ -371,11 +341,8 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         """Start bringing the document index in step with the chunk table (in the background). 409 while a
         refresh is running; follow it with GET."""
         if not config.rag.enabled:
-            raise HTTPException(409, "document search is turned off (rag.enabled: false); nothing to refresh")
-        try:
-            return state.refresh.start(user, full=bool(body and body.full)).to_json()
-        except RefreshAlreadyRunning as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise Conflict("document search is turned off (rag.enabled: false); nothing to refresh")
+        return state.refresh.start(user, full=bool(body and body.full)).to_json()
 
     @app.get("/api/rag/refresh", response_model=RefreshStatusOut, responses=_errors(401), tags=["documents"])
     def refresh_status(user: CurrentUser) -> Any:
@@ -432,10 +399,6 @@ class _RevalidatedStaticFiles(StaticFiles):
         return response
 
 
-def _turn_failed_status(exc: TurnFailed) -> int:
-    return 422 if exc.kind == "context_too_long" else 502
-
-
 def _session_out(session: Session) -> dict[str, Any]:
     data = session.to_json()
     data.pop("user_id", None)
@@ -451,50 +414,6 @@ def _message_out(message: Message) -> dict[str, Any]:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 204 or exc.status_code == 304:
-            return Response(status_code=exc.status_code)
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        problems = []
-        for error in exc.errors():
-            location = [str(part) for part in error.get("loc", ())]
-            if error.get("type") == "json_invalid":
-                reason = (error.get("ctx") or {}).get("error", "malformed")
-                problems.append(f"the request body is not valid JSON ({reason} at character {location[-1]})")
-                continue
-            where = ".".join(part for part in location if part != "body") or "body"
-            problems.append(f"{where}: {error.get('msg')}")
-        return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=422)
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": str(exc)}, status_code=404)
-
-    async def unauthorized(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": str(exc)}, status_code=401)
-
-    async def database_down(request: Request, exc: Exception) -> Response:
-        log.warning("database unavailable: %s", exc)
-        return JSONResponse(
-            {"error": f"the database is unavailable, try again shortly: {_one_line(exc)}"}, status_code=503
-        )
-
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(SessionNotFound, not_found)
-    app.add_exception_handler(IdentityError, unauthorized)
-    for error in (DatabaseError, PoolTimeout, psycopg.OperationalError):
-        app.add_exception_handler(error, database_down)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -534,8 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{exc.label}: {exc}", file=sys.stderr)
+        return exc.exit_code
     with Services(config, env=os.environ) as services:
         serve(services, args.host, args.port)
-    return 0
+    return EXIT_OK

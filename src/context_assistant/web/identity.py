@@ -20,13 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..core.config import Config
+from ..core.errors import Unauthorized
 
 # In order of preference: the email is what people recognise; the user header is an opaque id.
 FORWARDED_HEADERS = ("x-forwarded-email", "x-forwarded-preferred-username", "x-forwarded-user")
 MAX_USER_CHARS = 320
 
 
-class IdentityError(Exception):
+class IdentityError(Unauthorized):
     """The request carries no usable identity (answered with 401)."""
 
 

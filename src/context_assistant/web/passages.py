@@ -13,11 +13,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..core.errors import NotFound
 from ..retrieval.pgvector import CHUNKS_TABLE
 
 
-class PassageUnavailable(LookupError):
-    pass
+class PassageUnavailable(NotFound):
+    """The passage text cannot be shown: not in the index (any more), or not kept by this backend."""
 
 
 def passage(services: Any, chunk_id: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.clock import REAL_CLOCK, Clock
+from ..core.errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 RefreshCall = Callable[[bool, Callable[[str], None]], Any]
 
 
-class RefreshAlreadyRunning(RuntimeError):
-    pass
+class RefreshAlreadyRunning(Conflict):
+    """One refresh runs at a time per app process; this one can be started once that one has finished."""
+
+    retryable = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,50 @@
+"""What an upstream service said when it refused a request, as one line a user can read.
+
+Chat models (OpenAI-compatible servers and Databricks serving endpoints), embedding endpoints and Vector
+Search all answer errors in a few JSON shapes; this is the one place that knows them. Each caller adds what
+only it knows (which setting to check for a 404, which permission a 403 needs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+MAX_DETAIL_CHARS = 300
+
+
+def error_detail(body: object, text: str = "", *, with_code: bool = False) -> str:
+    """The server's own explanation in an error body, on one line (at most :data:`MAX_DETAIL_CHARS`).
+
+    Understands OpenAI's ``{"error": {"message": ...}}`` and ``{"error": "..."}``, Databricks'
+    ``{"error_code": ..., "message": ...}`` and FastAPI's ``{"detail": ...}``; a string body is taken as it is,
+    and anything else falls back to ``text`` (the raw response). ``with_code`` puts a Databricks
+    ``error_code`` before the message (``BAD_REQUEST: Input is too long``); without a message the code alone
+    is the detail.
+    """
+    message: object = None
+    code: object = None
+    if isinstance(body, Mapping):
+        inner = body.get("error")
+        if isinstance(inner, Mapping):
+            message = inner.get("message")
+        elif isinstance(inner, str):
+            message = inner
+        message = message or body.get("message") or body.get("detail")
+        code = body.get("error_code")
+        if code and (with_code and message):
+            message = f"{code}: {message}"
+        message = message or code
+    elif isinstance(body, str):
+        message = body
+    detail = " ".join(str(message or text or "").split())
+    return detail[:MAX_DETAIL_CHARS] + ("…" if len(detail) > MAX_DETAIL_CHARS else "")
+
+
+def exception_line(exc: BaseException) -> str:
+    """An error's text on one line, without the client-configuration dump databricks-sdk appends to
+    authentication errors (it names hosts and auth types, never what to fix)."""
+    text = " ".join(str(exc).split()).split(" Config: host=")[0].rstrip(". ")
+    return text or type(exc).__name__
+
+
+__all__ = ["MAX_DETAIL_CHARS", "error_detail", "exception_line"]
