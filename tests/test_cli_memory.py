@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from context_assistant.cli.commands import main
+from context_assistant.cli import main
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from context_assistant.cli.commands import build_parser, main
+from context_assistant.cli import build_parser, main
 from context_assistant.core.config import Config
 from context_assistant.services import Services
 from retrieval_support import HashingEmbedder, PoisonEmbedder, document, minilm, write_chunk_table  # noqa: F401

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from context_assistant.cli.commands import TerminalProgress, main
+from context_assistant.cli import main
 from context_assistant.core.clock import FakeClock
+from context_assistant.core.console import TerminalProgress
 from context_assistant.refresh import RefreshError, run_refresh_job
 from context_assistant.services import Services
 from fake_databricks import FakeDatabricks

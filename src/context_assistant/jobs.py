@@ -19,7 +19,6 @@ with the Databricks SDK and connects to it with an OAuth token (a job has no inj
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -27,7 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from .core.config import Config, load_config
+from .core.console import TerminalProgress, print_json
 from .core.errors import EXIT_OK, ConfigError, ContextAssistantError
+from .core.workspace import workspace_client
 from .storage.db import with_lakebase
 
 log = logging.getLogger(__name__)
@@ -136,13 +137,13 @@ def run_ingest_job(
             table_ref(config, rag.documents_table),
             chunk_size=rag.chunk_size,
             chunk_overlap=rag.chunk_overlap,
-            progress=_progress,
+            progress=TerminalProgress(live=False),
             allow_empty_source=args.allow_empty_source,
         )
     except ContextAssistantError as exc:
         return _fail(summary, out, str(exc), exc.exit_code)
     summary.update(ok=True, result=result.to_json())
-    _emit(summary, out)
+    print_json(summary, out)
     return EXIT_OK
 
 
@@ -165,7 +166,7 @@ def run_sync_job(
     try:
         args = sync_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         config = build_config(args, env, {"rag.chunk_table": args.chunk_table})
-        workspace = workspace_factory or _default_workspace
+        workspace = workspace_factory or workspace_client
         config = with_lakebase(config, args.lakebase_branch, workspace)
         summary.update(
             chunk_table=config.rag.chunk_table,
@@ -185,7 +186,7 @@ def run_sync_job(
         if services is not None:
             services.close()
     summary.update(ok=True, result=result.to_json())
-    _emit(summary, out)
+    print_json(summary, out)
     return EXIT_OK
 
 
@@ -214,26 +215,12 @@ def _default_spark(config: Config) -> Any:
     return get_spark(config.data_path)
 
 
-def _default_workspace() -> Any:
-    from databricks.sdk import WorkspaceClient
-
-    return WorkspaceClient()
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
-def _emit(summary: dict[str, Any], out: TextIO) -> None:
-    print(json.dumps(summary, ensure_ascii=False, default=str), file=out, flush=True)
 
 
 def _fail(summary: dict[str, Any], out: TextIO, message: str, code: int) -> int:
     summary.update(ok=False, error=message)
     print(f"error: {message}", file=sys.stderr, flush=True)
-    _emit(summary, out)
+    print_json(summary, out)
     return code

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .core.clock import REAL_CLOCK, Clock
 from .core.config import Config, load_config
 from .core.tracing import DisabledTracer, Tracer, make_tracer
+from .core.workspace import workspace_client
 from .llm.factory import make_chat_model
 from .llm.interface import ChatModel
 from .storage.db import Database, open_database
@@ -49,11 +50,7 @@ class Services:
     @functools.cached_property
     def workspace(self) -> Any:
         """A databricks-sdk WorkspaceClient (only built when something needs Databricks)."""
-        if self._workspace_factory is not None:
-            return self._workspace_factory()
-        from databricks.sdk import WorkspaceClient
-
-        return WorkspaceClient()
+        return (self._workspace_factory or workspace_client)()
 
     @functools.cached_property
     def db(self) -> Database:

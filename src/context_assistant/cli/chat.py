@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import threading
@@ -43,6 +42,7 @@ from typing import Any, TextIO
 
 from ..assistant.prompt import source_json
 from ..assistant.turn import TurnFailed, TurnResult
+from ..core.console import TerminalProgress, print_json
 from ..core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ContextAssistantError, InvalidInput
 from ..llm.factory import resolve_provider
 from ..services import Services
@@ -371,7 +371,6 @@ class ChatRepl:
     def cmd_refresh(self, _: str) -> bool:
         """What the seed's ``refresh`` did: pick up new, changed and deleted documents (ingest, then sync)."""
         from ..refresh import refresh_documents
-        from .commands import TerminalProgress
 
         if not self.services.config.rag.enabled:
             self.say("Documents are off (rag.enabled is false): nothing to refresh.")
@@ -527,7 +526,7 @@ def run_one_shot(
     try:
         if args.json:
             result = services.assistant.turn(user, message, session_id, retry_of=args.retry)
-            _print_json(result.to_json(), out)
+            print_json(result.to_json(), out)
             return EXIT_OK
         outcome = printer.run(message, session_id, retry_of=args.retry)
     except TurnFailed as exc:
@@ -553,13 +552,8 @@ def _one_shot_failure(
         hint = f" (message {error.user_message_id} kept; send it again with --retry {error.user_message_id})"
     print(f"{error.label}: {text}{hint}", file=sys.stderr)
     if args.json:
-        _print_json(data, out)
+        print_json(data, out)
     return error.exit_code
-
-
-def _print_json(value: Any, out: TextIO) -> None:
-    out.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
-    out.flush()
 
 
 def _usage(text: str) -> int:

@@ -11,13 +11,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
-import shutil
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 from ..core.config import load_config
+from ..core.console import TerminalProgress, port_number, print_json
 from ..core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -29,10 +28,6 @@ from ..core.errors import (
     UsageError,
 )
 from ..services import Services
-
-
-def _print_json(value: Any, out: TextIO | None = None) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=None, default=str), file=out or sys.stdout)
 
 
 def _user(args: argparse.Namespace, services: Services) -> str:
@@ -47,7 +42,7 @@ def cmd_sessions_list(args: argparse.Namespace, services: Services) -> int:
     user = _user(args, services)
     sessions = services.store.list_sessions(user, limit=args.limit)
     if args.json:
-        _print_json({"user": user, "sessions": [s.to_json() for s in sessions]})
+        print_json({"user": user, "sessions": [s.to_json() for s in sessions]})
         return EXIT_OK
     if not sessions:
         print(f"No sessions for {user}.")
@@ -63,7 +58,7 @@ def cmd_sessions_show(args: argparse.Namespace, services: Services) -> int:
     session = services.store.get_session(user, args.session_id)
     messages = services.store.messages(user, args.session_id)
     if args.json:
-        _print_json({"session": session.to_json(), "messages": [m.to_json() | {"id": m.id} for m in messages]})
+        print_json({"session": session.to_json(), "messages": [m.to_json() | {"id": m.id} for m in messages]})
         return EXIT_OK
     print(f"Session {session.id} — {session.title or '(untitled)'} — {len(messages)} messages")
     for m in messages:
@@ -76,7 +71,7 @@ def cmd_sessions_delete(args: argparse.Namespace, services: Services) -> int:
     user = _user(args, services)
     services.store.delete_session(user, args.session_id)
     if args.json:
-        _print_json({"deleted": args.session_id})
+        print_json({"deleted": args.session_id})
     else:
         print(f"Deleted session {args.session_id}.")
     return EXIT_OK
@@ -97,7 +92,7 @@ def cmd_memory_import(args: argparse.Namespace, services: Services) -> int:
             f"{args.file} is not UTF-8 text ({exc.reason} at byte {exc.start}); nothing imported"
         ) from None
     if args.json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
     else:
         print(
             f"Imported {result.messages} messages ({result.skipped} already present), "
@@ -123,7 +118,7 @@ def cmd_memory_export(args: argparse.Namespace, services: Services) -> int:
 def cmd_db_status(args: argparse.Namespace, services: Services) -> int:
     status = services.db.status()
     if args.json:
-        _print_json(status)
+        print_json(status)
         return EXIT_OK
     print(f"Database:  {status['target']}")
     print(f"Server:    PostgreSQL {status['server_version']}")
@@ -167,7 +162,7 @@ def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
         raise InvalidInput(str(exc)) from None
     ok = all(report.ok for report in reports)
     if args.json:
-        _print_json({"ok": ok, "targets": [report.to_json() for report in reports]})
+        print_json({"ok": ok, "targets": [report.to_json() for report in reports]})
     else:
         print("\n\n".join(format_report(report) for report in reports))
     return EXIT_OK if ok else EXIT_FAILED
@@ -245,7 +240,7 @@ def cmd_sync(args: argparse.Namespace, services: Services) -> int:
         index.progress = lambda message: print(message, file=sys.stderr)
     result = refresh_index(services, full=args.full)
     if args.json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
     elif isinstance(result, SyncResult):
         print(result.summary())
     else:
@@ -269,12 +264,12 @@ def cmd_search(args: argparse.Namespace, services: Services) -> int:
         retriever = services.retriever
         for item in items:
             hits = retriever.search(item["query"], top_k=args.top_k, mode=args.mode, path_prefix=args.path_prefix)
-            _print_json({"id": item["id"], "hits": [h.to_json() for h in hits]})
+            print_json({"id": item["id"], "hits": [h.to_json() for h in hits]})
         return EXIT_OK
     hits = services.retriever.search(args.query, top_k=args.top_k, mode=args.mode, path_prefix=args.path_prefix)
     if args.json:
         mode = args.mode or services.config.rag.search_mode
-        _print_json({"query": args.query, "mode": mode, "hits": [h.to_json() for h in hits]})
+        print_json({"query": args.query, "mode": mode, "hits": [h.to_json() for h in hits]})
         return EXIT_OK
     if not hits:
         print("No matching chunks.")
@@ -293,12 +288,12 @@ def cmd_recall(args: argparse.Namespace, services: Services) -> int:
         for item in items:
             user = item.get("user") or _user(args, services)
             turns = recall.recall(user, item["query"], top_k=args.top_k, mode=args.mode)
-            _print_json({"id": item["id"], "user": user, "hits": [t.to_json() for t in turns]})
+            print_json({"id": item["id"], "user": user, "hits": [t.to_json() for t in turns]})
         return EXIT_OK
     user = _user(args, services)
     turns = recall.recall(user, args.query, top_k=args.top_k, exclude_session=args.exclude_session, mode=args.mode)
     if args.json:
-        _print_json({"user": user, "query": args.query, "hits": [t.to_json() for t in turns]})
+        print_json({"user": user, "query": args.query, "hits": [t.to_json() for t in turns]})
         return EXIT_OK
     if not turns:
         print(f"Nothing relevant in {user}'s earlier conversations.")
@@ -316,41 +311,6 @@ def cmd_recall(args: argparse.Namespace, services: Services) -> int:
 # ingest
 
 
-class TerminalProgress:
-    """Progress of a long command on stderr: one live status line (with a bar when a message carries
-    ``done/total``) on a terminal, plain lines otherwise, nothing when ``quiet``."""
-
-    BAR = 24
-
-    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
-        self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
-        self.quiet = quiet and not self.live
-        self._shown = False
-
-    def __call__(self, message: str) -> None:
-        if self.quiet:
-            return
-        if not self.live:
-            print(message, file=self.stream, flush=True)
-            return
-        match = re.search(r"(\d+)/(\d+)", message)
-        bar = ""
-        if match and int(match.group(2)) > 0:
-            done = min(1.0, int(match.group(1)) / int(match.group(2)))
-            filled = round(done * self.BAR)
-            bar = f"[{'#' * filled}{'.' * (self.BAR - filled)}] {done:4.0%} "
-        width = shutil.get_terminal_size((100, 20)).columns - 1
-        self.stream.write("\r\033[K" + (bar + message)[:width])
-        self.stream.flush()
-        self._shown = True
-
-    def done(self) -> None:
-        if self.live and self._shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-
-
 def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
     from ..refresh import refresh_documents
 
@@ -365,7 +325,7 @@ def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
     finally:
         progress.done()
     if args.json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
     else:
         print(result.summary())
     return EXIT_OK  # the run completed; documents that failed are listed, with their previous chunks kept
@@ -383,17 +343,6 @@ def cmd_chat(args: argparse.Namespace, services: Services) -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # web app (issue 6)
-
-
-def port_number(value: str) -> int:
-    """argparse type for ``--port`` (also used by ``python app.py``)."""
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
-    return port
 
 
 def cmd_serve(args: argparse.Namespace, services: Services) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import ModelConfig
+from ..core.workspace import workspace_client
 from .interface import ChatModel
 from .offline import OfflineModel
 from .remote import NO_API_KEY, DatabricksServingModel, OpenAICompatibleModel
@@ -99,9 +100,7 @@ def make_chat_model(
             jitter=jitter,
         )
     if workspace is None:
-        from ..storage.db import default_workspace_client
-
-        workspace = default_workspace_client
+        workspace = workspace_client
     return DatabricksServingModel(
         endpoint=settings.endpoint,
         workspace=workspace,

@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import Config, DatabaseConfig
 from ..core.errors import ConfigError, Unavailable
+from ..core.workspace import workspace_client
 from .migrations import MIGRATIONS, Migration
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,6 @@ def lakebase_token_minter(settings: DatabaseConfig, workspace: Any) -> Callable[
         return token.access_token
 
     return workspace_oauth_token
-
-
-def default_workspace_client() -> Any:
-    from databricks.sdk import WorkspaceClient
-
-    return WorkspaceClient()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,7 +189,7 @@ def _create_database_if_missing(admin_uri: str, dbname: str) -> None:
 def resolve_target(
     config: Config,
     env: Mapping[str, str] | None = None,
-    workspace_factory: Callable[[], Any] = default_workspace_client,
+    workspace_factory: Callable[[], Any] = workspace_client,
     clock: Clock = REAL_CLOCK,
 ) -> Target:
     """Decide where to connect: an embedded server, a Postgres with a password, or Lakebase with OAuth."""
@@ -441,7 +436,7 @@ def open_database(
     config: Config,
     *,
     env: Mapping[str, str] | None = None,
-    workspace_factory: Callable[[], Any] = default_workspace_client,
+    workspace_factory: Callable[[], Any] = workspace_client,
     clock: Clock = REAL_CLOCK,
     migrate: bool = True,
     vector: bool | None = None,

@@ -39,8 +39,8 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..assistant.turn import Assistant
 from ..assistant.turn import check_message as check_chat_message
-from ..cli.commands import port_number
 from ..core.config import ConfigError, load_config
+from ..core.console import port_number
 from ..core.errors import EXIT_OK, Conflict, InvalidInput
 from ..core.tracing import FeedbackError
 from ..services import Services
