@@ -110,9 +110,9 @@ def ingest_steps(
     db = ours_database(server.fresh(dbname))
     services = Services(config, env={})
     # The scratch database and the shared model instance, instead of what the config would open.
-    services.__dict__["db"] = db
-    services.__dict__["embedder"] = embedder
-    services.__dict__["chunk_index"] = PgVectorChunkIndex(db, embedder, index_type="hnsw", batch_size=batch_size)
+    services.db = db
+    services.embedder = embedder
+    services.chunk_index = PgVectorChunkIndex(db, embedder, index_type="hnsw", batch_size=batch_size)
     spark = start_local_spark(config.data_path)
     steps: dict[str, Step] = {}
     try:
@@ -143,5 +143,5 @@ def ingest_steps(
         run("deleted_1pct")
         return steps
     finally:
-        services.__dict__.pop("db", None)
+        services.close()  # closes only what it opened itself: the scratch database is ours
         db.close()

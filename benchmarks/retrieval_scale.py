@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     db = fresh_database(args.database_url and args.database_url)
     try:
         source = InMemoryChunkSource(chunks)
-        index = PgVectorChunkIndex(db, embedder, index_type="hnsw", hnsw_ef_search=40, progress=say)
+        index = PgVectorChunkIndex(db, embedder, index_type="hnsw", hnsw_ef_search=40)
 
         say(f"full sync of {len(chunks)} chunks")
-        full = index.refresh(source)
+        full = index.refresh(source, progress=say)
         report["sync_full"] = {
             "seconds": full.seconds,
             "embedded": full.embedded,
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         embedder.texts = 0
-        nochange = index.refresh(source)
+        nochange = index.refresh(source, progress=say)
         report["sync_no_change"] = {"seconds": nochange.seconds, "embedded": embedder.texts}
 
         changed = rng.choice(len(chunks), size=len(chunks) // 100, replace=False)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             chunks[i] = SourceChunk(c.chunk_id, c.path, c.chunk_index, text, c.heading, c.page, content_hash(text))
         source.put(chunks[i] for i in changed)
         embedder.texts = 0
-        one_percent = index.refresh(source)
+        one_percent = index.refresh(source, progress=say)
         report["sync_1pct"] = {"seconds": one_percent.seconds, "embedded": embedder.texts}
         for key in ("sync_no_change", "sync_1pct"):
             report[key]["relative_to_full"] = report[key]["seconds"] / full.seconds
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             report[f"hnsw_{mode}"] = entry
 
         say("switching to ivfflat")
-        ivf = PgVectorChunkIndex(db, embedder, index_type="ivfflat", ivfflat_probes=10, progress=say)
+        ivf = PgVectorChunkIndex(db, embedder, index_type="ivfflat", ivfflat_probes=10)
         started = time.monotonic()
-        report["ivfflat_index"] = ivf.refresh(source).index
+        report["ivfflat_index"] = ivf.refresh(source, progress=say).index
         report["ivfflat_build_seconds"] = time.monotonic() - started
         for probes in (10, 40):
             ivf.ivfflat_probes = probes

@@ -67,7 +67,8 @@ def serve(config: Config, port: int, embedder: str, ready: Any) -> None:
     """The app process: build the index, then serve until terminated."""
     import uvicorn
 
-    from context_assistant.retrieval.sync import InMemoryChunkSource, refresh_index
+    from context_assistant.refresh import refresh_index
+    from context_assistant.retrieval.sync import InMemoryChunkSource
     from context_assistant.services import Services
     from context_assistant.web.app import create_app
 
@@ -76,9 +77,9 @@ def serve(config: Config, port: int, embedder: str, ready: Any) -> None:
         sys.path.insert(0, str(REPO / "tests"))
         from retrieval_support import HashingEmbedder
 
-        services.embedder = HashingEmbedder()  # type: ignore[misc]
+        services.embedder = HashingEmbedder()
     if config.rag.enabled:
-        services.chunk_source = InMemoryChunkSource(fixture_chunks(config))  # type: ignore[misc]
+        services.chunk_source = InMemoryChunkSource(fixture_chunks(config))
         result = refresh_index(services)
         print(f"server: indexed {result.embedded} chunks with {result.model}", flush=True)
     app = create_app(services, warm_up=False)

@@ -29,8 +29,8 @@ from typing import Any
 import pexpect
 import pytest
 
-from context_assistant.cli.chat import parse_command, source_line
 from context_assistant.cli import main
+from context_assistant.cli.chat import parse_command, source_line
 from context_assistant.core.config import Config, os_user, save_config
 from context_assistant.storage.memory import ConversationStore
 from fake_databricks import FakeDatabricks, Request, Response, sse

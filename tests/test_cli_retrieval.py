@@ -150,7 +150,7 @@ def test_sync_that_completes_with_failed_documents_exits_0_and_lists_them(
     previous chunks kept). ``PoisonEmbedder`` (a test double) rejects every text mentioning the pager."""
     for argv in (["sync"], ["sync", "--json"]):
         services = Services(config, env=pg_env)
-        services.embedder = PoisonEmbedder(HashingEmbedder(), "pager")  # type: ignore[misc]
+        services.embedder = PoisonEmbedder(HashingEmbedder(), "pager")
         args = build_parser().parse_args(argv)
         try:
             code = args.handler(args, services)

@@ -12,15 +12,11 @@ import pytest
 
 from context_assistant.retrieval.base import Hit, IndexNotReady, RetrievalError, retrieve, rrf_fuse
 from context_assistant.retrieval.embeddings import LocalEmbedder
-from context_assistant.retrieval.pgvector import (
-    CHUNKS_TABLE,
-    PgVectorChunkIndex,
-    ivfflat_lists,
-    like_prefix,
-)
+from context_assistant.retrieval.pgvector import CHUNKS_TABLE, PgVectorChunkIndex
 from context_assistant.retrieval.sync import InMemoryChunkSource, embedding_text
 from context_assistant.storage import bm25
 from context_assistant.storage.db import Database
+from context_assistant.storage.vector_spaces import ivfflat_lists, like_prefix
 from retrieval_support import HashingEmbedder, bm25_stats_consistent, document, minilm  # noqa: F401
 
 CORPUS = [

@@ -686,7 +686,7 @@ def test_services_wire_the_backend_for_sync_and_search(
     vs: VectorSearchFake, fake_databricks: FakeDatabricks, clock: FakeClock
 ) -> None:
     from context_assistant.core.config import Config
-    from context_assistant.retrieval.sync import refresh_index
+    from context_assistant.refresh import refresh_index
     from context_assistant.services import Services
 
     ready_index(vs)

@@ -25,7 +25,8 @@ from psycopg import sql
 from conftest import REPO, TEMPLATE_DB
 from context_assistant.assistant.turn import TurnEvent
 from context_assistant.core.config import load_config
-from context_assistant.retrieval.sync import InMemoryChunkSource, refresh_index
+from context_assistant.refresh import refresh_index
+from context_assistant.retrieval.sync import InMemoryChunkSource
 from context_assistant.services import Services
 from context_assistant.web.app import bind_address
 from context_assistant.web.stream import KEEPALIVE, turn_frames

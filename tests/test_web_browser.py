@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import REPO
-from context_assistant.retrieval.sync import refresh_index
+from context_assistant.refresh import refresh_index
 from fake_databricks import FakeDatabricks, Response
 from web_support import DOCS, start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 

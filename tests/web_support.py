@@ -21,7 +21,8 @@ import pytest
 import uvicorn
 
 from context_assistant.core.config import Config
-from context_assistant.retrieval.sync import InMemoryChunkSource, refresh_index
+from context_assistant.refresh import refresh_index
+from context_assistant.retrieval.sync import InMemoryChunkSource
 from context_assistant.services import Services
 from context_assistant.web.app import create_app
 from retrieval_support import HashingEmbedder, document
@@ -102,8 +103,8 @@ class RunningApp:
 def web_services(config: Config, *, env: dict[str, str] | None = None, **parts: Any) -> Services:
     """Services on the test database with the hashing embedder and the DOCS index (a real sync)."""
     services = Services(config, env={**PG_ENV, **(env or {})}, **parts.pop("services_kwargs", {}))
-    services.embedder = HashingEmbedder()  # type: ignore[misc]  (a cached_property, set before first use)
-    services.chunk_source = parts.pop("chunk_source", None) or InMemoryChunkSource(DOCS)  # type: ignore[misc]
+    services.embedder = HashingEmbedder()  # provided before its first use
+    services.chunk_source = parts.pop("chunk_source", None) or InMemoryChunkSource(DOCS)
     for name, value in parts.items():
         setattr(services, name, value)
     if config.rag.enabled:

@@ -156,7 +156,7 @@ def run_sync_job(
     out: TextIO | None = None,
 ) -> int:
     """Refresh the retrieval index from the chunk table; prints the JSON summary; returns the exit code."""
-    from .retrieval.sync import refresh_index
+    from .refresh import refresh_index
     from .services import Services
 
     env = os.environ if env is None else env

@@ -1,10 +1,13 @@
-"""Bring the assistant's knowledge up to date: documents → chunk table → index, as one step.
+"""Bring the assistant's knowledge up to date: documents → chunk table → index. The one home of that order.
 
 ``context-assistant ingest``, the chat's ``/refresh`` and the web app's refresh button all call
 :func:`refresh_documents`. Where Spark is available (a laptop with the local Spark, a notebook or job on
 Databricks) it parses and chunks the changed documents and then syncs the index, in this process. A Databricks
 App has no Spark, so there ``rag.refresh_job_id`` names the bundle's ingestion job and the refresh runs that
 job (which does the same two steps on serverless) and follows its run.
+
+:func:`refresh_index` is the second step alone: ``context-assistant sync`` and the bundle's sync task call
+it. Progress goes to the ``progress`` argument of each call; nothing built is reconfigured for it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 from .core.clock import REAL_CLOCK, Clock
 from .core.config import Config
+from .core.console import Progress, quiet
 from .core.errors import Conflict, Unavailable
+from .ingest.plan import IngestResult
+from .ingest.run import IngestError, run_ingest
+from .ingest.spark import get_spark
+from .ingest.tables import TableRef, resolve_table
+from .retrieval.base import IndexReport
+from .retrieval.sync import SyncResult
+from .services import Services
 
 if TYPE_CHECKING:
-    from .ingest.run import IngestResult
-    from .ingest.tables import TableRef
-    from .services import Services
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +50,14 @@ class RefreshDisabled(Conflict, RefreshError):
 @dataclass
 class RefreshResult:
     ingest: IngestResult | None = None
-    sync: Any | None = None  # sync.SyncResult, or the Vector Search backend's report
+    sync: IndexReport | None = None  # a SyncResult, or the Vector Search backend's report
     job_run: dict[str, Any] | None = None  # when the refresh ran as a Databricks job
 
     @property
     def ok(self) -> bool:
         if self.job_run is not None:
             return self.job_run.get("result_state") == "SUCCESS"
-        return bool(getattr(self.sync, "ok", True))
+        return self.sync is None or self.sync.ok
 
     def to_json(self) -> dict[str, Any]:
         """The ``ingest --json`` shape: the pipeline's summary (``documents``, ``failures``, ``chunks``,
@@ -75,8 +84,7 @@ class RefreshResult:
                 for f in sorted(self.ingest.still_failing, key=lambda f: f.path)
             ]
         if self.sync is not None:
-            summary = getattr(self.sync, "summary", None)
-            lines.append(summary() if callable(summary) else f"Index: {self.sync.to_json()}")
+            lines.append(self.sync.summary())
         if self.job_run is not None:
             run = self.job_run
             lines.append(
@@ -85,9 +93,10 @@ class RefreshResult:
         return "\n".join(lines)
 
 
-def source_location(config: Config) -> str:
-    """``rag.source`` as the pipeline reads it: Volume paths and URIs as given, local folders resolved."""
-    source = config.rag.source
+def source_location(config: Config, source: str | None = None) -> str:
+    """``source`` (default ``rag.source``) as the pipeline reads it: Volume paths and URIs as given, local
+    folders resolved against the config's folder."""
+    source = config.rag.source if source is None else source
     if source.startswith("/Volumes/") or "://" in source:
         return source
     return str(config.resolve_path(source))
@@ -95,43 +104,37 @@ def source_location(config: Config) -> str:
 
 def table_ref(config: Config, name: str) -> TableRef:
     """A chunk/documents table setting: ``catalog.schema.table``, or a folder under the data directory."""
-    from .ingest.tables import resolve_table
-
     return resolve_table(name, local_dir=config.data_path)
 
 
 def refresh_documents(
     services: Services,
     *,
+    source: str | None = None,
     full: bool = False,
-    progress: Callable[[str], None] | None = None,
-    spark_factory: Callable[[], Any] | None = None,
+    progress: Progress | None = None,
+    spark_factory: Callable[[], SparkSession] | None = None,
     wait: bool = True,
     clock: Clock = REAL_CLOCK,
 ) -> RefreshResult:
-    """Ingest changed documents and sync the index; or, with ``rag.refresh_job_id``, run that job."""
+    """Ingest changed documents and sync the index; or, with ``rag.refresh_job_id``, run that job.
+
+    ``source`` replaces ``rag.source`` for this run (``ingest --source``).
+    """
     config = services.config
     if not config.rag.enabled:
         raise RefreshDisabled("RAG is disabled (rag.enabled: false): there are no documents to refresh")
     if config.rag.refresh_job_id:
         return RefreshResult(job_run=run_refresh_job(services, wait=wait, clock=clock, progress=progress))
 
-    from .ingest.run import IngestError, run_ingest
-    from .retrieval.sync import refresh_index
-
-    source = source_location(config)
-    if "://" not in source and not source.startswith("/Volumes/") and not Path(source).is_dir():
-        raise IngestError(f"the documents folder does not exist: {source} (rag.source or --source)")
-    say = progress or (lambda message: None)
-    if spark_factory is None:
-        from .ingest.spark import get_spark
-
-        def spark_factory() -> Any:
-            return get_spark(config.data_path)
-
+    location = source_location(config, source)
+    if "://" not in location and not location.startswith("/Volumes/") and not Path(location).is_dir():
+        raise IngestError(f"the documents folder does not exist: {location} (rag.source or --source)")
+    say = progress or quiet
+    spark = spark_factory() if spark_factory is not None else get_spark(config.data_path)
     ingest = run_ingest(
-        spark_factory(),
-        source,
+        spark,
+        location,
         table_ref(config, config.rag.chunk_table),
         table_ref(config, config.rag.documents_table),
         chunk_size=config.rag.chunk_size,
@@ -139,8 +142,28 @@ def refresh_documents(
         progress=say,
     )
     say("Syncing the index with the chunk table...")
-    sync = refresh_index(services, full=full)
+    sync = refresh_index(services, full=full, progress=say)
     return RefreshResult(ingest=ingest, sync=sync)
+
+
+def refresh_index(services: Services, full: bool = False, *, progress: Progress | None = None) -> IndexReport:
+    """Sync the document index from the chunk table, then embed conversation turns still waiting for recall.
+
+    The entry point shared by ``context-assistant sync``/``ingest`` and the ``rag_sync_job``. The pgvector
+    index is filled from the chunk table (read through ``services.chunk_source``) and returns a
+    :class:`SyncResult`; Vector Search reads the Delta table itself and returns its own report. Both have
+    ``ok``, ``to_json()`` and ``summary()``.
+    """
+    config = services.config
+    if not config.rag.enabled:
+        result: IndexReport = SyncResult()
+    else:
+        index = services.chunk_index
+        source = services.chunk_source if index.needs_source else None
+        result = index.refresh(source, full=full, progress=progress)
+    if config.memory.recall and isinstance(result, SyncResult):
+        result.turns_embedded = services.recall.index_pending()
+    return result
 
 
 def run_refresh_job(
@@ -150,7 +173,7 @@ def run_refresh_job(
     clock: Clock = REAL_CLOCK,
     poll_seconds: float = 10.0,
     timeout_seconds: float = 3600.0,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Start the ingestion job (``rag.refresh_job_id``) and, with ``wait``, follow it to the end."""
     job_id = int(services.config.rag.refresh_job_id)
@@ -160,7 +183,7 @@ def run_refresh_job(
         run_id = started.run_id if hasattr(started, "run_id") else started.response.run_id
     except Exception as exc:
         raise RefreshError(f"could not start the ingestion job {job_id}: {exc}") from exc
-    say = progress or (lambda message: None)
+    say = progress or quiet
     say(f"Started job {job_id}, run {run_id}.")
     deadline = clock.monotonic() + timeout_seconds
     while True:
@@ -180,3 +203,15 @@ def run_refresh_job(
             raise RefreshError(f"the ingestion job run {run_id} did not finish within {timeout_seconds:g}s")
         say(f"Job run {run_id}: {life}...")
         clock.sleep(poll_seconds)
+
+
+__all__ = [
+    "RefreshDisabled",
+    "RefreshError",
+    "RefreshResult",
+    "refresh_documents",
+    "refresh_index",
+    "run_refresh_job",
+    "source_location",
+    "table_ref",
+]

@@ -1,31 +1,65 @@
-"""The composition root: builds each component from the config once, on first use.
+"""The composition root: builds each part from the config once, on first use, and shares it.
 
 The CLI, the web app, the bundle's jobs and the notebooks all start here, so they wire the same parts the
 same way and only pay for what they touch (a ``sessions list`` never loads an embedding model).
+
+Parts are built lazily and thread-safely: the web app's worker threads may ask for the assistant at the same
+moment, and it is built once (one lock per ``Services``, re-entrant because parts build the parts they use).
+A part can be provided before its first use instead (``services.embedder = HashingEmbedder()`` in tests and
+benchmarks); once built it is never replaced, and the configuration is read-only: per-call differences (a
+source folder, a progress printer) are arguments of the call, not changes to a built part.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, overload
 
+from .assistant.turn import Assistant
 from .core.clock import REAL_CLOCK, Clock
 from .core.config import Config, load_config
 from .core.tracing import DisabledTracer, Tracer, make_tracer
-from .core.workspace import workspace_client
+from .core.workspace import WorkspaceFactory, workspace_client
 from .llm.factory import make_chat_model
 from .llm.interface import ChatModel
-from .storage.db import Database, open_database
+from .retrieval.base import ChunkIndex, Retriever
+from .retrieval.embeddings import Embedder, make_embedder
+from .retrieval.pgvector import PgVectorChunkIndex
+from .retrieval.recall import TurnRecall
+from .retrieval.sync import ChunkSource, make_chunk_source
+from .retrieval.vector_search import VectorSearchIndex
+from .storage.db import Database, DatabaseError, open_database
 from .storage.memory import ConversationStore
 
-if TYPE_CHECKING:
-    from .assistant.turn import Assistant
-    from .retrieval.base import Retriever
-    from .retrieval.embeddings import Embedder
-    from .retrieval.recall import TurnRecall
-    from .retrieval.sync import ChunkSource
+T = TypeVar("T")
+
+
+class part(Generic[T]):
+    """A part of :class:`Services`: built by the decorated method on first use, once, under the lock."""
+
+    def __init__(self, build: Callable[[Services], T]) -> None:
+        self.build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, services: None, owner: type | None = None) -> part[T]: ...
+
+    @overload
+    def __get__(self, services: Services, owner: type | None = None) -> T: ...
+
+    def __get__(self, services: Services | None, owner: type | None = None) -> part[T] | T:
+        if services is None:
+            return self
+        return services._part(self.name, lambda: self.build(services))
+
+    def __set__(self, services: Services, value: T) -> None:
+        services._provide(self.name, value)
 
 
 class Services:
@@ -35,69 +69,70 @@ class Services:
         *,
         env: Mapping[str, str] | None = None,
         clock: Clock = REAL_CLOCK,
-        workspace_factory: Any = None,
+        workspace_factory: WorkspaceFactory | None = None,
     ) -> None:
-        self.config = config
+        self._config = config
         self.env = os.environ if env is None else env
         self.clock = clock
-        self._workspace_factory = workspace_factory
-        self._closers: list[Any] = []
+        self._workspace_factory = workspace_factory or workspace_client
+        self._parts: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._closers: list[Callable[[], None]] = []
 
     @classmethod
     def from_config_file(cls, path: str | None = None, **overrides: Any) -> Services:
         return cls(load_config(path, overrides=overrides or None))
 
-    @functools.cached_property
+    @property
+    def config(self) -> Config:
+        """The configuration every part was built from (read-only)."""
+        return self._config
+
+    # -- the parts --------------------------------------------------------------------------------------
+
+    @part
     def workspace(self) -> Any:
         """A databricks-sdk WorkspaceClient (only built when something needs Databricks)."""
-        return (self._workspace_factory or workspace_client)()
+        return self._workspace_factory()
 
-    @functools.cached_property
+    @part
     def db(self) -> Database:
         db = open_database(self.config, env=self.env, workspace_factory=lambda: self.workspace, clock=self.clock)
         self._closers.append(db.close)
         return db
 
-    @functools.cached_property
+    @part
     def store(self) -> ConversationStore:
         return ConversationStore(self.db, clock=self.clock)
 
-    @functools.cached_property
+    @part
     def chat_model(self) -> ChatModel:
         """The model ``model.provider`` picks; the workspace client is only built on the first Databricks call."""
         return make_chat_model(self.config.model, workspace=lambda: self.workspace, env=self.env, clock=self.clock)
 
-    @functools.cached_property
+    @part
     def tracer(self) -> Tracer | DisabledTracer:
         """MLflow tracing of turns (MLflow itself is imported on the first traced turn)."""
         tracer = make_tracer(self.config, self.env)
         self._closers.append(tracer.close)
         return tracer
 
-    # -- retrieval (issue 4) ---------------------------------------------------------------------------
-
-    @functools.cached_property
+    @part
     def embedder(self) -> Embedder:
         """The embedding model ``rag.embedding_model`` names; a local model loads on first use, once."""
-        from .retrieval.embeddings import make_embedder
-
         embedder = make_embedder(self.config.rag, lambda: self.workspace, clock=self.clock)
         closer = getattr(embedder, "close", None)
         if closer is not None:
             self._closers.append(closer)
         return embedder
 
-    @functools.cached_property
-    def chunk_index(self) -> Any:
-        """The document index ``rag.backend`` names: a ChunkIndex (see retrieval.base) with search/refresh."""
+    @part
+    def chunk_index(self) -> ChunkIndex:
+        """The document index ``rag.backend`` names (both backends implement :class:`ChunkIndex`)."""
         if self.config.rag.backend == "vector_search":
-            from .retrieval.vector_search import VectorSearchIndex
-
             return VectorSearchIndex.from_config(
                 self.config.rag, self.workspace, embedder=self.embedder, clock=self.clock
             )
-        from .retrieval.pgvector import PgVectorChunkIndex
-
         return PgVectorChunkIndex.from_config(self.db, self.embedder, self.config.rag)
 
     @property
@@ -105,18 +140,14 @@ class Services:
         """What the assistant searches documents with (the chunk index)."""
         return self.chunk_index
 
-    @functools.cached_property
+    @part
     def chunk_source(self) -> ChunkSource:
         """The chunk table (``rag.chunk_table``) as the index sync reads it."""
-        from .retrieval.sync import make_chunk_source
-
         return make_chunk_source(self.config)
 
-    @functools.cached_property
+    @part
     def recall(self) -> TurnRecall:
         """Recall of the user's earlier turns (always pgvector: turns live in Postgres)."""
-        from .retrieval.recall import TurnRecall
-
         return TurnRecall(
             self.db,
             self.embedder,
@@ -124,11 +155,9 @@ class Services:
             search_mode=self.config.rag.search_mode,
         )
 
-    @functools.cached_property
+    @part
     def assistant(self) -> Assistant:
         """The assistant turn, wired to this config's memory, retrieval, recall, model and tracer."""
-        from .assistant.turn import Assistant
-
         return Assistant(
             self.config,
             self.store,
@@ -139,6 +168,43 @@ class Services:
             clock=self.clock,
         )
 
+    # -- asking without building ------------------------------------------------------------------------
+
+    def database(self, timeout: float | None = None) -> Database:
+        """The pool, waiting at most ``timeout`` seconds for another thread that is still building a part
+        (opening the pool may take as long as the server takes to answer)."""
+        built = self._parts.get("db")
+        if built is not None:
+            return built
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise DatabaseError("still connecting to the database")
+        try:
+            return self.db
+        finally:
+            self._lock.release()
+
+    def opened_database(self) -> Database | None:
+        """The pool if it has been opened, else None (never opens it)."""
+        return self._parts.get("db")
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+
+    def _part(self, name: str, build: Callable[[], T]) -> T:
+        try:
+            return self._parts[name]  # built: no lock on the hot path
+        except KeyError:
+            pass
+        with self._lock:
+            if name not in self._parts:
+                self._parts[name] = build()
+            return self._parts[name]
+
+    def _provide(self, name: str, value: Any) -> None:
+        with self._lock:
+            if name in self._parts:
+                raise AttributeError(f"services.{name} is already built; provide a part before its first use")
+            self._parts[name] = value
+
     def close(self) -> None:
         while self._closers:
             self._closers.pop()()
@@ -148,3 +214,6 @@ class Services:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+__all__ = ["Services"]

@@ -377,10 +377,6 @@ class ChatRepl:
             return True
         self.say(f"Refreshing documents from {self.services.config.rag.source} …")
         progress = TerminalProgress(stream=self.out)
-        index = self.services.chunk_index
-        previous = getattr(index, "progress", None)
-        if previous is not None:
-            index.progress = progress
         try:
             result = refresh_documents(self.services, progress=progress)
         except Exception as exc:
@@ -389,9 +385,6 @@ class ChatRepl:
                 traceback.print_exc()
             self.error(f"refresh failed: {error_text(exc)} (the chat goes on with the documents it had)")
             return True
-        finally:
-            if previous is not None:
-                index.progress = previous
         progress.done()
         self.say(result.summary())
         return True

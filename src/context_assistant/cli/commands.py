@@ -8,7 +8,6 @@ line on stderr, never a traceback (``--debug`` shows it): :func:`main` catches t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -27,6 +26,7 @@ from ..core.errors import (
     NotFound,
     UsageError,
 )
+from ..retrieval.sync import SyncResult
 from ..services import Services
 
 
@@ -233,12 +233,10 @@ def _one_of_query_or_batch(args: argparse.Namespace, command: str) -> None:
 
 
 def cmd_sync(args: argparse.Namespace, services: Services) -> int:
-    from ..retrieval.sync import SyncResult, refresh_index
+    from ..refresh import refresh_index
 
-    index = services.chunk_index if services.config.rag.enabled else None
-    if index is not None and hasattr(index, "progress") and not args.json:
-        index.progress = lambda message: print(message, file=sys.stderr)
-    result = refresh_index(services, full=args.full)
+    progress = None if args.json else TerminalProgress(live=False)
+    result = refresh_index(services, full=args.full, progress=progress)
     if args.json:
         print_json(result.to_json())
     elif isinstance(result, SyncResult):
@@ -314,14 +312,9 @@ def cmd_recall(args: argparse.Namespace, services: Services) -> int:
 def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
     from ..refresh import refresh_documents
 
-    if args.source:
-        services.config = services.config.replace(rag=dataclasses.replace(services.config.rag, source=args.source))
     progress = TerminalProgress(quiet=args.json)
-    index = services.chunk_index if services.config.rag.backend == "pgvector" else None
-    if index is not None:
-        index.progress = progress
     try:
-        result = refresh_documents(services, full=args.full, progress=progress)
+        result = refresh_documents(services, source=args.source or None, full=args.full, progress=progress)
     finally:
         progress.done()
     if args.json:

@@ -22,6 +22,11 @@ from .errors import ConfigError
 CONFIG_ENV = "CONTEXT_ASSISTANT_CONFIG"
 OVERRIDE_PREFIX = "CONTEXT_ASSISTANT__"
 
+# Declared once: the settings allow these values, and retrieval, the backends and the CLI's --mode use them.
+SEARCH_MODES = ("vector", "keyword", "hybrid")
+INDEX_TYPES = ("hnsw", "ivfflat")  # pgvector's approximate-nearest-neighbour indexes
+RETRIEVAL_BACKENDS = ("pgvector", "vector_search")
+
 
 def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | None = None) -> Any:
     return field(default=default, metadata={"choices": choices, "min": min})
@@ -76,13 +81,13 @@ class DatabaseConfig:
 class RagConfig:
     enabled: bool = True
     source: str = "fixtures/docs"
-    backend: str = _opt("pgvector", choices=("pgvector", "vector_search"))
+    backend: str = _opt("pgvector", choices=RETRIEVAL_BACKENDS)
     top_k: int = _opt(5, min=1)
     chunk_size: int = _opt(500, min=50)
     chunk_overlap: int = _opt(50, min=0)
     embedding_model: str = "all-MiniLM-L6-v2"
-    index_type: str = _opt("hnsw", choices=("hnsw", "ivfflat"))
-    search_mode: str = _opt("hybrid", choices=("vector", "keyword", "hybrid"))
+    index_type: str = _opt("hnsw", choices=INDEX_TYPES)
+    search_mode: str = _opt("hybrid", choices=SEARCH_MODES)
     hnsw_ef_search: int = _opt(40, min=1)
     ivfflat_probes: int = _opt(10, min=1)
     chunk_table: str = "chunks"

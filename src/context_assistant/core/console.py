@@ -12,7 +12,14 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
+
+Progress = Callable[[str], None]  # where a long step reports what it is doing, one line at a time
+
+
+def quiet(message: str) -> None:
+    """The :data:`Progress` of a caller that wants none."""
 
 
 def print_json(value: Any, out: TextIO | None = None) -> None:
@@ -66,4 +73,4 @@ def port_number(value: str) -> int:
     return port
 
 
-__all__ = ["TerminalProgress", "port_number", "print_json"]
+__all__ = ["Progress", "TerminalProgress", "port_number", "print_json", "quiet"]

@@ -1,18 +1,23 @@
-"""The retrieval interface every index backend implements, and the pieces they share.
+"""The retrieval interface both index backends implement, what the assistant codes against, and the
+pieces they share.
 
-A backend is a :class:`Retriever` (``search``) that can also be refreshed from the chunk table:
+A backend (``retrieval.pgvector.PgVectorChunkIndex``, ``retrieval.vector_search.VectorSearchIndex``) is a
+:class:`ChunkIndex`:
 
-* ``search(query, top_k=None, mode=None, path_prefix=None) -> list[Hit]``: best first. ``mode`` is one of
-  :data:`SEARCH_MODES` (None = the configured ``rag.search_mode``); ``path_prefix`` keeps only chunks whose
-  ``path`` starts with that string (a plain string prefix: ``teams/`` matches ``teams/a.md``). Raises
-  :class:`RetrievalError` (e.g. :class:`IndexNotReady`) with a message meant for the user.
-* refresh: :class:`ChunkIndex` ``refresh(source, full=False) -> SyncResult`` for indexes we fill ourselves
-  (``retrieval.pgvector.PgVectorChunkIndex``): bring the index in step with the chunk table read through
-  ``source`` (a :class:`context_assistant.retrieval.sync.ChunkSource`); ``full`` re-embeds everything. Failures of
-  single documents are reported in ``SyncResult.failed`` (their previous chunks stay searchable); an error
-  that stops the whole run raises. Databricks Vector Search (``retrieval.vector_search.VectorSearchIndex``)
-  reads the Delta table itself, so its ``refresh(full=False)`` takes no source and returns its own report;
-  :func:`context_assistant.retrieval.sync.refresh_index` calls whichever the configured backend has.
+* ``search(query, top_k=None, mode=None, path_prefix=None) -> list[Hit]`` (the :class:`Retriever` the
+  assistant uses): best first. ``mode`` is one of :data:`SEARCH_MODES` (None = the configured
+  ``rag.search_mode``); ``path_prefix`` keeps only chunks whose ``path`` starts with that string (a plain
+  string prefix: ``teams/`` matches ``teams/a.md``). Raises :class:`RetrievalError` (e.g.
+  :class:`IndexNotReady`) with a message meant for the user.
+* ``refresh(source, full=False, *, progress=None) -> IndexReport``: bring the index in step with the chunk
+  table. The pgvector index fills itself, reading the table through ``source`` (a
+  :class:`context_assistant.retrieval.sync.ChunkSource`; ``full`` re-embeds everything; failures of single
+  documents are reported, their previous chunks stay searchable; an error that stops the whole run
+  raises). Vector Search reads the Delta table itself, so it takes no source (``needs_source`` is False)
+  and returns its own report. :func:`context_assistant.refresh.refresh_index` calls whichever is configured.
+* ``status()`` for people, and ``passage(chunk_id)``, the text of a cited chunk.
+
+Memory recall is a :class:`Recaller` returning :class:`RecalledTurn` s.
 
 ``Hit.score`` is "higher is better" and comparable only within one result list: cosine similarity in
 ``vector`` mode, the BM25 score in ``keyword`` mode, the reciprocal-rank-fusion score in ``hybrid`` mode.
@@ -22,14 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from ..core.errors import ContextAssistantError, InvalidInput, Unavailable, UpstreamError
+from ..core.config import SEARCH_MODES
+from ..core.console import Progress
+from ..core.errors import ContextAssistantError, InvalidInput, NotFound, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
-    from .sync import ChunkSource, SyncResult
+    from .sync import ChunkSource
 
-SEARCH_MODES = ("vector", "keyword", "hybrid")
 RRF_K = 60  # the constant from Cormack et al. (2009); it damps the weight of the very top ranks
 KNOWN_FILTERS = ("path_prefix",)
 
@@ -57,6 +64,10 @@ class RetrievalFailed(UpstreamError, RetrievalError):
     """A service the search needs (the embedding model, Vector Search) failed."""
 
 
+class PassageUnavailable(NotFound, RetrievalError):
+    """A chunk's text cannot be shown: not in the index (any more), or not kept by this backend."""
+
+
 @dataclass(frozen=True)
 class Hit:
     chunk_id: str
@@ -78,6 +89,29 @@ class Hit:
         }
 
 
+@dataclass(frozen=True)
+class RecalledTurn:
+    """A message from one of the user's earlier sessions, found relevant to the question."""
+
+    message_id: int
+    session_id: str
+    role: str
+    content: str
+    timestamp: datetime
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        """One hit of ``recall --json`` / ``recall --batch``."""
+        return {
+            "message_id": self.message_id,
+            "session_id": self.session_id,
+            "role": self.role,
+            "content": self.content,
+            "timestamp": self.timestamp.isoformat(),
+            "score": round(self.score, 6),
+        }
+
+
 @runtime_checkable
 class Retriever(Protocol):
     def search(
@@ -85,9 +119,46 @@ class Retriever(Protocol):
     ) -> list[Hit]: ...
 
 
+class IndexReport(Protocol):
+    """What a refresh of either backend did: ``ok``, ``to_json()`` (the ``sync --json`` shape), ``summary()``."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    def summary(self) -> str: ...
+
+
 @runtime_checkable
 class ChunkIndex(Retriever, Protocol):
-    def refresh(self, source: ChunkSource, full: bool = False) -> SyncResult: ...
+    """A document index both backends implement (see the module docstring)."""
+
+    needs_source: bool  # False: the index reads the chunk table itself (Vector Search Delta Sync)
+
+    def refresh(
+        self, source: ChunkSource | None = None, full: bool = False, *, progress: Progress | None = None
+    ) -> IndexReport: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def passage(self, chunk_id: str) -> Hit:
+        """The indexed chunk ``chunk_id`` (its text for a source of an earlier answer); raises
+        :class:`PassageUnavailable`."""
+        ...
+
+
+class Recaller(Protocol):
+    """Memory recall as the assistant uses it: the user's earlier turns most relevant to a question."""
+
+    def recall(
+        self,
+        user: str,
+        query: str,
+        top_k: int | None = None,
+        exclude_session: str | None = None,
+        mode: str | None = None,
+    ) -> list[RecalledTurn]: ...
 
 
 def check_mode(mode: str) -> str:

@@ -326,8 +326,10 @@ def index_corpus(
     from .pgvector import PgVectorChunkIndex
     from .sync import InMemoryChunkSource
 
-    index = PgVectorChunkIndex.from_config(db, embedder, rag, progress=progress)
-    result = index.refresh(InMemoryChunkSource(corpus_chunks(corpus), label="the labelled corpus"))
+    index = PgVectorChunkIndex.from_config(db, embedder, rag)
+    result = index.refresh(
+        InMemoryChunkSource(corpus_chunks(corpus), label="the labelled corpus"), progress=progress
+    )
     return index, result
 
 

@@ -31,18 +31,22 @@ a ``halfvec`` cast; beyond that search is exact.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from ..core.config import INDEX_TYPES
+from ..core.console import Progress, quiet
+from ..core.errors import ConfigError
 from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
 from ..storage.db import Database
 from ..storage.vector_spaces import (
+    IVFFLAT_MIN_ROWS,
     SpaceInfo,
+    ensure_ann_index,
     like_prefix,
     pgvector_version,
     query_vector_sql,
@@ -56,6 +60,7 @@ from ..storage.vector_spaces import (
 from .base import (
     Hit,
     IndexNotReady,
+    PassageUnavailable,
     RetrievalError,
     candidate_count,
     check_mode,
@@ -64,6 +69,7 @@ from .base import (
 )
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 from .sync import (
+    ChunkSource,
     DocumentChange,
     DocumentFailure,
     SourceChunk,
@@ -77,8 +83,6 @@ from .sync import (
 
 log = logging.getLogger(__name__)
 
-IVFFLAT_MIN_ROWS = 10_000
-IVFFLAT_REBUILD_GROWTH = 4
 DEFAULT_BATCH_SIZE = 256  # chunks embedded per write transaction
 DELETE_BATCH_SIZE = 1000
 MAX_CONSECUTIVE_FAILURES = 3  # documents failing in a row before the run stops embedding
@@ -120,6 +124,8 @@ _STAGE_TYPES = ("text", "text", "int4", "text", "int4", "text", "text", "vector"
 class PgVectorChunkIndex:
     """A :class:`context_assistant.retrieval.base.ChunkIndex` in Postgres + pgvector."""
 
+    needs_source = True  # filled by us, from the chunk table read through a ChunkSource
+
     def __init__(
         self,
         db: Database,
@@ -132,10 +138,9 @@ class PgVectorChunkIndex:
         ivfflat_probes: int = 10,
         batch_size: int = DEFAULT_BATCH_SIZE,
         ivfflat_min_rows: int = IVFFLAT_MIN_ROWS,
-        progress: Callable[[str], None] | None = None,
     ) -> None:
-        if index_type not in ("hnsw", "ivfflat"):
-            raise ValueError(f"index_type {index_type!r} is not one of hnsw, ivfflat")
+        if index_type not in INDEX_TYPES:
+            raise ConfigError(f"rag.index_type: {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
         self.db = db
         self.embedder = embedder
         self.index_type = index_type
@@ -145,7 +150,6 @@ class PgVectorChunkIndex:
         self.ivfflat_probes = ivfflat_probes
         self.batch_size = batch_size
         self.ivfflat_min_rows = ivfflat_min_rows
-        self.progress = progress or (lambda message: None)
         self._pgvector: tuple[int, ...] | None = None
 
     @classmethod
@@ -163,13 +167,18 @@ class PgVectorChunkIndex:
 
     # -- sync -----------------------------------------------------------------------------------------
 
-    def refresh(self, source: Any, full: bool = False) -> SyncResult:
+    def refresh(
+        self, source: ChunkSource | None = None, full: bool = False, *, progress: Progress | None = None
+    ) -> SyncResult:
         """Make the index equal the chunk table (ids and content hashes); see :mod:`context_assistant.retrieval.sync`.
 
         One refresh at a time (a Postgres advisory lock); every batch is its own transaction; a document's
         changes are written together or, if its chunks cannot be embedded, not at all (its old chunks stay
         and it is listed in ``SyncResult.failed``). Raises :class:`SyncError` when another refresh runs.
         """
+        if source is None:
+            raise SyncError("the pgvector index is filled from the chunk table: refresh needs its ChunkSource")
+        say = progress or quiet
         started = time.monotonic()
         model = self.embedder.model_name
         with self.db.connection() as conn:
@@ -184,7 +193,7 @@ class PgVectorChunkIndex:
 
                 register_vector(conn)
                 result = SyncResult(model=model)
-                result.rebuilt, dimension = self._ensure_space(conn)
+                result.rebuilt, dimension = self._ensure_space(conn, say)
                 result.dimension = dimension
                 indexed = {
                     chunk_id: (path, content_hash)
@@ -193,16 +202,24 @@ class PgVectorChunkIndex:
                     )
                 }
                 conn.commit()
-                self.progress(f"reading {source.label}")
+                say(f"reading {source.label}")
                 plan = plan_sync(source.fingerprints(), indexed, full=full)
                 result.kept = plan.kept
-                self.progress(
+                say(
                     f"{plan.upsert_count} chunk(s) to embed in {len(plan.changes)} document(s), "
                     f"{len(plan.deletes)} to delete, {plan.kept} unchanged"
                 )
                 self._delete(conn, plan.deletes, result)
-                self._embed_and_write(conn, source, plan, dimension, result)
-                result.index = self._ensure_ann_index(conn)
+                self._embed_and_write(conn, source, plan, dimension, result, say)
+                result.index = ensure_ann_index(
+                    conn,
+                    CHUNKS_SPACE,
+                    CHUNKS_TABLE,
+                    index_type=self.index_type,
+                    ivfflat_min_rows=self.ivfflat_min_rows,
+                    say=say,
+                    rows_label="chunks",
+                )
                 conn.commit()
             finally:
                 conn.rollback()
@@ -211,7 +228,7 @@ class PgVectorChunkIndex:
         result.seconds = time.monotonic() - started
         return result
 
-    def _ensure_space(self, conn: psycopg.Connection) -> tuple[bool, int]:
+    def _ensure_space(self, conn: psycopg.Connection, say: Progress) -> tuple[bool, int]:
         """Create the table on first use or when the model changed; returns (rebuilt, dimension)."""
         info = read_space(conn, CHUNKS_SPACE)
         model = self.embedder.model_name
@@ -226,9 +243,7 @@ class PgVectorChunkIndex:
         ):
             return False, dimension
         if info is not None:
-            self.progress(
-                f"embedding model changed from {info.model} ({info.dimension} dims): rebuilding the index"
-            )
+            say(f"embedding model changed from {info.model} ({info.dimension} dims): rebuilding the index")
         reset_space(conn, CHUNKS_SPACE, CHUNKS_TABLE, model, dimension, CHUNKS_DDL)
         conn.commit()
         return True, dimension
@@ -242,7 +257,13 @@ class PgVectorChunkIndex:
             conn.commit()
 
     def _embed_and_write(
-        self, conn: psycopg.Connection, source: Any, plan: SyncPlan, dimension: int, result: SyncResult
+        self,
+        conn: psycopg.Connection,
+        source: ChunkSource,
+        plan: SyncPlan,
+        dimension: int,
+        result: SyncResult,
+        say: Progress,
     ) -> None:
         if not plan.changes:
             return
@@ -270,7 +291,7 @@ class PgVectorChunkIndex:
                 result.failed.append(failure)
                 consecutive_failures += 1
             done += sum(len(change.upserts) for change in batch)
-            self.progress(f"batch {number}/{len(batches)}: {done}/{plan.upsert_count} chunks")
+            say(f"batch {number}/{len(batches)}: {done}/{plan.upsert_count} chunks")
 
     def _embed_batch(
         self, batch: list[DocumentChange], by_id: dict[str, SourceChunk], dimension: int
@@ -371,84 +392,6 @@ class PgVectorChunkIndex:
                     sql.SQL("DELETE FROM {} WHERE chunk_id = ANY(%s)").format(sql.Identifier(CHUNKS_TABLE)),
                     (deletes,),
                 )
-
-    # -- the ANN index ----------------------------------------------------------------------------------
-
-    def _ensure_ann_index(self, conn: psycopg.Connection) -> str:
-        """Build, rebuild or drop the ANN index as ``index_type`` and the row count call for; returns its
-        description."""
-        info = read_space(conn, CHUNKS_SPACE)
-        assert info is not None
-        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(CHUNKS_TABLE))).fetchone()[0]
-        expression, opclass = vector_expression(info.dimension)
-        names = {kind: f"{CHUNKS_TABLE}_embedding_{kind}" for kind in ("hnsw", "ivfflat")}
-        present = {kind for kind, name in names.items() if table_exists(conn, name)}
-        if opclass is None:
-            self._drop_indexes(conn, names, present)
-            self._record_index(conn, None, None, None)
-            return f"none (exact search: {info.dimension} dims is too wide for a pgvector index)"
-
-        if self.index_type == "hnsw":
-            if "ivfflat" in present:
-                self._drop_indexes(conn, names, {"ivfflat"})
-            if "hnsw" not in present:
-                self.progress(f"building the hnsw index on {rows} chunks")
-                self._tune_maintenance(conn)
-                conn.execute(f"CREATE INDEX {names['hnsw']} ON {CHUNKS_TABLE} USING hnsw ({expression} {opclass})")
-                self._record_index(conn, "hnsw", None, rows)
-            return "hnsw"
-
-        # ivfflat
-        if "hnsw" in present:
-            self._drop_indexes(conn, names, {"hnsw"})
-        if rows < self.ivfflat_min_rows:
-            if "ivfflat" in present and info.index_rows and rows * IVFFLAT_REBUILD_GROWTH > info.index_rows:
-                return f"ivfflat (lists={info.index_lists})"
-            self._drop_indexes(conn, names, present & {"ivfflat"})
-            self._record_index(conn, None, None, None)
-            return f"none (exact search until {self.ivfflat_min_rows} rows, then ivfflat)"
-        stale = (
-            "ivfflat" not in present
-            or info.index_type != "ivfflat"
-            or not info.index_rows
-            or rows >= IVFFLAT_REBUILD_GROWTH * info.index_rows
-            or rows * IVFFLAT_REBUILD_GROWTH <= info.index_rows
-        )
-        if not stale:
-            return f"ivfflat (lists={info.index_lists})"
-        lists = ivfflat_lists(rows)
-        self.progress(f"building the ivfflat index on {rows} chunks (lists={lists})")
-        self._tune_maintenance(conn)
-        building = names["ivfflat"] + "_new"
-        conn.execute(f"DROP INDEX IF EXISTS {building}")
-        conn.execute(
-            f"CREATE INDEX {building} ON {CHUNKS_TABLE} USING ivfflat ({expression} {opclass}) WITH (lists = {lists})"
-        )
-        conn.execute(f"DROP INDEX IF EXISTS {names['ivfflat']}")
-        conn.execute(f"ALTER INDEX {building} RENAME TO {names['ivfflat']}")
-        self._record_index(conn, "ivfflat", lists, rows)
-        return f"ivfflat (lists={lists})"
-
-    def _tune_maintenance(self, conn: psycopg.Connection) -> None:
-        # An HNSW build is much faster when the graph fits in maintenance_work_mem (default 64MB).
-        try:
-            with conn.transaction():
-                set_local(conn, "maintenance_work_mem", "512MB")
-        except psycopg.Error:  # a managed server may refuse; the build still works, slower
-            pass
-
-    def _drop_indexes(self, conn: psycopg.Connection, names: dict[str, str], kinds: Iterable[str]) -> None:
-        for kind in kinds:
-            conn.execute(f"DROP INDEX IF EXISTS {names[kind]}")
-
-    def _record_index(
-        self, conn: psycopg.Connection, kind: str | None, lists: int | None, rows: int | None
-    ) -> None:
-        conn.execute(
-            """UPDATE vector_spaces SET index_type = %s, index_lists = %s, index_rows = %s, updated_at = now()
-               WHERE space = %s""",
-            (kind, lists, rows, CHUNKS_SPACE),
-        )
 
     # -- search ---------------------------------------------------------------------------------------
 
@@ -584,6 +527,25 @@ class PgVectorChunkIndex:
                 ).fetchall()
             )
 
+    def passage(self, chunk_id: str) -> Hit:
+        """The indexed chunk (a source of an earlier answer is stored without its text); score 0."""
+        with self.db.connection() as conn:
+            try:
+                row = conn.execute(
+                    sql.SQL("SELECT chunk_id, path, heading, page, text FROM {} WHERE chunk_id = %s").format(
+                        sql.Identifier(CHUNKS_TABLE)
+                    ),
+                    (chunk_id,),
+                ).fetchone()
+            except psycopg.errors.UndefinedTable:
+                row = None
+        if row is None:
+            raise PassageUnavailable(
+                f"passage {chunk_id} is no longer in the document index (its document changed or was removed)"
+            )
+        found_id, path, heading, page, text = row
+        return Hit(found_id, path, heading or "", page, text, 0.0)
+
     def status(self) -> dict[str, Any]:
         """Model, dimension, row count and ANN index of the chunk index."""
         with self.db.connection() as conn:
@@ -600,10 +562,3 @@ class PgVectorChunkIndex:
             "index_type": info.index_type,
             "index_lists": info.index_lists,
         }
-
-
-def ivfflat_lists(rows: int) -> int:
-    """pgvector's guidance: rows / 1000 up to 1M rows, sqrt(rows) beyond; at least 10."""
-    if rows > 1_000_000:
-        return max(10, int(math.sqrt(rows)))
-    return max(10, rows // 1000)

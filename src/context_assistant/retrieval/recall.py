@@ -21,8 +21,6 @@ changed, the table is rebuilt (and re-embedded lazily).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -30,7 +28,7 @@ import psycopg
 from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
 from ..storage.db import Database
 from ..storage.vector_spaces import read_space, reset_space, table_exists, vector_literal
-from .base import RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query, rrf_fuse
+from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query, rrf_fuse
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 
 log = logging.getLogger(__name__)
@@ -64,27 +62,6 @@ _PENDING = f"""
       AND btrim(c.content) <> ''
       AND NOT EXISTS (SELECT 1 FROM {TURNS_TABLE} t WHERE t.message_id = c.id)
     ORDER BY c.id LIMIT %(limit)s"""
-
-
-@dataclass(frozen=True)
-class RecalledTurn:
-    message_id: int
-    session_id: str
-    role: str
-    content: str
-    timestamp: datetime
-    score: float
-
-    def to_json(self) -> dict[str, Any]:
-        """One hit of ``recall --json`` / ``recall --batch``."""
-        return {
-            "message_id": self.message_id,
-            "session_id": self.session_id,
-            "role": self.role,
-            "content": self.content,
-            "timestamp": self.timestamp.isoformat(),
-            "score": round(self.score, 6),
-        }
 
 
 class TurnRecall:

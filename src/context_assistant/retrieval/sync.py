@@ -15,7 +15,8 @@ The chunk table is read through a :class:`ChunkSource`:
 * :class:`SparkChunkSource`: any table Spark can read, e.g. ``catalog.schema.table`` in the Databricks job;
 * :class:`InMemoryChunkSource`: a list of chunks (tests, benchmarks, other producers).
 
-:func:`refresh_index` is what ``context-assistant sync``, ``ingest`` and the bundle's ``rag_sync_job`` call.
+:func:`context_assistant.refresh.refresh_index` is what ``context-assistant sync``, ``ingest`` and the bundle's
+``rag_sync_job`` call.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from ..core.errors import Conflict
 if TYPE_CHECKING:
     from ..core.config import Config
     from ..ingest.tables import TableRef
-    from ..services import Services
 
 SOURCE_COLUMNS = ("chunk_id", "path", "chunk_index", "text", "heading", "page", "content_hash")
 
@@ -375,26 +375,3 @@ def make_chunk_source(config: Config, spark_factory: Callable[[], Any] | None = 
             return get_spark(config.data_path)
 
     return SparkChunkSource(spark_factory(), table)
-
-
-# ---------------------------------------------------------------------------------------------------------
-
-
-def refresh_index(services: Services, full: bool = False) -> Any:
-    """Sync the document index from the chunk table, then embed conversation turns still waiting for recall.
-
-    The entry point shared by ``context-assistant sync``/``ingest`` and the ``rag_sync_job``. With the
-    pgvector backend it returns a :class:`SyncResult`; with Vector Search, that backend's report (the index
-    reads the Delta table itself, so no source is passed). Both have ``to_json()``.
-    """
-    config = services.config
-    result: Any
-    if not config.rag.enabled:
-        result = SyncResult()
-    elif config.rag.backend == "vector_search":
-        result = services.chunk_index.refresh(full=full)
-    else:
-        result = services.chunk_index.refresh(services.chunk_source, full=full)
-    if config.memory.recall and isinstance(result, SyncResult):
-        result.turns_embedded = services.recall.index_pending()
-    return result

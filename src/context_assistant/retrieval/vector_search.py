@@ -63,8 +63,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import ConfigError, RagConfig
+from ..core.console import Progress, quiet
 from ..core.upstream import exception_line
-from .base import Hit, IndexNotReady, RetrievalError, check_mode, check_query
+from .base import Hit, IndexNotReady, PassageUnavailable, RetrievalError, check_mode, check_query
 from .vector_search_shapes import (
     ENDPOINT_FAILED_STATES,
     FAILED_UPDATE_STATES,
@@ -84,6 +85,7 @@ from .vector_search_shapes import (
 
 if TYPE_CHECKING:
     from .embeddings import Embedder
+    from .sync import ChunkSource
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ DEFAULT_POLL_SECONDS = 10.0
 
 class VectorSearchIndex:
     """Retrieval from a Databricks Vector Search Delta Sync index over the chunk table."""
+
+    needs_source = False  # the service reads the Delta table itself
 
     def __init__(
         self,
@@ -130,7 +134,14 @@ class VectorSearchIndex:
         return self.settings.index_name
 
     # --- refresh: create if missing, then one sync ------------------------------------------------------------
-    def refresh(self, source: Any = None, full: bool = False, *, wait: bool = True) -> VectorSearchSyncReport:
+    def refresh(
+        self,
+        source: ChunkSource | None = None,
+        full: bool = False,
+        *,
+        progress: Progress | None = None,
+        wait: bool = True,
+    ) -> VectorSearchSyncReport:
         """Make sure endpoint and index exist, then sync once (never while another sync runs).
 
         ``source`` (the :class:`~context_assistant.retrieval.sync.ChunkSource` of the ChunkIndex protocol) is not used:
@@ -138,6 +149,8 @@ class VectorSearchIndex:
         the table's Change Data Feed, so every sync covers the rows that changed; a rebuild from scratch
         means deleting the index. ``wait=False`` returns as soon as the sync has been requested.
         """
+        say = progress or quiet
+        say(f"checking Vector Search endpoint {self.settings.endpoint} and index {self.name}")
         report = VectorSearchSyncReport(index=self.name)
         started = self.clock.monotonic()
         deadline = started + self.settings.timeout_seconds
@@ -151,6 +164,7 @@ class VectorSearchIndex:
         elif state.pipeline_type == "CONTINUOUS":
             report.notes.append("index pipeline is CONTINUOUS: it follows the table by itself, no sync needed")
         else:
+            say(f"syncing Vector Search index {self.name}" + (" (waiting for it to finish)" if wait else ""))
             self._sync(report, deadline, wait)
         final = self._index_state()
         report.indexed_row_count, report.state = final.indexed_row_count, final.label
@@ -442,6 +456,12 @@ class VectorSearchIndex:
             indexed_row_count=int(count) if count is not None else None,
             pipeline_id=spec.get("pipeline_id"),
             pipeline_type=spec.get("pipeline_type"),
+        )
+
+    def passage(self, chunk_id: str) -> Hit:
+        """Not kept here: the chat page shows a passage's text only with the answer that cited it."""
+        raise PassageUnavailable(
+            "the passage text of earlier answers is not available with the vector_search backend"
         )
 
     def status(self) -> dict[str, Any]:

@@ -195,6 +195,11 @@ class VectorSearchSyncReport:
     state: str = ""
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def ok(self) -> bool:
+        """A refresh that returns completed; one that could not raised."""
+        return True
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

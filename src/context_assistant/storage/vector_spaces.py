@@ -13,17 +13,22 @@ Dimensions up to :data:`MAX_VECTOR_INDEX_DIM` index ``vector``; up to :data:`MAX
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from ..core.console import Progress, quiet
+
 log = logging.getLogger(__name__)
 
 MAX_VECTOR_INDEX_DIM = 2000  # pgvector's limit for indexing vector
 MAX_HALFVEC_INDEX_DIM = 4000  # ... and for halfvec
+IVFFLAT_MIN_ROWS = 10_000
+IVFFLAT_REBUILD_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -118,3 +123,109 @@ def set_local(conn: psycopg.Connection, name: str, value: Any) -> None:
 def like_prefix(prefix: str) -> str:
     """A LIKE pattern matching strings that start with ``prefix`` literally."""
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The approximate-nearest-neighbour index on a space's table
+
+
+def ensure_ann_index(
+    conn: psycopg.Connection,
+    space: str,
+    table: str,
+    *,
+    index_type: str,
+    ivfflat_min_rows: int = IVFFLAT_MIN_ROWS,
+    say: Progress = quiet,
+    rows_label: str = "rows",
+) -> str:
+    """Build, rebuild or drop the ANN index on ``table`` as ``index_type`` and the row count call for; returns
+    its description (``hnsw``, ``ivfflat (lists=N)``, ``none (...)``).
+
+    ``hnsw`` is built once and maintained on every insert. ``ivfflat`` is built only once the table has
+    ``ivfflat_min_rows`` rows (below that exact search is fast and an IVF index trained on few rows is poor),
+    with :func:`ivfflat_lists` lists, and rebuilt when the row count has grown (or shrunk)
+    :data:`IVFFLAT_REBUILD_GROWTH` times since it was built. Too wide a dimension gets no index.
+    """
+    info = read_space(conn, space)
+    assert info is not None
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+    expression, opclass = vector_expression(info.dimension)
+    names = {kind: f"{table}_embedding_{kind}" for kind in ("hnsw", "ivfflat")}
+    present = {kind for kind, name in names.items() if table_exists(conn, name)}
+    if opclass is None:
+        _drop_indexes(conn, names, present)
+        _record_index(conn, space, None, None, None)
+        return f"none (exact search: {info.dimension} dims is too wide for a pgvector index)"
+
+    if index_type == "hnsw":
+        if "ivfflat" in present:
+            _drop_indexes(conn, names, {"ivfflat"})
+        if "hnsw" not in present:
+            say(f"building the hnsw index on {rows} {rows_label}")
+            _tune_maintenance(conn)
+            conn.execute(f"CREATE INDEX {names['hnsw']} ON {table} USING hnsw ({expression} {opclass})")
+            _record_index(conn, space, "hnsw", None, rows)
+        return "hnsw"
+
+    # ivfflat
+    if "hnsw" in present:
+        _drop_indexes(conn, names, {"hnsw"})
+    if rows < ivfflat_min_rows:
+        if "ivfflat" in present and info.index_rows and rows * IVFFLAT_REBUILD_GROWTH > info.index_rows:
+            return f"ivfflat (lists={info.index_lists})"
+        _drop_indexes(conn, names, present & {"ivfflat"})
+        _record_index(conn, space, None, None, None)
+        return f"none (exact search until {ivfflat_min_rows} rows, then ivfflat)"
+    stale = (
+        "ivfflat" not in present
+        or info.index_type != "ivfflat"
+        or not info.index_rows
+        or rows >= IVFFLAT_REBUILD_GROWTH * info.index_rows
+        or rows * IVFFLAT_REBUILD_GROWTH <= info.index_rows
+    )
+    if not stale:
+        return f"ivfflat (lists={info.index_lists})"
+    lists = ivfflat_lists(rows)
+    say(f"building the ivfflat index on {rows} {rows_label} (lists={lists})")
+    _tune_maintenance(conn)
+    building = names["ivfflat"] + "_new"
+    conn.execute(f"DROP INDEX IF EXISTS {building}")
+    conn.execute(
+        f"CREATE INDEX {building} ON {table} USING ivfflat ({expression} {opclass}) WITH (lists = {lists})"
+    )
+    conn.execute(f"DROP INDEX IF EXISTS {names['ivfflat']}")
+    conn.execute(f"ALTER INDEX {building} RENAME TO {names['ivfflat']}")
+    _record_index(conn, space, "ivfflat", lists, rows)
+    return f"ivfflat (lists={lists})"
+
+
+def _tune_maintenance(conn: psycopg.Connection) -> None:
+    # An HNSW build is much faster when the graph fits in maintenance_work_mem (default 64MB).
+    try:
+        with conn.transaction():
+            set_local(conn, "maintenance_work_mem", "512MB")
+    except psycopg.Error:  # a managed server may refuse; the build still works, slower
+        pass
+
+
+def _drop_indexes(conn: psycopg.Connection, names: dict[str, str], kinds: Iterable[str]) -> None:
+    for kind in kinds:
+        conn.execute(f"DROP INDEX IF EXISTS {names[kind]}")
+
+
+def _record_index(
+    conn: psycopg.Connection, space: str, kind: str | None, lists: int | None, rows: int | None
+) -> None:
+    conn.execute(
+        """UPDATE vector_spaces SET index_type = %s, index_lists = %s, index_rows = %s, updated_at = now()
+           WHERE space = %s""",
+        (kind, lists, rows, space),
+    )
+
+
+def ivfflat_lists(rows: int) -> int:
+    """pgvector's guidance: rows / 1000 up to 1M rows, sqrt(rows) beyond; at least 10."""
+    if rows > 1_000_000:
+        return max(10, int(math.sqrt(rows)))
+    return max(10, rows // 1000)

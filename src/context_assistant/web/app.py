@@ -44,7 +44,7 @@ from ..core.console import port_number
 from ..core.errors import EXIT_OK, Conflict, InvalidInput
 from ..core.tracing import FeedbackError
 from ..services import Services
-from ..storage.db import Database, DatabaseError
+from ..storage.db import Database
 from ..storage.memory import Message, Session
 from .errors import InternalErrors, install_error_handlers
 from .guard import RequestGuard
@@ -93,15 +93,9 @@ class WebState:
         self.config = services.config
         self.identity = IdentityResolver(services.config, services.env)
         self.refresh = RefreshRunner(refresh or self._refresh_documents, clock=services.clock)
-        # Services builds parts on first use (cached properties); build each once, not once per racing thread.
-        self._build_lock = threading.Lock()
 
     def component(self, name: str) -> Any:
-        cached = self.services.__dict__.get(name)
-        if cached is not None:
-            return cached
-        with self._build_lock:
-            return getattr(self.services, name)
+        return getattr(self.services, name)  # built once, thread-safely, by Services
 
     @property
     def assistant(self) -> Assistant:
@@ -109,25 +103,13 @@ class WebState:
 
     def database(self, timeout: float) -> Database:
         """The pool, waiting at most ``timeout`` for another thread that is still opening it."""
-        cached = self.services.__dict__.get("db")
-        if cached is not None:
-            return cached
-        if not self._build_lock.acquire(timeout=timeout):
-            raise DatabaseError("still connecting to the database")
-        try:
-            return self.services.db
-        finally:
-            self._build_lock.release()
+        return self.services.database(timeout)
 
     def _refresh_documents(self, full: bool, progress: Callable[[str], None]) -> Any:
         """What the refresh button does: ingest changed documents and sync the index (the ingestion job
         on Databricks Apps, where ``rag.refresh_job_id`` names it); see context_assistant.refresh."""
         from ..refresh import refresh_documents
 
-        if self.config.rag.enabled:
-            self.component("chunk_index")
-        if self.config.memory.recall:
-            self.component("recall")
         return refresh_documents(self.services, full=full, progress=progress)
 
     def warm_up(self) -> None:
@@ -370,7 +352,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
             with state.database(timeout).connection(timeout=timeout) as conn:
                 conn.execute("SELECT 1").fetchone()
         except Exception as exc:
-            where = getattr(state.services.__dict__.get("db"), "target", None)
+            where = getattr(state.services.opened_database(), "target", None)
             detail = _one_line(exc) + (f" ({where.description})" if where is not None else "")
             return JSONResponse({"status": "unavailable", "database": detail}, status_code=503)
         return {"status": "ok", "database": "ok"}
