@@ -4,10 +4,13 @@
 Everything the app does goes through :class:`~context_assistant.services.Services`, like the CLI, so the web
 turn is the CLI turn: same memory, retrieval, model and tracing.
 
+This module assembles the app; each resource's endpoints are an ``APIRouter`` in ``routes/``, and what they
+may ask for (the user, the config, the parts they use) are the typed dependencies in ``deps.py``.
 Synchronous work (the assistant turn, the store, the tracer) runs in FastAPI's worker threads: endpoints
 doing it are plain ``def``; the streaming endpoint hands each step of the turn to a thread (stream.py).
 Who is asking is decided in identity.py; body limits and JSON-only writes in guard.py. Every error
-response is ``{"error": "..."}`` (failed turns add kind, retryable, session_id and user_message_id).
+response is ``{"error": "..."}`` (failed turns add kind, retryable, session_id and user_message_id;
+errors.py maps them, and answers anything unexpected with a 500 and a request id).
 
 Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /openapi.json):
 
@@ -26,109 +29,27 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi import FastAPI
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..assistant.turn import Assistant
-from ..assistant.turn import check_message as check_chat_message
 from ..core.config import ConfigError, load_config
 from ..core.console import port_number
-from ..core.errors import EXIT_OK, Conflict, InvalidInput
-from ..core.tracing import FeedbackError
+from ..core.errors import EXIT_OK
 from ..services import Services
-from ..storage.db import Database
-from ..storage.memory import Message, Session
+from .deps import WebState
 from .errors import InternalErrors, install_error_handlers
 from .guard import RequestGuard
-from .identity import IdentityResolver
-from .models import (
-    ChatReply,
-    ChatRequest,
-    ErrorBody,
-    FeedbackOut,
-    FeedbackRequest,
-    Health,
-    Me,
-    NewSession,
-    RefreshRequest,
-    RefreshStatusOut,
-    RenameSession,
-    SessionList,
-    SessionMessages,
-    SessionOut,
-    SourceText,
-)
-from .passages import passage
-from .refresh_runner import RefreshCall, RefreshRunner
-from .stream import SSE_HEADERS, turn_frames
+from .refresh_runner import RefreshCall
+from .routes import ROUTERS
+from .routes.status import STATIC_DIR
 
 log = logging.getLogger(__name__)
-
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-# The page runs only its own script and style and talks only to this server: even text that slipped into
-# the page as markup could not run script or load anything from elsewhere.
-PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
-)
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in codes}
-
-
-class WebState:
-    """What the endpoints share: the services, the identity rule, the refresh runner."""
-
-    def __init__(self, services: Services, refresh: RefreshCall | None = None) -> None:
-        self.services = services
-        self.config = services.config
-        self.identity = IdentityResolver(services.config, services.env)
-        self.refresh = RefreshRunner(refresh or self._refresh_documents, clock=services.clock)
-
-    def component(self, name: str) -> Any:
-        return getattr(self.services, name)  # built once, thread-safely, by Services
-
-    @property
-    def assistant(self) -> Assistant:
-        return self.component("assistant")
-
-    def database(self, timeout: float) -> Database:
-        """The pool, waiting at most ``timeout`` for another thread that is still opening it."""
-        return self.services.database(timeout)
-
-    def _refresh_documents(self, full: bool, progress: Callable[[str], None]) -> Any:
-        """What the refresh button does: ingest changed documents and sync the index (the ingestion job
-        on Databricks Apps, where ``rag.refresh_job_id`` names it); see context_assistant.refresh."""
-        from ..refresh import refresh_documents
-
-        return refresh_documents(self.services, full=full, progress=progress)
-
-    def warm_up(self) -> None:
-        """Connect, migrate and load the parts of a turn before the first request needs them."""
-        try:
-            self.component("db")
-            self.component("assistant")
-            if self.config.rag.enabled or self.config.memory.recall:
-                self.component("embedder").embed(["warm-up"])
-        except Exception as exc:  # the app still starts; /health and the requests report the problem
-            log.warning("warm-up incomplete: %s", exc)
-
-
-def current_user(request: Request) -> str:
-    """The user a request acts for (see identity.py); 401 when there is none."""
-    return request.app.state.web.identity.resolve(request.headers).user
-
-
-CurrentUser = Annotated[str, Depends(current_user)]
 
 
 def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_up: bool = True) -> FastAPI:
@@ -158,216 +79,8 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
     install_error_handlers(app)
     app.add_middleware(InternalErrors)
 
-    def check_message(body: ChatRequest) -> None:
-        if body.retry_of is None:
-            check_chat_message(body.message, config.web.max_message_chars)
-
-    # -- chat ---------------------------------------------------------------------------------------------
-
-    @app.post(
-        "/api/chat",
-        response_model=ChatReply,
-        responses=_errors(401, 404, 413, 415, 422, 502, 503),
-        summary="Send a message and get the whole answer",
-        tags=["chat"],
-    )
-    def chat(body: ChatRequest, user: CurrentUser) -> Any:
-        """One turn. A failed model call answers 502 (or 422 when the conversation no longer fits the model)
-        with the stored message's id: send it back as ``retry_of`` to try again."""
-        check_message(body)
-        return state.assistant.turn(user, body.message, body.session_id, retry_of=body.retry_of).to_json()
-
-    @app.post(
-        "/api/chat/stream",
-        response_class=StreamingResponse,
-        responses={
-            200: {
-                "content": {"text/event-stream": {}},
-                "description": "Server-Sent Events: start, sources, delta (repeated), then done or error. "
-                "Each event's data is one JSON object (see stream.py / the README).",
-            },
-            **_errors(401, 404, 413, 415, 422, 503),
-        },
-        summary="Send a message and stream the answer (Server-Sent Events)",
-        tags=["chat"],
-    )
-    async def chat_stream(body: ChatRequest, user: CurrentUser) -> Any:
-        """The turn as it happens. Problems found before the message is stored (unknown session, bad input)
-        are plain HTTP errors; a model failure after it is an ``error`` event with ``retryable`` and
-        ``user_message_id`` (retry with ``retry_of``)."""
-        check_message(body)
-        assistant = await run_in_threadpool(lambda: state.assistant)
-        events = assistant.stream_turn(user, body.message, body.session_id, retry_of=body.retry_of)
-        first = await run_in_threadpool(next, events)  # stores the message: the start event
-        return StreamingResponse(turn_frames(first, events), media_type="text/event-stream", headers=SSE_HEADERS)
-
-    # -- sessions -----------------------------------------------------------------------------------------
-
-    @app.get("/api/sessions", response_model=SessionList, responses=_errors(401, 503), tags=["sessions"])
-    def list_sessions(user: CurrentUser, limit: int = 100, offset: int = 0) -> Any:
-        """Your sessions, most recently active first."""
-        limit = max(1, min(limit, 500))
-        sessions = state.component("store").list_sessions(user, limit=limit, offset=max(0, offset))
-        return {"user": user, "sessions": [_session_out(s) for s in sessions]}
-
-    @app.post(
-        "/api/sessions",
-        response_model=SessionOut,
-        status_code=201,
-        responses=_errors(401, 413, 415, 422, 503),
-        tags=["sessions"],
-    )
-    def create_session(body: NewSession, user: CurrentUser) -> Any:
-        """An empty session (the chat endpoints also create one when no session_id is given)."""
-        return _session_out(state.component("store").create_session(user, title=body.title.strip()))
-
-    @app.get(
-        "/api/sessions/{session_id}",
-        response_model=SessionOut,
-        responses=_errors(401, 404, 503),
-        tags=["sessions"],
-    )
-    def get_session(session_id: str, user: CurrentUser) -> Any:
-        return _session_out(state.component("store").get_session(user, session_id))
-
-    @app.patch(
-        "/api/sessions/{session_id}",
-        response_model=SessionOut,
-        responses=_errors(401, 404, 413, 415, 422, 503),
-        tags=["sessions"],
-    )
-    def rename_session(session_id: str, body: RenameSession, user: CurrentUser) -> Any:
-        title = body.title.strip()
-        if not title:
-            raise InvalidInput("the title is blank")
-        return _session_out(state.component("store").rename_session(user, session_id, title))
-
-    @app.delete("/api/sessions/{session_id}", status_code=204, responses=_errors(401, 404, 503), tags=["sessions"])
-    def delete_session(session_id: str, user: CurrentUser) -> Response:
-        """Delete the session and all its messages."""
-        state.component("store").delete_session(user, session_id)
-        return Response(status_code=204)
-
-    @app.get(
-        "/api/sessions/{session_id}/messages",
-        response_model=SessionMessages,
-        responses=_errors(401, 404, 503),
-        tags=["sessions"],
-    )
-    def session_messages(session_id: str, user: CurrentUser) -> Any:
-        store = state.component("store")
-        session = store.get_session(user, session_id)
-        return {
-            "session": _session_out(session),
-            "messages": [_message_out(m) for m in store.messages(user, session_id)],
-        }
-
-    # -- feedback and sources -----------------------------------------------------------------------------
-
-    @app.post(
-        "/api/feedback",
-        response_model=FeedbackOut,
-        responses=_errors(401, 404, 413, 415, 422, 503),
-        tags=["chat"],
-    )
-    def feedback(body: FeedbackRequest, user: CurrentUser) -> Any:
-        """Thumbs up or down on one of your replies. Stored with the reply (a second call replaces it) and,
-        when the turn was traced, recorded on its MLflow trace as a ``user_feedback`` assessment."""
-        store = state.component("store")
-        message = store.get_message(user, body.message_id)
-        if message.role != "assistant":
-            raise InvalidInput(f"feedback is given on a reply; message {message.id} is a {message.role} message")
-        comment = body.comment.strip()
-        trace_id = message.metadata.get("trace_id")
-        assessment_id, note = None, None
-        if trace_id:
-            try:
-                assessment_id = state.component("tracer").feedback(trace_id, user, body.value == "up", comment)
-            except FeedbackError as exc:
-                note = str(exc)
-            if assessment_id is None and note is None:
-                note = "tracing is off or the trace store is unavailable (see the app log)"
-        else:
-            note = "this turn was not traced"
-        record = {
-            "value": body.value,
-            "comment": comment,
-            "at": services.clock.now().isoformat(),
-            "assessment_id": assessment_id,
-        }
-        store.update_metadata(user, message.id, {"feedback": record})
-        return {
-            "message_id": message.id,
-            "value": body.value,
-            "comment": comment,
-            "at": record["at"],
-            "traced": assessment_id is not None,
-            "note": note,
-        }
-
-    @app.get("/api/sources/{chunk_id}", response_model=SourceText, responses=_errors(401, 404, 503), tags=["chat"])
-    def source_text(chunk_id: str, user: CurrentUser) -> Any:
-        """The text of a cited passage (for sources of earlier answers, which are stored without it)."""
-        return passage(services, chunk_id)
-
-    # -- documents ----------------------------------------------------------------------------------------
-
-    @app.post(
-        "/api/rag/refresh",
-        response_model=RefreshStatusOut,
-        status_code=202,
-        responses=_errors(401, 409, 413, 415),
-        tags=["documents"],
-    )
-    def start_refresh(user: CurrentUser, body: RefreshRequest | None = None) -> Any:
-        """Start bringing the document index in step with the chunk table (in the background). 409 while a
-        refresh is running; follow it with GET."""
-        if not config.rag.enabled:
-            raise Conflict("document search is turned off (rag.enabled: false); nothing to refresh")
-        return state.refresh.start(user, full=bool(body and body.full)).to_json()
-
-    @app.get("/api/rag/refresh", response_model=RefreshStatusOut, responses=_errors(401), tags=["documents"])
-    def refresh_status(user: CurrentUser) -> Any:
-        """The running refresh, or how the last one ended (idle: none since the app started)."""
-        return state.refresh.status().to_json()
-
-    # -- identity and health ------------------------------------------------------------------------------
-
-    @app.get("/api/me", response_model=Me, responses=_errors(401), tags=["app"])
-    def me(request: Request) -> Any:
-        identity = state.identity.resolve(request.headers)
-        return {
-            "user": identity.user,
-            "identity": identity.source,
-            "max_message_chars": config.web.max_message_chars,
-            "model": getattr(state.component("chat_model"), "provider", config.model.provider),
-            "rag_enabled": config.rag.enabled,
-        }
-
-    @app.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["app"])
-    def health() -> Any:
-        """200 when a database connection answers within web.health_timeout_seconds, else 503."""
-        timeout = config.web.health_timeout_seconds
-        try:
-            with state.database(timeout).connection(timeout=timeout) as conn:
-                conn.execute("SELECT 1").fetchone()
-        except Exception as exc:
-            where = getattr(state.services.opened_database(), "target", None)
-            detail = _one_line(exc) + (f" ({where.description})" if where is not None else "")
-            return JSONResponse({"status": "unavailable", "database": detail}, status_code=503)
-        return {"status": "ok", "database": "ok"}
-
-    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # for HEAD probes
-
-    # -- the page -----------------------------------------------------------------------------------------
-
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(
-            STATIC_DIR / "index.html",
-            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
-        )
-
+    for router in ROUTERS:
+        app.include_router(router)
     app.mount("/static", _RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -379,23 +92,6 @@ class _RevalidatedStaticFiles(StaticFiles):
         response = super().file_response(*args, **kwargs)
         response.headers["Cache-Control"] = "no-cache"
         return response
-
-
-def _session_out(session: Session) -> dict[str, Any]:
-    data = session.to_json()
-    data.pop("user_id", None)
-    return data
-
-
-def _message_out(message: Message) -> dict[str, Any]:
-    data = message.to_json()
-    data.pop("user_id", None)
-    return {"id": message.id, **data}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------

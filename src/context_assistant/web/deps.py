@@ -1,0 +1,145 @@
+"""What an endpoint may ask for, as typed FastAPI dependencies: the user, the config, the parts it uses.
+
+The app keeps one :class:`WebState` (``app.state.web``): the composition root's
+:class:`~context_assistant.services.Services` (which builds each part once, thread-safely, on first use),
+the identity rule and the document refresh runner. Endpoints declare what they need (``user: CurrentUser``,
+``assistant: AssistantDep``...) and never reach into the state themselves. Dependencies that build a part
+are plain ``def``, so FastAPI runs them in its worker threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from ..assistant.turn import Assistant, check_message
+from ..core.config import Config
+from ..core.console import Progress
+from ..core.tracing import DisabledTracer, Tracer
+from ..llm.interface import ChatModel
+from ..refresh import refresh_documents
+from ..retrieval.base import ChunkIndex
+from ..services import Services
+from ..storage.memory import ConversationStore
+from .identity import Identity, IdentityResolver
+from .models import ChatRequest
+from .refresh_runner import RefreshCall, RefreshRunner
+
+log = logging.getLogger(__name__)
+
+
+class WebState:
+    """What the endpoints share: the services, the identity rule, the refresh runner."""
+
+    def __init__(self, services: Services, refresh: RefreshCall | None = None) -> None:
+        self.services = services
+        self.identity = IdentityResolver(services.config, services.env)
+        self.refresh = RefreshRunner(refresh or self._refresh_documents, clock=services.clock)
+
+    def _refresh_documents(self, full: bool, progress: Progress) -> Any:
+        """What the refresh button does: ingest changed documents and sync the index (the ingestion job
+        on Databricks Apps, where ``rag.refresh_job_id`` names it); see :mod:`context_assistant.refresh`."""
+        return refresh_documents(self.services, full=full, progress=progress)
+
+    def warm_up(self) -> None:
+        """Connect, migrate and load the parts of a turn before the first request needs them."""
+        services = self.services
+        try:
+            services.database()
+            services.assistant  # noqa: B018  (builds it)
+            if services.config.rag.enabled or services.config.memory.recall:
+                services.embedder.embed(["warm-up"])
+        except Exception as exc:  # the app still starts; /health and the requests report the problem
+            log.warning("warm-up incomplete: %s", exc)
+
+
+def web_state(request: Request) -> WebState:
+    state = request.app.state.web
+    assert isinstance(state, WebState)
+    return state
+
+
+State = Annotated[WebState, Depends(web_state)]
+
+
+def services(state: State) -> Services:
+    return state.services
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def config(state: State) -> Config:
+    return state.services.config
+
+
+ConfigDep = Annotated[Config, Depends(config)]
+
+
+def identity(request: Request, state: State) -> Identity:
+    """Who the request acts for (see identity.py); 401 when there is no one."""
+    return state.identity.resolve(request.headers)
+
+
+IdentityDep = Annotated[Identity, Depends(identity)]
+
+
+def current_user(who: IdentityDep) -> str:
+    return who.user
+
+
+CurrentUser = Annotated[str, Depends(current_user)]
+
+
+def store(services: ServicesDep) -> ConversationStore:
+    return services.store
+
+
+StoreDep = Annotated[ConversationStore, Depends(store)]
+
+
+def assistant(services: ServicesDep) -> Assistant:
+    return services.assistant
+
+
+AssistantDep = Annotated[Assistant, Depends(assistant)]
+
+
+def chat_model(services: ServicesDep) -> ChatModel:
+    return services.chat_model
+
+
+ChatModelDep = Annotated[ChatModel, Depends(chat_model)]
+
+
+def tracer(services: ServicesDep) -> Tracer | DisabledTracer:
+    return services.tracer
+
+
+TracerDep = Annotated[Tracer | DisabledTracer, Depends(tracer)]
+
+
+def chunk_index(services: ServicesDep) -> ChunkIndex:
+    return services.chunk_index
+
+
+ChunkIndexDep = Annotated[ChunkIndex, Depends(chunk_index)]
+
+
+def refresh_runner(state: State) -> RefreshRunner:
+    return state.refresh
+
+
+RefreshRunnerDep = Annotated[RefreshRunner, Depends(refresh_runner)]
+
+
+def chat_request(body: ChatRequest, config: ConfigDep) -> ChatRequest:
+    """The request body, checked by the assistant's own message rule (a retry sends no new message)."""
+    if body.retry_of is None:
+        check_message(body.message, config.web.max_message_chars)
+    return body
+
+
+ChatBody = Annotated[ChatRequest, Depends(chat_request)]

@@ -1,0 +1,64 @@
+"""The app itself: ``GET /api/me`` (who the app thinks you are), ``GET/HEAD /health`` and the page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, JSONResponse
+
+from ..deps import ChatModelDep, ConfigDep, IdentityDep, ServicesDep
+from ..models import Health, Me
+from .common import errors
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# The page runs only its own script and style and talks only to this server: even text that slipped into
+# the page as markup could not run script or load anything from elsewhere.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
+)
+
+router = APIRouter(tags=["app"])
+
+
+@router.get("/api/me", response_model=Me, responses=errors(401))
+def me(who: IdentityDep, config: ConfigDep, chat_model: ChatModelDep) -> Any:
+    return {
+        "user": who.user,
+        "identity": who.source,
+        "max_message_chars": config.web.max_message_chars,
+        "model": chat_model.provider,
+        "rag_enabled": config.rag.enabled,
+    }
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+def health(services: ServicesDep) -> Any:
+    """200 when a database connection answers within web.health_timeout_seconds, else 503."""
+    timeout = services.config.web.health_timeout_seconds
+    try:
+        with services.database(timeout).connection(timeout=timeout) as conn:
+            conn.execute("SELECT 1").fetchone()
+    except Exception as exc:
+        where = getattr(services.opened_database(), "target", None)
+        detail = _one_line(exc) + (f" ({where.description})" if where is not None else "")
+        return JSONResponse({"status": "unavailable", "database": detail}, status_code=503)
+    return {"status": "ok", "database": "ok"}
+
+
+router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # for HEAD probes
+
+
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+def page() -> FileResponse:
+    return FileResponse(
+        STATIC_DIR / "index.html",
+        headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
