@@ -1,7 +1,7 @@
 """Ingest a folder of team documents into Delta tables with Spark, incrementally, with SQL that runs as is on
 Databricks (serverless / Spark Connect, Unity Catalog tables) and locally on pysail (folder-backed tables).
 
-Tables (created if missing; see :data:`CHUNK_COLUMNS` and :data:`DOCUMENT_COLUMNS`):
+Tables (created if missing; their columns are declared in :mod:`context_assistant.ingest.contract`):
 
 * chunk table: one row per chunk, keyed by ``chunk_id`` (sha256 of path and position, from
   :mod:`context_assistant.ingest.chunking`). Created with ``delta.enableChangeDataFeed = true`` because Vector
@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.errors import InvalidInput
+from .contract import CHUNK_TABLE, DOCUMENTS_TABLE, FRESH_CHUNK, parsed_schema_ddl, schema_ddl, table_ddl
 from .plan import (
     DEFAULT_MAX_FILE_BYTES,
     EMPTY_HASH,
@@ -88,34 +89,14 @@ if TYPE_CHECKING:
 
 STAGING_SUFFIX = "__ingest_staging"
 
-CHUNK_COLUMNS = (
-    "chunk_id STRING NOT NULL, path STRING NOT NULL, chunk_index INT NOT NULL, text STRING NOT NULL, "
-    "heading STRING NOT NULL, page INT, content_hash STRING NOT NULL, doc_hash STRING NOT NULL, "
-    "modified_at TIMESTAMP NOT NULL, ingested_at TIMESTAMP NOT NULL"
-)
-"""``doc_hash``/``modified_at``/``ingested_at`` on a chunk describe the document version that last changed
-that chunk's text: chunks an edit did not touch are left alone rather than rewritten."""
-
-DOCUMENT_COLUMNS = (
-    "path STRING NOT NULL, doc_hash STRING, status STRING NOT NULL, error STRING, chunk_count INT NOT NULL, "
-    "size_bytes BIGINT NOT NULL, modified_at TIMESTAMP NOT NULL, chunking STRING, "
-    "ingested_at TIMESTAMP NOT NULL"
-)
-"""``doc_hash`` is the sha256 of the bytes last read (NULL for skipped files); ``chunk_count`` the number of
-chunks in the chunk table for the path; ``chunking`` the settings they were cut with; ``ingested_at`` the
-run that last parsed the file or changed its status."""
+# The tables' columns are declared once, in ingest.contract; these are their CREATE TABLE definitions.
+CHUNK_COLUMNS = table_ddl(CHUNK_TABLE)
+DOCUMENT_COLUMNS = table_ddl(DOCUMENTS_TABLE)
 
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 
-_PARSED_SCHEMA = (
-    "path STRING, size_bytes BIGINT, modified_us BIGINT, doc_hash STRING, status STRING, error STRING, "
-    "chunk_count INT, chunks ARRAY<STRUCT<chunk_id: STRING, chunk_index: INT, text: STRING, heading: STRING, "
-    "page: INT, content_hash: STRING>>"
-)
-_FRESH_SCHEMA = (
-    "chunk_id STRING, path STRING, chunk_index INT, text STRING, heading STRING, page INT, content_hash STRING, "
-    "doc_hash STRING, modified_us BIGINT"
-)
+_PARSED_SCHEMA = parsed_schema_ddl()
+_FRESH_SCHEMA = schema_ddl(FRESH_CHUNK)
 _GLOB_CHARS = re.compile(r"[*?\[\]{}\\]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 

@@ -15,12 +15,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .contract import CHUNK_FIELDS, names, parsed_arrow_schema
 from .plan import FAILED, OK, UNCHANGED
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 PARSE_SECONDS = 300.0  # the longest one file may take to parse and chunk
+CHUNK_FIELD_NAMES = names(CHUNK_FIELDS)
 
 
 class ParseTimeout(BaseException):
@@ -86,7 +88,7 @@ def make_batch_parser(
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
 
-        schema = _parsed_arrow_schema()
+        schema = parsed_arrow_schema()
         for batch in batches:
             out: list[dict[str, Any]] = []
             for row in batch.to_pylist():
@@ -99,46 +101,9 @@ def make_batch_parser(
                         status=status,
                         error=error,
                         chunk_count=len(chunks),
-                        chunks=[
-                            {
-                                "chunk_id": c.chunk_id,
-                                "chunk_index": c.chunk_index,
-                                "text": c.text,
-                                "heading": c.heading,
-                                "page": c.page,
-                                "content_hash": c.content_hash,
-                            }
-                            for c in chunks
-                        ],
+                        chunks=[{name: getattr(c, name) for name in CHUNK_FIELD_NAMES} for c in chunks],
                     )
                 out.append(record)
             yield pa.RecordBatch.from_pylist(out, schema=schema)
 
     return parse_batches
-
-
-def _parsed_arrow_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    chunk = pa.struct(
-        [
-            ("chunk_id", pa.string()),
-            ("chunk_index", pa.int32()),
-            ("text", pa.string()),
-            ("heading", pa.string()),
-            ("page", pa.int32()),
-            ("content_hash", pa.string()),
-        ]
-    )
-    return pa.schema(
-        [
-            ("path", pa.string()),
-            ("size_bytes", pa.int64()),
-            ("modified_us", pa.int64()),
-            ("doc_hash", pa.string()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("chunk_count", pa.int32()),
-            ("chunks", pa.list_(chunk)),
-        ]
-    )

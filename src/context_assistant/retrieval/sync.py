@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..core.errors import Conflict
+from ..ingest.contract import INDEXED_COLUMNS
 
 if TYPE_CHECKING:
     from ..core.config import Config
     from ..ingest.tables import TableRef
 
-SOURCE_COLUMNS = ("chunk_id", "path", "chunk_index", "text", "heading", "page", "content_hash")
+SOURCE_COLUMNS = INDEXED_COLUMNS  # the chunk table columns the index reads (ingest.contract)
 
 
 class SyncError(Conflict):

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.config import ConfigError, RagConfig
+from ..ingest.contract import HIT_COLUMNS
 from .base import Hit, RetrievalFailed
 
-RESULT_COLUMNS = ("chunk_id", "path", "heading", "page", "text")
+RESULT_COLUMNS = HIT_COLUMNS  # what a query asks for: the chunk table columns a Hit shows (ingest.contract)
 SYNCED_COLUMNS = (*RESULT_COLUMNS, "content_hash")
 EMBEDDING_MODES = ("managed", "self_managed")
 ENDPOINT_TYPES = ("STANDARD", "STORAGE_OPTIMIZED")

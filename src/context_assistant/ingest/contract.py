@@ -1,0 +1,142 @@
+"""The chunk table's contract, declared once: its columns and their types, and every view of them.
+
+The ingest writes the chunk table (Spark DDL), its workers hand parsed chunks to Spark as Arrow, the index
+sync reads it back (``deltalake``/Spark column lists) and Vector Search syncs a subset of it. All of them derive
+what they use from the declarations here, so a column added or retyped here is added or retyped everywhere.
+
+* :data:`CHUNK_TABLE`: the chunk table, one row per chunk (``chunk_id`` is its key);
+* :data:`DOCUMENTS_TABLE`: the documents table, one row per file seen in the source (``path`` is its key);
+* :data:`CHUNK_FIELDS`: what a parser produces per chunk (the chunk's own columns, without its document's);
+* :data:`PARSED_FILE`: one row of the parser's output (a file's summary; its chunks come as an array);
+* :data:`INDEXED_COLUMNS`: what a search index reads of a chunk; :data:`HIT_COLUMNS`: what a hit shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # the Spark SQL type: STRING, INT, BIGINT, TIMESTAMP
+    nullable: bool = False
+
+    def ddl(self) -> str:
+        return f"{self.name} {self.type}" + ("" if self.nullable else " NOT NULL")
+
+
+CHUNK_TABLE: tuple[Column, ...] = (
+    Column("chunk_id", "STRING"),  # sha256 of path and position (ingest.chunking.make_chunk_id)
+    Column("path", "STRING"),  # relative to the source root, "/"-separated: what citations show
+    Column("chunk_index", "INT"),
+    Column("text", "STRING"),
+    Column("heading", "STRING"),  # "" when none; the heading path joined with " > "
+    Column("page", "INT", nullable=True),  # PDFs only
+    Column("content_hash", "STRING"),  # sha256 of text: the index re-embeds a chunk only when it changes
+    # The document version that last changed this chunk's text (an edit leaves untouched chunks alone):
+    Column("doc_hash", "STRING"),
+    Column("modified_at", "TIMESTAMP"),
+    Column("ingested_at", "TIMESTAMP"),
+)
+
+DOCUMENTS_TABLE: tuple[Column, ...] = (
+    Column("path", "STRING"),
+    Column("doc_hash", "STRING", nullable=True),  # sha256 of the bytes last read; NULL for skipped files
+    Column("status", "STRING"),  # ok | failed | skipped
+    Column("error", "STRING", nullable=True),
+    Column("chunk_count", "INT"),  # chunks in the chunk table for the path
+    Column("size_bytes", "BIGINT"),
+    Column("modified_at", "TIMESTAMP"),
+    Column("chunking", "STRING", nullable=True),  # the settings its chunks were cut with
+    Column("ingested_at", "TIMESTAMP"),  # the run that last parsed the file or changed its status
+)
+
+
+def columns(table: Iterable[Column], *names: str) -> tuple[Column, ...]:
+    """The named columns of ``table``, in the order given."""
+    by_name = {column.name: column for column in table}
+    return tuple(by_name[name] for name in names)
+
+
+def names(table: Iterable[Column]) -> tuple[str, ...]:
+    return tuple(column.name for column in table)
+
+
+CHUNK_FIELDS = columns(CHUNK_TABLE, "chunk_id", "chunk_index", "text", "heading", "page", "content_hash")
+INDEXED_COLUMNS = names(
+    columns(CHUNK_TABLE, "chunk_id", "path", "chunk_index", "text", "heading", "page", "content_hash")
+)
+HIT_COLUMNS = names(columns(CHUNK_TABLE, "chunk_id", "path", "heading", "page", "text"))
+
+PARSED_FILE: tuple[Column, ...] = (
+    Column("path", "STRING"),
+    Column("size_bytes", "BIGINT"),
+    Column("modified_us", "BIGINT"),  # modification time, microseconds since the epoch
+    Column("doc_hash", "STRING"),
+    Column("status", "STRING"),  # ok | failed | unchanged (the bytes hash to the stored hash)
+    Column("error", "STRING"),
+    Column("chunk_count", "INT"),
+)
+# A chunk of the parser's output joined with its file: the MERGE's source rows.
+FRESH_CHUNK: tuple[Column, ...] = (
+    *columns(
+        CHUNK_TABLE, "chunk_id", "path", "chunk_index", "text", "heading", "page", "content_hash", "doc_hash"
+    ),
+    Column("modified_us", "BIGINT"),
+)
+
+
+def table_ddl(table: Iterable[Column]) -> str:
+    """``CREATE TABLE`` column definitions: ``chunk_id STRING NOT NULL, ...``."""
+    return ", ".join(column.ddl() for column in table)
+
+
+def schema_ddl(table: Iterable[Column]) -> str:
+    """A Spark schema string for data frames (every column nullable, as Spark infers them)."""
+    return ", ".join(f"{column.name} {column.type}" for column in table)
+
+
+def parsed_schema_ddl() -> str:
+    """The Spark schema of the parser's output (``mapInArrow``): a file's summary and its chunks."""
+    chunk = ", ".join(f"{column.name}: {column.type}" for column in CHUNK_FIELDS)
+    return f"{schema_ddl(PARSED_FILE)}, chunks ARRAY<STRUCT<{chunk}>>"
+
+
+def parsed_arrow_schema() -> pa.Schema:
+    """The same schema in Arrow, as the workers build their record batches."""
+    import pyarrow as pa
+
+    def arrow(column: Column) -> pa.DataType:
+        return {
+            "STRING": pa.string(),
+            "INT": pa.int32(),
+            "BIGINT": pa.int64(),
+            "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+        }[column.type]
+
+    chunk = pa.struct([(column.name, arrow(column)) for column in CHUNK_FIELDS])
+    return pa.schema([*((column.name, arrow(column)) for column in PARSED_FILE), ("chunks", pa.list_(chunk))])
+
+
+__all__ = [
+    "CHUNK_FIELDS",
+    "CHUNK_TABLE",
+    "DOCUMENTS_TABLE",
+    "FRESH_CHUNK",
+    "HIT_COLUMNS",
+    "INDEXED_COLUMNS",
+    "PARSED_FILE",
+    "Column",
+    "columns",
+    "names",
+    "parsed_arrow_schema",
+    "parsed_schema_ddl",
+    "schema_ddl",
+    "table_ddl",
+]

@@ -1,0 +1,47 @@
+"""The chunk table's contract is declared once (ingest/contract.py) and every view of it agrees.
+
+Pure checks of the declarations; tests/test_pipeline.py writes and reads the real tables with Spark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from context_assistant.ingest import contract
+from context_assistant.ingest.chunking import Chunk
+from context_assistant.ingest.run import CHUNK_COLUMNS, DOCUMENT_COLUMNS
+from context_assistant.retrieval.sync import SOURCE_COLUMNS, SourceChunk
+from context_assistant.retrieval.vector_search_shapes import RESULT_COLUMNS, SYNCED_COLUMNS
+
+
+def test_the_create_table_definitions_come_from_the_contract() -> None:
+    assert CHUNK_COLUMNS == (
+        "chunk_id STRING NOT NULL, path STRING NOT NULL, chunk_index INT NOT NULL, text STRING NOT NULL, "
+        "heading STRING NOT NULL, page INT, content_hash STRING NOT NULL, doc_hash STRING NOT NULL, "
+        "modified_at TIMESTAMP NOT NULL, ingested_at TIMESTAMP NOT NULL"
+    )
+    assert DOCUMENT_COLUMNS.startswith("path STRING NOT NULL, doc_hash STRING, status STRING NOT NULL")
+
+
+def test_the_parsers_spark_and_arrow_schemas_agree() -> None:
+    arrow = contract.parsed_arrow_schema()
+    assert arrow.names == [*contract.names(contract.PARSED_FILE), "chunks"]
+    chunk_struct = arrow.field("chunks").type.value_type
+    assert [chunk_struct.field(i).name for i in range(chunk_struct.num_fields)] == list(
+        contract.names(contract.CHUNK_FIELDS)
+    )
+    ddl = contract.parsed_schema_ddl()
+    assert ddl.startswith("path STRING, size_bytes BIGINT, modified_us BIGINT")
+    assert ddl.endswith(
+        "chunks ARRAY<STRUCT<chunk_id: STRING, chunk_index: INT, text: STRING, heading: STRING, page: INT, "
+        "content_hash: STRING>>"
+    )
+
+
+def test_what_is_read_and_synced_is_part_of_the_chunk_table() -> None:
+    table = set(contract.names(contract.CHUNK_TABLE))
+    assert SOURCE_COLUMNS == contract.INDEXED_COLUMNS
+    assert [f.name for f in dataclasses.fields(SourceChunk)] == list(SOURCE_COLUMNS)
+    assert set(SYNCED_COLUMNS) <= table and RESULT_COLUMNS == contract.HIT_COLUMNS
+    chunk_fields = {f.name for f in dataclasses.fields(Chunk)}
+    assert set(contract.names(contract.CHUNK_FIELDS)) <= chunk_fields
