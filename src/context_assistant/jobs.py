@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from .core.config import Config, load_config
 from .core.console import TerminalProgress, print_json
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so callers (and tests) get the message and exit code 2."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message}")
 
 

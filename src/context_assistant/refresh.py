@@ -180,7 +180,7 @@ def run_refresh_job(
     jobs = services.workspace.jobs
     try:
         started = jobs.run_now(job_id=job_id)
-        run_id = started.run_id if hasattr(started, "run_id") else started.response.run_id
+        run_id = started.bind()["run_id"]  # the SDK binds the new run's id to the waiter it returns
     except Exception as exc:
         raise RefreshError(f"could not start the ingestion job {job_id}: {exc}") from exc
     say = progress or quiet

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .assistant.turn import Assistant
 from .core.clock import REAL_CLOCK, Clock
@@ -32,6 +32,9 @@ from .retrieval.sync import ChunkSource, make_chunk_source
 from .retrieval.vector_search import VectorSearchIndex
 from .storage.db import Database, DatabaseError, open_database
 from .storage.memory import ConversationStore
+
+if TYPE_CHECKING:
+    from databricks.sdk import WorkspaceClient
 
 T = TypeVar("T")
 
@@ -91,7 +94,7 @@ class Services:
     # -- the parts --------------------------------------------------------------------------------------
 
     @part
-    def workspace(self) -> Any:
+    def workspace(self) -> WorkspaceClient:
         """A databricks-sdk WorkspaceClient (only built when something needs Databricks)."""
         return self._workspace_factory()
 

@@ -26,23 +26,48 @@ from ..storage.memory import fit_turns
 
 
 class SourceLike(Protocol):
-    path: str
-    heading: str
-    page: int | None
-    text: str
-    score: float
+    """A retrieved passage (retrieval's ``Hit``)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def heading(self) -> str: ...
+
+    @property
+    def page(self) -> int | None: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def score(self) -> float: ...
 
 
 class TurnLike(Protocol):
-    session_id: str
-    role: str
-    content: str
-    timestamp: datetime
+    """A recalled turn of an earlier session (retrieval's ``RecalledTurn``)."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+    @property
+    def timestamp(self) -> datetime: ...
 
 
 class HistoryLike(Protocol):
-    role: str
-    content: str
+    """A message of this session (memory's ``Message``)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
 
 
 def source_location(source: NumberedSource) -> str:
@@ -74,7 +99,7 @@ def source_json(source: NumberedSource, with_text: bool = True) -> dict[str, Any
 class Prompt:
     messages: list[dict[str, str]]
     sources: list[NumberedSource]
-    recalled: list[Any]
+    recalled: list[TurnLike]
     history_used: int
     tokens: int
     dropped: dict[str, int] = field(default_factory=dict)

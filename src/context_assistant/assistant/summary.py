@@ -22,8 +22,11 @@ _SENTENCE = re.compile(r"(.+?[.!?])(\s|$)", re.S)
 
 
 class MessageLike(Protocol):
-    role: str
-    content: str
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
 
 
 def first_sentence(text: str, limit: int = 200) -> str:

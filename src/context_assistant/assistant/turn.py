@@ -17,7 +17,7 @@ The order matters for what a user can rely on:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +36,9 @@ from ..core.tracing import (
     TurnTrace,
 )
 from ..llm.interface import ChatModel, Completion, ContextTurn, ModelError, PromptContext
+from ..retrieval.base import Hit, RecalledTurn, Recaller, Retriever
 from ..storage.memory import ConversationStore, Message, MessageNotFound, title_from
-from .prompt import ContextTooLong, NumberedSource, Prompt, build_prompt, source_json
+from .prompt import ContextTooLong, NumberedSource, Prompt, TurnLike, build_prompt, source_json
 from .summary import Summarizer
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class TurnResult:
     reply_message_id: int
     model: str
     usage: dict[str, Any] = field(default_factory=dict)
-    recalled: list[Any] = field(default_factory=list)
+    recalled: list[TurnLike] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +118,9 @@ class TurnEvent:
     result: TurnResult | None = None
 
 
+TurnEvents = Generator[TurnEvent, None, None]  # a turn as it happens; close() it to stop early
+
+
 class Assistant:
     def __init__(
         self,
@@ -124,8 +128,8 @@ class Assistant:
         store: ConversationStore,
         chat_model: ChatModel,
         *,
-        retriever: Any | None = None,
-        recall: Any | None = None,
+        retriever: Retriever | None = None,
+        recall: Recaller | None = None,
         tracer: Tracer | DisabledTracer | None = None,
         summarizer: Summarizer | None = None,
         clock: Clock = REAL_CLOCK,
@@ -153,15 +157,16 @@ class Assistant:
 
     def stream_turn(
         self, user: str, message: str = "", session_id: str | None = None, *, retry_of: int | None = None
-    ) -> Iterator[TurnEvent]:
-        """Answer with text deltas as the model produces them (see :class:`TurnEvent`)."""
+    ) -> TurnEvents:
+        """Answer with text deltas as the model produces them (see :class:`TurnEvent`); ``close()`` the
+        events to stop early (the stored question is then marked interrupted)."""
         return self._events(user, message, session_id, retry_of, streaming=True)
 
     # -- the turn -------------------------------------------------------------------------------------
 
     def _events(
         self, user: str, message: str, session_id: str | None, retry_of: int | None, *, streaming: bool
-    ) -> Iterator[TurnEvent]:
+    ) -> TurnEvents:
         session_id, user_message = self._store_user_message(user, message, session_id, retry_of)
         message = user_message.content
         yield TurnEvent("start", {"session_id": session_id, "user_message_id": user_message.id})
@@ -286,7 +291,7 @@ class Assistant:
             summary = self._update_summary(user, session_id, history, user_message.id)
             span.set_outputs({"history_messages": len(history), "summary_chars": len(summary)})
 
-        recalled: list[Any] = []
+        recalled: list[RecalledTurn] = []
         if self.recall is not None and config.memory.recall_top_k > 0:
             with trace.span(SPAN_RECALL, {"query": message}) as span:
                 try:
@@ -298,7 +303,7 @@ class Assistant:
                     warnings.append(f"earlier conversations unavailable: {exc}")
                 span.set_outputs([t.to_json() for t in recalled])
 
-        hits: list[Any] = []
+        hits: list[Hit] = []
         if self.retriever is not None:
             with trace.span(SPAN_RETRIEVAL, {"query": message, "top_k": config.rag.top_k}) as span:
                 try:
@@ -345,7 +350,7 @@ class Assistant:
         self.store.set_summary(user, session_id, summary, dropped[-1].id)
         return summary
 
-    def _stream_model(self, prompt: Prompt, context: PromptContext) -> Iterator[TurnEvent]:
+    def _stream_model(self, prompt: Prompt, context: PromptContext) -> Generator[TurnEvent, None, Completion]:
         stream = self.chat_model.stream(
             prompt.messages,
             context=context,

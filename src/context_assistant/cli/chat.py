@@ -354,8 +354,8 @@ class ChatRepl:
         elif not stored:
             self.say("The last answer used no documents.")
         else:
-            for source in stored:
-                self.say(source_line(source))
+            for stored_source in stored:
+                self.say(source_line(stored_source))
             self.say("(The text of these passages is not stored with the answer; ask again to see it.)")
         return True
 
@@ -527,8 +527,8 @@ def run_one_shot(
     except ContextAssistantError as exc:  # an empty/oversized message, an unknown message or session, ...
         return _one_shot_failure(args, {"error": str(exc), "kind": exc.kind}, str(exc), exc, out)
     if outcome.failure is not None:
-        exc = outcome.failure
-        return _one_shot_failure(args, exc.to_json(), str(exc), exc, out)
+        failure = outcome.failure
+        return _one_shot_failure(args, failure.to_json(), str(failure), failure, out)
     if outcome.interrupted:
         print("interrupted: the answer was not saved", file=sys.stderr)
         return EXIT_INTERRUPTED

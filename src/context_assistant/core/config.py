@@ -297,7 +297,7 @@ def _build(cls: type, data: Any, prefix: str, sources: Mapping[str, str]) -> Any
             continue
         key = prefix + name
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = _build(hint, data[name], key + ".", sources)
         else:
             values[name] = _coerce(key, data[name], hint, f.metadata, sources.get(key))

@@ -252,7 +252,7 @@ def _parse_html(data: bytes) -> list[Section]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(_decode_html(data), "html.parser")
-    candidates = [soup.find("main"), soup.find(attrs={"role": "main"}), soup.body, soup]
+    candidates = [soup.find("main"), soup.find(None, attrs={"role": "main"}), soup.body, soup]
     for root in candidates:
         if root is not None:
             sections = _html_sections(root)

@@ -64,7 +64,7 @@ def get_spark(local_dir: str | os.PathLike[str] | None = None) -> SparkSession:
 
         return SparkSession.builder.remote(remote).getOrCreate()
     if databricks_connect_configured():
-        from databricks.connect import DatabricksSession  # type: ignore[import-not-found]
+        from databricks.connect import DatabricksSession
 
         return DatabricksSession.builder.getOrCreate()
     return start_local_spark(local_dir)

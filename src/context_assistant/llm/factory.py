@@ -12,11 +12,10 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import ModelConfig
-from ..core.workspace import workspace_client
+from ..core.workspace import WorkspaceSource, workspace_client
 from .interface import ChatModel
 from .offline import OfflineModel
 from .remote import NO_API_KEY, DatabricksServingModel, OpenAICompatibleModel
@@ -69,7 +68,7 @@ def databricks_credentials_hint(env: Mapping[str, str]) -> str | None:
 
 def make_chat_model(
     settings: ModelConfig,
-    workspace: Any = None,
+    workspace: WorkspaceSource | None = None,
     *,
     env: Mapping[str, str] | None = None,
     clock: Clock = REAL_CLOCK,

@@ -11,7 +11,7 @@ Errors surface as :class:`ModelError` with a ``kind`` a caller can branch on and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -166,7 +166,7 @@ class ModelStream:
     ``with`` block) releases the connection when the caller stops early.
     """
 
-    def __init__(self, deltas: Iterator[str]) -> None:
+    def __init__(self, deltas: Generator[str, None, Completion]) -> None:
         # ``deltas`` is a generator whose return value is the Completion.
         self._deltas = deltas
         self._parts: list[str] = []

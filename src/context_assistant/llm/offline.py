@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from datetime import timezone
 
 from .interface import (
@@ -62,7 +62,7 @@ class OfflineModel:
     ) -> ModelStream:
         completion = self.complete(messages, context=context)
 
-        def deltas() -> Iterator[str]:
+        def deltas() -> Generator[str, None, Completion]:
             yield from completion.text.splitlines(keepends=True)
             return completion
 

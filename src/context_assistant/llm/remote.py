@@ -13,7 +13,7 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -280,7 +280,9 @@ class OpenAICompatibleModel:
             return ModelError(f"the connection to {self._where()} failed: {exc}", "unavailable", True)
         return ModelError(f"calling {self._where()} failed: {type(exc).__name__}: {exc}", "bad_response", False)
 
-    def _stream_deltas(self, messages: Sequence[ChatMessage], payload: dict[str, Any]) -> Iterator[str]:
+    def _stream_deltas(
+        self, messages: Sequence[ChatMessage], payload: dict[str, Any]
+    ) -> Generator[str, None, Completion]:
         """Generator of deltas returning the Completion; retries only until the first delta arrives."""
 
         def open_and_prime() -> tuple[Any, Iterator[Any], _StreamState, str]:

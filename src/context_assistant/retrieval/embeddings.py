@@ -22,15 +22,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..core.clock import REAL_CLOCK, Clock
+from ..core.config import RagConfig
 from ..core.errors import UpstreamError
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
 from ..core.upstream import error_detail
+from ..core.workspace import WorkspaceSource
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,10 @@ class EmbeddingError(UpstreamError):
 class Embedder(Protocol):
     """Turns texts into vectors of one fixed ``dimension``; the same text always gives the same vector."""
 
-    model_name: str  # identity recorded with an index: a change of model rebuilds the index
+    @property
+    def model_name(self) -> str:
+        """Identity recorded with an index: a change of model rebuilds the index."""
+        ...
 
     @property
     def dimension(self) -> int: ...
@@ -265,7 +270,7 @@ class ServingEndpointEmbedder:
     def __init__(
         self,
         endpoint: str,
-        workspace: Any | Callable[[], Any],
+        workspace: WorkspaceSource,
         *,
         batch_size: int = DEFAULT_ENDPOINT_BATCH,
         clock: Clock = REAL_CLOCK,
@@ -464,7 +469,7 @@ class CachingEmbedder:
 
 
 def make_embedder(
-    rag_config: Any, workspace: Any | Callable[[], Any] = None, *, clock: Clock = REAL_CLOCK
+    rag_config: RagConfig, workspace: WorkspaceSource | None = None, *, clock: Clock = REAL_CLOCK
 ) -> Embedder:
     """The embedder ``rag.embedding_model`` names; ``workspace`` (a WorkspaceClient or a factory for one)
     is only used, and only built, for a serving endpoint."""

@@ -288,7 +288,7 @@ def open_scratch_database(main: Database, name: str) -> Database:
             f"the scratch database must not be the assistant's own database ({name}): choose another name"
         )
     password = main.target.password() if main.target.password is not None else None
-    extra = {"password": password} if password else {}
+    extra: dict[str, Any] = {"password": password} if password else {}
     try:
         with psycopg.connect(main.target.conninfo, autocommit=True, **extra) as conn:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():

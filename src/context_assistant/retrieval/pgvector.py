@@ -38,11 +38,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..core.config import INDEX_TYPES
+from ..core.config import INDEX_TYPES, RagConfig
 from ..core.console import Progress, quiet
 from ..core.errors import ConfigError
 from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
-from ..storage.db import Database
+from ..storage.db import Database, scalar
 from ..storage.vector_spaces import (
     IVFFLAT_MIN_ROWS,
     SpaceInfo,
@@ -153,7 +153,7 @@ class PgVectorChunkIndex:
         self._pgvector: tuple[int, ...] | None = None
 
     @classmethod
-    def from_config(cls, db: Database, embedder: Embedder, rag: Any, **kwargs: Any) -> PgVectorChunkIndex:
+    def from_config(cls, db: Database, embedder: Embedder, rag: RagConfig, **kwargs: Any) -> PgVectorChunkIndex:
         return cls(
             db,
             embedder,
@@ -182,7 +182,7 @@ class PgVectorChunkIndex:
         started = time.monotonic()
         model = self.embedder.model_name
         with self.db.connection() as conn:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SYNC_LOCK_KEY,)).fetchone()[0]
+            got = scalar(conn, "SELECT pg_try_advisory_lock(%s)", (SYNC_LOCK_KEY,))
             conn.commit()
             if not got:
                 raise SyncError(
@@ -552,9 +552,7 @@ class PgVectorChunkIndex:
             info = read_space(conn, CHUNKS_SPACE)
             if info is None or not table_exists(conn, CHUNKS_TABLE):
                 return {"model": None, "dimension": None, "chunks": 0, "index_type": None}
-            rows = conn.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(CHUNKS_TABLE))
-            ).fetchone()[0]
+            rows = scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(CHUNKS_TABLE)))
         return {
             "model": info.model,
             "dimension": info.dimension,

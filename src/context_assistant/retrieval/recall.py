@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
-from ..storage.db import Database
+from ..storage.db import Database, scalar
 from ..storage.vector_spaces import read_space, reset_space, table_exists, vector_literal
 from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query, rrf_fuse
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
@@ -238,11 +238,12 @@ class TurnRecall:
         with self.db.connection() as conn:
             if not table_exists(conn, TURNS_TABLE):
                 user_filter = "c.user_id = %(user)s AND" if user is not None else ""
-                return conn.execute(
+                return scalar(
+                    conn,
                     f"""SELECT count(*) FROM conversations c WHERE {user_filter}
                         c.role IN ('user', 'assistant') AND NOT (c.metadata @> '{{"status": "failed"}}')
                         AND btrim(c.content) <> ''""",
                     {"user": user},
-                ).fetchone()[0]
+                )
             query = _PENDING.format(user_filter="c.user_id = %(user)s AND" if user is not None else "")
             return len(conn.execute(query, {"user": user, "after": 0, "limit": 1 << 62}).fetchall())

@@ -84,6 +84,8 @@ from .vector_search_shapes import (
 )
 
 if TYPE_CHECKING:
+    from databricks.sdk import WorkspaceClient
+
     from .embeddings import Embedder
     from .sync import ChunkSource
 
@@ -105,7 +107,7 @@ class VectorSearchIndex:
 
     def __init__(
         self,
-        workspace: Any,
+        workspace: WorkspaceClient,
         settings: VectorSearchSettings,
         *,
         embedder: Embedder | None = None,
@@ -125,7 +127,12 @@ class VectorSearchIndex:
 
     @classmethod
     def from_config(
-        cls, rag: RagConfig, workspace: Any, *, embedder: Embedder | None = None, clock: Clock = REAL_CLOCK
+        cls,
+        rag: RagConfig,
+        workspace: WorkspaceClient,
+        *,
+        embedder: Embedder | None = None,
+        clock: Clock = REAL_CLOCK,
     ) -> VectorSearchIndex:
         return cls(workspace, VectorSearchSettings.from_rag_config(rag), embedder=embedder, clock=clock)
 
@@ -531,7 +538,8 @@ class VectorSearchIndex:
         def run() -> Any:
             if "filter_string" in body:  # not a parameter of the typed query_index
                 path = f"/api/2.0/vector-search/indexes/{self.name}/query"
-                return QueryVectorIndexResponse.from_dict(self.workspace.api_client.do("POST", path, body=body))
+                answer = self.workspace.api_client.do("POST", path, body=body)
+                return QueryVectorIndexResponse.from_dict(answer if isinstance(answer, dict) else {})
             return self.workspace.vector_search_indexes.query_index(index_name=self.name, **body)
 
         try:

@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.clock import REAL_CLOCK, Clock
@@ -28,6 +29,9 @@ from ..core.config import Config, DatabaseConfig
 from ..core.errors import ConfigError, Unavailable
 from ..core.workspace import workspace_client
 from .migrations import MIGRATIONS, Migration
+
+if TYPE_CHECKING:
+    from databricks.sdk import WorkspaceClient
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,15 @@ TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval":
 
 class DatabaseError(Unavailable):
     """A database problem explained for the user (what failed, where, and what to check)."""
+
+
+def scalar(conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params: Params | None = None) -> Any:
+    """The first value of the one row a query always returns (``count(*)``, ``to_regclass``, ``SHOW``, a lock
+    attempt); a missing row is a broken server, not a result."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise DatabaseError(f"the database answered no row to: {query!r}")
+    return row[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -73,7 +86,7 @@ class CachedToken:
             return self._token
 
 
-def lakebase_token_minter(settings: DatabaseConfig, workspace: Any) -> Callable[[], str]:
+def lakebase_token_minter(settings: DatabaseConfig, workspace: WorkspaceClient) -> Callable[[], str]:
     """How to mint a Lakebase password with databricks-sdk, picked from what the config names.
 
     A provisioned instance (``instance_name``) and an Autoscaling endpoint (``endpoint``) have their own
@@ -82,16 +95,23 @@ def lakebase_token_minter(settings: DatabaseConfig, workspace: Any) -> Callable[
     """
     if settings.instance_name:
         names = [settings.instance_name]
-        return lambda: workspace.database.generate_database_credential(instance_names=names).token
+        where = f"Lakebase instance {settings.instance_name}"
+        return lambda: _token(workspace.database.generate_database_credential(instance_names=names).token, where)
     if settings.endpoint:
         endpoint = settings.endpoint
-        return lambda: workspace.postgres.generate_database_credential(endpoint=endpoint).token
+        where = f"Lakebase endpoint {endpoint}"
+        return lambda: _token(workspace.postgres.generate_database_credential(endpoint=endpoint).token, where)
 
     def workspace_oauth_token() -> str:
-        token = workspace.config.oauth_token()
-        return token.access_token
+        return _token(workspace.config.oauth_token().access_token, "the workspace OAuth token endpoint")
 
     return workspace_oauth_token
+
+
+def _token(token: str | None, where: str) -> str:
+    if not token:
+        raise DatabaseError(f"{where} returned no credential to connect with; check the identity's permissions")
+    return token
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -199,7 +219,7 @@ def resolve_target(
         uri = EmbeddedPostgres(config.data_path).start(settings.name)
         return Target("embedded", uri, f"embedded Postgres in {config.data_path / 'postgres'}")
 
-    params = {
+    params: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "dbname": settings.name,
@@ -228,7 +248,7 @@ def lakebase_branch_name(branch: str) -> str:
     return name
 
 
-def resolve_lakebase_branch(workspace: Any, branch: str) -> tuple[str, str]:
+def resolve_lakebase_branch(workspace: WorkspaceClient, branch: str) -> tuple[str, str]:
     """The read-write endpoint of a Lakebase Autoscaling branch: ``(endpoint resource name, host)``.
 
     A job gets no injected PGHOST, so it names its branch (``projects/<p>/branches/<b>``) and finds the
@@ -345,7 +365,7 @@ class Database:
                 try:
                     yield conn
                 finally:
-                    conn._ca_returned_at = time.monotonic()  # type: ignore[attr-defined]  (see _check_if_idle)
+                    conn._ca_returned_at = time.monotonic()  # type: ignore[attr-defined]  # see _check_if_idle
         except PoolTimeout as exc:
             raise DatabaseError(f"the database is unavailable, try again shortly: {_one_line(exc)}") from exc
         except psycopg.OperationalError as exc:
@@ -409,12 +429,12 @@ class Database:
     def status(self) -> dict[str, Any]:
         """What ``db status`` shows: which server, its versions and the schema version."""
         with self.connection() as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]
+            version = scalar(conn, "SHOW server_version")
             vector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
             available = conn.execute(
                 "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
             ).fetchone()
-            has_table = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+            has_table = scalar(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL")
             versions = (
                 [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
                 if has_table

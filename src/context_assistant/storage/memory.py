@@ -448,8 +448,11 @@ class ConversationStore:
 
 
 class _Turnish(Protocol):
-    role: str
-    content: str
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
 
 
 M = TypeVar("M", bound=_Turnish)

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from ..core.console import Progress, quiet
+from .db import scalar
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def read_space(conn: psycopg.Connection, space: str) -> SpaceInfo | None:
 
 
 def table_exists(conn: psycopg.Connection, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+    return scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (table,))
 
 
 def reset_space(conn: psycopg.Connection, space: str, table: str, model: str, dimension: int, ddl: str) -> None:
@@ -149,7 +150,7 @@ def ensure_ann_index(
     """
     info = read_space(conn, space)
     assert info is not None
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+    rows = scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
     expression, opclass = vector_expression(info.dimension)
     names = {kind: f"{table}_embedding_{kind}" for kind in ("hnsw", "ivfflat")}
     present = {kind for kind, name in names.items() if table_exists(conn, name)}

@@ -25,10 +25,10 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ..assistant.turn import TurnEvent, TurnFailed
+from ..assistant.turn import TurnEvent, TurnEvents, TurnFailed
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def event_frame(event: TurnEvent) -> bytes:
     return sse(event.type, event.data)
 
 
-def _pump(events: Iterator[TurnEvent], put: Callable[[tuple[str, Any]], None], stop: threading.Event) -> None:
+def _pump(events: TurnEvents, put: Callable[[tuple[str, Any]], None], stop: threading.Event) -> None:
     """The rest of the turn, in this thread: each event to ``put``, until the end or until ``stop`` is set."""
     try:
         for event in events:
@@ -68,17 +68,15 @@ def _pump(events: Iterator[TurnEvent], put: Callable[[tuple[str, Any]], None], s
         log.exception("the streamed turn failed")
         put(("crashed", exc))
     finally:
-        close = getattr(events, "close", None)  # after a hang-up: the assistant marks the message interrupted
         try:
-            if close is not None:
-                close()
+            events.close()  # after a hang-up: the assistant marks the message interrupted
         except Exception:
             log.exception("closing an interrupted turn failed")
         put(("end", None))
 
 
 async def turn_frames(
-    first: TurnEvent, events: Iterator[TurnEvent], keepalive: float = KEEPALIVE_SECONDS
+    first: TurnEvent, events: TurnEvents, keepalive: float = KEEPALIVE_SECONDS
 ) -> AsyncIterator[bytes]:
     """The frames of a turn whose first event (``start``) has already been taken from ``events``."""
     loop = asyncio.get_running_loop()

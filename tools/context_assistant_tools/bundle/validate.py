@@ -55,10 +55,10 @@ from .shapes import (
     typed_resource_classes,
 )
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: pip's vendored copy of tomli is always there in a dev setup
-    from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
+else:  # Python 3.10: pip's vendored copy of tomli is always there in a dev setup
+    from pip._vendor import tomli as tomllib
 
 __all__ = ["BundleLoadError", "BundleReport", "Problem", "validate_bundle"]
 
