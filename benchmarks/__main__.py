@@ -107,7 +107,7 @@ class Suite:
     def embedder(self) -> Any:
         """all-MiniLM-L6-v2, one instance for both sides (same weights, same batch size of 32)."""
         if self._embedder is None:
-            from context_assistant.retrieval.embeddings import LocalEmbedder
+            from context_assistant.retrieval import LocalEmbedder
 
             self._embedder = LocalEmbedder("all-MiniLM-L6-v2")
             self._embedder.embed(["warm up"])

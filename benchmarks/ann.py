@@ -19,9 +19,8 @@ import numpy as np
 
 from benchmarks.retrieval_scale import ClusteredEmbedder, exact_top, make_chunks, recall_at_k
 from benchmarks.scratch import ScratchServer, ours_database
-from context_assistant.retrieval.pgvector import PgVectorChunkIndex
-from context_assistant.retrieval.sync import InMemoryChunkSource, SourceChunk
-from context_assistant.storage.db import Database
+from context_assistant.retrieval import InMemoryChunkSource, PgVectorChunkIndex, SourceChunk
+from context_assistant.storage import Database
 
 HNSW_EF_SEARCH = 40
 WARM_UP_QUERIES = 10
@@ -89,7 +88,7 @@ class TheirsAnn:
 
     def __init__(self, server: ScratchServer, dbname: str, data: Dataset) -> None:
         from benchmarks.peers import LangChainVectorStore
-        from context_assistant.retrieval.sync import embedding_text
+        from context_assistant.retrieval import embedding_text
 
         self.vs = LangChainVectorStore(
             server.fresh(dbname), data.embedder, data.embedder.dimension, record_manager=False

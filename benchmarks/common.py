@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from context_assistant.core.config import Config, load_config
+from context_assistant.core import Config, load_config
 
 
 @dataclass(frozen=True)

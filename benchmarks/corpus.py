@@ -17,9 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from context_assistant.ingest.chunking import chunk_document, content_hash
-from context_assistant.ingest.documents import parse_document
-from context_assistant.retrieval.sync import SourceChunk, embedding_text
+from context_assistant.ingest import chunk_document, content_hash, parse_document
+from context_assistant.retrieval import SourceChunk, embedding_text
 
 SYSTEMS = (
     "billing pipeline", "feature store", "orders warehouse", "identity service", "ingest job", "dashboard",

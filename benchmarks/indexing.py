@@ -23,9 +23,8 @@ from typing import Any
 
 from benchmarks.corpus import Corpus, describe_difference, state_of
 from benchmarks.scratch import ScratchServer, ours_database
-from context_assistant.retrieval.pgvector import CHUNKS_TABLE, PgVectorChunkIndex
-from context_assistant.retrieval.sync import InMemoryChunkSource, embedding_text
-from context_assistant.storage.db import Database
+from context_assistant.retrieval import CHUNKS_TABLE, InMemoryChunkSource, PgVectorChunkIndex, embedding_text
+from context_assistant.storage import Database
 
 STEPS = ("full", "no_change", "changed_1pct", "deleted_1pct")
 
@@ -88,8 +87,8 @@ def ingest_steps(
     server: ScratchServer, dbname: str, corpus: Corpus, embedder: Any, batch_size: int, workdir: Path
 ) -> dict[str, Step]:
     """The same four steps through ``refresh_documents`` (Spark ingest of a folder, then the sync)."""
-    from context_assistant.core.config import load_config
-    from context_assistant.ingest.spark import start_local_spark
+    from context_assistant.core import load_config
+    from context_assistant.ingest import start_local_spark
     from context_assistant.refresh import refresh_documents
     from context_assistant.services import Services
 

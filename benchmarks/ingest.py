@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Stats, machine, timed
-from context_assistant.ingest.plan import IngestResult
-from context_assistant.ingest.run import run_ingest
-from context_assistant.ingest.spark import start_local_spark, stop_local_spark
+from context_assistant.ingest import IngestResult, run_ingest, start_local_spark, stop_local_spark
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "docs"
 

@@ -18,8 +18,7 @@ from datetime import datetime, timedelta, timezone
 from benchmarks.common import Stats, machine, timed
 from benchmarks.peers import message_text
 from benchmarks.scratch import ScratchServer, ours_database
-from context_assistant.storage.db import Database
-from context_assistant.storage.memory import ConversationStore
+from context_assistant.storage import ConversationStore, Database
 
 BENCH_USER = "bench"
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)

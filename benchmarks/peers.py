@@ -249,7 +249,7 @@ def documents(chunks: Sequence[Any]) -> list[Any]:
     """Our chunks as LangChain documents: the same text we embed (heading + chunk), keyed by source path."""
     from langchain_core.documents import Document
 
-    from context_assistant.retrieval.sync import embedding_text
+    from context_assistant.retrieval import embedding_text
 
     return [
         Document(

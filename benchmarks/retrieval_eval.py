@@ -22,18 +22,19 @@ from typing import Any
 
 import psycopg
 
-from context_assistant.retrieval.embeddings import LocalEmbedder, make_embedder
-from context_assistant.retrieval.evaluation import (
+from context_assistant.retrieval import (
+    InMemoryChunkSource,
     LabelledDocument,
     LabelledQuery,
+    LocalEmbedder,
+    PgVectorChunkIndex,
     corpus_chunks,
     load_corpus,
     load_queries,
+    make_embedder,
 )
-from context_assistant.retrieval.evaluation import evaluate as score_modes
-from context_assistant.retrieval.pgvector import PgVectorChunkIndex
-from context_assistant.retrieval.sync import InMemoryChunkSource
-from context_assistant.storage.db import Database, EmbeddedPostgres, Target
+from context_assistant.retrieval import evaluate as score_modes
+from context_assistant.storage import Database, EmbeddedPostgres, Target
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "eval"
 MODES = ("vector", "keyword", "hybrid")

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from context_assistant.ingest.chunking import content_hash, make_chunk_id
-from context_assistant.retrieval.pgvector import PgVectorChunkIndex
-from context_assistant.retrieval.sync import InMemoryChunkSource, SourceChunk, embedding_text
+from context_assistant.ingest import content_hash, make_chunk_id
+from context_assistant.retrieval import InMemoryChunkSource, PgVectorChunkIndex, SourceChunk, embedding_text
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from retrieval_eval import fresh_database
@@ -125,7 +124,7 @@ def recall_at_k(approx: list[list[str]], exact: list[list[str]], k: int = 10) ->
 def minilm_rate(chunks: list[SourceChunk], sample: int = 128) -> float | None:
     """Chunks per second all-MiniLM-L6-v2 embeds here (None when it is not installed)."""
     try:
-        from context_assistant.retrieval.embeddings import LocalEmbedder
+        from context_assistant.retrieval import LocalEmbedder
 
         model = LocalEmbedder("all-MiniLM-L6-v2")
         model.embed(["warm up"])

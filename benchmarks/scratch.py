@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from context_assistant.storage.db import Database, EmbeddedPostgres, Target
+from context_assistant.storage import Database, EmbeddedPostgres, Target
 
 
 def default_data_dir() -> Path:

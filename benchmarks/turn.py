@@ -23,8 +23,7 @@ from benchmarks.corpus import OBJECTS, SYSTEMS, Corpus
 from benchmarks.memory import fill_history
 from benchmarks.retrieval_scale import ClusteredEmbedder
 from benchmarks.scratch import ScratchServer, ours_database
-from context_assistant.retrieval.pgvector import PgVectorChunkIndex
-from context_assistant.retrieval.sync import InMemoryChunkSource
+from context_assistant.retrieval import InMemoryChunkSource, PgVectorChunkIndex
 
 WARM_UP_TURNS = 3
 
@@ -84,12 +83,11 @@ class TurnBench:
         workdir: Path,
         warm_up: int = WARM_UP_TURNS,
     ) -> None:
-        from context_assistant.assistant.turn import Assistant
-        from context_assistant.core.config import load_config
-        from context_assistant.core.tracing import make_tracer
-        from context_assistant.llm.offline import OfflineModel
-        from context_assistant.retrieval.recall import TurnRecall
-        from context_assistant.storage.memory import ConversationStore
+        from context_assistant.assistant import Assistant
+        from context_assistant.core import load_config, make_tracer
+        from context_assistant.llm import OfflineModel
+        from context_assistant.retrieval import TurnRecall
+        from context_assistant.storage import ConversationStore
 
         self.db = ours_database(server.fresh(dbname))
         standin = StandInEmbedder(embedder.model_name, embedder.dimension)

@@ -28,8 +28,8 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.common import Stats, machine, scratch_config
-from context_assistant.core.config import Config
-from context_assistant.storage.db import EmbeddedPostgres
+from context_assistant.core import Config
+from context_assistant.storage import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTIONS = [
@@ -46,9 +46,8 @@ QUESTIONS = [
 
 def fixture_chunks(config: Config) -> list[Any]:
     """The fixture documents parsed and chunked as the pipeline would (unparseable ones are skipped)."""
-    from context_assistant.ingest.chunking import chunk_document
-    from context_assistant.ingest.documents import parse_document
-    from context_assistant.retrieval.sync import SourceChunk
+    from context_assistant.ingest import chunk_document, parse_document
+    from context_assistant.retrieval import SourceChunk
 
     chunks = []
     for path in sorted((REPO / "fixtures" / "docs").iterdir()):
@@ -68,9 +67,9 @@ def serve(config: Config, port: int, embedder: str, ready: Any) -> None:
     import uvicorn
 
     from context_assistant.refresh import refresh_index
-    from context_assistant.retrieval.sync import InMemoryChunkSource
+    from context_assistant.retrieval import InMemoryChunkSource
     from context_assistant.services import Services
-    from context_assistant.web.app import create_app
+    from context_assistant.web import create_app
 
     services = Services(config, env={})
     if embedder == "hashing":
@@ -127,8 +126,7 @@ async def run_load(url: str, clients: int, requests: int) -> dict[str, Any]:
 
 def verify(config: Config, records: list[dict[str, Any]]) -> dict[str, int]:
     """Every returned turn is in the database: the user message and the reply, with the right content."""
-    from context_assistant.storage.db import open_database
-    from context_assistant.storage.memory import ConversationStore
+    from context_assistant.storage import ConversationStore, open_database
 
     missing = wrong = 0
     with open_database(config) as db:

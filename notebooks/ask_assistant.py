@@ -15,8 +15,8 @@ from pathlib import Path
 if "__file__" in globals():  # a source checkout: use the code next to this notebook
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from context_assistant.assistant.turn import TurnFailed
-from context_assistant.core.config import load_config
+from context_assistant.assistant import TurnFailed
+from context_assistant.core import load_config
 from context_assistant.notebook import Widgets
 from context_assistant.services import Services
 

@@ -43,9 +43,11 @@ if "__file__" in globals():  # a source checkout: use the code next to this note
 else:  # a Databricks notebook runs in its own folder (notebooks/ of the deployed bundle)
     REPO = Path.cwd().parent
 
-from context_assistant.core.config import load_config
-from context_assistant.retrieval.evaluation import (
+from context_assistant.core import load_config
+from context_assistant.notebook import Widgets, print_table
+from context_assistant.retrieval import (
     DEFAULT_NDCG_K,
+    SEARCH_MODES,
     EvaluationError,
     check_scratch_name,
     evaluate,
@@ -56,8 +58,6 @@ from context_assistant.retrieval.evaluation import (
     mlflow_experiment,
     open_scratch_database,
 )
-from context_assistant.notebook import Widgets, print_table
-from context_assistant.retrieval.base import SEARCH_MODES
 from context_assistant.services import Services
 
 OWN_SET_DEPTH = 50  # chunks fetched per query on your index, so documents with many chunks still fill the top 10

@@ -15,11 +15,9 @@ from pathlib import Path
 if "__file__" in globals():  # a source checkout: use the code next to this notebook
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from context_assistant.core.config import load_config
+from context_assistant.core import load_config
+from context_assistant.ingest import ensure_tables, get_spark, resolve_table
 from context_assistant.notebook import Widgets
-from context_assistant.ingest.run import ensure_tables
-from context_assistant.ingest.spark import get_spark
-from context_assistant.ingest.tables import resolve_table
 
 config = load_config()
 

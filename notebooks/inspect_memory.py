@@ -14,7 +14,7 @@ from pathlib import Path
 if "__file__" in globals():  # a source checkout: use the code next to this notebook
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from context_assistant.core.config import load_config
+from context_assistant.core import load_config
 from context_assistant.notebook import Widgets, print_table
 from context_assistant.services import Services
 

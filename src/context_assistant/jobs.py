@@ -224,3 +224,6 @@ def _fail(summary: dict[str, Any], out: TextIO, message: str, code: int) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
     print_json(summary, out)
     return code
+
+
+__all__ = ["ingest_main", "run_ingest_job", "run_sync_job", "sync_main"]

@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="documents folder or Volume path (default: rag.source)")
     p.add_argument("--full", action="store_true", help="re-embed every chunk, even unchanged ones")
 
-    from ..retrieval.base import SEARCH_MODES
+    from ..core.config import SEARCH_MODES
 
     p = add(commands, "sync", cmd_sync, "bring the search index in step with the chunk table")
     p.add_argument("--full", action="store_true", help="re-embed every chunk, even unchanged ones")

@@ -1,9 +1,8 @@
 """The code Spark runs on its Python workers: parse and chunk the bytes of changed files.
 
 :func:`make_batch_parser` is the ``mapInArrow`` function of an ingest run (:mod:`context_assistant.ingest.run`).
-It imports only this module, :mod:`.plan` (the statuses), and, when a file must be parsed, the parsers
-(:mod:`.documents`, :mod:`.chunking`), so a worker loads nothing it does not use. One file can neither stop
-nor stall the run: a parser crash becomes a ``failed`` status with the reason, and a parser stuck on a file is
+The parsers' libraries (pypdf, python-docx, BeautifulSoup) are imported only when a file of their format
+is parsed, so a worker loads what its files need. One file can neither stop nor stall the run: a parser crash becomes a ``failed`` status with the reason, and a parser stuck on a file is
 stopped after :data:`PARSE_SECONDS`.
 """
 

@@ -452,18 +452,7 @@ class VectorSearchIndex:
         return self._call(f"get index {self.name}", lambda: self.workspace.api_client.do("GET", path))
 
     def _index_state(self) -> IndexState:
-        raw = self._get_index_raw()
-        status = raw.get("status") or {}
-        spec = raw.get("delta_sync_index_spec") or {}
-        count = status.get("indexed_row_count")
-        return IndexState(
-            detailed_state=str(status.get("detailed_state") or ""),
-            ready=bool(status.get("ready")),
-            message=str(status.get("message") or ""),
-            indexed_row_count=int(count) if count is not None else None,
-            pipeline_id=spec.get("pipeline_id"),
-            pipeline_type=spec.get("pipeline_type"),
-        )
+        return IndexState.from_raw(self._get_index_raw())
 
     def passage(self, chunk_id: str) -> Hit:
         """Not kept here: the chat page shows a passage's text only with the answer that cited it."""

@@ -150,6 +150,21 @@ class IndexState:
     pipeline_id: str | None
     pipeline_type: str | None
 
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> IndexState:
+        """From the ``GET index`` answer (read raw: the typed model drops ``status.detailed_state``)."""
+        status = raw.get("status") or {}
+        spec = raw.get("delta_sync_index_spec") or {}
+        count = status.get("indexed_row_count")
+        return cls(
+            detailed_state=str(status.get("detailed_state") or ""),
+            ready=bool(status.get("ready")),
+            message=str(status.get("message") or ""),
+            indexed_row_count=int(count) if count is not None else None,
+            pipeline_id=spec.get("pipeline_id"),
+            pipeline_type=spec.get("pipeline_type"),
+        )
+
     @property
     def failed(self) -> bool:
         return "OFFLINE" in self.detailed_state or "FAILED" in self.detailed_state.replace(
