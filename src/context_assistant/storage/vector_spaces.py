@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..core.config import INDEX_TYPES
 from ..core.console import Progress, quiet
 from .db import scalar
 
@@ -152,7 +153,7 @@ def ensure_ann_index(
     assert info is not None
     rows = scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
     expression, opclass = vector_expression(info.dimension)
-    names = {kind: f"{table}_embedding_{kind}" for kind in ("hnsw", "ivfflat")}
+    names = {kind: f"{table}_embedding_{kind}" for kind in INDEX_TYPES}
     present = {kind for kind, name in names.items() if table_exists(conn, name)}
     if opclass is None:
         _drop_indexes(conn, names, present)
