@@ -463,3 +463,13 @@ def test_the_wheel_declares_the_job_entry_points(tmp_path):
     assert not any("bundle" in name or "quartz" in name for name in names), names
     assert "context-assistant-ingest = context_assistant.jobs:ingest_main" in text
     assert "context-assistant-sync = context_assistant.jobs:sync_main" in text
+
+
+def test_cli_bundle_validate_without_the_dev_tool_says_how_to_install_it(monkeypatch, capsys):
+    """The validator is not in the runtime wheel: where it is not installed, the command says so (exit 2)."""
+    for name in ("context_assistant_tools", "context_assistant_tools.bundle"):  # an install without tools/
+        monkeypatch.setitem(sys.modules, name, None)
+    assert cli.main(["bundle", "validate", "--root", str(REPO)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage error: bundle validate is a development tool that is not installed here")
+    assert "pip install -e ./tools" in err
