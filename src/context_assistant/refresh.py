@@ -123,18 +123,29 @@ def refresh_documents(
         def spark_factory() -> Any:
             return get_spark(config.data_path)
 
+    from .spark import interrupting_spark
+
+    spark = spark_factory()
     try:
-        ingest = run_ingest(
-            spark_factory(),
-            source,
-            table_ref(config, config.rag.chunk_table),
-            table_ref(config, config.rag.documents_table),
-            chunk_size=config.rag.chunk_size,
-            chunk_overlap=config.rag.chunk_overlap,
-            progress=say,
-        )
+        with interrupting_spark(spark):  # Ctrl-C stops the server's work too, not just our waiting for it
+            ingest = run_ingest(
+                spark,
+                source,
+                table_ref(config, config.rag.chunk_table),
+                table_ref(config, config.rag.documents_table),
+                chunk_size=config.rag.chunk_size,
+                chunk_overlap=config.rag.chunk_overlap,
+                progress=say,
+            )
     except IngestError as exc:
         raise RefreshError(str(exc)) from exc
+    except Exception as exc:  # a gRPC error from a dead local server says nothing useful: say what happened
+        from .spark import local_spark_lost
+
+        lost = local_spark_lost()
+        if lost is None:
+            raise
+        raise RefreshError(lost) from exc
     say("Syncing the index with the chunk table...")
     sync = refresh_index(services, full=full)
     return RefreshResult(ingest=ingest, sync=sync)
