@@ -536,6 +536,10 @@ class ChatRepl:
             index.progress = progress
         try:
             result = refresh_documents(self.services, progress=progress)
+        except KeyboardInterrupt:  # Spark's work was interrupted too; committed steps stay committed
+            progress.done()
+            self.say("Refresh interrupted; the next /refresh picks up where this one stopped.")
+            return True
         except Exception as exc:
             progress.done()
             if self.debug:
@@ -691,8 +695,10 @@ def run_one_shot(
         exc = outcome.failure
         return _one_shot_failure(args, exc.to_json(), str(exc), exc, out)
     if outcome.interrupted:
-        print("interrupted: the answer was not saved", file=sys.stderr)
-        return 130
+        from .interrupts import report_interrupted
+
+        again = f"; --retry {outcome.user_message_id} asks again" if outcome.user_message_id is not None else ""
+        return report_interrupted(f"Interrupted: the answer was not saved{again}.")
     assert outcome.result is not None
     print(f"(session {outcome.result.session_id}; continue it with --session)", file=sys.stderr)
     return EXIT_OK

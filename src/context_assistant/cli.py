@@ -1,7 +1,8 @@
 """The ``context-assistant`` command line.
 
 Exit codes: 0 success; 1 the command ran but failed (not found, rejected input, unreachable service);
-2 bad usage or configuration. Errors are one clear line on stderr, never a traceback (``--debug`` shows it).
+2 bad usage or configuration; 130 interrupted (Ctrl-C: one line, see :mod:`context_assistant.interrupts`).
+Errors are one clear line on stderr, never a traceback (``--debug`` shows it).
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ from typing import Any, TextIO
 
 from .config import ConfigError, load_config
 from .db import DatabaseError
+from .interrupts import EXIT_INTERRUPTED, end_process, report_interrupted
 from .memory import ImportRejected, SessionNotFound
 from .services import Services
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# What Ctrl-C leaves behind, per command (one line; the default is "Interrupted.").
+INTERRUPTED = {
+    "ingest": "Interrupted; the next run picks up where this one stopped.",
+    "sync": "Interrupted; the next run picks up where this one stopped.",
+}
 
 
 class CommandError(RuntimeError):
@@ -524,8 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     services = Services(config)
+    interrupted = False
     try:
-        return args.handler(args, services)
+        code = args.handler(args, services)
+        interrupted = code == EXIT_INTERRUPTED  # e.g. a one-shot chat answer stopped with Ctrl-C
+        return code
     except (SessionNotFound, ImportRejected, DatabaseError, CommandError, LookupError) as exc:
         if args.debug:
             raise
@@ -535,10 +545,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        interrupted = True
+        return report_interrupted(INTERRUPTED.get(args.command, "Interrupted."))
     finally:
         services.close()
+        if interrupted:
+            end_process(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":  # pragma: no cover
