@@ -306,6 +306,34 @@ def test_ctrl_c_while_embedding_keeps_finished_batches_and_the_next_run_embeds_t
     assert 0 < finishing["sync"]["kept"] < total  # the first batch was kept; only the rest re-embedded
 
 
+def test_ctrl_c_stops_the_bundle_job_entry_point_too(config: Config, env: dict[str, str], docs: Path) -> None:
+    """``context-assistant-ingest`` (the job task, also run by hand) answers Ctrl-C like the CLI does."""
+    write_docs(docs, count=3, paragraphs=5)
+    entry = Path(sys.executable).with_name("context-assistant-ingest")
+    if not entry.exists():
+        pytest.skip("the package's console scripts are not installed next to this interpreter")
+    argv = [
+        str(entry),
+        "--set",
+        f"data_dir={config.data_path}",
+        "--source",
+        str(docs),
+        "--chunk-table",
+        str(config.data_path / "chunks"),
+        "--documents-table",
+        str(config.data_path / "documents"),
+    ]
+    run = Interrupted(argv, env)
+    run.read_until("listing")
+    run.interrupt()
+    code, elapsed, rest, out = run.finish()
+    stderr = "".join(run.lines) + rest
+    assert code == 130, stderr
+    assert stderr.strip().splitlines()[-1] == INTERRUPTED_LINE and "Traceback" not in stderr
+    assert out == ""  # no JSON summary of a run that did not finish
+    assert elapsed < EXIT_SECONDS, f"took {elapsed:.1f}s to stop"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the chat
 

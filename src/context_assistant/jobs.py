@@ -130,16 +130,19 @@ def run_ingest_job(
         rag = config.rag
         summary.update(source=rag.source, chunk_table=rag.chunk_table, documents_table=rag.documents_table)
         spark = (spark_factory or _default_spark)(config)
-        result = run_ingest(
-            spark,
-            source_location(config),
-            table_ref(config, rag.chunk_table),
-            table_ref(config, rag.documents_table),
-            chunk_size=rag.chunk_size,
-            chunk_overlap=rag.chunk_overlap,
-            progress=_progress,
-            allow_empty_source=args.allow_empty_source,
-        )
+        from .spark import interrupting_spark
+
+        with interrupting_spark(spark):
+            result = run_ingest(
+                spark,
+                source_location(config),
+                table_ref(config, rag.chunk_table),
+                table_ref(config, rag.documents_table),
+                chunk_size=rag.chunk_size,
+                chunk_overlap=rag.chunk_overlap,
+                progress=_progress,
+                allow_empty_source=args.allow_empty_source,
+            )
     except ConfigError as exc:
         return _fail(summary, out, f"{exc}", EXIT_USAGE)
     except IngestError as exc:
@@ -207,7 +210,7 @@ _RUN_STOPPERS = {"EmbeddingError", "RetrievalError", "VectorSearchError", "Vecto
 def ingest_main(argv: Sequence[str] | None = None) -> None:
     """Console script ``context-assistant-ingest`` (the ingest task's entry point)."""
     _setup_logging()
-    code = run_ingest_job(argv)
+    code = _interruptible(run_ingest_job, argv)
     if code:
         raise SystemExit(code)
 
@@ -215,12 +218,24 @@ def ingest_main(argv: Sequence[str] | None = None) -> None:
 def sync_main(argv: Sequence[str] | None = None) -> None:
     """Console script ``context-assistant-sync`` (the index sync task's entry point)."""
     _setup_logging()
-    code = run_sync_job(argv)
+    code = _interruptible(run_sync_job, argv)
     if code:
         raise SystemExit(code)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _interruptible(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a job's entry point; Ctrl-C (run by hand) ends it as the CLI does: one line, exit 130."""
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        from .interrupts import end_process, report_interrupted
+
+        code = report_interrupted("Interrupted; the next run picks up where this one stopped.")
+        end_process(code)
+        return code  # not reached: end_process leaves the process
 
 
 def _default_spark(config: Config) -> Any:
