@@ -334,6 +334,30 @@ def test_ctrl_c_stops_the_bundle_job_entry_point_too(config: Config, env: dict[s
     assert elapsed < EXIT_SECONDS, f"took {elapsed:.1f}s to stop"
 
 
+@pytest.mark.parametrize("entry", ["serve", "app.py"])
+def test_ctrl_c_stops_the_web_server_with_exit_130(
+    make_config: Callable[..., Config], tmp_path: Path, env: dict[str, str], entry: str
+) -> None:
+    """uvicorn shuts down gracefully and re-raises the Ctrl-C; ``uvicorn.run`` used to swallow it (exit 0)."""
+    from context_assistant.config import save_config
+
+    config_file = save_config(make_config(rag__enabled=False, memory__recall=False), tmp_path / "web.yaml")
+    where = ["--host", "127.0.0.1", "--port", "0"]
+    argv = (
+        [*cli(config_file), "serve", *where]
+        if entry == "serve"
+        else [sys.executable, str(REPO / "app.py"), "--config", str(config_file), *where]
+    )
+    run = Interrupted(argv, env)
+    run.read_until("Uvicorn running on")
+    run.interrupt()
+    code, elapsed, rest, _ = run.finish()
+    stderr = "".join(run.lines) + rest
+    assert code == 130, stderr
+    assert "Interrupted." in rest.splitlines() and "Traceback" not in stderr
+    assert elapsed < EXIT_SECONDS, f"took {elapsed:.1f}s to stop"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the chat
 
