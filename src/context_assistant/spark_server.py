@@ -3,7 +3,7 @@
 Why a child process in its own session: pysail's server, started inside the CLI's process, shuts itself down
 on SIGINT, and a terminal sends SIGINT to every process of the foreground job. Ctrl-C during ``ingest`` (or at
 the chat prompt after ``/refresh``) then left the Spark Connect client retrying a dead server for ~10 minutes.
-Here the server runs as ``python -m context_assistant.spark_server`` with ``start_new_session``: a terminal's
+Here the server runs as ``python -m <this module>`` with ``start_new_session``: a terminal's
 Ctrl-C reaches the CLI only, which interrupts its Spark operations and exits (or, in the chat, goes on using
 the same server). The server lives exactly as long as the process that started it: it reads its stdin, a
 pipe from the parent, and stops when that pipe closes — on a normal exit, a Ctrl-C or a ``kill -9`` alike.
@@ -59,7 +59,7 @@ class LocalSparkServer:
         env.setdefault("PYSPARK_PYTHON", sys.executable)  # UDFs must be able to import context_assistant
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "context_assistant.spark_server"],
+                [sys.executable, "-m", __name__],  # this module, wherever the package puts it
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
