@@ -215,6 +215,27 @@ def test_import_is_idempotent(store: ConversationStore) -> None:
     assert store.import_jsonl(out.getvalue().splitlines()).messages == 0
 
 
+def test_import_keeps_file_order_for_messages_that_share_a_timestamp(store: ConversationStore) -> None:
+    """Issue 14: equal timestamps used to come back grouped by role (all assistant lines, then all user lines)
+    and sorted by content. History, the prompt and export read by (timestamp, id): ids follow the file."""
+    ts = "2026-03-01T12:00:00Z"
+    contents = [f"{'zyxwvutsrq'[n % 10]} message {49 - n}" for n in range(50)]  # sorts unlike file order
+    lines = [line("same", "alice", ("user", "assistant")[n % 2], contents[n], ts) for n in range(50)]
+    lines.insert(10, lines[3])  # a duplicate line: the first occurrence keeps its place
+    assert store.import_jsonl(lines).messages == 50
+
+    messages = store.messages("alice", "same")
+    assert [m.content for m in messages] == contents
+    assert [m.role for m in messages] == ["user", "assistant"] * 25
+    out = io.StringIO()
+    store.export_jsonl(out, user="alice")
+    assert [json.loads(x)["content"] for x in out.getvalue().splitlines()] == contents
+    everyone = io.StringIO()
+    store.export_jsonl(everyone)
+    assert [json.loads(x)["content"] for x in everyone.getvalue().splitlines()] == contents
+    assert [m.content for m in store.recent_messages("alice", "same", max_messages=10)] == contents[-10:]
+
+
 def test_malformed_lines_are_reported_by_number_and_nothing_is_imported(store: ConversationStore) -> None:
     lines = [
         line("s1", "alice", "user", "fine", "2026-01-01T10:00:00Z"),

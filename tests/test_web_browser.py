@@ -8,6 +8,7 @@ the documented chat-completions REST shape to the real ``openai`` client.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -40,7 +41,13 @@ TIMEOUT_MS = 15_000
 def browser() -> Iterator[Any]:
     executable = shutil.which("chromium")
     if executable is None:
-        pytest.fail("Debian chromium is not installed: apt-get install -y chromium chromium-driver")
+        reason = (
+            "Debian's chromium is not installed (`make test` installs it as root or with passwordless sudo; "
+            "else: sudo apt-get install chromium)"
+        )
+        if os.environ.get("CONTEXT_ASSISTANT_REQUIRE_BROWSER") == "1":  # CI: a skip would hide a lost install
+            pytest.fail(reason)
+        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TextIO
 from .core.config import Config, load_config
 from .core.console import TerminalProgress, print_json
 from .core.errors import EXIT_OK, ConfigError, ContextAssistantError
+from .core.interrupts import end_process, report_interrupted
 from .core.workspace import workspace_client
 from .storage.db import with_lakebase
 
@@ -111,6 +112,7 @@ def run_ingest_job(
 ) -> int:
     """Ingest the source into the chunk/documents tables; prints the JSON summary; returns the exit code."""
     from .ingest.run import run_ingest
+    from .ingest.spark import interrupting_spark
     from .refresh import source_location, table_ref
 
     env = os.environ if env is None else env
@@ -130,16 +132,17 @@ def run_ingest_job(
         rag = config.rag
         summary.update(source=rag.source, chunk_table=rag.chunk_table, documents_table=rag.documents_table)
         spark = (spark_factory or _default_spark)(config)
-        result = run_ingest(
-            spark,
-            source_location(config),
-            table_ref(config, rag.chunk_table),
-            table_ref(config, rag.documents_table),
-            chunk_size=rag.chunk_size,
-            chunk_overlap=rag.chunk_overlap,
-            progress=TerminalProgress(live=False),
-            allow_empty_source=args.allow_empty_source,
-        )
+        with interrupting_spark(spark):  # Ctrl-C (run by hand) stops the server's work too
+            result = run_ingest(
+                spark,
+                source_location(config),
+                table_ref(config, rag.chunk_table),
+                table_ref(config, rag.documents_table),
+                chunk_size=rag.chunk_size,
+                chunk_overlap=rag.chunk_overlap,
+                progress=TerminalProgress(live=False),
+                allow_empty_source=args.allow_empty_source,
+            )
     except ContextAssistantError as exc:
         return _fail(summary, out, str(exc), exc.exit_code)
     summary.update(ok=True, result=result.to_json())
@@ -193,7 +196,7 @@ def run_sync_job(
 def ingest_main(argv: Sequence[str] | None = None) -> None:
     """Console script ``context-assistant-ingest`` (the ingest task's entry point)."""
     _setup_logging()
-    code = run_ingest_job(argv)
+    code = _interruptible(run_ingest_job, argv)
     if code:
         raise SystemExit(code)
 
@@ -201,12 +204,22 @@ def ingest_main(argv: Sequence[str] | None = None) -> None:
 def sync_main(argv: Sequence[str] | None = None) -> None:
     """Console script ``context-assistant-sync`` (the index sync task's entry point)."""
     _setup_logging()
-    code = run_sync_job(argv)
+    code = _interruptible(run_sync_job, argv)
     if code:
         raise SystemExit(code)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _interruptible(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a job's entry point; Ctrl-C (run by hand) ends it as the CLI does: one line, exit 130."""
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        code = report_interrupted("Interrupted; the next run picks up where this one stopped.")
+        end_process(code)
+        return code  # not reached: end_process leaves the process
 
 
 def _default_spark(config: Config) -> Any:

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from .core.clock import REAL_CLOCK, Clock
 from .core.config import Config
 from .core.console import Progress, quiet
-from .core.errors import Conflict, Unavailable
+from .core.errors import Conflict, ContextAssistantError, Unavailable
 from .ingest.plan import IngestResult
 from .ingest.run import IngestError, run_ingest
-from .ingest.spark import get_spark
+from .ingest.spark import get_spark, interrupting_spark, local_spark_lost
 from .ingest.tables import TableRef, resolve_table
 from .retrieval.base import IndexReport
 from .retrieval.sync import SyncResult
@@ -132,15 +132,24 @@ def refresh_documents(
         raise IngestError(f"the documents folder does not exist: {location} (rag.source or --source)")
     say = progress or quiet
     spark = spark_factory() if spark_factory is not None else get_spark(config.data_path)
-    ingest = run_ingest(
-        spark,
-        location,
-        table_ref(config, config.rag.chunk_table),
-        table_ref(config, config.rag.documents_table),
-        chunk_size=config.rag.chunk_size,
-        chunk_overlap=config.rag.chunk_overlap,
-        progress=say,
-    )
+    try:
+        with interrupting_spark(spark):  # Ctrl-C stops the server's work too, not just our waiting for it
+            ingest = run_ingest(
+                spark,
+                location,
+                table_ref(config, config.rag.chunk_table),
+                table_ref(config, config.rag.documents_table),
+                chunk_size=config.rag.chunk_size,
+                chunk_overlap=config.rag.chunk_overlap,
+                progress=say,
+            )
+    except ContextAssistantError:
+        raise
+    except Exception as exc:  # a gRPC error from a dead local server says nothing useful: say what happened
+        lost = local_spark_lost()
+        if lost is None:
+            raise
+        raise RefreshError(lost) from exc
     say("Syncing the index with the chunk table...")
     sync = refresh_index(services, full=full, progress=say)
     return RefreshResult(ingest=ingest, sync=sync)

@@ -43,7 +43,8 @@ from typing import Any, TextIO
 from ..assistant.prompt import source_json
 from ..assistant.turn import TurnFailed, TurnResult
 from ..core.console import TerminalProgress, print_json
-from ..core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ContextAssistantError, InvalidInput
+from ..core.errors import EXIT_OK, EXIT_USAGE, ContextAssistantError, InvalidInput
+from ..core.interrupts import report_interrupted
 from ..llm.factory import resolve_provider
 from ..services import Services
 from ..storage.memory import Message, Session, SessionNotFound, title_from
@@ -379,6 +380,10 @@ class ChatRepl:
         progress = TerminalProgress(stream=self.out)
         try:
             result = refresh_documents(self.services, progress=progress)
+        except KeyboardInterrupt:  # Spark's work was interrupted too; committed steps stay committed
+            progress.done()
+            self.say("Refresh interrupted; the next /refresh picks up where this one stopped.")
+            return True
         except Exception as exc:
             progress.done()
             if self.debug:
@@ -530,8 +535,8 @@ def run_one_shot(
         failure = outcome.failure
         return _one_shot_failure(args, failure.to_json(), str(failure), failure, out)
     if outcome.interrupted:
-        print("interrupted: the answer was not saved", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        again = f"; --retry {outcome.user_message_id} asks again" if outcome.user_message_id is not None else ""
+        return report_interrupted(f"Interrupted: the answer was not saved{again}.")
     assert outcome.result is not None
     print(f"(session {outcome.result.session_id}; continue it with --session)", file=sys.stderr)
     return EXIT_OK

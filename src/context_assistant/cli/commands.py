@@ -1,8 +1,9 @@
 """The ``context-assistant`` command line.
 
 Exit codes (:mod:`context_assistant.core.errors`): 0 success; 1 the command ran but failed (not found,
-rejected input, unreachable service); 2 bad usage or configuration; 130 interrupted. Errors are one clear
-line on stderr, never a traceback (``--debug`` shows it): :func:`main` catches the error hierarchy's root once.
+rejected input, unreachable service); 2 bad usage or configuration; 130 interrupted (Ctrl-C: one line, see
+:mod:`context_assistant.core.interrupts`). Errors are one clear line on stderr, never a traceback (``--debug``
+shows it): :func:`main` catches the error hierarchy's root once.
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ from ..core.errors import (
     NotFound,
     UsageError,
 )
+from ..core.interrupts import end_process, report_interrupted
 from ..retrieval.sync import SyncResult
 from ..services import Services
+
+# What Ctrl-C leaves behind, per command (one line; the default is "Interrupted.").
+INTERRUPTED = {
+    "ingest": "Interrupted; the next run picks up where this one stopped.",
+    "sync": "Interrupted; the next run picks up where this one stopped.",
+}
 
 
 def _user(args: argparse.Namespace, services: Services) -> str:
@@ -444,20 +452,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     services: Services | None = None
+    interrupted = False
     try:
         services = Services(load_config(args.config))
-        return args.handler(args, services)
+        code: int = args.handler(args, services)
+        interrupted = code == EXIT_INTERRUPTED  # e.g. a one-shot chat answer stopped with Ctrl-C
+        return code
     except ContextAssistantError as exc:
         if args.debug:
             raise
         print(f"{exc.label}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        interrupted = True
+        return report_interrupted(INTERRUPTED.get(args.command, "Interrupted."))
     finally:
         if services is not None:
             services.close()
+        if interrupted:
+            end_process(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":  # pragma: no cover

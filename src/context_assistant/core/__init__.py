@@ -1,6 +1,6 @@
 """What every other package may use, and which uses none of them: configuration, time, retries, token
 estimates, the error hierarchy and exit codes, upstream error bodies, the Databricks workspace client,
-tracing and console helpers."""
+tracing, console helpers and what Ctrl-C does to a command."""
 
 from .clock import REAL_CLOCK, Clock, FakeClock, RealClock
 from .config import (
@@ -33,6 +33,7 @@ from .errors import (
     UpstreamError,
     UsageError,
 )
+from .interrupts import end_process, report_interrupted
 from .retries import RetriesExhausted, retry_after_seconds, retry_call
 from .tokens import estimate_tokens, message_tokens
 from .tracing import DisabledTracer, FeedbackError, Tracer, make_tracer
@@ -75,6 +76,7 @@ __all__ = [
     "WebConfig",
     "WorkspaceFactory",
     "WorkspaceSource",
+    "end_process",
     "error_detail",
     "estimate_tokens",
     "exception_line",
@@ -84,6 +86,7 @@ __all__ = [
     "port_number",
     "print_json",
     "quiet",
+    "report_interrupted",
     "retry_after_seconds",
     "retry_call",
     "save_config",

@@ -11,7 +11,10 @@ Order of choice in :func:`get_spark`:
 3. ``databricks-connect`` is installed and a cluster (``DATABRICKS_CLUSTER_ID``) or serverless compute
    (``DATABRICKS_SERVERLESS_COMPUTE_ID``) is configured: a Databricks Connect session.
 4. Otherwise a pysail server bound to 127.0.0.1, started once per process and stopped at exit (or by
-   :func:`stop_local_spark`).
+   :func:`stop_local_spark`). It runs in a child process of its own session
+   (:mod:`context_assistant.ingest.spark_server`), so a Ctrl-C in the terminal interrupts this process's Spark
+   operations (:func:`interrupting_spark`) but never kills the server; and its client gives up within a few
+   seconds when the server is gone, instead of pyspark's default of retrying for ten minutes.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.util
+import logging
 import os
-import sys
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +35,10 @@ from ..core.errors import Unavailable
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+log = logging.getLogger(__name__)
+
 _lock = threading.Lock()
-_server: Any = None  # pysail.spark.SparkConnectServer while running
+_server: Any = None  # spark_server.LocalSparkServer while running
 _session: SparkSession | None = None
 _atexit_registered = False
 
@@ -74,31 +80,34 @@ def start_local_spark(local_dir: str | os.PathLike[str] | None = None) -> SparkS
     """Start (once per process) a pysail Spark Connect server on 127.0.0.1 and return a session on it.
 
     ``local_dir`` becomes the parent of ``spark.sql.warehouse.dir`` so that a table created by bare name
-    lands in the data directory instead of a relative ``spark-warehouse`` (which pysail rejects).
+    lands in the data directory instead of a relative ``spark-warehouse`` (which pysail rejects); the
+    server's log is ``spark-server.log`` there.
     """
     global _server, _session, _atexit_registered
     with _lock:
         if _session is None or _server is None or not _server.running:
-            # Quiet the Rust server's logging (it warns about aborted tasks on every clean shutdown; set
-            # RUST_LOG to see more) and keep everything on loopback; UDF workers must use this interpreter
-            # so they can import context_assistant.
-            os.environ.setdefault("RUST_LOG", "error")
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-            try:
-                from pysail.spark import SparkConnectServer
-            except ImportError as error:
+            if importlib.util.find_spec("pysail") is None:
                 raise Unavailable(
                     "local Spark needs the 'pysail' package (pip install 'context-assistant[local]'), "
                     "or run on Databricks / configure Databricks Connect"
-                ) from error
+                )
             from pyspark.sql import SparkSession
 
-            server = SparkConnectServer(ip="127.0.0.1", port=0)
-            server.start(background=True)
-            host, port = server.listening_address
+            from .spark_server import LocalSparkServer
+
+            if _server is not None:
+                _server.stop()
+            if local_dir is not None:
+                log_path = Path(local_dir).expanduser() / "spark-server.log"
+            else:
+                handle, name = tempfile.mkstemp(prefix="context-assistant-spark-", suffix=".log")
+                os.close(handle)
+                log_path = Path(name)
+            server = LocalSparkServer(log_path)
+            server.start()
             _server = server
-            _session = SparkSession.builder.remote(f"sc://{host}:{port}").create()
+            _session = SparkSession.builder.remote(server.url).create()
+            _fail_fast(_session)
             # The session time zone otherwise follows the machine's (e.g. "Etc/UTC"), and pysail then refuses
             # to reopen Delta tables whose timestamps were declared under another zone name ("UTC").
             _session.conf.set("spark.sql.session.timeZone", "UTC")
@@ -117,6 +126,16 @@ def local_spark_running() -> bool:
     return _server is not None and bool(_server.running)
 
 
+def local_spark_lost() -> str | None:
+    """If this process's local server died (killed, out of memory), one line saying so; else None."""
+    server = _server
+    if server is None or server.running:
+        return None
+    return (
+        f"the local Spark server stopped unexpectedly (its log: {server.log_path}); the next run starts a new one"
+    )
+
+
 def stop_local_spark() -> None:
     """Stop the local session and server, if this process started them; safe to call more than once."""
     global _server, _session
@@ -127,5 +146,34 @@ def stop_local_spark() -> None:
         # The server may already be gone at interpreter exit; there is nothing left to release then.
         with contextlib.suppress(Exception):
             session.stop()
-    if server is not None and server.running:
+    if server is not None:
         server.stop()
+
+
+def _fail_fast(session: SparkSession) -> None:
+    """Give the local session's client a short retry policy (pyspark's default retries for ~10 minutes)."""
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    # A local server answers within milliseconds; if it does not, it is gone, and waiting longer cannot help.
+    policy = DefaultPolicy(max_retries=3, initial_backoff=50, max_backoff=500, backoff_multiplier=4.0)
+    session.client.set_retry_policies([policy])
+
+
+@contextlib.contextmanager
+def interrupting_spark(session: Any) -> Iterator[None]:
+    """On Ctrl-C inside the block, interrupt the session's running Spark operations, then re-raise.
+
+    Spark Connect operations go on running on the server when the client stops waiting; a half-finished
+    ``MERGE`` must not race the next run's (the chat's next ``/refresh``). Delta commits are atomic, so an
+    interrupted run leaves the tables as the last completed step wrote them.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupt = getattr(session, "interruptAll", None)
+        if interrupt is not None:
+            try:
+                interrupt()
+            except Exception as error:
+                log.debug("could not interrupt the Spark operations: %s", error)
+        raise

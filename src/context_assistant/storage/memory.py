@@ -420,16 +420,22 @@ class ConversationStore:
                    ON CONFLICT (id) DO UPDATE SET updated_at = GREATEST(sessions.updated_at, EXCLUDED.updated_at)
                    RETURNING (xmax = 0)"""
             ).fetchall()
+            # Ids are handed out in file order: messages are read back by (timestamp, id), so messages that
+            # share a timestamp keep the order the file gave them. Of duplicate lines the first one counts.
             inserted = conn.execute(
                 """INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
-                   SELECT DISTINCT ON (i.session_id, i.timestamp, i.role, i.content)
-                          i.session_id, i.user_id, i.role, i.content, i.timestamp, i.metadata
-                   FROM import_messages i
-                   WHERE NOT EXISTS (
-                       SELECT 1 FROM conversations c
-                       WHERE c.session_id = i.session_id AND c.timestamp = i.timestamp
-                         AND c.role = i.role AND c.content = i.content)
-                   ORDER BY i.session_id, i.timestamp, i.role, i.content, i.line"""
+                   SELECT fresh.session_id, fresh.user_id, fresh.role, fresh.content, fresh.timestamp,
+                          fresh.metadata
+                   FROM (
+                       SELECT DISTINCT ON (i.session_id, i.timestamp, i.role, i.content) i.*
+                       FROM import_messages i
+                       WHERE NOT EXISTS (
+                           SELECT 1 FROM conversations c
+                           WHERE c.session_id = i.session_id AND c.timestamp = i.timestamp
+                             AND c.role = i.role AND c.content = i.content)
+                       ORDER BY i.session_id, i.timestamp, i.role, i.content, i.line
+                   ) AS fresh
+                   ORDER BY fresh.line"""
             ).rowcount
             # Untitled sessions take the first line of their first user message, as live sessions do.
             for session_id, first in conn.execute(

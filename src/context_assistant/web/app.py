@@ -41,6 +41,7 @@ from .. import __version__
 from ..core.config import ConfigError, load_config
 from ..core.console import port_number
 from ..core.errors import EXIT_OK
+from ..core.interrupts import end_process, report_interrupted
 from ..services import Services
 from .deps import WebState
 from .errors import InternalErrors, install_error_handlers
@@ -117,7 +118,10 @@ def serve(services: Services, host: str | None = None, port: int | None = None) 
     host, port = bind_address(services, host, port)
     app = create_app(services)
     print(f"context-assistant {__version__} on http://{host}:{port} (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    # Server.run rather than uvicorn.run: after its graceful shutdown uvicorn re-raises the Ctrl-C, which
+    # uvicorn.run swallows (exit 0, or 3 before start-up); the callers report it as an interruption (130).
+    uvicorn.Server(config).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,5 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{exc.label}: {exc}", file=sys.stderr)
         return exc.exit_code
     with Services(config, env=os.environ) as services:
-        serve(services, args.host, args.port)
-    return EXIT_OK
+        try:
+            serve(services, args.host, args.port)
+            return EXIT_OK
+        except KeyboardInterrupt:  # Ctrl-C, re-raised by uvicorn after its graceful shutdown
+            code = report_interrupted("Interrupted.")
+    end_process(code)  # the process's entry point: leave without the interpreter's slow teardown
+    return code

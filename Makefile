@@ -1,0 +1,28 @@
+# The two commands of the README's Quick start. Each sets up what it needs first (a .venv with CPU-only torch
+# and the project, reinstalled only when the requirement files change), so a fresh clone needs nothing else.
+#
+#   make run     set up, then run the main job: context-assistant ingest   (make run ARGS=--full)
+#   make test    set up (plus Debian's chromium where it can), then run the tests   (make test ARGS='-k chat')
+#
+# PYTHON picks the interpreter the venv is made with (default python3, 3.10 or newer).
+
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?=
+
+.PHONY: run test setup chromium clean-venv
+
+run: setup
+	$(VENV)/bin/context-assistant ingest $(ARGS)
+
+test: setup chromium
+	$(VENV)/bin/python -m pytest $(ARGS)
+
+setup:
+	@PYTHON="$(PYTHON)" VENV="$(VENV)" bash scripts/setup_venv.sh
+
+chromium:
+	@bash scripts/install_chromium.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,69 @@
+"""Ctrl-C on the command line: one line on stderr, exit code 130, gone within two seconds, no traceback.
+
+Why this needs more than ``except KeyboardInterrupt``: after the first Ctrl-C the command still closes its
+database pool and its Spark session, and a second Ctrl-C (people press it again when nothing seems to happen)
+would land in that clean-up and print a traceback from whatever it interrupted. So once the first one is
+caught, a second one exits at once, and a watchdog exits anyway if clean-up outlives the deadline. Exiting
+early loses nothing: every write this project makes is a database transaction or a Delta commit, which
+either happened or did not, and the next run picks up from there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Any, TextIO
+
+from .errors import EXIT_INTERRUPTED  # 128 + SIGINT, what shells report for a process stopped by Ctrl-C
+
+CLEANUP_SECONDS = 1.5
+
+
+def report_interrupted(
+    message: str, stream: TextIO | None = None, cleanup_seconds: float = CLEANUP_SECONDS
+) -> int:
+    """Print ``message`` (one line), make sure the process ends soon, and return :data:`EXIT_INTERRUPTED`.
+
+    Call it from the ``except KeyboardInterrupt`` of a command's entry point, before its clean-up runs.
+    """
+    stream = stream or sys.stderr
+    with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to tell
+        print(message, file=stream, flush=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _exit_now)
+    watchdog = threading.Timer(cleanup_seconds, _exit_now)
+    watchdog.daemon = True
+    watchdog.start()
+    return EXIT_INTERRUPTED
+
+
+def end_process(code: int = EXIT_INTERRUPTED) -> None:
+    """Run the ``atexit`` handlers (they stop the local Spark server), flush, and leave at once.
+
+    Skips the interpreter's own teardown, which takes seconds once torch is imported: a command that was
+    asked to stop should not then make the user wait. Only for a process's entry point.
+    """
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's; absent elsewhere
+    if run_exit_handlers is not None:
+        with contextlib.suppress(BaseException):
+            run_exit_handlers()
+    _flush()
+    os._exit(code)
+
+
+def _exit_now(*_: Any) -> None:
+    _flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+__all__ = ["CLEANUP_SECONDS", "end_process", "report_interrupted"]
