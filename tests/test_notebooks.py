@@ -109,7 +109,7 @@ def test_evaluate_retrieval_notebook_on_the_project_set(
     try:
         done = runpy.run_path(str(NOTEBOOKS / "evaluate_retrieval.py"), run_name="__main__")
         with psycopg.connect(pg_server.uri(scratch)) as conn:
-            assert conn.execute("SELECT count(*) FROM rag_chunks").fetchone()[0] == 62
+            assert conn.execute("SELECT count(*) FROM context_assistant.rag_chunks").fetchone()[0] == 62
     finally:
         pg_server.drop_database(scratch)
     out = capsys.readouterr().out
@@ -126,7 +126,7 @@ def test_evaluate_retrieval_notebook_on_the_project_set(
     assert report["vector"]["all"]["recall@5"] >= 0.9  # the real model finds nearly everything on this set
     assert report["keyword"]["keyword"]["recall@5"] >= 0.9  # BM25 finds the queries that use the doc's words
     with psycopg.connect(pg_server.uri(database_name)) as conn:  # the assistant's own index was not touched
-        assert conn.execute("SELECT to_regclass('rag_chunks')").fetchone()[0] is None
+        assert conn.execute("SELECT to_regclass('context_assistant.rag_chunks')").fetchone()[0] is None
 
     run = logged_run(mlflow_uri, "notebook-evaluation")
     assert f"MLflow run {run.info.run_id} in experiment {run.info.experiment_id}" in out

@@ -134,6 +134,18 @@ def cmd_db_status(args: argparse.Namespace, services: Services) -> int:
     return EXIT_OK
 
 
+def cmd_db_setup(args: argparse.Namespace, services: Services) -> int:
+    """The owner's setup step (what the jobs' setup_database task runs); see db_setup.py."""
+    from .db_setup import run_setup, summary_lines
+
+    report = run_setup(services, args.grant_to or [], args.grant_to_app or [], prepare_recall=not args.skip_recall)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print("\n".join(summary_lines(report, services.db.target.description)))
+    return EXIT_OK
+
+
 def cmd_db_stop(args: argparse.Namespace, services: Services) -> int:
     from .db import EmbeddedPostgres
 
@@ -463,6 +475,28 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database status and the embedded server")
     db_cmds = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     add(db_cmds, "status", cmd_db_status, "which Postgres, its version, pgvector and the schema version")
+    p = add(
+        db_cmds,
+        "setup",
+        cmd_db_setup,
+        "as the database owner: create the schema and pgvector, migrate, and grant roles access to the schema",
+    )
+    p.add_argument(
+        "--grant-to",
+        action="append",
+        metavar="ROLE",
+        help="a Postgres role that may then read and write the schema (repeatable), e.g. an app's "
+        "service principal client id",
+    )
+    p.add_argument(
+        "--grant-to-app",
+        action="append",
+        metavar="APP_NAME",
+        help="a Databricks App whose service principal's role is granted (looked up with the SDK; repeatable)",
+    )
+    p.add_argument(
+        "--skip-recall", action="store_true", help="do not create the recall index (needs the embedding model)"
+    )
     add(db_cmds, "stop", cmd_db_stop, "stop the embedded Postgres server", json_flag=False)
 
     bundle = commands.add_parser("bundle", help="check the Databricks Asset Bundle offline")

@@ -67,6 +67,11 @@ class DatabaseConfig:
     endpoint: str = ""
     pool_min_size: int = _opt(1, min=0)
     pool_max_size: int = _opt(10, min=1)
+    # Every table lives in this schema (set as search_path on each connection).
+    schema: str = "context_assistant"
+    # auto: the database's owner creates and migrates the schema when it is missing or behind; any other role
+    # (a Databricks App's) only checks it. never: only check, even as the owner (the app.yaml sets this).
+    setup: str = _opt("auto", choices=("auto", "never"))
 
     @property
     def embedded(self) -> bool:
@@ -249,6 +254,12 @@ def load_config(
         )
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
+    from .db_schema import check_schema_name
+
+    try:
+        check_schema_name(config.database.schema)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return config
 
 

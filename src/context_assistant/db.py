@@ -2,6 +2,11 @@
 
 One pool per process. Lakebase accepts a Databricks OAuth token as the password; tokens live one hour, so new
 connections get a token at most 15 minutes old and connections are retired well before the hour is up.
+
+Every table lives in one schema (``database.schema``), set as ``search_path`` on each pooled connection. Only
+the role that owns the database changes it (see db_schema.py): ``open_database`` migrates when this role is
+the owner and otherwise only checks, answering :class:`SchemaNotReady` (which names the job to run) until the
+owner's setup has created, migrated and granted it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .clock import REAL_CLOCK, Clock
 from .config import Config, ConfigError, DatabaseConfig
+from .db_schema import (
+    DEFAULT_SCHEMA,
+    SetupReport,
+    grant_usage,
+    inspect_schema,
+    prepare_schema,
+)
 from .migrations import MIGRATIONS, Migration
 
 log = logging.getLogger(__name__)
@@ -37,12 +49,20 @@ LAKEBASE_READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"  # the endpoint type of a branc
 
 # A pooled connection idle longer than this is health-checked before it is handed out.
 IDLE_CHECK_SECONDS = 5.0
+# While the schema is not ready for this role, look again at most this often (an app started before the
+# first job run becomes usable once the job's setup task has run, without a restart).
+SCHEMA_RECHECK_SECONDS = 5.0
 
 TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 5}
 
 
 class DatabaseError(RuntimeError):
     """A database problem explained for the user (what failed, where, and what to check)."""
+
+
+class SchemaNotReady(DatabaseError):
+    """The schema is missing, behind, or not usable by this role; the message names the job or command that
+    fixes it (the owner's setup), instead of a Postgres permission error halfway through a request."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -276,13 +296,26 @@ class Database:
         self,
         target: Target,
         *,
+        schema: str = DEFAULT_SCHEMA,
         min_size: int = 1,
         max_size: int = 10,
         max_lifetime: float = CONNECTION_MAX_LIFETIME,
         open_timeout: float = 30.0,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         self.target = target
+        self.schema = schema
+        self._clock = clock
         self._vector_ready = False
+        # Whether this process may change the schema (create run-time tables such as the recall index): the
+        # owner may; a role that only uses the schema (the app) may not. Set by open_database.
+        self.may_change_schema = True
+        self.schema_recheck_seconds = SCHEMA_RECHECK_SECONDS
+        self._schema_error: SchemaNotReady | None = None
+        self._schema_vector = False
+        self._schema_checked_at = 0.0
+        self._schema_lock = threading.Lock()
+        self.setup_report = SetupReport(schema)  # what this process created, moved, migrated and granted
         self.pool = ConnectionPool(
             target.conninfo,
             kwargs=self._connection_kwargs,
@@ -331,15 +364,22 @@ class Database:
             ConnectionPool.check_connection(conn)
 
     def _configure(self, conn: psycopg.Connection) -> None:
+        # public stays on the path for an extension created there (pgvector's types) before the schema existed.
+        conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(self.schema)))
         if self._vector_ready:
             from pgvector.psycopg import register_vector
 
             register_vector(conn)
-            conn.commit()
+        conn.commit()
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
-        """A pooled connection; the block is one transaction, committed on success, rolled back on error."""
+        """A pooled connection; the block is one transaction, committed on success, rolled back on error.
+
+        Raises :class:`SchemaNotReady` while the schema is not usable by this role (see ``require_schema``).
+        """
+        if self._schema_error is not None:
+            self._recheck_schema()
         with self.pool.connection(timeout=timeout) as conn:
             try:
                 yield conn
@@ -358,29 +398,121 @@ class Database:
     # -- schema --------------------------------------------------------------------------------------
 
     def migrate(self, *, vector: bool = False) -> list[Migration]:
-        """Apply pending migrations; with ``vector`` also those that need pgvector. Returns what ran."""
-        wanted = [m for m in MIGRATIONS if vector or not m.requires_vector]
-        with self.connection() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version int PRIMARY KEY, name text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
+        """As the schema's owner: create the schema (and move an older version's tables out of ``public``),
+        then apply pending migrations; with ``vector`` also those that need pgvector. Returns what ran.
+
+        Reads the schema's state first and does no DDL at all when nothing is pending.
+        """
+        return self._migrate(vector, self.setup_report)
+
+    def _migrate(self, vector: bool, report: SetupReport) -> list[Migration]:
+        with self.pool.connection() as conn:
+            state = inspect_schema(conn, self.schema)
+        if state.ledger and not state.unusable_objects and not state.pending(vector):
+            self._schema_ready(vector)
+            return []
+        if not state.is_owner:
+            # A role with only CONNECT and CREATE on the database (an app's) could create the schema, and
+            # would then own it and lock the real owner out: only the owner sets it up.
+            raise DatabaseError(
+                f"role {state.role} may not create or migrate schema {self.schema} in {self.target.description}: "
+                f"it does not own the database (owner: {state.database_owner}). Run the setup as the database "
+                "owner: the bundle's ingest job (databricks bundle run ingest_job), whose first task does it, "
+                "or `context-assistant db setup` as that role"
             )
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            pending = [m for m in wanted if m.version not in applied]
-            if any(m.requires_vector for m in pending):
-                self._check_vector_available(conn)
-            for migration in pending:
-                conn.execute(migration.sql)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-                log.info("applied migration %s: %s", migration.version, migration.name)
+        ledger = sql.Identifier(self.schema, "schema_migrations")
+        wanted = [m for m in MIGRATIONS if vector or not m.requires_vector]
+        with self.pool.connection() as conn:
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                prepare_schema(conn, self.schema, report)
+                applied = {row[0] for row in conn.execute(sql.SQL("SELECT version FROM {}").format(ledger))}
+                pending = [m for m in wanted if m.version not in applied]
+                if any(m.requires_vector for m in pending):
+                    self._check_vector_available(conn)
+                for migration in pending:
+                    conn.execute(migration.sql)
+                    conn.execute(
+                        sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(ledger),
+                        (migration.version, migration.name),
+                    )
+                    log.info("applied migration %s: %s", migration.version, migration.name)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise DatabaseError(
+                    f"role {state.role} may not create or migrate schema {self.schema} in "
+                    f"{self.target.description} ({str(exc).strip().splitlines()[0]}): run "
+                    "`context-assistant db setup` as the database owner, or the bundle's ingest job "
+                    "(databricks bundle run ingest_job), whose first task does it"
+                ) from None
+        if report.moved_from_public:
+            log.warning("moved %s from schema public into %s", ", ".join(report.moved_from_public), self.schema)
+        report.applied.extend(m.version for m in pending)
+        self._schema_ready(vector)
+        return pending
+
+    def setup(self, *, vector: bool, grant_to: Sequence[str] = ()) -> SetupReport:
+        """The owner's setup step: create and migrate the schema, then let each role in ``grant_to`` use it
+        (USAGE on the schema, DML on its tables and sequences, default privileges for later tables)."""
+        report = self.setup_report  # includes what open_database already did in this process
+        self._migrate(vector, report)
+        if grant_to:
+            with self.pool.connection() as conn:
+                try:
+                    report.granted_to = grant_usage(conn, self.schema, grant_to)
+                except LookupError as exc:
+                    raise DatabaseError(str(exc)) from None
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise DatabaseError(
+                        f"could not grant access to schema {self.schema} in {self.target.description} "
+                        f"({str(exc).strip().splitlines()[0]}): run the setup as the database owner"
+                    ) from None
+        self.may_change_schema = True
+        return report
+
+    def check_schema(self, *, vector: bool) -> None:
+        """Raise :class:`SchemaNotReady` unless this role can use the schema as it is (no DDL)."""
+        with self.pool.connection() as conn:
+            state = inspect_schema(conn, self.schema)
+        problem = state.problem(vector, self.target.description)
+        if problem is not None:
+            raise SchemaNotReady(problem)
+        self._schema_ready(vector)
+
+    def is_owner(self) -> bool:
+        """Whether this role owns the database (or the schema): the one that creates and migrates it."""
+        with self.pool.connection() as conn:
+            return inspect_schema(conn, self.schema).is_owner
+
+    def require_schema(self, *, vector: bool) -> None:
+        """Check the schema now; if it is not ready, every ``connection()`` raises :class:`SchemaNotReady`
+        and looks again at most every ``schema_recheck_seconds``, until the owner's setup has run."""
+        self._schema_vector = vector
+        self._schema_checked_at = self._clock.monotonic()
+        try:
+            self.check_schema(vector=vector)
+        except SchemaNotReady as exc:
+            self._schema_error = exc
+            log.warning("%s", exc)
+
+    def _recheck_schema(self) -> None:
+        with self._schema_lock:
+            error = self._schema_error
+            if error is None:
+                return
+            if self._clock.monotonic() - self._schema_checked_at >= self.schema_recheck_seconds:
+                self._schema_checked_at = self._clock.monotonic()
+                try:
+                    self.check_schema(vector=self._schema_vector)
+                    return
+                except SchemaNotReady as exc:
+                    self._schema_error = error = exc
+        raise SchemaNotReady(str(error))
+
+    def _schema_ready(self, vector: bool) -> None:
+        self._schema_error = None
+        self._schema_vector = vector
         if vector:
             self._enable_vector_adapters()
-        return pending
 
     def _check_vector_available(self, conn: psycopg.Connection) -> None:
         row = conn.execute(
@@ -402,28 +534,29 @@ class Database:
         self.pool.drain()
 
     def status(self) -> dict[str, Any]:
-        """What ``db status`` shows: which server, its versions and the schema version."""
-        with self.connection() as conn:
+        """What ``db status`` shows: which server, its versions, the schema and its version, and whether this
+        role can use it (answers even when it cannot)."""
+        with self.pool.connection() as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
             vector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
             available = conn.execute(
                 "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
             ).fetchone()
-            has_table = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
-            versions = (
-                [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-                if has_table
-                else []
-            )
+            state = inspect_schema(conn, self.schema)
+        versions = sorted(state.applied)
         return {
             "kind": self.target.kind,
             "target": self.target.description,
             "server_version": version,
             "pgvector_version": vector[0] if vector else None,
             "pgvector_available": available[0] if available else None,
+            "schema": self.schema,
+            "role": state.role,
+            "schema_owner": state.owner,
             "schema_version": max(versions) if versions else 0,
             "applied_migrations": versions,
             "latest_schema_version": MIGRATIONS[-1].version,
+            "problem": state.problem(self._schema_vector, self.target.description),
         }
 
 
@@ -436,18 +569,36 @@ def open_database(
     migrate: bool = True,
     vector: bool | None = None,
 ) -> Database:
-    """Connect as the config says and bring the schema up to date.
+    """Connect as the config says and make sure the schema is usable.
 
-    ``vector`` defaults to whether any feature that stores embeddings in Postgres is on.
+    The database's owner (the embedded server's user, a job run as the deployer) creates and migrates the
+    schema itself when ``database.setup`` is ``auto``; any other role (the app) only checks it, and its
+    connections raise :class:`SchemaNotReady` until the owner's setup has run. ``vector`` defaults to whether
+    any feature that stores embeddings in Postgres is on.
     """
     target = resolve_target(config, env=env, workspace_factory=workspace_factory, clock=clock)
-    db = Database(target, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size)
+    db = Database(
+        target,
+        schema=config.database.schema,
+        min_size=config.database.pool_min_size,
+        max_size=config.database.pool_max_size,
+        clock=clock,
+    )
     if migrate:
         if vector is None:
-            vector = (config.rag.enabled and config.rag.backend == "pgvector") or config.memory.recall
+            vector = wants_vector(config)
         try:
-            db.migrate(vector=vector)
+            if config.database.setup == "auto" and db.is_owner():
+                db.migrate(vector=vector)
+            else:
+                db.may_change_schema = False
+                db.require_schema(vector=vector)
         except Exception:
             db.close()
             raise
     return db
+
+
+def wants_vector(config: Config) -> bool:
+    """Whether any feature that stores embeddings in Postgres is on (so the pgvector migrations are needed)."""
+    return (config.rag.enabled and config.rag.backend == "pgvector") or config.memory.recall

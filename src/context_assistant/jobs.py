@@ -1,4 +1,4 @@
-"""Entry points of the bundle's job tasks (python_wheel_task): ``context-assistant-ingest`` and ``-sync``.
+"""Entry points of the bundle's job tasks (python_wheel_task): ``context-assistant-setup``, ``-ingest``, ``-sync``.
 
 The Databricks wheel runner calls the function with ``sys.argv = ["python", *parameters]``; the parameters are
 written in ``resources/*.job.yml``. Both run locally too, on the same code (``context-assistant-ingest
@@ -79,6 +79,24 @@ def sync_parser() -> _Parser:
         "context-assistant-sync", "Embed new and changed chunks and bring the retrieval index in line."
     )
     parser.add_argument("--full", action="store_true", help="re-embed every chunk, not just the changes")
+    return parser
+
+
+def setup_parser() -> _Parser:
+    parser = _parser(
+        "context-assistant-setup",
+        "As the database owner: create the schema and pgvector, migrate, and grant the app's role access.",
+    )
+    parser.add_argument(
+        "--grant-to", action="append", default=[], metavar="ROLE", help="a role to grant (repeatable)"
+    )
+    parser.add_argument(
+        "--grant-to-app",
+        action="append",
+        default=[],
+        metavar="APP_NAME",
+        help="a Databricks App whose service principal's role is granted (repeatable)",
+    )
     return parser
 
 
@@ -199,9 +217,60 @@ def run_sync_job(
     return EXIT_OK
 
 
+def run_setup_job(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    workspace_factory: Callable[[], Any] | None = None,
+    services_factory: Callable[[Config], Any] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """The owner's setup step (db_setup.py) as a job task; prints the JSON summary; returns the exit code."""
+    from .db import DatabaseError
+    from .db_setup import run_setup
+    from .services import Services
+
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    summary: dict[str, Any] = {"job": "setup", "ok": False}
+    services = None
+    try:
+        args = setup_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        config = build_config(args, env, {})
+        workspace = workspace_factory or _default_workspace
+        config = with_lakebase(config, args.lakebase_branch, workspace)
+        summary.update(
+            database=config.database.endpoint or config.database.host or "embedded", schema=config.database.schema
+        )
+        services = (
+            services_factory(config)
+            if services_factory
+            else Services(config, env=env, workspace_factory=workspace_factory)
+        )
+        report = run_setup(services, args.grant_to, args.grant_to_app)
+    except ConfigError as exc:
+        return _fail(summary, out, f"{exc}", EXIT_USAGE)
+    except DatabaseError as exc:
+        return _fail(summary, out, str(exc), EXIT_FAILED)
+    finally:
+        if services is not None:
+            services.close()
+    summary.update(ok=True, result=report.to_json())
+    _emit(summary, out)
+    return EXIT_OK
+
+
 # Errors from the retrieval modules that mean the run stopped (each has a one-line message); matched by name so
 # this module does not import (and load) every backend.
 _RUN_STOPPERS = {"EmbeddingError", "RetrievalError", "VectorSearchError", "VectorSearchTimeout"}
+
+
+def setup_main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``context-assistant-setup`` (the setup_database task's entry point)."""
+    _setup_logging()
+    code = run_setup_job(argv)
+    if code:
+        raise SystemExit(code)
 
 
 def ingest_main(argv: Sequence[str] | None = None) -> None:

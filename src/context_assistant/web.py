@@ -16,7 +16,8 @@ Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /open
 * ``POST /api/feedback`` — thumbs up/down (+ comment) on a reply: message metadata and MLflow assessment;
 * ``GET /api/sources/{chunk_id}`` — a cited passage's text;
 * ``POST /api/rag/refresh`` (start; 409 while one runs), ``GET /api/rag/refresh`` (status);
-* ``GET /api/me``; ``GET /health`` (200 when the database answers, else 503).
+* ``GET /api/me``; ``GET /health`` (200 when the database answers and its schema is ready for this role, else
+  503 with the reason, e.g. which job creates the schema).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from . import __version__
 from .assistant import Assistant, TurnFailed
 from .cli import port_number
 from .config import ConfigError, load_config
-from .db import Database, DatabaseError
+from .db import Database, DatabaseError, SchemaNotReady
 from .memory import Message, Session, SessionNotFound
 from .services import Services
 from .tracing import FeedbackError
@@ -397,14 +398,17 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["app"])
     def health() -> Any:
-        """200 when a database connection answers within web.health_timeout_seconds, else 503."""
+        """200 when a database connection answers within web.health_timeout_seconds and the schema is ready for
+        the app's role, else 503 saying why (a missing or behind schema names the job that sets it up)."""
         timeout = config.web.health_timeout_seconds
         try:
             with state.database(timeout).connection(timeout=timeout) as conn:
                 conn.execute("SELECT 1").fetchone()
         except Exception as exc:
             where = getattr(state.services.__dict__.get("db"), "target", None)
-            detail = _one_line(exc) + (f" ({where.description})" if where is not None else "")
+            detail = _one_line(exc)
+            if where is not None and not isinstance(exc, SchemaNotReady):  # that one already names it
+                detail += f" ({where.description})"
             return JSONResponse({"status": "unavailable", "database": detail}, status_code=503)
         return {"status": "ok", "database": "ok"}
 
@@ -483,6 +487,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unauthorized(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=401)
 
+    async def schema_not_ready(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
     async def database_down(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable: %s", exc)
         return JSONResponse(
@@ -495,6 +502,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IdentityError, unauthorized)
     for error in (DatabaseError, PoolTimeout, psycopg.OperationalError):
         app.add_exception_handler(error, database_down)
+    app.add_exception_handler(SchemaNotReady, schema_not_ready)
 
 
 # ---------------------------------------------------------------------------------------------------------
