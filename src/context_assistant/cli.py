@@ -161,10 +161,18 @@ def cmd_db_stop(args: argparse.Namespace, services: Services) -> int:
 
 
 def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
+    import os
+
     from .bundle import BundleLoadError, format_report, validate_bundle
 
+    variables = {k[len("BUNDLE_VAR_") :]: v for k, v in os.environ.items() if k.startswith("BUNDLE_VAR_")}
+    for item in args.var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--var {item!r}: expected name=value")
+        variables[name] = value
     try:
-        reports = [validate_bundle(args.root, target) for target in (args.target or [None])]
+        reports = [validate_bundle(args.root, target, variables=variables) for target in (args.target or [None])]
     except BundleLoadError as exc:
         raise CommandError(str(exc)) from None
     ok = all(report.ok for report in reports)
@@ -504,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(bundle_cmds, "validate", cmd_bundle_validate, "validate databricks.yml and resources/ offline")
     p.add_argument("--target", "-t", action="append", help="target to validate (repeatable; default: the default)")
     p.add_argument("--root", default=".", help="bundle folder (default: the current directory)")
+    p.add_argument(
+        "--var",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a variable's value, as for the Databricks CLI (repeatable; BUNDLE_VAR_<name> works too)",
+    )
 
     p = add(commands, "ingest", cmd_ingest, "parse and chunk new or changed documents, then sync the index")
     p.add_argument("--source", help="documents folder or Volume path (default: rag.source)")
