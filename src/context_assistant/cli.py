@@ -130,7 +130,11 @@ def cmd_db_status(args: argparse.Namespace, services: Services) -> int:
         else "not available"
     )
     print(f"pgvector:  {vector}")
-    print(f"Schema:    version {status['schema_version']} (latest {status['latest_schema_version']})")
+    print(
+        f"Schema:    {status['schema']}, version {status['schema_version']} "
+        f"(latest {status['latest_schema_version']}), owner {status['schema_owner'] or '-'}"
+    )
+    print(f"Role:      {status['role']}" + (f"\nProblem:   {status['problem']}" if status["problem"] else ""))
     return EXIT_OK
 
 
