@@ -5,20 +5,33 @@
 # MAGIC One turn, exactly as the app and the terminal chat run it: the question is stored in your memory,
 # MAGIC earlier conversations are recalled, your documents are searched, and the answer comes back with its
 # MAGIC numbered sources and the id of its MLflow trace. Leave `session` empty to start a new conversation;
-# MAGIC paste the session id printed below to continue it.
+# MAGIC paste the session id printed below to continue it. On Databricks, set the `lakebase_branch` widget
+# MAGIC (`projects/<lakebase_project>/branches/production`) or `lakebase_instance` so the turn is stored in the
+# MAGIC deployed memory, not a local one.
 
 # COMMAND ----------
 
-import sys
-from pathlib import Path
+# MAGIC %pip install -r ../requirements.txt
 
-if "__file__" in globals():  # a source checkout: use the code next to this notebook
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# COMMAND ----------
+
+if "dbutils" in globals():  # on Databricks: load the packages just installed (run locally, nothing to do)
+    dbutils.library.restartPython()  # noqa: F821
+
+# COMMAND ----------
+
+import os
+import sys
+
+# A Databricks notebook has no file path of its own and runs in its own folder: notebooks/ of the deployed bundle (or of
+# a checkout, run from there). The package's code is next to it, in ../src.
+sys.path.insert(0, os.path.abspath(os.path.join(os.getcwd(), "..", "src")))
 
 from context_assistant.assistant import TurnFailed
 from context_assistant.core import load_config
 from context_assistant.notebook import Widgets
 from context_assistant.services import Services
+from context_assistant.storage import lakebase_from_widgets
 
 widget = Widgets(dbutils.widgets if "dbutils" in globals() else None).text  # noqa: F821
 
@@ -32,7 +45,7 @@ def notebook_user(fallback: str) -> str:
         return fallback
 
 
-services = Services(load_config())
+services = Services(lakebase_from_widgets(load_config(), widget))
 user = widget("user", notebook_user(services.config.default_user), "User").strip()
 question = widget("question", "How do I deploy the bundle to production?", "Question")
 session = widget("session", "", "Session id (empty: a new conversation)").strip() or None

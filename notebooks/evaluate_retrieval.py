@@ -7,7 +7,9 @@
 # MAGIC `keyword` (BM25) and `hybrid` search, logged as one MLflow run in the assistant's experiment
 # MAGIC (the `experiment` widget, by default `tracing.experiment`), so runs can be compared over time. On
 # MAGIC Databricks set it to the bundle's experiment (variable `experiment_name`, by default
-# MAGIC `/Workspace/Shared/context-assistant-traces`) to keep evaluations next to the assistant's traces.
+# MAGIC `/Workspace/Shared/context-assistant-traces`) to keep evaluations next to the assistant's traces, and
+# MAGIC the `lakebase_branch` widget (`projects/<lakebase_project>/branches/production`, or `lakebase_instance`)
+# MAGIC to the deployed Lakebase, whose index and scratch database it uses.
 # MAGIC
 # MAGIC **Which set.** Leave the `queries` widget empty to use the project's labelled set (`fixtures/eval`:
 # MAGIC 62 handbook documents, 52 queries). It is indexed with your embedding model and index settings into
@@ -33,16 +35,26 @@
 
 # COMMAND ----------
 
-import dataclasses
+# MAGIC %pip install -r ../requirements.txt
+
+# COMMAND ----------
+
+if "dbutils" in globals():  # on Databricks: load the packages just installed (run locally, nothing to do)
+    dbutils.library.restartPython()  # noqa: F821
+
+# COMMAND ----------
+
+import os
 import sys
+
+# A Databricks notebook has no file path of its own and runs in its own folder: notebooks/ of the deployed bundle (or of
+# a checkout, run from there). The package's code is next to it, in ../src.
+sys.path.insert(0, os.path.abspath(os.path.join(os.getcwd(), "..", "src")))
+
+import dataclasses
 from pathlib import Path
 
-if "__file__" in globals():  # a source checkout: use the code next to this notebook
-    REPO = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(REPO / "src"))
-else:  # a Databricks notebook runs in its own folder (notebooks/ of the deployed bundle)
-    REPO = Path.cwd().parent
-
+REPO = Path.cwd().parent  # the bundle's (or checkout's) root: fixtures/eval is there
 from context_assistant.core import load_config
 from context_assistant.notebook import Widgets, print_table
 from context_assistant.retrieval import (
@@ -59,6 +71,7 @@ from context_assistant.retrieval import (
     open_scratch_database,
 )
 from context_assistant.services import Services
+from context_assistant.storage import lakebase_from_widgets
 
 OWN_SET_DEPTH = 50  # chunks fetched per query on your index, so documents with many chunks still fill the top 10
 
@@ -74,7 +87,7 @@ k = int(k_text)
 scratch_name = check_scratch_name(
     widget("scratch_database", "context_assistant_eval", "Scratch database (project set)").strip()
 )
-config = load_config()
+config = lakebase_from_widgets(load_config(), widget)
 experiment = widget(
     "experiment", config.tracing.experiment_id or config.tracing.experiment, "MLflow experiment (path or id)"
 ).strip()

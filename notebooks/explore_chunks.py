@@ -9,11 +9,21 @@
 
 # COMMAND ----------
 
-import sys
-from pathlib import Path
+# MAGIC %pip install -r ../requirements.txt
 
-if "__file__" in globals():  # a source checkout: use the code next to this notebook
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# COMMAND ----------
+
+if "dbutils" in globals():  # on Databricks: load the packages just installed (run locally, nothing to do)
+    dbutils.library.restartPython()  # noqa: F821
+
+# COMMAND ----------
+
+import os
+import sys
+
+# A Databricks notebook has no file path of its own and runs in its own folder: notebooks/ of the deployed bundle (or of
+# a checkout, run from there). The package's code is next to it, in ../src.
+sys.path.insert(0, os.path.abspath(os.path.join(os.getcwd(), "..", "src")))
 
 from context_assistant.core import load_config
 from context_assistant.ingest import ensure_tables, get_spark, resolve_table
@@ -34,7 +44,7 @@ def show(frame, rows: int = 50) -> None:
 
 chunk_table = widget("chunk_table", config.rag.chunk_table, "Chunk table")
 documents_table = widget("documents_table", config.rag.documents_table, "Documents table")
-spark = get_spark(config.data_path)
+spark = globals().get("spark") or get_spark(config.data_path)  # Databricks provides one
 chunks = resolve_table(chunk_table, local_dir=config.data_path)
 documents = resolve_table(documents_table, local_dir=config.data_path)
 ensure_tables(spark, chunks, documents)  # registers local tables in this session; a no-op when they exist

@@ -3,29 +3,41 @@
 # MAGIC # Inspect conversation memory
 # MAGIC
 # MAGIC Who uses the assistant and how: sessions and turns per user, the most recent sessions, and a user's
-# MAGIC latest turns. Reads the Postgres the assistant uses (Lakebase on Databricks: run this where
-# MAGIC `PGHOST`/`LAKEBASE_ENDPOINT` or `config.yaml` point at it; locally the embedded Postgres).
+# MAGIC latest turns. On Databricks it reads the deployed memory: set the `lakebase_branch` widget to the
+# MAGIC bundle's branch (`projects/<lakebase_project>/branches/production`), or `lakebase_instance` for a
+# MAGIC Provisioned instance; you connect as yourself, so the schema's owner must have granted you access
+# MAGIC (`context-assistant db setup --grant-to <you>`). Locally, with both empty, the embedded Postgres.
 
 # COMMAND ----------
 
-import sys
-from pathlib import Path
+# MAGIC %pip install -r ../requirements.txt
 
-if "__file__" in globals():  # a source checkout: use the code next to this notebook
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# COMMAND ----------
+
+if "dbutils" in globals():  # on Databricks: load the packages just installed (run locally, nothing to do)
+    dbutils.library.restartPython()  # noqa: F821
+
+# COMMAND ----------
+
+import os
+import sys
+
+# A Databricks notebook has no file path of its own and runs in its own folder: notebooks/ of the deployed bundle (or of
+# a checkout, run from there). The package's code is next to it, in ../src.
+sys.path.insert(0, os.path.abspath(os.path.join(os.getcwd(), "..", "src")))
 
 from context_assistant.core import load_config
 from context_assistant.notebook import Widgets, print_table
 from context_assistant.services import Services
+from context_assistant.storage import lakebase_from_widgets
 
 widget = Widgets(dbutils.widgets if "dbutils" in globals() else None).text  # noqa: F821
 
 
 user = widget("user", "", "User (empty: everyone)")
 limit = int(widget("limit", "20", "Rows"))
-services = Services(load_config())
-db = services.db
-db.migrate()
+services = Services(lakebase_from_widgets(load_config(), widget))
+db = services.db  # on Lakebase: the schema the jobs set up (you need its grants: README, "Deploy")
 
 
 def query(sql: str, *params) -> list[tuple]:

@@ -20,8 +20,9 @@ from psycopg import sql
 
 from context_assistant.core.clock import FakeClock
 from context_assistant.core.config import Config, load_config, save_config
-from context_assistant.storage.db import Database, EmbeddedPostgres, Target
+from context_assistant.storage.db import Database
 from context_assistant.storage.memory import ConversationStore
+from context_assistant.storage.targets import EmbeddedPostgres, Target
 from spark_support import local_spark  # noqa: F401  (the session-scoped ``spark`` fixture)
 
 REPO = Path(__file__).resolve().parent.parent

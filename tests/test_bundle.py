@@ -14,6 +14,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomllib
@@ -28,13 +29,18 @@ from databricks.bundles.jobs import Job
 from context_assistant import cli
 
 REPO = Path(__file__).resolve().parents[1]
+# What CI passes for the prod target (--var / BUNDLE_VAR_prod_service_principal): an application id.
+PROD_VARS = {"prod_service_principal": "6f1e0c4e-5c1a-4b7e-9d35-0a1b2c3d4e5f"}
 BUNDLE_FILES = ("databricks.yml", "app.yaml", "app.py", "assistant.py", "requirements.txt", "pyproject.toml")
 BUNDLE_DIRS = ("resources", "notebooks", "src")
 
 
 @pytest.fixture(scope="module")
 def real_reports():
-    return {target: validate_bundle(REPO, target) for target in ("dev", "prod")}
+    return {
+        target: validate_bundle(REPO, target, variables=PROD_VARS if target == "prod" else None)
+        for target in ("dev", "prod")
+    }
 
 
 @pytest.fixture
@@ -56,7 +62,9 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
-def messages(root: Path, target: str = "dev", **kwargs: bool) -> list[str]:
+def messages(root: Path, target: str = "dev", **kwargs: Any) -> list[str]:
+    if target == "prod":
+        kwargs.setdefault("variables", PROD_VARS)
     return [str(p) for p in validate_bundle(root, target, **kwargs).problems]
 
 
@@ -79,24 +87,47 @@ def test_the_bundle_validates_for_each_target(real_reports, target):
 
 
 def test_targets_differ_where_they_should():
-    dev, prod = load_bundle(REPO, "dev"), load_bundle(REPO, "prod")
+    dev, prod = load_bundle(REPO, "dev"), load_bundle(REPO, "prod", PROD_VARS)
     assert (dev.mode, prod.mode) == ("development", "production")
-    assert dev.variables["lakebase_project"] == "context-assistant-dev"
-    assert prod.variables["lakebase_project"] == "context-assistant"
+    user = "${workspace.current_user.domain_friendly_name}"
+    assert dev.variables["lakebase_project"] == dev.variables["app_name"] == f"ca-dev-{user}"
+    assert prod.variables["lakebase_project"] == prod.variables["app_name"] == "context-assistant"
     assert prod.config["workspace"]["root_path"].startswith("/Workspace/Shared/")
-    assert {p["level"] for p in prod.config["permissions"]} == {"CAN_MANAGE", "CAN_VIEW"}
+    assert prod.config["permissions"] == [
+        {"level": "CAN_MANAGE", "service_principal_name": PROD_VARS["prod_service_principal"]},
+        {"level": "CAN_VIEW", "group_name": "users"},
+    ]
+    assert prod.config["bundle"]["databricks_cli_version"] == ">= 0.287.0"
     assert load_bundle(REPO).target == "dev"  # the default target
 
 
 def test_the_nightly_job_is_what_the_issue_asks_for():
     job = load_bundle(REPO, "prod").config["resources"]["jobs"]["rag_sync_job"]
     assert job["schedule"] == {"quartz_cron_expression": "0 0 2 * * ?", "timezone_id": "America/Los_Angeles"}
-    assert [t["task_key"] for t in job["tasks"]] == ["ingest", "sync_index"]
-    assert job["tasks"][1]["depends_on"] == [{"task_key": "ingest"}]
+    assert [t["task_key"] for t in job["tasks"]] == ["setup_database", "ingest", "sync_index"]
+    assert job["tasks"][2]["depends_on"] == [{"task_key": "setup_database"}, {"task_key": "ingest"}]
     assert all(t["max_retries"] == 2 for t in job["tasks"])
     assert job["environments"][0]["spec"]["dependencies"] == ["../dist/*.whl"]
-    wheel = job["tasks"][0]["python_wheel_task"]
+    wheel = job["tasks"][1]["python_wheel_task"]
     assert (wheel["package_name"], wheel["entry_point"]) == ("context_assistant", "context-assistant-ingest")
+
+
+@pytest.mark.parametrize("job", ["ingest_job", "rag_sync_job"])
+def test_each_job_first_sets_up_the_database_for_the_app(job):
+    """The owner's setup task, granting the app found by name (a reference to the app's service principal in
+    a job the app refers to would be a dependency cycle), and the app's explicit CAN_MANAGE_RUN."""
+    config = load_bundle(REPO, "prod", PROD_VARS).config
+    first = config["resources"]["jobs"][job]["tasks"][0]
+    assert first["task_key"] == "setup_database"
+    wheel = first["python_wheel_task"]
+    assert wheel["entry_point"] == "context-assistant-setup"
+    assert wheel["parameters"][wheel["parameters"].index("--grant-to-app") + 1] == "context-assistant"
+    assert "service_principal_client_id" not in json.dumps(first)
+    sp = "${resources.apps.context_assistant.service_principal_client_id}"
+    ingest = config["resources"]["jobs"]["ingest_job"]
+    assert ingest["permissions"] == [{"level": "CAN_MANAGE_RUN", "service_principal_name": sp}]
+    project = config["resources"]["postgres_projects"]["lakebase"]
+    assert project["permissions"] == [{"level": "CAN_USE", "service_principal_name": sp}]
 
 
 def test_app_yaml_only_uses_resources_the_app_declares():
@@ -163,7 +194,11 @@ def test_undeclared_variable(bundle):
 
 
 def test_target_setting_an_undeclared_variable(bundle):
-    edit(bundle / "databricks.yml", "      app_name: context-assistant-dev\n", "      app_nam: x\n")
+    edit(
+        bundle / "databricks.yml",
+        "      app_name: ca-dev-${workspace.current_user.domain_friendly_name}\n",
+        "      app_nam: x\n",
+    )
     found = messages(bundle, check_imports=False)
     assert any("targets.dev.variables.app_nam: sets variable 'app_nam', which is not declared" in m for m in found)
 
@@ -196,9 +231,9 @@ def test_entry_point_not_declared_in_pyproject(bundle):
     edit(bundle / "resources/ingest.job.yml", "entry_point: context-assistant-ingest", "entry_point: ingest")
     found = messages(bundle, check_imports=False)
     assert (
-        "resources/ingest.job.yml: resources.jobs.ingest_job.tasks[0].python_wheel_task.entry_point: 'ingest' is "
+        "resources/ingest.job.yml: resources.jobs.ingest_job.tasks[1].python_wheel_task.entry_point: 'ingest' is "
         "not an entry point of context-assistant in pyproject.toml [project.scripts] (declared: context-assistant, "
-        "context-assistant-ingest, context-assistant-sync) (line 37)"
+        "context-assistant-ingest, context-assistant-setup, context-assistant-sync) (line 65)"
     ) in found
 
 
@@ -293,9 +328,10 @@ def test_task_graph_problems(bundle):
     )
     found = messages(bundle, check_imports=False)
     assert any(
-        "tasks[1].depends_on[0].task_key: 'parse' is not a task of this job (tasks: ingest, sync_index)" in m
+        "tasks[2].depends_on[1].task_key: 'parse' is not a task of this job (tasks: setup_database, ingest, "
+        "sync_index)" in m
         for m in found
-    )
+    ), found
     assert any("tasks[0].environment_key: 'gpu' is not one of the job's environments" in m for m in found)
 
 
@@ -413,7 +449,9 @@ def test_quartz_cron(expression, problem):
 
 
 def test_cli_bundle_validate(bundle, capsys):
-    assert cli.main(["bundle", "validate", "--root", str(REPO), "-t", "dev", "-t", "prod", "--json"]) == 0
+    prod_var = f"prod_service_principal={PROD_VARS['prod_service_principal']}"
+    argv = ["bundle", "validate", "--root", str(REPO), "-t", "dev", "-t", "prod", "--json", "--var", prod_var]
+    assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is True
     assert [t["target"] for t in out["targets"]] == ["dev", "prod"]
@@ -463,6 +501,7 @@ def test_the_wheel_declares_the_job_entry_points(tmp_path):
     assert not any("bundle" in name or "quartz" in name for name in names), names
     assert "context-assistant-ingest = context_assistant.jobs:ingest_main" in text
     assert "context-assistant-sync = context_assistant.jobs:sync_main" in text
+    assert "context-assistant-setup = context_assistant.jobs:setup_main" in text
 
 
 def test_cli_bundle_validate_without_the_dev_tool_says_how_to_install_it(monkeypatch, capsys):
@@ -473,3 +512,162 @@ def test_cli_bundle_validate_without_the_dev_tool_says_how_to_install_it(monkeyp
     err = capsys.readouterr().err
     assert err.startswith("usage error: bundle validate is a development tool that is not installed here")
     assert "pip install -e ./tools" in err
+
+
+# ------------------------------------------------------------- deploy rules (context_assistant_tools/bundle/deploy.py)
+
+
+SP = "${resources.apps.context_assistant.service_principal_client_id}"
+JOB_GRANT = f"""      permissions:
+        # The app's "Refresh documents" runs this job; listed here so that the prod target's top-level
+        # permissions do not take the app's CAN_MANAGE_RUN away on the second deploy.
+        - level: CAN_MANAGE_RUN
+          service_principal_name: {SP}
+"""
+
+
+def test_top_level_permissions_that_would_drop_the_apps_job_grant(bundle):
+    edit(bundle / "resources/ingest.job.yml", JOB_GRANT, "")
+    assert messages(bundle, "dev", check_imports=False) == []  # no permission list: the grant is left alone
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert found.startswith(
+        "resources/ingest.job.yml: resources.jobs.ingest_job.permissions: app 'context_assistant'"
+    )
+    assert "grants its service principal CAN_MANAGE_RUN on jobs.ingest_job" in found
+    assert "the target's top-level permissions do not list it, so the second deploy takes" in found
+    assert f"add `- level: CAN_MANAGE_RUN` with `service_principal_name: {SP}`" in found
+
+
+def test_a_resource_list_without_the_app_principal_is_an_error_in_every_target(bundle):
+    edit(
+        bundle / "resources/ingest.job.yml",
+        f"        - level: CAN_MANAGE_RUN\n          service_principal_name: {SP}\n",
+        "        - level: CAN_VIEW\n          group_name: users\n",
+    )
+    (found,) = messages(bundle, "dev", check_imports=False)
+    assert (
+        "jobs.ingest_job.permissions: app 'context_assistant'" in found
+        and "its permissions do not list it" in found
+    )
+
+
+def test_the_app_principal_listed_below_the_level_its_app_resource_grants(bundle):
+    edit(bundle / "resources/ingest.job.yml", "        - level: CAN_MANAGE_RUN\n", "        - level: CAN_VIEW\n")
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert "lists app 'context_assistant''s service principal with CAN_VIEW, below the CAN_MANAGE_RUN" in found
+
+
+def test_the_lakebase_project_keeps_the_apps_grant_too(bundle):
+    edit(bundle / "resources/lakebase.postgres.yml", "        - level: CAN_USE\n", "        - level: CAN_MANAGE\n")
+    assert messages(bundle, "prod", check_imports=False) == []  # a higher level keeps it
+    text = (bundle / "resources/lakebase.postgres.yml").read_text()
+    (bundle / "resources/lakebase.postgres.yml").write_text(text[: text.index("      permissions:")])
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert (
+        "resources.postgres_projects.lakebase.permissions: app 'context_assistant' (resources[2].postgres)"
+        in found
+    )
+    assert "`- level: CAN_USE`" in found
+
+
+def test_an_application_id_in_user_name(bundle):
+    edit(
+        bundle / "databricks.yml",
+        "        service_principal_name: ${var.prod_service_principal}\n",
+        "        user_name: ${var.prod_service_principal}\n",
+    )
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert "permissions[0].user_name: '6f1e0c4e-5c1a-4b7e-9d35-0a1b2c3d4e5f' is an application id" in found
+    assert "service_principal_name, not user_name" in found
+
+
+def test_the_current_user_as_user_name_in_production(bundle):
+    edit(
+        bundle / "databricks.yml",
+        "        service_principal_name: ${var.prod_service_principal}\n",
+        "        user_name: ${workspace.current_user.userName}\n",
+    )
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert "permissions[0].user_name: in a production target deployed from CI as a service principal" in found
+
+
+def test_the_prod_service_principal_has_no_default(bundle, capsys, monkeypatch):
+    (found,) = messages(bundle, "prod", check_imports=False, variables=None)
+    assert "variable 'prod_service_principal' has no default and target 'prod' sets no value" in found
+    monkeypatch.setenv("BUNDLE_VAR_prod_service_principal", PROD_VARS["prod_service_principal"])
+    assert cli.main(["bundle", "validate", "--root", str(bundle), "-t", "prod"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("context-assistant-dev", "development mode does not prefix an app name, so every developer's dev deploy"),
+        ("ca-${workspace.current_user.short_name}", "short_name} may contain '_' and capitals"),
+        (
+            "context-assistant-devel-${workspace.current_user.domain_friendly_name}",
+            "the fixed part has 24 characters",
+        ),
+        ("CA-${workspace.current_user.domain_friendly_name}", "only lowercase letters, digits and hyphens"),
+    ],
+)
+def test_dev_app_names_carry_the_user_and_fit_30_characters(bundle, name, problem):
+    edit(
+        bundle / "databricks.yml",
+        "      app_name: ca-dev-${workspace.current_user.domain_friendly_name}\n",
+        f"      app_name: {name}\n",
+    )
+    found = messages(bundle, "dev", check_imports=False)
+    assert any(
+        m.startswith("resources/context_assistant.app.yml: resources.apps.context_assistant.name: ")
+        and problem in m
+        for m in found
+    ), found
+
+
+def test_dev_lakebase_project_carries_the_user(bundle):
+    edit(
+        bundle / "databricks.yml",
+        "      lakebase_project: ca-dev-${workspace.current_user.domain_friendly_name}\n",
+        "      lakebase_project: context-assistant-dev\n",
+    )
+    (found,) = messages(bundle, "dev", check_imports=False)
+    assert "resources.postgres_projects.lakebase.project_id: 'context-assistant-dev': development mode" in found
+
+
+def test_a_prod_app_name_over_30_characters(bundle):
+    edit(
+        bundle / "databricks.yml",
+        "    default: context-assistant\n  prod_service",
+        "    default: context-assistant-for-the-whole-team\n  prod_service",
+    )
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert "has 36 characters; an app name has at most 30" in found
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            "",
+            'the Lakebase Autoscaling resources need Databricks CLI 0.287.0 or later: declare databricks_cli_version: ">= 0.287.0"',
+        ),
+        (
+            '  databricks_cli_version: ">= 0.250.0"\n',
+            "'>= 0.250.0' allows CLI 0.250.0; Lakebase Autoscaling resources need 0.287.0",
+        ),
+        ('  databricks_cli_version: "latest"\n', "'latest': not a version constraint the CLI reads"),
+    ],
+)
+def test_the_cli_version_the_postgres_resources_need(bundle, line, problem):
+    edit(bundle / "databricks.yml", '  databricks_cli_version: ">= 0.287.0"\n', line)
+    found = messages(bundle, "dev", check_imports=False)
+    assert any(problem in m for m in found), found
+
+
+def test_cli_version_lower_bounds():
+    from context_assistant_tools.bundle.deploy import lower_bound
+
+    assert lower_bound(">= 0.287.0, < 1.0.0") == (0, 287, 0)
+    assert lower_bound("0.290.1") == (0, 290, 1)
+    assert lower_bound("> v0.300") == (0, 300, 0)
+    assert lower_bound("< 1.0.0") is None

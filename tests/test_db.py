@@ -15,17 +15,15 @@ import pytest
 from conftest import PgServer
 from context_assistant.core.clock import FakeClock
 from context_assistant.core.config import load_config
-from context_assistant.storage.db import (
-    CONNECTION_MAX_LIFETIME,
+from context_assistant.storage.db import CONNECTION_MAX_LIFETIME, Database, open_database
+from context_assistant.storage.migrations import LATEST_VERSION, MIGRATIONS
+from context_assistant.storage.targets import (
     CachedToken,
-    Database,
     DatabaseError,
     Target,
     lakebase_token_minter,
-    open_database,
     resolve_target,
 )
-from context_assistant.storage.migrations import LATEST_VERSION, MIGRATIONS
 from fake_databricks import FakeDatabricks
 
 
@@ -321,8 +319,9 @@ def test_embedded_server_starts_as_a_normal_user() -> None:
     base = Path(tempfile.mkdtemp(prefix="ca-nobody-", dir="/tmp"))
     base.chmod(0o777)
     code = (
-        "from context_assistant.core.config import load_config; from context_assistant.storage.db import EmbeddedPostgres,"
-        f" open_database; cfg = load_config(None, env={{}}, overrides={{'data_dir': {str(base / 'state')!r}}});"
+        "from context_assistant.core.config import load_config; from context_assistant.storage.db import open_database;"
+        " from context_assistant.storage.targets import EmbeddedPostgres;"
+        f" cfg = load_config(None, env={{}}, overrides={{'data_dir': {str(base / 'state')!r}}});"
         " db = open_database(cfg); print(db.status()['kind'], db.status()['schema_version'] > 0); db.close();"
         " print(EmbeddedPostgres(cfg.data_path).stop())"
     )

@@ -32,7 +32,8 @@ from context_assistant.retrieval.evaluation import (
 )
 from context_assistant.retrieval.pgvector import PgVectorChunkIndex
 from context_assistant.retrieval.sync import InMemoryChunkSource
-from context_assistant.storage.db import Database, Target
+from context_assistant.storage.db import Database
+from context_assistant.storage.targets import Target
 from retrieval_support import HashingEmbedder, document
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def test_the_project_set_is_indexed_in_a_scratch_database_only(pg_server, main_d
             _, second = index_corpus(again, HashingEmbedder(), config.rag, corpus)
             assert (second.embedded, second.kept) == (0, 2)
         with psycopg.connect(pg_server.uri(database_name)) as conn:  # the assistant's own index is untouched
-            assert conn.execute("SELECT to_regclass('rag_chunks')").fetchone()[0] is None
+            assert conn.execute("SELECT to_regclass('context_assistant.rag_chunks')").fetchone()[0] is None
     finally:
         pg_server.drop_database(scratch_name)
 

@@ -24,7 +24,7 @@ from context_assistant.jobs import (
     run_ingest_job,
     run_sync_job,
 )
-from context_assistant.storage.db import DatabaseError, resolve_lakebase_branch, with_lakebase
+from context_assistant.storage.targets import DatabaseError, resolve_lakebase_branch, with_lakebase
 from fake_databricks import Response
 
 REPO = Path(__file__).resolve().parents[1]

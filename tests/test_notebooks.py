@@ -1,13 +1,15 @@
-"""The Databricks notebooks in notebooks/ run locally, end to end, against the embedded-style defaults.
+"""The Databricks notebooks in notebooks/ run end to end the way Databricks runs them.
 
-Each notebook is executed as the plain Python file it is (Databricks source format), with its widgets
-falling back to ``CA_WIDGET_<NAME>`` environment variables, on real local Spark (pysail), the real test
-Postgres, the real all-MiniLM-L6-v2 model and a real MLflow store (SQLite, one per module).
+tests/notebook_harness.py runs each notebook cell by cell (``# COMMAND ----------``), magic cells handled
+(``%pip install`` lines checked to name files that exist, not run), in the notebooks/ folder with no
+``__file__``, with ``dbutils`` (widgets, restartPython, the user), ``spark`` and ``display`` provided. Behind
+them: real local Spark (pysail), the real test Postgres, the real all-MiniLM-L6-v2 model, a real MLflow store
+(SQLite, one per module) and, for the Lakebase widgets, the real databricks-sdk against a loopback server
+speaking the Lakebase REST shapes (tests/fake_databricks.py).
 """
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from context_assistant.core.config import save_config
 from context_assistant.ingest.run import run_ingest
 from context_assistant.retrieval.pgvector import PgVectorChunkIndex
 from context_assistant.retrieval.sync import InMemoryChunkSource
+from notebook_harness import pip_files, read_cells, run_notebook
 from retrieval_support import document, minilm  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,19 +54,42 @@ def mlflow_uri(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.py")))
-def test_notebooks_are_databricks_source_files(name):
-    text = (NOTEBOOKS / name).read_text(encoding="utf-8")
-    assert text.startswith("# Databricks notebook source\n")
-    assert "\n# COMMAND ----------\n" in text
+def test_notebooks_install_their_dependencies_then_restart_then_import_from_src(name):
+    """What a fresh Databricks notebook needs before the project's code imports."""
+    path = NOTEBOOKS / name
+    text = path.read_text(encoding="utf-8")
+    assert "__file__" not in text  # a Databricks notebook has none
     assert "dbutils.widgets" in text
+    code = [cell for cell in read_cells(path) if cell.kind != "md"]
+    assert code[0].kind == "pip" and code[0].source == "%pip install -r ../requirements.txt"
+    assert pip_files(code[0].source) == ["../requirements.txt"] and (NOTEBOOKS / "../requirements.txt").is_file()
+    assert code[1].kind == "python" and "dbutils.library.restartPython()" in code[1].source
+    assert 'os.path.join(os.getcwd(), "..", "src")' in code[2].source
+    assert "context_assistant" not in code[0].source + code[1].source  # nothing imported before the restart
+
+
+def test_the_harness_reads_cells_and_checks_pip_lines(tmp_path):
+    (tmp_path / "nb").mkdir()
+    notebook = tmp_path / "nb" / "n.py"
+    notebook.write_text(
+        "# Databricks notebook source\n# MAGIC %md\n# MAGIC # Title\n\n# COMMAND ----------\n\n"
+        "# MAGIC %pip install -r ../missing.txt\n\n# COMMAND ----------\n\nx = 1\n",
+        encoding="utf-8",
+    )
+    assert [c.kind for c in read_cells(notebook)] == ["md", "pip", "python"]
+    with pytest.raises(FileNotFoundError, match=r"names \.\./missing\.txt, which does not exist"):
+        run_notebook(notebook)
+    (tmp_path / "missing.txt").write_text("pyyaml\n")
+    assert run_notebook(notebook).namespace["x"] == 1
+    assert pip_files("%pip install ../dist/*.whl pyyaml>=6 --quiet") == ["../dist/*.whl"]
 
 
 def test_explore_chunks_notebook(spark, notebook_env, tmp_path, monkeypatch, capsys):
     chunks, documents = tmp_path / "tables" / "chunks", tmp_path / "tables" / "documents"
     run_ingest(spark, str(REPO / "fixtures" / "docs"), str(chunks), str(documents))
-    monkeypatch.setenv("CA_WIDGET_CHUNK_TABLE", str(chunks))
-    monkeypatch.setenv("CA_WIDGET_DOCUMENTS_TABLE", str(documents))
-    runpy.run_path(str(NOTEBOOKS / "explore_chunks.py"), run_name="__main__")
+    widgets = {"chunk_table": str(chunks), "documents_table": str(documents)}
+    run = run_notebook(NOTEBOOKS / "explore_chunks.py", widgets=widgets, spark=spark)
+    assert run.dbutils.library.restarts == 1 and run.displayed  # Databricks' display() showed the frames
     out = capsys.readouterr().out
     assert f"chunks: {chunks}" in out
     assert "broken.pdf" in out and "failed" in out  # the failures cell names the broken file
@@ -74,8 +100,7 @@ def test_inspect_memory_notebook(notebook_env, store, clock, monkeypatch, capsys
     session = store.create_session("ana@example.com", "How do we deploy?")
     store.append("ana@example.com", session.id, "user", "How do we deploy the bundle?")
     store.append("ana@example.com", session.id, "assistant", "Run databricks bundle deploy -t dev.")
-    monkeypatch.setenv("CA_WIDGET_USER", "ana@example.com")
-    runpy.run_path(str(NOTEBOOKS / "inspect_memory.py"), run_name="__main__")
+    run_notebook(NOTEBOOKS / "inspect_memory.py", widgets={"user": "ana@example.com"})
     out = capsys.readouterr().out
     assert "ana@example.com" in out and session.id in out
     assert "How do we deploy the bundle?" in out
@@ -105,11 +130,10 @@ def test_evaluate_retrieval_notebook_on_the_project_set(
 ):
     notebook_config(tracing__tracking_uri=mlflow_uri, tracing__experiment="notebook-evaluation")
     scratch = f"{database_name}_eval"
-    monkeypatch.setenv("CA_WIDGET_SCRATCH_DATABASE", scratch)
     try:
-        done = runpy.run_path(str(NOTEBOOKS / "evaluate_retrieval.py"), run_name="__main__")
+        done = run_notebook(NOTEBOOKS / "evaluate_retrieval.py", widgets={"scratch_database": scratch}).namespace
         with psycopg.connect(pg_server.uri(scratch)) as conn:
-            assert conn.execute("SELECT count(*) FROM rag_chunks").fetchone()[0] == 62
+            assert conn.execute("SELECT count(*) FROM context_assistant.rag_chunks").fetchone()[0] == 62
     finally:
         pg_server.drop_database(scratch)
     out = capsys.readouterr().out
@@ -126,7 +150,7 @@ def test_evaluate_retrieval_notebook_on_the_project_set(
     assert report["vector"]["all"]["recall@5"] >= 0.9  # the real model finds nearly everything on this set
     assert report["keyword"]["keyword"]["recall@5"] >= 0.9  # BM25 finds the queries that use the doc's words
     with psycopg.connect(pg_server.uri(database_name)) as conn:  # the assistant's own index was not touched
-        assert conn.execute("SELECT to_regclass('rag_chunks')").fetchone()[0] is None
+        assert conn.execute("SELECT to_regclass('context_assistant.rag_chunks')").fetchone()[0] is None
 
     run = logged_run(mlflow_uri, "notebook-evaluation")
     assert f"MLflow run {run.info.run_id} in experiment {run.info.experiment_id}" in out
@@ -165,7 +189,6 @@ def test_evaluate_retrieval_notebook_on_your_own_labelled_set(
     notebook_config, mlflow_uri, indexed_guides, tmp_path, monkeypatch, capsys
 ):
     notebook_config(tracing__tracking_uri=mlflow_uri)
-    monkeypatch.setenv("CA_WIDGET_EXPERIMENT", "notebook-evaluation-own")
     labels = tmp_path / "labels.jsonl"
     labels.write_text(
         '{"id": "deploy", "query": "how do I ship the bundle to prod", "relevant": ["guides/deploy.md"]}\n'
@@ -173,9 +196,8 @@ def test_evaluate_retrieval_notebook_on_your_own_labelled_set(
         '{"id": 3, "query": "retention of clickstream logs", "relevant": ["policies/retention.md"]}\n',
         encoding="utf-8",
     )
-    monkeypatch.setenv("CA_WIDGET_QUERIES", str(labels))
-    monkeypatch.setenv("CA_WIDGET_K", "1")
-    done = runpy.run_path(str(NOTEBOOKS / "evaluate_retrieval.py"), run_name="__main__")
+    widgets = {"experiment": "notebook-evaluation-own", "queries": str(labels), "k": "1"}
+    done = run_notebook(NOTEBOOKS / "evaluate_retrieval.py", widgets=widgets).namespace
     out = capsys.readouterr().out
     assert f"3 queries from {labels}, searched in your index (pgvector)" in out
     report = done["report"]
@@ -193,11 +215,11 @@ def test_evaluate_retrieval_notebook_on_your_own_labelled_set(
     ("widgets", "message"),
     [
         (
-            {"CA_WIDGET_QUERIES": "{labels}"},
+            {"queries": "{labels}"},
             "{labels}: nothing evaluated, 1 bad line(s)\nline 1: 'relevant' must be a non-empty list of document paths",
         ),
-        ({"CA_WIDGET_K": "five"}, "k: 'five' is not a whole number of at least 1"),
-        ({"CA_WIDGET_SCRATCH_DATABASE": "Eval"}, "scratch database name 'Eval': use lowercase letters, digits"),
+        ({"k": "five"}, "k: 'five' is not a whole number of at least 1"),
+        ({"scratch_database": "Eval"}, "scratch database name 'Eval': use lowercase letters, digits"),
     ],
 )
 def test_evaluate_retrieval_notebook_rejects_bad_input(notebook_env, tmp_path, monkeypatch, widgets, message):
@@ -205,10 +227,9 @@ def test_evaluate_retrieval_notebook_rejects_bad_input(notebook_env, tmp_path, m
 
     labels = tmp_path / "labels.jsonl"
     labels.write_text('{"id": "q1", "query": "deploy", "relevant": []}\n', encoding="utf-8")
-    for key, value in widgets.items():
-        monkeypatch.setenv(key, value.format(labels=labels))
+    widgets = {key: value.format(labels=labels) for key, value in widgets.items()}
     with pytest.raises(EvaluationError) as caught:
-        runpy.run_path(str(NOTEBOOKS / "evaluate_retrieval.py"), run_name="__main__")
+        run_notebook(NOTEBOOKS / "evaluate_retrieval.py", widgets=widgets)
     assert str(caught.value).startswith(message.format(labels=labels))
 
 
@@ -218,9 +239,8 @@ def test_evaluate_retrieval_notebook_rejects_bad_input(notebook_env, tmp_path, m
 def test_ask_assistant_notebook(notebook_config, mlflow_uri, indexed_guides, store, monkeypatch, capsys):
     notebook_config(tracing__enabled=True, tracing__tracking_uri=mlflow_uri, tracing__experiment="notebook-ask")
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
-    monkeypatch.setenv("CA_WIDGET_USER", "ana@example.com")
-    monkeypatch.setenv("CA_WIDGET_QUESTION", "How do I deploy the bundle to production?")
-    done = runpy.run_path(str(NOTEBOOKS / "ask_assistant.py"), run_name="__main__")
+    widgets = {"user": "ana@example.com", "question": "How do I deploy the bundle to production?"}
+    done = run_notebook(NOTEBOOKS / "ask_assistant.py", widgets=widgets).namespace
     out = capsys.readouterr().out
     result = done["result"]
     assert result.sources and result.sources[0].path == "guides/deploy.md"
@@ -237,9 +257,8 @@ def test_ask_assistant_notebook(notebook_config, mlflow_uri, indexed_guides, sto
     assert [m.role for m in stored] == ["user", "assistant"] and stored[1].content == result.reply
 
     # The printed session id continues the conversation.
-    monkeypatch.setenv("CA_WIDGET_SESSION", result.session_id)
-    monkeypatch.setenv("CA_WIDGET_QUESTION", "And how do I roll it back?")
-    again = runpy.run_path(str(NOTEBOOKS / "ask_assistant.py"), run_name="__main__")["result"]
+    widgets = {"user": "ana@example.com", "session": result.session_id, "question": "And how do I roll it back?"}
+    again = run_notebook(NOTEBOOKS / "ask_assistant.py", widgets=widgets).namespace["result"]
     assert again.session_id == result.session_id
     assert len(store.messages("ana@example.com", result.session_id)) == 4
 
@@ -247,13 +266,70 @@ def test_ask_assistant_notebook(notebook_config, mlflow_uri, indexed_guides, sto
 @pytest.mark.parametrize(
     ("widgets", "error", "message"),
     [
-        ({"CA_WIDGET_QUESTION": "  "}, ValueError, "the message is empty"),
-        ({"CA_WIDGET_SESSION": "no-such-session"}, LookupError, "session not found: no-such-session"),
+        ({"question": "  "}, ValueError, "the message is empty"),
+        ({"session": "no-such-session"}, LookupError, "session not found: no-such-session"),
     ],
 )
 def test_ask_assistant_notebook_bad_input(notebook_env, monkeypatch, widgets, error, message):
-    for key, value in widgets.items():
-        monkeypatch.setenv(key, value)
     with pytest.raises(error) as caught:
-        runpy.run_path(str(NOTEBOOKS / "ask_assistant.py"), run_name="__main__")
+        run_notebook(NOTEBOOKS / "ask_assistant.py", widgets=widgets)
     assert str(caught.value).strip("'") == message
+
+
+# ------------------------------------------------------------------------------------------ Lakebase widgets
+
+
+def test_inspect_memory_reads_the_lakebase_branch_the_widget_names(
+    notebook_env, store, fake_databricks, pg_server, monkeypatch, capsys
+):
+    """The branch widget is resolved with the real databricks-sdk (its read-write endpoint) against
+    a loopback server speaking the Lakebase REST shapes; its endpoint's host is the test Postgres."""
+    branch = "projects/context-assistant/branches/production"
+    endpoint = f"{branch}/endpoints/primary"
+    fake_databricks.on(
+        "GET",
+        f"/api/2.0/postgres/{branch}/endpoints",
+        {
+            "endpoints": [
+                {
+                    "name": endpoint,
+                    "status": {
+                        "endpoint_type": "ENDPOINT_TYPE_READ_WRITE",
+                        "hosts": {"host": pg_server.socket_dir},
+                    },
+                }
+            ]
+        },
+    )
+    monkeypatch.setenv("DATABRICKS_HOST", fake_databricks.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-test-token")
+    session = store.create_session("bo@example.com", "Deployed memory")
+    store.append("bo@example.com", session.id, "user", "Is this the deployed memory?")
+    widgets = {
+        "user": "bo@example.com",
+        "lakebase_branch": branch,
+        "lakebase_database": notebook_env.database.name,
+    }
+    run = run_notebook(NOTEBOOKS / "inspect_memory.py", widgets=widgets)
+    assert run.namespace["db"].target.description.startswith(f"Postgres at {pg_server.socket_dir}:5432/")
+    assert run.namespace["services"].config.database.endpoint == endpoint
+    assert "Is this the deployed memory?" in capsys.readouterr().out
+    assert fake_databricks.calls(f"/api/2.0/postgres/{branch}/endpoints", "GET")
+
+
+def test_lakebase_widgets_are_checked(notebook_env, monkeypatch):
+    from context_assistant.core.config import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="set the lakebase_branch widget or the lakebase_instance widget, not both"
+    ):
+        run_notebook(
+            NOTEBOOKS / "inspect_memory.py",
+            widgets={"lakebase_branch": "projects/p/branches/b", "lakebase_instance": "i"},
+        )
+    with pytest.raises(ConfigError, match="expected projects/<project>/branches/<branch>"):
+        run_notebook(NOTEBOOKS / "inspect_memory.py", widgets={"lakebase_branch": "production"})
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "17.3")  # on Databricks, with no database configured
+    monkeypatch.setenv("CONTEXT_ASSISTANT__DATABASE__HOST", "")
+    with pytest.raises(ConfigError, match="there is no embedded Postgres on Databricks"):
+        run_notebook(NOTEBOOKS / "inspect_memory.py", widgets={})

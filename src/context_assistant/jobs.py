@@ -1,4 +1,4 @@
-"""Entry points of the bundle's job tasks (python_wheel_task): ``context-assistant-ingest`` and ``-sync``.
+"""Entry points of the bundle's job tasks (python_wheel_task): ``context-assistant-setup``, ``-ingest``, ``-sync``.
 
 The Databricks wheel runner calls the function with ``sys.argv = ["python", *parameters]``; the parameters are
 written in ``resources/*.job.yml``. Both run locally too, on the same code (``context-assistant-ingest
@@ -30,7 +30,7 @@ from .core.console import TerminalProgress, print_json
 from .core.errors import EXIT_OK, ConfigError, ContextAssistantError
 from .core.interrupts import end_process, report_interrupted
 from .core.workspace import workspace_client
-from .storage.db import with_lakebase
+from .storage.targets import with_lakebase
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,24 @@ def sync_parser() -> _Parser:
         "context-assistant-sync", "Embed new and changed chunks and bring the retrieval index in line."
     )
     parser.add_argument("--full", action="store_true", help="re-embed every chunk, not just the changes")
+    return parser
+
+
+def setup_parser() -> _Parser:
+    parser = _parser(
+        "context-assistant-setup",
+        "As the database owner: create the schema and pgvector, migrate, and grant the app's role access.",
+    )
+    parser.add_argument(
+        "--grant-to", action="append", default=[], metavar="ROLE", help="a role to grant (repeatable)"
+    )
+    parser.add_argument(
+        "--grant-to-app",
+        action="append",
+        default=[],
+        metavar="APP_NAME",
+        help="a Databricks App whose service principal's role is granted (repeatable)",
+    )
     return parser
 
 
@@ -193,6 +211,54 @@ def run_sync_job(
     return EXIT_OK
 
 
+def run_setup_job(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    workspace_factory: Callable[[], Any] | None = None,
+    services_factory: Callable[[Config], Any] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """The owner's setup step (storage/db_setup.py) as a job task; prints the JSON summary; returns the exit
+    code."""
+    from .services import Services, setup_database
+
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    summary: dict[str, Any] = {"job": "setup", "ok": False}
+    services = None
+    try:
+        args = setup_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        config = build_config(args, env, {})
+        workspace = workspace_factory or workspace_client
+        config = with_lakebase(config, args.lakebase_branch, workspace)
+        summary.update(
+            database=config.database.endpoint or config.database.host or "embedded", schema=config.database.schema
+        )
+        services = (
+            services_factory(config)
+            if services_factory
+            else Services(config, env=env, workspace_factory=workspace_factory)
+        )
+        report = setup_database(services, args.grant_to, args.grant_to_app)
+    except ContextAssistantError as exc:  # bad parameters (exit 2), or what stopped the setup (exit 1)
+        return _fail(summary, out, str(exc), exc.exit_code)
+    finally:
+        if services is not None:
+            services.close()
+    summary.update(ok=True, result=report.to_json())
+    print_json(summary, out)
+    return EXIT_OK
+
+
+def setup_main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``context-assistant-setup`` (the setup_database task's entry point)."""
+    _setup_logging()
+    code = _interruptible(run_setup_job, argv)
+    if code:
+        raise SystemExit(code)
+
+
 def ingest_main(argv: Sequence[str] | None = None) -> None:
     """Console script ``context-assistant-ingest`` (the ingest task's entry point)."""
     _setup_logging()
@@ -239,4 +305,4 @@ def _fail(summary: dict[str, Any], out: TextIO, message: str, code: int) -> int:
     return code
 
 
-__all__ = ["ingest_main", "run_ingest_job", "run_sync_job", "sync_main"]
+__all__ = ["ingest_main", "run_ingest_job", "run_setup_job", "run_sync_job", "setup_main", "sync_main"]

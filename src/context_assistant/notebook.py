@@ -1,7 +1,8 @@
 """What the notebooks in ``notebooks/`` share: widgets that also work off Databricks, and plain text tables.
+(The Lakebase the widgets name: ``storage.lakebase_from_widgets``.)
 
-A notebook passes ``dbutils.widgets`` when it runs on Databricks; run as a plain Python file (locally, and in
-the tests) there is no ``dbutils``, and a widget reads ``CA_WIDGET_<NAME>`` or its default.
+A notebook passes ``dbutils.widgets`` when it runs on Databricks; run as a plain Python file (locally) there
+is no ``dbutils``, and a widget reads ``CA_WIDGET_<NAME>`` or its default.
 """
 
 from __future__ import annotations

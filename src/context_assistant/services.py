@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .assistant.turn import Assistant
@@ -30,7 +30,9 @@ from .retrieval.pgvector import PgVectorChunkIndex
 from .retrieval.recall import TurnRecall
 from .retrieval.sync import ChunkSource, make_chunk_source
 from .retrieval.vector_search import VectorSearchIndex
-from .storage.db import Database, DatabaseError, open_database
+from .storage.db import Database, DatabaseError, open_database, wants_vector
+from .storage.db_schema import SetupReport
+from .storage.db_setup import run_setup
 from .storage.memory import ConversationStore
 
 if TYPE_CHECKING:
@@ -219,4 +221,27 @@ class Services:
         self.close()
 
 
-__all__ = ["Services"]
+def setup_database(
+    services: Services,
+    grant_to: Sequence[str] = (),
+    grant_to_apps: Sequence[str] = (),
+    *,
+    prepare_recall: bool = True,
+) -> SetupReport:
+    """The owner's setup step (storage/db_setup.py) wired to this config's parts: ``context-assistant db
+    setup`` and the jobs' ``setup_database`` task. With recall on, the recall index is built too, so the app's
+    role (which never changes the schema) finds it ready."""
+    config = services.config
+    recall = prepare_recall and config.memory.recall
+    return run_setup(
+        services.db,
+        vector=wants_vector(config),
+        grant_to=grant_to,
+        grant_to_apps=grant_to_apps,
+        workspace=lambda: services.workspace,
+        prepare_recall=(lambda: services.recall.prepare()) if recall else None,
+        recall_model=config.rag.embedding_model,
+    )
+
+
+__all__ = ["Services", "setup_database"]

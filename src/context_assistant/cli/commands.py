@@ -29,7 +29,8 @@ from ..core.errors import (
 )
 from ..core.interrupts import end_process, report_interrupted
 from ..retrieval.sync import SyncResult
-from ..services import Services
+from ..services import Services, setup_database
+from ..storage.db_setup import summary_lines
 
 # What Ctrl-C leaves behind, per command (one line; the default is "Interrupted.").
 INTERRUPTED = {
@@ -136,12 +137,28 @@ def cmd_db_status(args: argparse.Namespace, services: Services) -> int:
         else "not available"
     )
     print(f"pgvector:  {vector}")
-    print(f"Schema:    version {status['schema_version']} (latest {status['latest_schema_version']})")
+    print(
+        f"Schema:    {status['schema']}, version {status['schema_version']} "
+        f"(latest {status['latest_schema_version']}), owner {status['schema_owner'] or '-'}"
+    )
+    print(f"Role:      {status['role']}" + (f"\nProblem:   {status['problem']}" if status["problem"] else ""))
+    return EXIT_OK
+
+
+def cmd_db_setup(args: argparse.Namespace, services: Services) -> int:
+    """The owner's setup step (what the jobs' setup_database task runs); see storage/db_setup.py."""
+    report = setup_database(
+        services, args.grant_to or [], args.grant_to_app or [], prepare_recall=not args.skip_recall
+    )
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print("\n".join(summary_lines(report, services.db.target.description)))
     return EXIT_OK
 
 
 def cmd_db_stop(args: argparse.Namespace, services: Services) -> int:
-    from ..storage.db import EmbeddedPostgres
+    from ..storage.targets import EmbeddedPostgres
 
     if not services.config.database.embedded:
         raise Conflict("db stop only stops the embedded Postgres; this config points at an external server")
@@ -164,8 +181,14 @@ def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
             "in a checkout of the project (requirements-dev.txt installs it)"
         ) from None
 
+    variables = {k[len("BUNDLE_VAR_") :]: v for k, v in services.env.items() if k.startswith("BUNDLE_VAR_")}
+    for item in args.var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--var {item!r}: expected name=value")
+        variables[name] = value
     try:
-        reports = [validate_bundle(args.root, target) for target in (args.target or [None])]
+        reports = [validate_bundle(args.root, target, variables=variables) for target in (args.target or [None])]
     except BundleLoadError as exc:
         raise InvalidInput(str(exc)) from None
     ok = all(report.ok for report in reports)
@@ -396,6 +419,28 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database status and the embedded server")
     db_cmds = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     add(db_cmds, "status", cmd_db_status, "which Postgres, its version, pgvector and the schema version")
+    p = add(
+        db_cmds,
+        "setup",
+        cmd_db_setup,
+        "as the database owner: create the schema and pgvector, migrate, and grant roles access to the schema",
+    )
+    p.add_argument(
+        "--grant-to",
+        action="append",
+        metavar="ROLE",
+        help="a Postgres role that may then read and write the schema (repeatable), e.g. an app's "
+        "service principal client id",
+    )
+    p.add_argument(
+        "--grant-to-app",
+        action="append",
+        metavar="APP_NAME",
+        help="a Databricks App whose service principal's role is granted (looked up with the SDK; repeatable)",
+    )
+    p.add_argument(
+        "--skip-recall", action="store_true", help="do not create the recall index (needs the embedding model)"
+    )
     add(db_cmds, "stop", cmd_db_stop, "stop the embedded Postgres server", json_flag=False)
 
     bundle = commands.add_parser("bundle", help="check the Databricks Asset Bundle offline")
@@ -403,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(bundle_cmds, "validate", cmd_bundle_validate, "validate databricks.yml and resources/ offline")
     p.add_argument("--target", "-t", action="append", help="target to validate (repeatable; default: the default)")
     p.add_argument("--root", default=".", help="bundle folder (default: the current directory)")
+    p.add_argument(
+        "--var",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a variable's value, as for the Databricks CLI (repeatable; BUNDLE_VAR_<name> works too)",
+    )
 
     p = add(commands, "ingest", cmd_ingest, "parse and chunk new or changed documents, then sync the index")
     p.add_argument("--source", help="documents folder or Volume path (default: rag.source)")

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import getpass
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ OVERRIDE_PREFIX = "CONTEXT_ASSISTANT__"
 SEARCH_MODES = ("vector", "keyword", "hybrid")
 INDEX_TYPES = ("hnsw", "ivfflat")  # pgvector's approximate-nearest-neighbour indexes
 RETRIEVAL_BACKENDS = ("pgvector", "vector_search")
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # database.schema: a plain lowercase identifier
 
 
 def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | None = None) -> Any:
@@ -70,6 +72,11 @@ class DatabaseConfig:
     endpoint: str = ""
     pool_min_size: int = _opt(1, min=0)
     pool_max_size: int = _opt(10, min=1)
+    # Every table lives in this schema (set as search_path on each connection).
+    schema: str = "context_assistant"
+    # auto: the database's owner creates and migrates the schema when it is missing or behind; any other role
+    # (a Databricks App's) only checks it. never: only check, even as the owner (the app.yaml sets this).
+    setup: str = _opt("auto", choices=("auto", "never"))
 
     @property
     def embedded(self) -> bool:
@@ -252,6 +259,11 @@ def load_config(
         )
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
+    if not SCHEMA_NAME.match(config.database.schema):  # so it reads the same quoted or not
+        raise ConfigError(
+            f"database.schema {config.database.schema!r}: use lowercase letters, digits and underscores, "
+            "starting with a letter or underscore (at most 63)"
+        )
     return config
 
 

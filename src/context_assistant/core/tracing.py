@@ -244,20 +244,29 @@ class Tracer:
                 source=AssessmentSource(source_type="HUMAN", source_id=user),
             )
 
+        def missing(exc: Exception) -> bool:
+            """Whether the failure is an unknown trace. Stores say so differently (MLflow 3.10's SQL store fails
+            on its foreign key instead), so when the error does not say, ask for the trace itself."""
+            if isinstance(exc, MlflowException) and (
+                exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
+            ):
+                return True
+            try:
+                return self._mlflow.get_trace(trace_id) is None
+            except Exception:
+                return False
+
         for attempt in range(2):
             try:
                 return log_feedback().assessment_id
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc).lower():
+            except Exception as exc:
+                if not missing(exc):
                     self._failed("could not record feedback", exc)
                     return None
                 if attempt == 0:  # the trace may still be in the async export queue
                     self._guard("flush traces", self._mlflow.flush_trace_async_logging)
                     continue
                 raise FeedbackError(f"trace {trace_id!r} not found in {self.tracking_uri}") from None
-            except Exception as exc:
-                self._failed("could not record feedback", exc)
-                return None
         return None
 
     def flush(self) -> None:

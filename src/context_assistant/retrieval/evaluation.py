@@ -279,7 +279,8 @@ def open_scratch_database(main: Database, name: str) -> Database:
     import psycopg
     from psycopg import sql
 
-    from ..storage.db import Database, Target
+    from ..storage.db import Database
+    from ..storage.targets import Target
 
     check_scratch_name(name)
     own = psycopg.conninfo.conninfo_to_dict(main.target.conninfo).get("dbname")

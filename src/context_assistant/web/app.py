@@ -19,7 +19,8 @@ Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /open
 * ``POST /api/feedback`` — thumbs up/down (+ comment) on a reply: message metadata and MLflow assessment;
 * ``GET /api/sources/{chunk_id}`` — a cited passage's text;
 * ``POST /api/rag/refresh`` (start; 409 while one runs), ``GET /api/rag/refresh`` (status);
-* ``GET /api/me``; ``GET /health`` (200 when the database answers, else 503).
+* ``GET /api/me``; ``GET /health`` (200 when the database answers and its schema is ready for this role, else
+  503 with the reason, e.g. which job creates the schema).
 """
 
 from __future__ import annotations

@@ -188,8 +188,14 @@ def _apply_keyed_merges(config: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------- load
 
 
-def load_bundle(root: str | Path, target: str | None = None) -> LoadedBundle:
-    """Read ``root/databricks.yml`` and its includes and apply ``target`` (default: the default target)."""
+def load_bundle(
+    root: str | Path, target: str | None = None, overrides: dict[str, str] | None = None
+) -> LoadedBundle:
+    """Read ``root/databricks.yml`` and its includes and apply ``target`` (default: the default target).
+
+    ``overrides`` are variable values given as the CLI's ``--var name=value`` / ``BUNDLE_VAR_name``: they
+    win over the target's values and the defaults.
+    """
     root = Path(root).resolve()
     if not (root / "databricks.yml").is_file():
         raise BundleLoadError(f"no databricks.yml in {root}")
@@ -234,6 +240,11 @@ def load_bundle(root: str | Path, target: str | None = None) -> LoadedBundle:
         raw, problems_from_target = _apply_target(raw, targets[name] or {}, name, locations)
         problems += problems_from_target
     _apply_keyed_merges(raw)
+    for var, value in (overrides or {}).items():
+        declared = raw.get("variables") or {}
+        if var in declared:
+            spec = declared[var] if isinstance(declared[var], dict) else {}
+            declared[var] = {**{k: v for k, v in spec.items() if k != "lookup"}, "default": value}
 
     variables = resolve_variables(raw.get("variables") or {})
     resolved = substitute_variables(raw, variables)

@@ -13,7 +13,10 @@ then reports, each with the file, YAML path and line where it is written:
 * python_wheel_task entry points: declared in ``pyproject.toml`` ``[project.scripts]`` of the wheel the bundle
   builds, with a target that imports and is callable (checked in a fresh interpreter on the bundle's ``src``);
 * task graph: unique task keys, ``depends_on`` and ``environment_key`` that exist;
-* app resources: one kind each, and every ``valueFrom`` in app.yaml naming one of them.
+* app resources: one kind each, and every ``valueFrom`` in app.yaml naming one of them;
+* deploy rules (:mod:`.deploy`): permission lists that would take an app's grants away on the second
+  deploy, application ids in ``user_name``, dev app / Lakebase names without the user's name, app names over
+  30 characters, ``bundle.databricks_cli_version`` for Lakebase resources.
 
 What it cannot know offline (workspace objects, permissions, whether a serving endpoint exists) is left to
 ``databricks bundle validate`` / ``deploy``.
@@ -34,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from .deploy import check_deploy_rules
 from .load import (
     MISSING,
     REFERENCE,
@@ -117,14 +121,19 @@ class BundleReport:
 
 
 def validate_bundle(
-    root: str | Path = ".", target: str | None = None, *, check_imports: bool = True
+    root: str | Path = ".",
+    target: str | None = None,
+    *,
+    check_imports: bool = True,
+    variables: dict[str, str] | None = None,
 ) -> BundleReport:
     """Validate the bundle in ``root`` for ``target`` (default: the default target).
 
     Raises :class:`BundleLoadError` when the bundle cannot be read at all; everything else is a problem in
-    the report. ``check_imports=False`` skips importing entry points (no subprocess).
+    the report. ``check_imports=False`` skips importing entry points (no subprocess). ``variables`` are
+    values as the CLI's ``--var`` gives them (the caller adds ``BUNDLE_VAR_*`` from its environment).
     """
-    bundle = load_bundle(root, target)
+    bundle = load_bundle(root, target, variables)
     checker = _Checker(bundle, check_imports=check_imports)
     checker.run()
     resources = bundle.config.get("resources") or {}
@@ -166,6 +175,7 @@ class _Checker:
         if not isinstance(self.resources, dict):
             return
         self.check_mode_and_permissions()
+        check_deploy_rules(self.bundle, self.report)
         self.check_variables()
         self.check_references(self.bundle.raw, ())
         self.check_resource_shapes()

@@ -1,4 +1,5 @@
-"""The app itself: ``GET /api/me`` (who the app thinks you are), ``GET/HEAD /health`` and the page."""
+"""The app itself: ``GET /api/me`` (who the app thinks you are), ``GET/HEAD /health`` (200 when the database
+answers and its schema is ready for this role, else 503 with the reason) and the page."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 
+from ...storage.db import SchemaNotReady
 from ..deps import ChatModelDep, ConfigDep, IdentityDep, ServicesDep
 from ..models import Health, Me
 from .common import errors
@@ -36,14 +38,17 @@ def me(who: IdentityDep, config: ConfigDep, chat_model: ChatModelDep) -> Any:
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 def health(services: ServicesDep) -> Any:
-    """200 when a database connection answers within web.health_timeout_seconds, else 503."""
+    """200 when a database connection answers within web.health_timeout_seconds and the schema is ready for
+    the app's role, else 503 saying why (a missing or behind schema names the job that sets it up)."""
     timeout = services.config.web.health_timeout_seconds
     try:
         with services.database(timeout).connection(timeout=timeout) as conn:
             conn.execute("SELECT 1").fetchone()
     except Exception as exc:
         where = getattr(services.opened_database(), "target", None)
-        detail = _one_line(exc) + (f" ({where.description})" if where is not None else "")
+        detail = _one_line(exc)
+        if where is not None and not isinstance(exc, SchemaNotReady):  # that one already names it
+            detail += f" ({where.description})"
         return JSONResponse({"status": "unavailable", "database": detail}, status_code=503)
     return {"status": "ok", "database": "ok"}
 
