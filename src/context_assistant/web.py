@@ -16,7 +16,9 @@ Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /open
 * ``POST /api/feedback`` — thumbs up/down (+ comment) on a reply: message metadata and MLflow assessment;
 * ``GET /api/sources/{chunk_id}`` — a cited passage's text;
 * ``POST /api/rag/refresh`` (start; 409 while one runs), ``GET /api/rag/refresh`` (status);
-* ``GET /api/me``; ``GET /health`` (200 when the database answers, else 503).
+* ``GET /api/me``; ``GET /health`` (200 when the database answers, else 503);
+* ``POST /invocations`` (and ``/responses``), ``GET /agent/info`` — the assistant as an MLflow ResponsesAgent
+  (web_agent.py).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .db import Database, DatabaseError
 from .memory import Message, Session, SessionNotFound
 from .services import Services
 from .tracing import FeedbackError
+from .web_agent import create_agent_router
 from .web_guard import RequestGuard
 from .web_identity import IdentityError, IdentityResolver
 from .web_models import (
@@ -409,6 +412,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         return {"status": "ok", "database": "ok"}
 
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # for HEAD probes
+    app.include_router(create_agent_router())
 
     # -- the page -----------------------------------------------------------------------------------------
 
