@@ -257,3 +257,54 @@ def test_ask_assistant_notebook_bad_input(notebook_env, monkeypatch, widgets, er
     with pytest.raises(error) as caught:
         runpy.run_path(str(NOTEBOOKS / "ask_assistant.py"), run_name="__main__")
     assert str(caught.value).strip("'") == message
+
+
+# ------------------------------------------------------------------------------------- evaluate the assistant
+
+
+def test_evaluate_assistant_notebook(
+    notebook_config, mlflow_uri, indexed_guides, db, tmp_path, monkeypatch, capsys
+):
+    notebook_config(tracing__tracking_uri=mlflow_uri, tracing__experiment="notebook-answers")
+    dataset = tmp_path / "questions.jsonl"
+    dataset.write_text(
+        '{"question": "How do I deploy the bundle to production?", "expected_sources": ["guides/deploy.md"], '
+        '"expected_facts": ["databricks bundle deploy --target prod"]}\n'
+        '{"question": "How long are raw clickstream logs kept?", "expected_sources": ["policies/retention.md"]}\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("CA_WIDGET_DATASET", str(dataset))
+    monkeypatch.setenv("CA_WIDGET_RUN_NAME", "notebook answers")
+    done = runpy.run_path(str(NOTEBOOKS / "evaluate_assistant.py"), run_name="__main__")
+    out = capsys.readouterr().out
+
+    report = done["report"]
+    assert [row.scores["source_recall"] for row in report.rows] == [1.0, 1.0]  # the real model finds both
+    assert report.rows[0].scores["fact_coverage"] == 1.0 and report.rows[0].scores["valid_citations"] is True
+    assert ["source_recall/mean", "1.000"] in [line.split() for line in out.splitlines()]
+    assert "How do I deploy the bundle to production?" in out
+    assert f"MLflow run {report.run_id} in experiment {report.experiment_id} at {mlflow_uri}" in out
+    run = logged_run(mlflow_uri, "notebook-answers")
+    assert run.info.run_id == report.run_id and run.info.run_name == "notebook answers"
+    assert run.data.tags["context_assistant.run"] == "assistant_evaluation"
+    assert run.data.metrics["source_recall/mean"] == 1.0
+    with db.connection() as conn:  # the questions' sessions were deleted
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("widgets", "message"),
+    [
+        ({"CA_WIDGET_WORKERS": "0"}, "workers: '0' is not a whole number of at least 1"),
+        ({"CA_WIDGET_DATASET": "{missing}"}, "no such file: {missing}"),
+    ],
+)
+def test_evaluate_assistant_notebook_rejects_bad_input(notebook_env, tmp_path, monkeypatch, widgets, message):
+    from context_assistant.evaluation import EvaluationError
+
+    missing = tmp_path / "missing.jsonl"
+    for key, value in widgets.items():
+        monkeypatch.setenv(key, value.format(missing=missing))
+    with pytest.raises(EvaluationError) as caught:
+        runpy.run_path(str(NOTEBOOKS / "evaluate_assistant.py"), run_name="__main__")
+    assert str(caught.value) == message.format(missing=missing)
