@@ -396,6 +396,7 @@ def evaluate_assistant(
 
     scorers = deterministic_scorers() + (judge_scorers(judge) if judge else [])
     mlflow.set_tracking_uri(tracer.tracking_uri)
+    mlflow.set_experiment(experiment_id=tracer.experiment_id)  # evaluate looks the run's traces up in it
     name = run_name or f"assistant eval {Path(dataset).name}"
     try:
         with (
@@ -427,7 +428,7 @@ def evaluate_assistant(
     finally:
         if not keep_sessions:
             _delete_sessions(services, recorder.users)
-    _merge_scores(recorder.rows, result.result_df, [s.name for s in scorers])
+    _merge_scores(recorder.rows, result.result_df, [s.name for s in scorers], run.info.run_id)
     return EvalReport(
         run_id=run.info.run_id,
         experiment_id=str(tracer.experiment_id),
@@ -471,25 +472,29 @@ def _delete_sessions(services: Services, users: Sequence[str]) -> None:
             store.delete_session(user, session.id)
 
 
-def _merge_scores(rows: Sequence[RowResult], frame: Any, names: Sequence[str]) -> None:
-    """Each row's assessment values (``<name>/value``) and rationales from MLflow's result table."""
+def _merge_scores(rows: Sequence[RowResult], frame: Any, names: Sequence[str], run_id: str) -> None:
+    """Each row's scores and rationales, from the assessments MLflow logged on its trace in this run."""
     if frame is None:
         return
+    wanted = set(names)
     by_trace = {row.trace_id: row for row in rows if row.trace_id}
     for record in frame.to_dict(orient="records"):
         row = by_trace.get(record.get("trace_id"))
         if row is None:
             continue
-        for name in names:
-            value = record.get(f"{name}/value")
-            if value is not None and value == value:  # NaN: no assessment of that name on this row
-                row.scores[name] = _plain(value)
-            rationale = record.get(f"{name}/rationale")
-            if isinstance(rationale, str) and rationale:
-                row.rationales[name] = rationale
-            error = record.get(f"{name}/error_message")
-            if isinstance(error, str) and error:
+        for assessment in record.get("assessments") or ():
+            name = assessment.get("assessment_name")
+            feedback = assessment.get("feedback")
+            source_run = (assessment.get("metadata") or {}).get("mlflow.assessment.sourceRunId")
+            if name not in wanted or not isinstance(feedback, Mapping) or source_run not in (None, run_id):
+                continue
+            error = (feedback.get("error") or {}).get("error_message")
+            if feedback.get("value") is not None:
+                row.scores[name] = _plain(feedback["value"])
+            if error:
                 row.rationales[name] = f"scorer failed: {error}"
+            elif assessment.get("rationale"):
+                row.rationales[name] = str(assessment["rationale"])
 
 
 def _plain(value: Any) -> Any:
