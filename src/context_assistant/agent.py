@@ -47,7 +47,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .assistant import TurnEvent, TurnFailed, TurnResult
 from .clock import REAL_CLOCK, Clock
@@ -302,15 +302,17 @@ def build_response(
     """The whole answer as a ``ResponsesAgentResponse`` (validated), in its JSON form."""
     from mlflow.types.responses import ResponsesAgentResponse
 
-    response = ResponsesAgentResponse(
-        id=f"{RESPONSE_ID_PREFIX}{result.user_message_id}",
-        created_at=created_at,
-        model=result.model,
-        status="completed",
-        output=[message_item(result.reply, item_id, result.sources)],
-        usage=response_usage(result.usage),
-        metadata=response_metadata(result.session_id, result.trace_id),
-        custom_outputs=custom_outputs(result, warnings),
+    response = ResponsesAgentResponse.model_validate(
+        {
+            "id": f"{RESPONSE_ID_PREFIX}{result.user_message_id}",
+            "created_at": created_at,
+            "model": result.model,
+            "status": "completed",
+            "output": [message_item(result.reply, item_id, result.sources)],
+            "usage": response_usage(result.usage),
+            "metadata": response_metadata(result.session_id, result.trace_id),
+            "custom_outputs": custom_outputs(result, warnings),
+        }
     )
     return response.model_dump(exclude_none=True)
 
@@ -356,7 +358,7 @@ class ContextAgent:
         except TurnFailed as exc:
             raise turn_failed_error(exc) from exc
         except Exception as exc:
-            raise _request_error(exc, prepared.turn) from exc
+            _raise_request_error(exc, prepared.turn)
         return build_response(
             result, item_id=prepared.item_id, created_at=prepared.created_at, warnings=prepared.warnings
         )
@@ -369,7 +371,7 @@ class ContextAgent:
         try:
             first = next(events)
         except Exception as exc:
-            raise _request_error(exc, turn) from exc
+            _raise_request_error(exc, turn)
         return prepared, first, events
 
     def prepare(self, user: str, turn: AgentTurn) -> PreparedTurn:
@@ -388,7 +390,7 @@ class ContextAgent:
                     user, session_id, [(role, text, {"origin": HISTORY_ORIGIN}) for role, text in turn.history]
                 )
         except Exception as exc:
-            raise _request_error(exc, turn) from exc
+            _raise_request_error(exc, turn)
         return PreparedTurn(
             turn, session_id, self.new_item_id(), self.clock.now().timestamp(), list(turn.warnings)
         )
@@ -405,8 +407,15 @@ class ContextAgent:
             )
 
 
-def _request_error(exc: Exception, turn: AgentTurn) -> Exception:
-    """The request-level failures of a turn as :class:`AgentError`; anything else is returned unchanged."""
+def _raise_request_error(exc: Exception, turn: AgentTurn) -> NoReturn:
+    """Raise the request-level failures of a turn as :class:`AgentError`, anything else unchanged."""
+    error = _request_error(exc, turn)
+    if error is None or error is exc:
+        raise exc
+    raise error from exc
+
+
+def _request_error(exc: Exception, turn: AgentTurn) -> AgentError | None:
     if isinstance(exc, AgentError):
         return exc
     if isinstance(exc, SessionNotFound):
@@ -424,7 +433,7 @@ def _request_error(exc: Exception, turn: AgentTurn) -> Exception:
     if isinstance(exc, ValueError):
         param = "custom_inputs.retry_of" if turn.retry_of is not None else "input"
         return AgentError(400, str(exc), param=param)
-    return exc
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

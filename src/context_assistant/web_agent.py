@@ -65,7 +65,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "context": {"type": "object", "description": "Accepted; not used for identity (the proxy decides)."},
     },
 }
-RESPONSES = {
+RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A ResponsesAgentResponse, or with stream: true Server-Sent Events "
         "(response.created, response.output_text.delta ..., response.output_item.done, response.completed).",
