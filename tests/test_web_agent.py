@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from fake_databricks import FakeDatabricks, Response
+from retrieval_support import minilm  # noqa: F401  (the session's real embedding model)
 from test_web_api import openai_model_config
 from web_support import read_events, start_app_fixture  # noqa: F401  (the start_app fixture)
 
@@ -440,3 +441,69 @@ def test_agent_info_needs_no_identity(start_app) -> None:  # type: ignore[no-unt
     app = start_app(env={"DATABRICKS_APP_NAME": "ca-app"})
     info = httpx.get(f"{app.url}/agent/info").json()
     assert info["name"] == "ca-app" and info["use_case"] == "agent"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a fresh `context-assistant serve`
+
+
+def test_a_fresh_serve_process_answers_the_openai_client_with_a_cited_answer(
+    make_config,
+    pg_env,
+    tmp_path,
+    minilm,  # noqa: F811
+) -> None:  # type: ignore[no-untyped-def]
+    """The command a user runs, in its own process, on a document index built by the real sync and model."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from context_assistant.cli import main
+    from context_assistant.config import save_config
+    from context_assistant.services import Services
+    from retrieval_support import write_chunk_table
+    from web_support import DOCS, wait_for
+
+    config = make_config()
+    config_file = save_config(config, tmp_path / "config.yaml")
+    write_chunk_table(config.data_path / "chunks", DOCS)
+    os.environ.update(pg_env)  # the in-process sync reaches the test Postgres as the server will
+    try:
+        assert main(["--config", str(config_file), "sync"]) == 0
+    finally:
+        for key in pg_env:
+            os.environ.pop(key, None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "context_assistant", "--config", str(config_file), "serve", "--port", str(port)],
+        env={**os.environ, **pg_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, "context-assistant serve to answer", timeout=120)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}", api_key="unused-locally", timeout=120)
+        response = client.responses.create(
+            model="context-assistant", input=[{"role": "user", "content": QUESTION}]
+        )
+    finally:
+        process.terminate()
+        process.wait(15)
+
+    assert "Tuesdays at 10:00 UTC" in response.output_text
+    annotations = response.output[0].content[0].annotations
+    assert "runbooks/oncall.md" in {a.file_id for a in annotations}
+    with Services(config, env=pg_env) as services:
+        stored = services.store.messages(config.default_user, outputs(response)["session_id"])
+    assert [(m.role, m.content) for m in stored] == [("user", QUESTION), ("assistant", response.output_text)]
