@@ -333,3 +333,52 @@ def test_lakebase_widgets_are_checked(notebook_env, monkeypatch):
     monkeypatch.setenv("CONTEXT_ASSISTANT__DATABASE__HOST", "")
     with pytest.raises(ConfigError, match="there is no embedded Postgres on Databricks"):
         run_notebook(NOTEBOOKS / "inspect_memory.py", widgets={})
+
+
+# ------------------------------------------------------------------------------------- evaluate the assistant
+
+
+def test_evaluate_assistant_notebook(
+    notebook_config, mlflow_uri, indexed_guides, db, tmp_path, monkeypatch, capsys
+):
+    notebook_config(tracing__tracking_uri=mlflow_uri, tracing__experiment="notebook-answers")
+    dataset = tmp_path / "questions.jsonl"
+    dataset.write_text(
+        '{"question": "How do I deploy the bundle to production?", "expected_sources": ["guides/deploy.md"], '
+        '"expected_facts": ["databricks bundle deploy --target prod"]}\n'
+        '{"question": "How long are raw clickstream logs kept?", "expected_sources": ["policies/retention.md"]}\n',
+        encoding="utf-8",
+    )
+    widgets = {"dataset": str(dataset), "run_name": "notebook answers"}
+    done = run_notebook(NOTEBOOKS / "evaluate_assistant.py", widgets=widgets).namespace
+    out = capsys.readouterr().out
+
+    report = done["report"]
+    assert [row.scores["source_recall"] for row in report.rows] == [1.0, 1.0]  # the real model finds both
+    assert report.rows[0].scores["fact_coverage"] == 1.0 and report.rows[0].scores["valid_citations"] is True
+    assert ["source_recall/mean", "1.000"] in [line.split() for line in out.splitlines()]
+    assert "How do I deploy the bundle to production?" in out
+    assert f"MLflow run {report.run_id} in experiment {report.experiment_id} at {mlflow_uri}" in out
+    run = logged_run(mlflow_uri, "notebook-answers")
+    assert run.info.run_id == report.run_id and run.info.run_name == "notebook answers"
+    assert run.data.tags["context_assistant.run"] == "assistant_evaluation"
+    assert run.data.metrics["source_recall/mean"] == 1.0
+    with db.connection() as conn:  # the questions' sessions were deleted
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("widgets", "message"),
+    [
+        ({"workers": "0"}, "workers: '0' is not a whole number of at least 1"),
+        ({"dataset": "{missing}"}, "no such file: {missing}"),
+    ],
+)
+def test_evaluate_assistant_notebook_rejects_bad_input(notebook_env, tmp_path, monkeypatch, widgets, message):
+    from context_assistant.retrieval.evaluation import EvaluationError
+
+    missing = tmp_path / "missing.jsonl"
+    widgets = {key: value.format(missing=missing) for key, value in widgets.items()}
+    with pytest.raises(EvaluationError) as caught:
+        run_notebook(NOTEBOOKS / "evaluate_assistant.py", widgets=widgets)
+    assert str(caught.value) == message.format(missing=missing)

@@ -366,6 +366,42 @@ def cmd_chat(args: argparse.Namespace, services: Services) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# answer evaluation (issue 18)
+
+
+def cmd_eval(args: argparse.Namespace, services: Services) -> int:
+    from ..assistant.evaluation import evaluate_assistant, format_report, tracing_on
+
+    traced = services
+    if not services.config.tracing.enabled:  # each answer's trace is its row: turn tracing on for this run
+        traced = Services(tracing_on(services.config), env=services.env, clock=services.clock)
+    try:
+        report = evaluate_assistant(
+            traced,
+            args.dataset,
+            judge_model=args.judge_model,
+            workers=args.workers,
+            keep_sessions=args.keep_sessions,
+            run_name=args.run_name,
+        )
+    finally:
+        if traced is not services:
+            traced.close()
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print(format_report(report))
+    if report.failed:
+        print(
+            f"error: {len(report.failed)} of {len(report.rows)} questions could not be answered; their scores are "
+            "missing from the run (the errors are listed with them)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
 # web app (issue 6)
 
 
@@ -485,6 +521,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(commands, "chat", cmd_chat, "chat with the assistant: a REPL, or one question with --message")
     add_chat_arguments(p)
+
+    p = add(
+        commands,
+        "eval",
+        cmd_eval,
+        "answer every question of a dataset with the assistant and score it with mlflow.genai.evaluate",
+    )
+    p.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help='JSONL, one line per question: {"question", "expected_sources": [paths], "expected_facts": [...]}',
+    )
+    p.add_argument("--judge-model", help="model URI for MLflow's LLM judges (default: evaluation.judge_model)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="questions answered at once (default: 1)")
+    p.add_argument("--keep-sessions", action="store_true", help="keep the questions' sessions (default: delete)")
+    p.add_argument("--run-name", help="MLflow run name (default: assistant eval <dataset file>)")
 
     p = add(
         commands,

@@ -131,6 +131,14 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    # The model MLflow's LLM judges (groundedness, relevance, correctness) call in ``context-assistant eval``,
+    # as an MLflow model URI: databricks (Databricks-managed judges), databricks:/<endpoint>, openai:/<model>,
+    # ... Empty: only the deterministic scorers run.
+    judge_model: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = ".context-assistant"
     user: str = ""
@@ -140,6 +148,7 @@ class Config:
     rag: RagConfig = field(default_factory=RagConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # Directory relative paths are resolved against: the config file's folder, else the working directory.
     base_dir: str = field(default=".", metadata={"internal": True})
 

@@ -20,7 +20,9 @@ Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /open
 * ``GET /api/sources/{chunk_id}`` — a cited passage's text;
 * ``POST /api/rag/refresh`` (start; 409 while one runs), ``GET /api/rag/refresh`` (status);
 * ``GET /api/me``; ``GET /health`` (200 when the database answers and its schema is ready for this role, else
-  503 with the reason, e.g. which job creates the schema).
+  503 with the reason, e.g. which job creates the schema);
+* ``POST /invocations`` (and ``/responses``), ``GET /agent/info`` — the assistant as an MLflow ResponsesAgent
+  (routes/agent.py).
 """
 
 from __future__ import annotations

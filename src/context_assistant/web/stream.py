@@ -17,6 +17,9 @@ Events (``event: <name>`` then one ``data:`` line of JSON):
 * ``done``    ``{session_id, message_id, user_message_id, trace_id, model, usage, warnings, reply}``;
 * ``error``   ``{error, kind, retryable, session_id, user_message_id}`` — the turn failed; the message is kept
   and can be answered again with ``retry_of: user_message_id``.
+
+That is the framing of ``/api/chat/stream`` (:class:`ChatFrames`); ``/invocations`` streams the same turn in
+the OpenAI Responses event shapes by passing its own :class:`FrameRenderer` (routes/agent.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..assistant.turn import TurnEvent, TurnEvents, TurnFailed
 
@@ -55,6 +58,44 @@ def event_frame(event: TurnEvent) -> bytes:
     return sse(event.type, event.data)
 
 
+class FrameRenderer(Protocol):
+    """How a streamed turn is written: bytes per event, for a failed or crashed turn, and at the end
+    (an empty ``bytes`` sends nothing)."""
+
+    def event(self, event: TurnEvent) -> bytes: ...
+
+    def failed(self, error: TurnFailed) -> bytes: ...
+
+    def crashed(self, error: Exception, first: TurnEvent) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+
+class ChatFrames:
+    """The ``/api/chat/stream`` framing described in the module docstring."""
+
+    def event(self, event: TurnEvent) -> bytes:
+        return event_frame(event)
+
+    def failed(self, error: TurnFailed) -> bytes:
+        return sse("error", error.to_json())
+
+    def crashed(self, error: Exception, first: TurnEvent) -> bytes:
+        return sse(
+            "error",
+            {
+                "error": f"internal error: {error}",
+                "kind": "internal",
+                "retryable": True,
+                "session_id": first.data.get("session_id"),
+                "user_message_id": first.data.get("user_message_id"),
+            },
+        )
+
+    def end(self) -> bytes:
+        return b""
+
+
 def _pump(events: TurnEvents, put: Callable[[tuple[str, Any]], None], stop: threading.Event) -> None:
     """The rest of the turn, in this thread: each event to ``put``, until the end or until ``stop`` is set."""
     try:
@@ -76,9 +117,14 @@ def _pump(events: TurnEvents, put: Callable[[tuple[str, Any]], None], stop: thre
 
 
 async def turn_frames(
-    first: TurnEvent, events: TurnEvents, keepalive: float = KEEPALIVE_SECONDS
+    first: TurnEvent,
+    events: TurnEvents,
+    keepalive: float = KEEPALIVE_SECONDS,
+    render: FrameRenderer | None = None,
 ) -> AsyncIterator[bytes]:
-    """The frames of a turn whose first event (``start``) has already been taken from ``events``."""
+    """The frames of a turn whose first event (``start``) has already been taken from ``events``, written by
+    ``render`` (default: :class:`ChatFrames`)."""
+    render = render or ChatFrames()
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()
@@ -91,7 +137,9 @@ async def turn_frames(
 
     threading.Thread(target=_pump, args=(events, put, stop), name="turn-stream", daemon=True).start()
     try:
-        yield event_frame(first)
+        frame = render.event(first)
+        if frame:
+            yield frame
         while True:
             try:
                 kind, value = await asyncio.wait_for(queue.get(), timeout=keepalive)
@@ -99,21 +147,17 @@ async def turn_frames(
                 yield KEEPALIVE
                 continue
             if kind == "event":
-                yield event_frame(value)
+                frame = render.event(value)
             elif kind == "failed":
-                yield sse("error", value.to_json())
+                frame = render.failed(value)
             elif kind == "crashed":
-                yield sse(
-                    "error",
-                    {
-                        "error": f"internal error: {value}",
-                        "kind": "internal",
-                        "retryable": True,
-                        "session_id": first.data.get("session_id"),
-                        "user_message_id": first.data.get("user_message_id"),
-                    },
-                )
+                frame = render.crashed(value, first)
             else:
+                frame = render.end()
+                if frame:
+                    yield frame
                 return
+            if frame:
+                yield frame
     finally:
         stop.set()
