@@ -7,14 +7,16 @@ turn is the CLI turn: same memory, retrieval, model and tracing.
 Synchronous work (the assistant turn, the store, the tracer) runs in FastAPI's worker threads: endpoints
 doing it are plain ``def``; the streaming endpoint hands each step of the turn to a thread (web_stream.py).
 Who is asking is decided in web_identity.py; body limits and JSON-only writes in web_guard.py. Every error
-response is ``{"error": "..."}`` (failed turns add kind, retryable, session_id and user_message_id).
+response is ``{"error": "...", "request_id": "..."}`` (failed turns add kind, retryable, session_id and
+user_message_id); ``error`` is a sentence for people, the details are logged under the request id
+(web_errors.py).
 
 Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /openapi.json):
 
 * ``POST /api/chat`` — one turn, answered when complete; ``POST /api/chat/stream`` — the same as SSE;
 * ``GET/POST /api/sessions``, ``GET/PATCH/DELETE /api/sessions/{id}``, ``GET /api/sessions/{id}/messages``;
 * ``POST /api/feedback`` — thumbs up/down (+ comment) on a reply: message metadata and MLflow assessment;
-* ``GET /api/sources/{chunk_id}`` — a cited passage's text;
+* ``GET /api/sources/{chunk_id}`` — a cited passage's text; ``GET /api/examples`` — questions for a new user;
 * ``POST /api/rag/refresh`` (start; 409 while one runs), ``GET /api/rag/refresh`` (status);
 * ``GET /api/me``; ``GET /health`` (200 when the database answers, else 503).
 """
@@ -46,12 +48,15 @@ from .db import Database, DatabaseError
 from .memory import Message, Session, SessionNotFound
 from .services import Services
 from .tracing import FeedbackError
+from .web_docs import install_docs
+from .web_errors import DATABASE_DOWN, SERVER_ERROR, RequestIds, people_message, request_id, turn_failed_body
 from .web_guard import RequestGuard
 from .web_identity import IdentityError, IdentityResolver
 from .web_models import (
     ChatReply,
     ChatRequest,
     ErrorBody,
+    Examples,
     FeedbackOut,
     FeedbackRequest,
     Health,
@@ -66,7 +71,7 @@ from .web_models import (
     SourceText,
 )
 from .web_refresh import RefreshAlreadyRunning, RefreshCall, RefreshRunner
-from .web_sources import PassageUnavailable, passage
+from .web_sources import PassageUnavailable, example_questions, passage
 from .web_stream import SSE_HEADERS, turn_frames
 
 log = logging.getLogger(__name__)
@@ -169,10 +174,14 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         "documents. Every /api endpoint acts for the signed-in user (see GET /api/me); sessions and messages "
         'of other users answer 404. Errors are JSON: {"error": "..."}.',
         lifespan=lifespan,
+        docs_url=None,  # served from the app's own files: web_docs.py
+        redoc_url=None,
     )
     app.state.web = state
     app.add_middleware(RequestGuard, max_body_bytes=config.web.max_body_bytes)
+    app.add_middleware(RequestIds)  # outermost: every response carries X-Request-ID
     _install_error_handlers(app)
+    install_docs(app)
 
     def check_message(body: ChatRequest) -> None:
         if body.retry_of is not None:
@@ -194,14 +203,14 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         summary="Send a message and get the whole answer",
         tags=["chat"],
     )
-    def chat(body: ChatRequest, user: CurrentUser) -> Any:
+    def chat(body: ChatRequest, user: CurrentUser, request: Request) -> Any:
         """One turn. A failed model call answers 502 (or 422 when the conversation no longer fits the model)
         with the stored message's id: send it back as ``retry_of`` to try again."""
         check_message(body)
         try:
             result = state.assistant.turn(user, body.message, body.session_id, retry_of=body.retry_of)
         except TurnFailed as exc:
-            return JSONResponse(exc.to_json(), status_code=_turn_failed_status(exc))
+            return JSONResponse(turn_failed_body(exc, request_id(request)), status_code=_turn_failed_status(exc))
         except SessionNotFound:
             raise
         except LookupError as exc:
@@ -224,7 +233,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         summary="Send a message and stream the answer (Server-Sent Events)",
         tags=["chat"],
     )
-    async def chat_stream(body: ChatRequest, user: CurrentUser) -> Any:
+    async def chat_stream(body: ChatRequest, user: CurrentUser, request: Request) -> Any:
         """The turn as it happens. Problems found before the message is stored (unknown session, bad input)
         are plain HTTP errors; a model failure after it is an ``error`` event with ``retryable`` and
         ``user_message_id`` (retry with ``retry_of``)."""
@@ -239,7 +248,8 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
             raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return StreamingResponse(turn_frames(first, events), media_type="text/event-stream", headers=SSE_HEADERS)
+        frames = turn_frames(first, events, request_id=request_id(request))
+        return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
     # -- sessions -----------------------------------------------------------------------------------------
 
@@ -358,6 +368,11 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         except PassageUnavailable as exc:
             raise HTTPException(404, str(exc)) from None
 
+    @app.get("/api/examples", response_model=Examples, responses=_errors(401, 503), tags=["chat"])
+    def examples(user: CurrentUser) -> Any:
+        """Example questions for a new conversation, drawn from the indexed documents' headings."""
+        return {"examples": example_questions(services)}
+
     # -- documents ----------------------------------------------------------------------------------------
 
     @app.post(
@@ -445,6 +460,9 @@ def _session_out(session: Session) -> dict[str, Any]:
 def _message_out(message: Message) -> dict[str, Any]:
     data = message.to_json()
     data.pop("user_id", None)
+    metadata = data.get("metadata") or {}
+    if metadata.get("error"):  # the stored detail is for developers (it is in the log and the trace)
+        data["metadata"] = {**metadata, "error": people_message(metadata.get("error_kind"))}
     return {"id": message.id, **data}
 
 
@@ -462,7 +480,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 204 or exc.status_code == 304:
             return Response(status_code=exc.status_code)
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            {"error": detail, "request_id": request_id(request)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -475,19 +495,26 @@ def _install_error_handlers(app: FastAPI) -> None:
                 continue
             where = ".".join(part for part in location if part != "body") or "body"
             problems.append(f"{where}: {error.get('msg')}")
-        return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=422)
+        body = {"error": "; ".join(problems) or "invalid request", "request_id": request_id(request)}
+        return JSONResponse(body, status_code=422)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"error": str(exc), "request_id": request_id(request)}, status_code=404)
 
     async def unauthorized(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": str(exc)}, status_code=401)
+        return JSONResponse({"error": str(exc), "request_id": request_id(request)}, status_code=401)
 
     async def database_down(request: Request, exc: Exception) -> Response:
-        log.warning("database unavailable: %s", exc)
-        return JSONResponse(
-            {"error": f"the database is unavailable, try again shortly: {_one_line(exc)}"}, status_code=503
-        )
+        rid = request_id(request)
+        log.warning("database unavailable [request %s]: %s", rid, exc)
+        return JSONResponse({"error": DATABASE_DOWN, "request_id": rid}, status_code=503)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        rid = request_id(request)
+        log.error("unexpected error [request %s] in %s %s", rid, request.method, request.url.path, exc_info=exc)
+        # Answered outside the middleware (Starlette's last resort), so the id header is set here.
+        headers = {"X-Request-ID": rid} if rid else None
+        return JSONResponse({"error": SERVER_ERROR, "request_id": rid}, status_code=500, headers=headers)
 
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -495,6 +522,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IdentityError, unauthorized)
     for error in (DatabaseError, PoolTimeout, psycopg.OperationalError):
         app.add_exception_handler(error, database_down)
+    app.add_exception_handler(Exception, server_error)  # anything else: a sentence, the traceback to the log
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ Events (``event: <name>`` then one ``data:`` line of JSON):
 * ``sources`` ``{sources: [{index, chunk_id, path, heading, page, score, text}]}``;
 * ``delta``   ``{text}`` — the next piece of the answer;
 * ``done``    ``{session_id, message_id, user_message_id, trace_id, model, usage, warnings, reply}``;
-* ``error``   ``{error, kind, retryable, session_id, user_message_id}`` — the turn failed; the message is kept
-  and can be answered again with ``retry_of: user_message_id``.
+* ``error``   ``{error, kind, retryable, session_id, user_message_id, request_id}`` — the turn failed; the
+  message is kept and can be answered again with ``retry_of: user_message_id``. ``error`` is a sentence for
+  people (web_errors.py); the detail is in the server log under ``request_id``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .assistant import TurnEvent, TurnFailed
+from .web_errors import people_message, turn_failed_body
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +80,13 @@ def _pump(events: Iterator[TurnEvent], put: Callable[[tuple[str, Any]], None], s
 
 
 async def turn_frames(
-    first: TurnEvent, events: Iterator[TurnEvent], keepalive: float = KEEPALIVE_SECONDS
+    first: TurnEvent,
+    events: Iterator[TurnEvent],
+    keepalive: float = KEEPALIVE_SECONDS,
+    request_id: str | None = None,
 ) -> AsyncIterator[bytes]:
-    """The frames of a turn whose first event (``start``) has already been taken from ``events``."""
+    """The frames of a turn whose first event (``start``) has already been taken from ``events``.
+    ``request_id`` goes into an ``error`` event and the log line with its detail."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()
@@ -103,16 +109,18 @@ async def turn_frames(
             if kind == "event":
                 yield event_frame(value)
             elif kind == "failed":
-                yield sse("error", value.to_json())
+                yield sse("error", turn_failed_body(value, request_id))
             elif kind == "crashed":
+                log.error("the streamed turn failed [request %s]: %s", request_id, value)
                 yield sse(
                     "error",
                     {
-                        "error": f"internal error: {value}",
+                        "error": people_message("internal"),
                         "kind": "internal",
                         "retryable": True,
                         "session_id": first.data.get("session_id"),
                         "user_message_id": first.data.get("user_message_id"),
+                        "request_id": request_id,
                     },
                 )
             else:
