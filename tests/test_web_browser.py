@@ -505,6 +505,7 @@ def test_a_failed_answer_says_what_to_do_shows_a_request_id_and_retries(
     # The detail is in the server log, under the same request id.
     logged = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
     assert logged and "overloaded" in logged[0] and fake_databricks.url in logged[0]
+    screenshot(page, "chat-error.png")
 
     page.get_by_role("button", name="Retry").click()
     page.locator("article.msg-assistant[data-id] strong", has_text="Tuesday").wait_for()
@@ -514,7 +515,6 @@ def test_a_failed_answer_says_what_to_do_shows_a_request_id_and_retries(
         app.services.config.default_user, page.evaluate("location.hash").removeprefix("#session=")
     )
     assert [(m.role, m.metadata.get("status")) for m in messages] == [("user", "ok"), ("assistant", "ok")]
-    # Without documents the empty state says so and offers no examples.
     screenshot(page, "chat-page-narrow.png")
 
 
