@@ -142,7 +142,7 @@ async function sendTurn({ text, retryOf }) {
   updateEmptyState();
   const view = new AssistantView();
   let userMessageId = retryOf || null;
-  const retry = (id) => () => sendTurn({ retryOf: id });
+  const retry = (id) => () => retryTurn(id);
   const result = await streamTurn(
     { message: text, sessionId: state.current, retryOf },
     {
@@ -199,6 +199,16 @@ async function sendTurn({ text, retryOf }) {
   if (session) ui.sessionTitle.textContent = sessionLabel(session);
 }
 
+// Answer a stored, failed message again; false (and a word why) while another answer is being written.
+function retryTurn(messageId) {
+  if (state.busy) {
+    showBanner("An answer is still being written. Wait for it to finish, then press Retry again.");
+    return false;
+  }
+  sendTurn({ retryOf: messageId });
+  return true;
+}
+
 // -- conversations ----------------------------------------------------------------------------------------
 
 async function refreshSessionList() {
@@ -230,8 +240,7 @@ function renderHistory(messages) {
           errorView(reason, {
             onRetry: isLast
               ? (box) => {
-                  box.remove();
-                  sendTurn({ retryOf: message.id });
+                  if (retryTurn(message.id)) box.remove();
                 }
               : null,
           }),

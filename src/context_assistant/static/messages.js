@@ -193,7 +193,7 @@ function feedbackView(messageId, existing) {
 }
 
 // An error under a message: what happened and what to do, the request id for the administrator, and Retry
-// when the stored message can be answered again. `onRetry()` is called after the box is removed.
+// when the stored message can be answered again: `onRetry(box)` (which removes the box when it retries).
 export function errorView(message, { requestId, onRetry } = {}) {
   const box = el("div", { class: "msg-error", role: "alert" }, el("span", { class: "msg-error-text", text: message }));
   if (requestId) box.append(el("span", { class: "request-id", text: `Request id: ${requestId}` }));
@@ -299,8 +299,7 @@ export class AssistantView {
         onRetry:
           options && options.onRetry
             ? (box) => {
-                (this.text ? box : this.root).remove();
-                options.onRetry();
+                if (options.onRetry() !== false) (this.text ? box : this.root).remove();
               }
             : null,
       }),
