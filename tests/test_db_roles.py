@@ -231,7 +231,7 @@ def test_app_started_before_the_first_job_run_waits_then_works(
     assert f"schema {SCHEMA} does not exist in" in reason
     assert "databricks bundle run ingest_job" in reason and f"--grant-to {APP}" in reason
     chat = app.client.post("/api/chat", json={"message": "hello?"})
-    assert chat.status_code == 503 and chat.json() == {"error": reason}
+    assert chat.status_code == 503 and chat.json() == {"error": reason, "request_id": chat.headers["x-request-id"]}
     code, _, err = cli_run(app_config, tmp_path, "sessions", "list")
     assert code == 1 and err.strip() == f"error: {reason}"  # the CLI says the same, in one line
     assert not schema_exists(pg_server, lakebase_like)  # the app changed nothing, though it could have

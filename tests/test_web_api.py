@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from psycopg import sql
 
 from conftest import REPO, TEMPLATE_DB
@@ -29,11 +32,20 @@ from context_assistant.refresh import refresh_index
 from context_assistant.retrieval.sync import InMemoryChunkSource
 from context_assistant.services import Services
 from context_assistant.web.app import bind_address
+from context_assistant.web.errors import SERVER_ERROR, people_message
+from context_assistant.web.routes.status import STATIC_DIR
 from context_assistant.web.stream import KEEPALIVE, turn_frames
 from fake_databricks import FakeDatabricks, Response
 from web_support import DOCS, read_events, start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 
 QUESTION = "When does the on-call rotation hand over?"
+
+
+def error_body(response: httpx.Response) -> dict[str, Any]:
+    """An error response's JSON without its request id, after checking that the id is the X-Request-ID."""
+    body = dict(response.json())
+    assert body.pop("request_id") == response.headers["x-request-id"], body
+    return body
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -75,7 +87,7 @@ def test_chat_in_an_unknown_session_is_404_and_stores_nothing(start_app) -> None
     for path in ("/api/chat", "/api/chat/stream"):
         response = client.post(path, json={"message": "hello", "session_id": "no-such-session"})
         assert response.status_code == 404
-        assert response.json() == {"error": "session not found: no-such-session"}
+        assert error_body(response) == {"error": "session not found: no-such-session"}
     assert client.get("/api/sessions").json()["sessions"] == []
 
 
@@ -126,7 +138,7 @@ def sse_bytes(*events: dict[str, Any]) -> list[bytes]:
 
 
 def test_a_failed_model_call_is_an_error_event_and_retry_of_answers_the_same_message(
-    start_app, make_config, fake_databricks: FakeDatabricks
+    start_app, make_config, fake_databricks: FakeDatabricks, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]
     overloaded = Response(503, {"error": {"message": "the endpoint is overloaded", "type": "server_error"}})
     answered = Response(
@@ -149,17 +161,26 @@ def test_a_failed_model_call_is_an_error_event_and_retry_of_answers_the_same_mes
     app = start_app(openai_model_config(make_config, fake_databricks))
     client = app.client()
 
+    caplog.set_level(logging.WARNING, logger="context_assistant")
     with client.stream("POST", "/api/chat/stream", json={"message": QUESTION}) as response:
         events = list(read_events(response))
+        request_id = response.headers["x-request-id"]
     assert [name for name, _ in events] == ["start", "sources", "error"]
     error = events[-1][1]
     assert error["kind"] == "unavailable" and error["retryable"] is True
     assert error["user_message_id"] == events[0][1]["user_message_id"]
-    assert "503" in error["error"] or "overloaded" in error["error"]
+    # People read a sentence saying what to do; the model's address and its answer go to the log only.
+    assert error["error"] == people_message("unavailable") and error["request_id"] == request_id
+    [logged] = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+    assert "overloaded" in logged and fake_databricks.url in logged
 
     # The non-streaming endpoint answers a failed turn with 502 and the same fields.
     failed = client.post("/api/chat", json={"message": "second try", "session_id": error["session_id"]})
     assert failed.status_code == 502 and failed.json()["retryable"] is True
+    assert error_body(failed)["error"] == people_message("unavailable")
+    stored = client.get(f"/api/sessions/{error['session_id']}/messages").json()["messages"]
+    assert stored[-1]["metadata"]["error"] == people_message("unavailable")
+    assert "overloaded" not in str(stored)
 
     retried = client.post("/api/chat", json={"retry_of": error["user_message_id"]})
     assert retried.status_code == 200, retried.text
@@ -248,10 +269,10 @@ def test_sessions_can_be_created_listed_renamed_read_and_deleted(start_app) -> N
     assert messages["messages"][1]["metadata"]["sources"][0]["path"] == "guides/deployment.md"
 
     blank = client.patch(f"/api/sessions/{session['id']}", json={"title": "   "})
-    assert blank.status_code == 422 and blank.json() == {"error": "the title is blank"}
+    assert blank.status_code == 422 and error_body(blank) == {"error": "the title is blank"}
     too_long = client.patch(f"/api/sessions/{session['id']}", json={"title": "x" * 201})
     assert too_long.status_code == 422
-    assert too_long.json() == {"error": "title: String should have at most 200 characters"}
+    assert error_body(too_long) == {"error": "title: String should have at most 200 characters"}
 
     assert client.delete(f"/api/sessions/{session['id']}").status_code == 204
     assert client.get(f"/api/sessions/{session['id']}").status_code == 404
@@ -274,10 +295,10 @@ def test_another_users_sessions_are_not_found(start_app, make_config) -> None:  
         bo.delete(f"/api/sessions/{sid}"),
         bo.post("/api/chat", json={"message": "hi", "session_id": sid}),
     ):
-        assert response.status_code == 404 and response.json() == missing, response.request
+        assert response.status_code == 404 and error_body(response) == missing, response.request
     other_feedback = bo.post("/api/feedback", json={"message_id": turn["message_id"], "value": "down"})
     assert other_feedback.status_code == 404
-    assert other_feedback.json() == {"error": f"message not found: {turn['message_id']}"}
+    assert error_body(other_feedback) == {"error": f"message not found: {turn['message_id']}"}
     other_retry = bo.post("/api/chat", json={"retry_of": turn["user_message_id"]})
     assert other_retry.status_code == 404
 
@@ -319,38 +340,40 @@ def test_input_limits_are_clear_errors_and_store_nothing(start_app, make_config)
 
     too_long = client.post("/api/chat", json={"message": "x" * 51})
     assert too_long.status_code == 422
-    assert too_long.json() == {"error": "the message is 51 characters; the limit is 50 (web.max_message_chars)"}
+    assert error_body(too_long) == {
+        "error": "the message is 51 characters; the limit is 50 (web.max_message_chars)"
+    }
     streamed = client.post("/api/chat/stream", json={"message": "y" * 60})
     assert streamed.status_code == 422 and "the limit is 50" in streamed.json()["error"]
     empty = client.post("/api/chat", json={"message": "  \n "})
-    assert empty.status_code == 422 and empty.json() == {"error": "the message is empty"}
+    assert empty.status_code == 422 and error_body(empty) == {"error": "the message is empty"}
 
     body = b'{"message": "' + b"z" * 3000 + b'"}'
     declared = client.post("/api/chat", content=body, headers={"Content-Type": "application/json"})
     assert declared.status_code == 413
-    assert declared.json() == {
+    assert error_body(declared) == {
         "error": "the request body is 3015 bytes; the limit is 2048 bytes (web.max_body_bytes)"
     }
     chunked = client.post(
         "/api/chat", content=iter([body[:1500], body[1500:]]), headers={"Content-Type": "application/json"}
     )
     assert chunked.status_code == 413
-    assert chunked.json() == {
+    assert error_body(chunked) == {
         "error": "the request body is more than 2048 bytes; the limit is 2048 bytes (web.max_body_bytes)"
     }
 
     form = client.post("/api/chat", data={"message": "hi"})
     assert form.status_code == 415
-    assert form.json() == {
+    assert error_body(form) == {
         "error": "send the request body as JSON (Content-Type: application/json), not application/x-www-form-urlencoded"
     }
     broken = client.post("/api/chat", content=b'{"message": ', headers={"Content-Type": "application/json"})
     assert broken.status_code == 422
-    assert broken.json() == {"error": "the request body is not valid JSON (Expecting value at character 12)"}
+    assert error_body(broken) == {"error": "the request body is not valid JSON (Expecting value at character 12)"}
     missing = client.post("/api/feedback", json={"value": "up"})
-    assert missing.status_code == 422 and missing.json() == {"error": "message_id: Field required"}
+    assert missing.status_code == 422 and error_body(missing) == {"error": "message_id: Field required"}
     wrong_type = client.post("/api/chat", json={"message": ["a"]})
-    assert wrong_type.status_code == 422 and wrong_type.json() == {
+    assert wrong_type.status_code == 422 and error_body(wrong_type) == {
         "error": "message: Input should be a valid string"
     }
 
@@ -384,13 +407,15 @@ def test_feedback_is_stored_with_the_reply(start_app) -> None:  # type: ignore[n
 
     on_question = client.post("/api/feedback", json={"message_id": turn["user_message_id"], "value": "up"})
     assert on_question.status_code == 422
-    assert on_question.json() == {
+    assert error_body(on_question) == {
         "error": f"feedback is given on a reply; message {turn['user_message_id']} is a user message"
     }
     bad_value = client.post("/api/feedback", json={"message_id": turn["message_id"], "value": "meh"})
-    assert bad_value.status_code == 422 and bad_value.json() == {"error": "value: Input should be 'up' or 'down'"}
+    assert bad_value.status_code == 422 and error_body(bad_value) == {
+        "error": "value: Input should be 'up' or 'down'"
+    }
     unknown = client.post("/api/feedback", json={"message_id": 999999, "value": "up"})
-    assert unknown.status_code == 404 and unknown.json() == {"error": "message not found: 999999"}
+    assert unknown.status_code == 404 and error_body(unknown) == {"error": "message not found: 999999"}
 
 
 def test_a_cited_passage_can_be_read_back(start_app) -> None:  # type: ignore[no-untyped-def]
@@ -412,7 +437,7 @@ def test_a_cited_passage_can_be_read_back(start_app) -> None:  # type: ignore[no
     }
     gone = client.get("/api/sources/no-such-chunk")
     assert gone.status_code == 404
-    assert gone.json() == {
+    assert error_body(gone) == {
         "error": "passage no-such-chunk is no longer in the document index (its document changed or was removed)"
     }
 
@@ -561,16 +586,29 @@ def test_me_docs_and_page(start_app, make_config) -> None:  # type: ignore[no-un
     chat_request = schema["components"]["schemas"]["ChatRequest"]["properties"]
     assert "retry_of" in chat_request and "failed turn" in chat_request["retry_of"]["description"]
     assert "text/event-stream" in schema["paths"]["/api/chat/stream"]["post"]["responses"]["200"]["content"]
-    assert client.get("/docs").status_code == 200
+    assert "/api/examples" in schema["paths"]
+    # /docs works offline: Swagger UI comes from the app's own files, and /redoc (CDN-only) is not served.
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs.text and "cdn." not in docs.text
+    assert '"validatorUrl": null' in docs.text
+    bundle = client.get("/static/vendor/swagger-ui/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and "javascript" in bundle.headers["content-type"]
+    assert client.get("/redoc").status_code == 404
 
     page = client.get("/")
     assert page.status_code == 200 and "<title>Context Assistant</title>" in page.text
     assert client.head("/").status_code == 200 and client.head("/health").status_code == 200  # probes
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
-    script = client.get("/static/app.js")
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert "innerHTML" not in script.text and "insertAdjacentHTML" not in script.text
+    # The page's own modules never parse markup themselves (markdown.js hands marked's HTML to DOMPurify,
+    # which returns DOM nodes); the vendored libraries are served as JavaScript modules.
+    for module in sorted(STATIC_DIR.glob("*.js")):
+        script = client.get(f"/static/{module.name}")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"], module.name
+        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script.text), module.name
+    for vendored in ("vendor/marked/marked.esm.js", "vendor/dompurify/purify.es.mjs"):
+        assert "javascript" in client.get(f"/static/{vendored}").headers["content-type"]
 
 
 def test_bind_address_follows_the_databricks_apps_environment(make_config) -> None:  # type: ignore[no-untyped-def]
@@ -643,3 +681,51 @@ def test_a_quiet_stream_sends_keepalive_comments_until_the_next_event() -> None:
     assert frames[0] == b'event: start\ndata: {"session_id": "s", "user_message_id": 1}\n\n'
     assert KEEPALIVE in frames
     assert frames[-1] == b'event: delta\ndata: {"text": "at last"}\n\n'
+
+
+def test_every_error_carries_a_request_id_and_unexpected_ones_say_only_what_to_do(
+    start_app, make_config, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    app = start_app(make_config(web__max_body_bytes=2048))
+    client = app.client()
+    caplog.set_level(logging.ERROR)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("pool exploded at postgresql://admin@10.1.2.3/db")
+
+    app.services.store.list_sessions = broken  # type: ignore[method-assign]
+    response = client.get("/api/sessions")
+    assert response.status_code == 500
+    assert error_body(response) == {"error": SERVER_ERROR}
+    request_id = response.json()["request_id"]
+    assert any(request_id in r.getMessage() and r.exc_info for r in caplog.records)
+
+    # The platform's request id (the Databricks Apps proxy sends one) is kept; anything odd is replaced.
+    client = app.client()  # uvicorn closes a connection whose request raised: start a new one
+    given = client.get("/api/sessions/nope", headers={"X-Request-Id": "0f9e2b1c-5d4a-4b3c-9e8f-7a6b5c4d3e2f"})
+    assert given.headers["x-request-id"] == "0f9e2b1c-5d4a-4b3c-9e8f-7a6b5c4d3e2f"
+    assert given.json()["request_id"] == "0f9e2b1c-5d4a-4b3c-9e8f-7a6b5c4d3e2f"
+    odd = client.get("/api/sessions/nope", headers={"X-Request-Id": "<script>"})
+    assert odd.headers["x-request-id"] != "<script>" and len(odd.headers["x-request-id"]) == 16
+    too_big = client.post("/api/sessions", json={"title": "x" * 3000})  # over the 2048-byte limit
+    assert too_big.status_code == 413 and error_body(too_big)["error"].startswith("the request body is")
+
+
+def test_example_questions_come_from_the_indexed_documents_headings(start_app, make_config) -> None:  # type: ignore[no-untyped-def]
+    app = start_app()
+    examples = app.client().get("/api/examples").json()["examples"]
+
+    # One per document; documents with headings first (faq.html has none, so it is named by its file).
+    assert sorted((e["path"], e["heading"], e["question"]) for e in examples) == [
+        ("faq.html", "", "What is in faq.html?"),
+        (
+            "guides/deployment.md",
+            "Deployment Guide > Rules",
+            "What should I know about “Rules” in Deployment Guide?",
+        ),
+        ("runbooks/oncall.md", "On-call > Handover", "What should I know about “Handover” in On-call?"),
+    ]
+    assert examples[-1]["path"] == "faq.html"
+
+    no_documents = start_app(make_config(rag__enabled=False))
+    assert no_documents.client().get("/api/examples").json() == {"examples": []}

@@ -451,9 +451,12 @@ def _request_error(exc: Exception, turn: AgentTurn) -> AgentError | None:
 class StreamFrames:
     """A streamed turn as Responses API Server-Sent Events (a web/stream.FrameRenderer)."""
 
-    def __init__(self, prepared: PreparedTurn, *, return_trace_id: bool = False) -> None:
+    def __init__(
+        self, prepared: PreparedTurn, *, return_trace_id: bool = False, request_id: str | None = None
+    ) -> None:
         self.prepared = prepared
         self.return_trace_id = return_trace_id
+        self.request_id = request_id  # names the log lines of a crash
         self.sequence = 0
         self.user_message_id: int | None = None
         self.session_id: str | None = prepared.session_id
@@ -510,10 +513,15 @@ class StreamFrames:
         return self._error(
             AgentError(
                 500,
-                f"internal error: {error}",
+                f"internal error (request id {self.request_id}); the app log has the details",
                 type="server_error",
                 code="internal",
-                extra={"retryable": True, "session_id": self.session_id, "user_message_id": self.user_message_id},
+                extra={
+                    "retryable": True,
+                    "session_id": self.session_id,
+                    "user_message_id": self.user_message_id,
+                    "request_id": self.request_id,
+                },
             )
         )
 

@@ -1,5 +1,5 @@
 """Chunks → index → hits: embeddings, the index sync, the pgvector and Vector Search backends (one
-``ChunkIndex`` protocol), memory recall and retrieval evaluation."""
+``ChunkIndex`` protocol), memory recall, retrieval evaluation, and example questions from the index."""
 
 from .base import (
     SEARCH_MODES,
@@ -42,6 +42,7 @@ from .evaluation import (
     open_scratch_database,
     recall_at_k,
 )
+from .examples import example_questions
 from .pgvector import CHUNKS_TABLE, PgVectorChunkIndex
 from .recall import TurnRecall
 from .sync import (
@@ -98,6 +99,7 @@ __all__ = [
     "corpus_chunks",
     "embedding_text",
     "evaluate",
+    "example_questions",
     "index_corpus",
     "load_corpus",
     "load_queries",

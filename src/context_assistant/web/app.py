@@ -9,15 +9,17 @@ may ask for (the user, the config, the parts they use) are the typed dependencie
 Synchronous work (the assistant turn, the store, the tracer) runs in FastAPI's worker threads: endpoints
 doing it are plain ``def``; the streaming endpoint hands each step of the turn to a thread (stream.py).
 Who is asking is decided in identity.py; body limits and JSON-only writes in guard.py. Every error
-response is ``{"error": "..."}`` (failed turns add kind, retryable, session_id and user_message_id;
-errors.py maps them, and answers anything unexpected with a 500 and a request id).
+response is ``{"error": "...", "request_id": "..."}`` (failed turns add kind, retryable, session_id and
+user_message_id); ``error`` is a sentence for people, the details are logged under the request id, which
+every response carries as ``X-Request-ID`` (errors.py; it also answers anything unexpected with a 500).
+The OpenAPI page at /docs is served from the app's own files (docs.py).
 
 Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /openapi.json):
 
 * ``POST /api/chat`` — one turn, answered when complete; ``POST /api/chat/stream`` — the same as SSE;
 * ``GET/POST /api/sessions``, ``GET/PATCH/DELETE /api/sessions/{id}``, ``GET /api/sessions/{id}/messages``;
 * ``POST /api/feedback`` — thumbs up/down (+ comment) on a reply: message metadata and MLflow assessment;
-* ``GET /api/sources/{chunk_id}`` — a cited passage's text;
+* ``GET /api/sources/{chunk_id}`` — a cited passage's text; ``GET /api/examples`` — questions for a new user;
 * ``POST /api/rag/refresh`` (start; 409 while one runs), ``GET /api/rag/refresh`` (status);
 * ``GET /api/me``; ``GET /health`` (200 when the database answers and its schema is ready for this role, else
   503 with the reason, e.g. which job creates the schema);
@@ -47,7 +49,8 @@ from ..core.errors import EXIT_OK
 from ..core.interrupts import end_process, report_interrupted
 from ..services import Services
 from .deps import WebState
-from .errors import InternalErrors, install_error_handlers
+from .docs import install_docs
+from .errors import RequestIds, install_error_handlers
 from .guard import RequestGuard
 from .refresh_runner import RefreshCall
 from .routes import ROUTERS
@@ -75,13 +78,16 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         version=__version__,
         description="Chat with an assistant that remembers your conversations and answers from your team's "
         "documents. Every /api endpoint acts for the signed-in user (see GET /api/me); sessions and messages "
-        'of other users answer 404. Errors are JSON: {"error": "..."}.',
+        'of other users answer 404. Errors are JSON: {"error": "...", "request_id": "..."}.',
         lifespan=lifespan,
+        docs_url=None,  # served from the app's own files: docs.py
+        redoc_url=None,
     )
     app.state.web = state
     app.add_middleware(RequestGuard, max_body_bytes=config.web.max_body_bytes)
+    app.add_middleware(RequestIds)  # added last, so outermost: every response carries X-Request-ID
     install_error_handlers(app)
-    app.add_middleware(InternalErrors)
+    install_docs(app)
 
     for router in ROUTERS:
         app.include_router(router)

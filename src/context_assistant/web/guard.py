@@ -35,7 +35,10 @@ class RequestGuard:
             if content_type != "application/json":
                 shown = content_type or "none"
                 await _error(
-                    send, 415, f"send the request body as JSON (Content-Type: application/json), not {shown}"
+                    scope,
+                    send,
+                    415,
+                    f"send the request body as JSON (Content-Type: application/json), not {shown}",
                 )
                 return
         if method not in BODY_METHODS:
@@ -44,7 +47,7 @@ class RequestGuard:
         limit = self.max_body_bytes
         declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > limit:
-            await _error(send, 413, _too_large(int(declared), limit))
+            await _error(scope, send, 413, _too_large(int(declared), limit))
             return
         body = bytearray()
         while True:
@@ -53,7 +56,7 @@ class RequestGuard:
                 return
             body.extend(message.get("body", b""))
             if len(body) > limit:
-                await _error(send, 413, _too_large(None, limit))
+                await _error(scope, send, 413, _too_large(None, limit))
                 return
             if not message.get("more_body", False):
                 break
@@ -96,8 +99,9 @@ def _with_headers(send: Send) -> Send:
     return sending
 
 
-async def _error(send: Send, status: int, error: str) -> None:
-    body = json.dumps({"error": error}).encode()
+async def _error(scope: Scope, send: Send, status: int, error: str) -> None:
+    request_id = scope.get("state", {}).get("request_id")  # set by errors.RequestIds, which runs first
+    body = json.dumps({"error": error, "request_id": request_id}).encode()
     await send(
         {
             "type": "http.response.start",

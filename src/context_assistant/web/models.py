@@ -22,6 +22,9 @@ class ErrorBody(BaseModel):
     retryable: bool | None = Field(None, description="For failed turns: whether sending retry_of can succeed.")
     session_id: str | None = Field(None, description="For failed turns: the session the message is stored in.")
     user_message_id: int | None = Field(None, description="For failed turns: the stored message to retry.")
+    request_id: str | None = Field(
+        None, description="This request's id (also the X-Request-ID header): the server log has the details."
+    )
 
 
 # -- chat ------------------------------------------------------------------------------------------------
@@ -131,6 +134,18 @@ class SourceText(BaseModel):
     heading: str
     page: int | None
     text: str
+
+
+class Example(BaseModel):
+    question: str = Field(description="A question a new user could ask.")
+    path: str = Field(description="The document it was drawn from.")
+    heading: str = Field(description="The heading it was drawn from ('' when the document has none).")
+
+
+class Examples(BaseModel):
+    examples: list[Example] = Field(
+        description="Up to three, from different documents; empty when there is no document index here."
+    )
 
 
 class RefreshRequest(BaseModel):

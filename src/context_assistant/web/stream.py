@@ -15,8 +15,9 @@ Events (``event: <name>`` then one ``data:`` line of JSON):
 * ``sources`` ``{sources: [{index, chunk_id, path, heading, page, score, text}]}``;
 * ``delta``   ``{text}`` — the next piece of the answer;
 * ``done``    ``{session_id, message_id, user_message_id, trace_id, model, usage, warnings, reply}``;
-* ``error``   ``{error, kind, retryable, session_id, user_message_id}`` — the turn failed; the message is kept
-  and can be answered again with ``retry_of: user_message_id``.
+* ``error``   ``{error, kind, retryable, session_id, user_message_id, request_id}`` — the turn failed; the
+  message is kept and can be answered again with ``retry_of: user_message_id``. ``error`` is a sentence for
+  people (errors.py); the detail is in the server log under ``request_id``.
 
 That is the framing of ``/api/chat/stream`` (:class:`ChatFrames`); ``/invocations`` streams the same turn in
 the OpenAI Responses event shapes by passing its own :class:`FrameRenderer` (routes/agent.py).
@@ -32,6 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from ..assistant.turn import TurnEvent, TurnEvents, TurnFailed
+from .errors import people_message, turn_failed_body
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +74,27 @@ class FrameRenderer(Protocol):
 
 
 class ChatFrames:
-    """The ``/api/chat/stream`` framing described in the module docstring."""
+    """The ``/api/chat/stream`` framing described in the module docstring; errors name ``request_id``."""
+
+    def __init__(self, request_id: str | None = None) -> None:
+        self.request_id = request_id
 
     def event(self, event: TurnEvent) -> bytes:
         return event_frame(event)
 
     def failed(self, error: TurnFailed) -> bytes:
-        return sse("error", error.to_json())
+        return sse("error", turn_failed_body(error, self.request_id))
 
     def crashed(self, error: Exception, first: TurnEvent) -> bytes:
         return sse(
             "error",
             {
-                "error": f"internal error: {error}",
+                "error": people_message("internal"),
                 "kind": "internal",
                 "retryable": True,
                 "session_id": first.data.get("session_id"),
                 "user_message_id": first.data.get("user_message_id"),
+                "request_id": self.request_id,
             },
         )
 
@@ -105,8 +111,7 @@ def _pump(events: TurnEvents, put: Callable[[tuple[str, Any]], None], stop: thre
                 break
     except TurnFailed as exc:
         put(("failed", exc))
-    except Exception as exc:
-        log.exception("the streamed turn failed")
+    except Exception as exc:  # logged with the request id by turn_frames
         put(("crashed", exc))
     finally:
         try:
@@ -121,10 +126,11 @@ async def turn_frames(
     events: TurnEvents,
     keepalive: float = KEEPALIVE_SECONDS,
     render: FrameRenderer | None = None,
+    request_id: str | None = None,
 ) -> AsyncIterator[bytes]:
     """The frames of a turn whose first event (``start``) has already been taken from ``events``, written by
-    ``render`` (default: :class:`ChatFrames`)."""
-    render = render or ChatFrames()
+    ``render`` (default: :class:`ChatFrames`); a crash is logged, with its traceback, under ``request_id``."""
+    render = render or ChatFrames(request_id)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()
@@ -151,6 +157,7 @@ async def turn_frames(
             elif kind == "failed":
                 frame = render.failed(value)
             elif kind == "crashed":
+                log.error("the streamed turn failed [request %s]", request_id, exc_info=value)
                 frame = render.crashed(value, first)
             else:
                 frame = render.end()

@@ -39,6 +39,7 @@ from ...assistant.agent import AgentError, ContextAgent, StreamFrames, parse_req
 from ...core.errors import ContextAssistantError, Unauthorized
 from ...storage.targets import DatabaseError
 from ..deps import State
+from ..errors import request_id
 from ..stream import SSE_HEADERS, turn_frames
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ async def invocations(request: Request, state: State) -> Response:
     except AgentError as exc:
         return _error_response(exc)
     except Exception as exc:
-        return _error_response(_unexpected(exc))
+        return _error_response(_unexpected(exc, request))
 
 
 for _path, _summary in (
@@ -169,9 +170,13 @@ async def _invoke(request: Request, state: State) -> Response:
 
     _, turn = await run_in_threadpool(parse_request, body)
     prepared, first, events = await run_in_threadpool(agent.start_stream, user, turn)
-    frames = StreamFrames(prepared, return_trace_id=request.headers.get(RETURN_TRACE_HEADER, "").lower() == "true")
+    rid = request_id(request)
+    trace_header = request.headers.get(RETURN_TRACE_HEADER, "").lower() == "true"
+    frames = StreamFrames(prepared, return_trace_id=trace_header, request_id=rid)
     return StreamingResponse(
-        turn_frames(first, events, render=frames), media_type="text/event-stream", headers=SSE_HEADERS
+        turn_frames(first, events, render=frames, request_id=rid),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
     )
 
 
@@ -180,16 +185,23 @@ def _error_response(exc: AgentError) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
 
-def _unexpected(exc: Exception) -> AgentError:
+def _unexpected(exc: Exception, request: Request) -> AgentError:
     """An error of the hierarchy keeps its status and says its kind (a database outage: 503, retryable);
-    anything else is a bug, logged with its traceback."""
+    anything else is a bug, logged with its traceback under the request id (errors.RequestIds)."""
+    rid = request_id(request)
     if isinstance(exc, ContextAssistantError):
         server = exc.http_status >= 500
         if server:
-            log.warning("agent request: %s", exc)
+            log.warning("agent request [request %s]: %s", rid, exc)
         code = "database_unavailable" if isinstance(exc, DatabaseError) else exc.kind
         return AgentError(
             exc.http_status, str(exc), type="server_error" if server else "invalid_request_error", code=code
         )
-    log.exception("the agent request failed")
-    return AgentError(500, f"internal error: {exc}", type="server_error", code="internal")
+    log.exception("unexpected error [request %s] in %s %s", rid, request.method, request.url.path)
+    return AgentError(
+        500,
+        f"internal error (request id {rid}); the app log has the details",
+        type="server_error",
+        code="internal",
+        extra={"request_id": rid},
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...core.errors import InvalidInput
 from ...core.tracing import FeedbackError
 from ..deps import AssistantDep, ChatBody, CurrentUser, ServicesDep, StoreDep, TracerDep
+from ..errors import request_id
 from ..models import ChatReply, FeedbackOut, FeedbackRequest
 from ..stream import SSE_HEADERS, turn_frames
 from .common import errors
@@ -44,13 +45,14 @@ def chat(user: CurrentUser, body: ChatBody, assistant: AssistantDep) -> Any:
     },
     summary="Send a message and stream the answer (Server-Sent Events)",
 )
-async def chat_stream(user: CurrentUser, body: ChatBody, assistant: AssistantDep) -> Any:
+async def chat_stream(user: CurrentUser, body: ChatBody, assistant: AssistantDep, request: Request) -> Any:
     """The turn as it happens. Problems found before the message is stored (unknown session, bad input)
     are plain HTTP errors; a model failure after it is an ``error`` event with ``retryable`` and
     ``user_message_id`` (retry with ``retry_of``)."""
     events = assistant.stream_turn(user, body.message, body.session_id, retry_of=body.retry_of)
     first = await run_in_threadpool(next, events)  # stores the message: the start event
-    return StreamingResponse(turn_frames(first, events), media_type="text/event-stream", headers=SSE_HEADERS)
+    frames = turn_frames(first, events, request_id=request_id(request))
+    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.post("/api/feedback", response_model=FeedbackOut, responses=errors(401, 404, 413, 415, 422, 503))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...storage.memory import Message, Session
+from ..errors import people_message
 from ..models import ErrorBody
 
 
@@ -22,4 +23,7 @@ def session_out(session: Session) -> dict[str, Any]:
 def message_out(message: Message) -> dict[str, Any]:
     data = message.to_json()
     data.pop("user_id", None)
+    metadata = data.get("metadata") or {}
+    if metadata.get("error"):  # the stored detail is for developers (it is in the log and the trace)
+        data["metadata"] = {**metadata, "error": people_message(metadata.get("error_kind"))}
     return {"id": message.id, **data}

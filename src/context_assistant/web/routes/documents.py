@@ -1,5 +1,6 @@
-"""Documents: ``GET /api/sources/{chunk_id}`` (a cited passage's text) and the background refresh,
-``POST /api/rag/refresh`` (start; 409 while one runs) and ``GET /api/rag/refresh`` (its status)."""
+"""Documents: ``GET /api/sources/{chunk_id}`` (a cited passage's text), ``GET /api/examples`` (questions a
+new user could ask, from the indexed documents) and the background refresh, ``POST /api/rag/refresh``
+(start; 409 while one runs) and ``GET /api/rag/refresh`` (its status)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from fastapi import APIRouter
 
 from ...core.errors import Conflict
 from ...retrieval.base import PassageUnavailable
+from ...retrieval.examples import example_questions
 from ..deps import ConfigDep, CurrentUser, RefreshRunnerDep, ServicesDep
-from ..models import RefreshRequest, RefreshStatusOut, SourceText
+from ..models import Examples, RefreshRequest, RefreshStatusOut, SourceText
 from .common import errors
 
 router = APIRouter()
@@ -23,6 +25,16 @@ def source_text(chunk_id: str, user: CurrentUser, services: ServicesDep) -> Any:
         raise PassageUnavailable("document search is turned off (rag.enabled: false)")
     hit = services.chunk_index.passage(chunk_id)
     return {"chunk_id": hit.chunk_id, "path": hit.path, "heading": hit.heading, "page": hit.page, "text": hit.text}
+
+
+@router.get("/api/examples", response_model=Examples, responses=errors(401, 503), tags=["chat"])
+def examples(user: CurrentUser, services: ServicesDep) -> Any:
+    """Example questions for a new conversation, drawn from the indexed documents' headings (none when
+    document search is off, or the index is Vector Search's rather than this Postgres)."""
+    config = services.config
+    if not config.rag.enabled or config.rag.backend != "pgvector":
+        return {"examples": []}
+    return {"examples": example_questions(services.db)}
 
 
 @router.post(
