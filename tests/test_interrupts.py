@@ -284,8 +284,10 @@ def test_ctrl_c_while_embedding_keeps_finished_batches_and_the_next_run_embeds_t
 
     def first_batch_committed() -> bool:
         with psycopg.connect(pg_server.uri(config.database.name)) as conn:
-            exists = conn.execute("SELECT to_regclass('rag_chunks') IS NOT NULL").fetchone()
-            return bool(exists and exists[0] and conn.execute("SELECT count(*) FROM rag_chunks").fetchone()[0])
+            # A plain connection (no search_path): the tables live in the database.schema schema.
+            table = f"{config.database.schema}.rag_chunks"
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+            return bool(exists and exists[0] and conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     embeddings.hold_when = first_batch_committed  # the next batch's request waits: we interrupt there
     run = Interrupted([*cli(config_file), "ingest"], env)

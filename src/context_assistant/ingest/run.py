@@ -217,8 +217,14 @@ def run_ingest(
     run = _Run(spark, resolve_source(source), resolve_table(chunk_table), resolve_table(documents_table), say)
     try:
         result = run.execute(chunk_size, chunk_overlap, max_file_bytes, allow_empty_source, run_us)
-    finally:
+    except KeyboardInterrupt:
+        # No more Spark calls after Ctrl-C: dropping a view is a new operation, which can wait behind the
+        # interrupted one for as long as it keeps running. The views are run-private and die with the session.
+        raise
+    except Exception:
         run.drop_views()
+        raise
+    run.drop_views()
     result.seconds = round(clock.monotonic() - started, 3)
     say(f"done in {result.seconds:.1f}s")
     return result
