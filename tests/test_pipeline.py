@@ -147,7 +147,7 @@ def test_parse_and_chunk_turns_a_corrupt_file_into_a_reason_not_an_exception() -
     assert (status, chunks) == ("failed", [])
     assert error is not None and error.startswith("not a valid PDF file")
     status, error, chunks = parse_and_chunk("a.md", b"# Title\n\nSome text.", 500, 50)
-    assert (status, error, [c.text for c in chunks]) == ("ok", None, ["Some text."])
+    assert (status, error, [c.text for c in chunks]) == ("ok", None, ["Title\n\nSome text."])
 
 
 def test_sources_visible_to_python_are_checked_for_emptied_files() -> None:
@@ -235,7 +235,11 @@ def test_batch_parser_parses_changed_bytes_and_passes_unchanged_ones_through(spa
     # Ordered explicitly: pysail cannot sort or hash array columns, which chispa's ignore_row_order needs.
     actual = parsed.selectExpr("path", "status", "chunk_count", "transform(chunks, c -> c.text) AS texts")
     expected = spark.createDataFrame(
-        [("notes.md", "ok", 1, ["Hello there."]), ("same.md", "unchanged", 0, []), ("bad.docx", "failed", 0, [])],
+        [
+            ("notes.md", "ok", 1, ["Notes\n\nHello there."]),
+            ("same.md", "unchanged", 0, []),
+            ("bad.docx", "failed", 0, []),
+        ],
         "path STRING, status STRING, chunk_count INT, texts ARRAY<STRING>",
     )
     assert_df_equality(actual.orderBy("path"), expected.orderBy("path"), ignore_nullable=True)

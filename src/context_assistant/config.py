@@ -80,8 +80,9 @@ class RagConfig:
     source: str = "fixtures/docs"
     backend: str = _opt("pgvector", choices=("pgvector", "vector_search"))
     top_k: int = _opt(5, min=1)
-    chunk_size: int = _opt(500, min=50)
-    chunk_overlap: int = _opt(50, min=0)
+    # Tokens of the embedding model's tokenizer (an estimate for serving endpoints); see tokenization.py.
+    chunk_size: int = _opt(256, min=16)
+    chunk_overlap: int = _opt(32, min=0)
     embedding_model: str = "all-MiniLM-L6-v2"
     index_type: str = _opt("hnsw", choices=("hnsw", "ivfflat"))
     search_mode: str = _opt("hybrid", choices=("vector", "keyword", "hybrid"))

@@ -112,6 +112,7 @@ def run_ingest_job(
     """Ingest the source into the chunk/documents tables; prints the JSON summary; returns the exit code."""
     from .pipeline import IngestError, run_ingest
     from .refresh import source_location, table_ref
+    from .tokenization import chunking_from_config
 
     env = os.environ if env is None else env
     out = out or sys.stdout
@@ -129,14 +130,16 @@ def run_ingest_job(
         )
         rag = config.rag
         summary.update(source=rag.source, chunk_table=rag.chunk_table, documents_table=rag.documents_table)
+        chunk_size, chunk_overlap, counter = chunking_from_config(rag)
         spark = (spark_factory or _default_spark)(config)
         result = run_ingest(
             spark,
             source_location(config),
             table_ref(config, rag.chunk_table),
             table_ref(config, rag.documents_table),
-            chunk_size=rag.chunk_size,
-            chunk_overlap=rag.chunk_overlap,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            counter=counter,
             progress=_progress,
             allow_empty_source=args.allow_empty_source,
         )

@@ -73,9 +73,12 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
+    from context_assistant.tokenization import TokenCounter
+
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 # Bump when parsing or chunking changes in a way that should re-chunk unchanged files.
-PIPELINE_VERSION = 1
+# 2: structure-aware parsing (Markdown tables, DOCX headers/footers/notes), contextual chunk headers, token sizes.
+PIPELINE_VERSION = 2
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 PARSE_SECONDS = 300.0  # the longest one file may take to parse and chunk
 STAGING_SUFFIX = "__ingest_staging"
@@ -212,9 +215,11 @@ class IngestPlan:
     orphans: list[str] = field(default_factory=list)  # paths with chunks but no document row and no file
 
 
-def chunking_signature(chunk_size: int, chunk_overlap: int) -> str:
-    """Stored per document so that changing chunk settings (or the pipeline) re-chunks unchanged files."""
-    return f"size={chunk_size},overlap={chunk_overlap},v={PIPELINE_VERSION}"
+def chunking_signature(chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None) -> str:
+    """Stored per document so that changing chunk settings, the tokenizer they are counted in (the embedding
+    model) or the pipeline re-chunks unchanged files."""
+    unit = f"tokens={counter.name}" if counter is not None else "chars"
+    return f"size={chunk_size},overlap={chunk_overlap},{unit},v={PIPELINE_VERSION}"
 
 
 def skip_reason(path: str, size_bytes: int, max_file_bytes: int) -> str | None:
@@ -296,7 +301,12 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 def parse_and_chunk(
-    path: str, data: bytes, chunk_size: int, chunk_overlap: int, timeout: float = PARSE_SECONDS
+    path: str,
+    data: bytes,
+    chunk_size: int,
+    chunk_overlap: int,
+    timeout: float = PARSE_SECONDS,
+    counter: TokenCounter | None = None,
 ) -> tuple[str, str | None, list]:
     """Parse and chunk one file: ``(status, error, chunks)``. Never raises for bad input: a parser crash on a
     hostile file becomes a ``failed`` status with the reason, and a parser stuck on one (pure-Python parsers
@@ -308,7 +318,7 @@ def parse_and_chunk(
     try:
         with time_limit(timeout):
             doc = parse_document(path, data)
-            chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+            chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap, counter=counter)
     except ParseTimeout as error:
         return FAILED, str(error), []
     except ParseError as error:
@@ -323,7 +333,7 @@ def parse_and_chunk(
 
 
 def make_batch_parser(
-    chunk_size: int, chunk_overlap: int
+    chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: rows with NULL ``content`` (hash unchanged) pass through unparsed."""
 
@@ -338,7 +348,9 @@ def make_batch_parser(
                 if row["content"] is None:
                     record.update(status=_UNCHANGED, error=None, chunk_count=0, chunks=[])
                 else:
-                    status, error, chunks = parse_and_chunk(row["path"], row["content"], chunk_size, chunk_overlap)
+                    status, error, chunks = parse_and_chunk(
+                        row["path"], row["content"], chunk_size, chunk_overlap, counter=counter
+                    )
                     record.update(
                         status=status,
                         error=error,
@@ -475,6 +487,7 @@ def run_ingest(
     *,
     chunk_size: int = 500,
     chunk_overlap: int = 50,
+    counter: TokenCounter | None = None,
     progress: Callable[[str], None] | None = None,
     clock: Clock = REAL_CLOCK,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -485,6 +498,8 @@ def run_ingest(
     ``chunk_table``/``documents_table``: ``catalog.schema.table``, a folder path, or a resolved
     :class:`TableRef` (see :func:`context_assistant.tables.resolve_table`). An empty source is refused
     unless ``allow_empty_source`` (it would delete every ingested document, usually a wrong path).
+    ``chunk_size``/``chunk_overlap`` count tokens of ``counter`` (the embedding model's tokenizer, see
+    :func:`context_assistant.tokenization.counter_for_model`), or characters without one.
     """
     from context_assistant.chunking import validate_chunking
 
@@ -499,7 +514,7 @@ def run_ingest(
     run_us = _micros(clock.now())
     run = _Run(spark, resolve_source(source), resolve_table(chunk_table), resolve_table(documents_table), say)
     try:
-        result = run.execute(chunk_size, chunk_overlap, max_file_bytes, allow_empty_source, run_us)
+        result = run.execute(chunk_size, chunk_overlap, counter, max_file_bytes, allow_empty_source, run_us)
     finally:
         run.drop_views()
     result.seconds = round(clock.monotonic() - started, 3)
@@ -539,11 +554,17 @@ class _Run:
     # -- steps --------------------------------------------------------------------------------------
 
     def execute(
-        self, chunk_size: int, chunk_overlap: int, max_file_bytes: int, allow_empty: bool, run_us: int
+        self,
+        chunk_size: int,
+        chunk_overlap: int,
+        counter: TokenCounter | None,
+        max_file_bytes: int,
+        allow_empty: bool,
+        run_us: int,
     ) -> IngestResult:
         for note in ensure_tables(self.spark, self.chunks, self.documents):
             self.say(note)
-        chunking = chunking_signature(chunk_size, chunk_overlap)
+        chunking = chunking_signature(chunk_size, chunk_overlap, counter)
         self.say(f"listing {self.source}")
         files, single_file = self.list_source()
         known = self.known_documents()
@@ -564,7 +585,7 @@ class _Run:
             f"{len(files)} file(s): {len(plan.candidates)} to check, {len(plan.unchanged)} unchanged, "
             f"{len(plan.skipped)} skipped, {len(plan.removed)} removed from the source"
         )
-        parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap)
+        parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap, counter)
         result = IngestResult(parsed=sum(p.status != _UNCHANGED for p in parsed))
         doc_rows, replace_paths = self.decide_documents(plan, known, stored, parsed, chunking, run_us, result)
         result.chunks = self.merge_chunks(replace_paths, run_us, has_parsed=any(p.status == OK for p in parsed))
@@ -625,7 +646,13 @@ class _Run:
         return {r.path: int(r.n) for r in rows}
 
     def parse_candidates(
-        self, plan: IngestPlan, listed: int, single_file: bool, chunk_size: int, chunk_overlap: int
+        self,
+        plan: IngestPlan,
+        listed: int,
+        single_file: bool,
+        chunk_size: int,
+        chunk_overlap: int,
+        counter: TokenCounter | None = None,
     ) -> list[_Parsed]:
         """Hash candidates in Spark, parse the changed ones into the staging table; return its summary."""
         previous_hash = dict(plan.previous_hash)
@@ -633,7 +660,7 @@ class _Run:
         decided: list[_Parsed] = []
         for f in plan.candidates:
             if f.size_bytes == 0:
-                status, error, _ = parse_and_chunk(f.path, b"", chunk_size, chunk_overlap)
+                status, error, _ = parse_and_chunk(f.path, b"", chunk_size, chunk_overlap, counter=counter)
                 if status != OK:
                     if previous_hash[f.path] == EMPTY_HASH:
                         status, error = _UNCHANGED, None
@@ -661,7 +688,7 @@ class _Run:
             f"FROM {self.view_name('hashed')} h JOIN {candidates} c ON h.path = c.path"
         )
         self.say(f"reading {len(to_read)} file(s); parsing those whose content changed")
-        parsed = to_parse.mapInArrow(make_batch_parser(chunk_size, chunk_overlap), _PARSED_SCHEMA)
+        parsed = to_parse.mapInArrow(make_batch_parser(chunk_size, chunk_overlap, counter), _PARSED_SCHEMA)
         writer = parsed.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         if self.staging.location is not None:
             writer.save(self.staging.location)

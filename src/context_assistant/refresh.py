@@ -112,7 +112,9 @@ def refresh_documents(
 
     from .pipeline import IngestError, run_ingest
     from .sync import refresh_index
+    from .tokenization import chunking_from_config
 
+    chunk_size, chunk_overlap, counter = chunking_from_config(config.rag)  # a bad size is a ConfigError
     source = source_location(config)
     if "://" not in source and not source.startswith("/Volumes/") and not Path(source).is_dir():
         raise RefreshError(f"the documents folder does not exist: {source} (rag.source or --source)")
@@ -129,8 +131,9 @@ def refresh_documents(
             source,
             table_ref(config, config.rag.chunk_table),
             table_ref(config, config.rag.documents_table),
-            chunk_size=config.rag.chunk_size,
-            chunk_overlap=config.rag.chunk_overlap,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            counter=counter,
             progress=say,
         )
     except IngestError as exc:
