@@ -351,10 +351,15 @@ def _parse_markdown(data: bytes) -> list[Section]:
 _HTML_DROP = frozenset(
     {
         "script", "style", "noscript", "template", "head", "title", "meta", "link", "base", "svg", "canvas",
-        "iframe", "object", "embed", "audio", "video", "map", "nav", "aside", "footer", "form", "button",
-        "select", "option", "input", "textarea", "label", "dialog",
+        "iframe", "object", "embed", "audio", "video", "map", "nav", "select", "option", "input", "textarea",
+        "label", "dialog",
     }
 )  # fmt: skip
+# Page chrome when it frames the page (outside <main>, <article> and <section>); content inside them: an
+# article's header holds its title, its aside a note, its footer the footnotes, a button an FAQ question.
+# A <form> is never dropped whole: some sites wrap the entire page in one.
+_HTML_CHROME = frozenset({"header", "footer", "aside", "button"})
+_HTML_CONTENT = frozenset({"main", "article", "section"})
 _HTML_DROP_ROLES = frozenset(
     {"navigation", "banner", "contentinfo", "search", "complementary", "menu", "menubar", "dialog"}
 )
@@ -396,13 +401,115 @@ def _decode_html(data: bytes) -> str:
     return decode_text(data, declared_encoding=encoding)
 
 
-def _is_hidden(tag: Any) -> bool:
+def _is_hidden(tag: Any, content_depth: int = 0) -> bool:
+    """Hidden or page-furniture elements. Inside the page's content a hidden block is a collapsed accordion
+    panel or an inactive tab (text people read after a click), so only ``aria-hidden`` drops it there."""
     attrs = tag.attrs or {}
-    if "hidden" in attrs or str(attrs.get("aria-hidden", "")).lower() == "true":
+    if str(attrs.get("aria-hidden", "")).lower() == "true":
         return True
     if str(attrs.get("role", "")).lower() in _HTML_DROP_ROLES:
         return True
-    return bool(_HIDDEN_STYLE.search(str(attrs.get("style", ""))))
+    if content_depth:
+        return False
+    return "hidden" in attrs or bool(_HIDDEN_STYLE.search(str(attrs.get("style", ""))))
+
+
+_MAX_SPAN = 1000
+
+
+def _span(value: Any) -> int:
+    try:
+        return max(1, min(int(str(value).strip() or 1), _MAX_SPAN))
+    except ValueError:
+        return 1
+
+
+def _is_data_table(table: Any) -> bool:
+    """A table of data (not one used for page layout): no headings, lists of paragraphs or nested tables."""
+    return table.find(["table", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "pre"]) is None
+
+
+def _table_rows(table: Any) -> list[Any]:
+    rows: list[Any] = []
+    for child in table.find_all(["thead", "tbody", "tfoot", "tr"], recursive=False):
+        if child.name == "tr":
+            rows.append(child)
+        else:
+            rows.extend(child.find_all("tr", recursive=False))
+    return rows
+
+
+def _cell_text(cell: Any) -> str:
+    from bs4 import NavigableString
+    from bs4.element import PreformattedString
+
+    parts = []
+    for node in cell.descendants:
+        if isinstance(node, NavigableString) and not isinstance(node, PreformattedString):
+            inside = []
+            for parent in node.parents:
+                if parent is cell:
+                    break
+                inside.append(parent)
+            if any(
+                p.name in _HTML_DROP or str((p.attrs or {}).get("aria-hidden", "")).lower() == "true"
+                for p in inside
+            ):
+                continue
+            parts.append(str(node))
+        elif getattr(node, "name", None) == "br":
+            parts.append(" ")
+    return markdown_cell(" ".join("".join(parts).split()))
+
+
+def markdown_cell(text: str) -> str:
+    """Cell text that cannot break a Markdown table row."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def markdown_table(grid: list[list[str]]) -> str:
+    """Rows of cells as a Markdown table; the first row is the header (Markdown tables need one)."""
+    width = max((len(row) for row in grid), default=0)
+    if not width:
+        return ""
+    lines = []
+    for index, row in enumerate(grid):
+        cells = [*row, *[""] * (width - len(row))]
+        lines.append("| " + " | ".join(cells) + " |")
+        if index == 0:
+            lines.append("|" + "|".join([" --- "] * width) + "|")
+    return "\n".join(lines)
+
+
+def expand_spans(rows: list[list[tuple[str, int, int]]]) -> list[list[str]]:
+    """Lay ``(text, rowspan, colspan)`` cells out on a grid, repeating a spanning cell's text in every
+    position it covers (so each row reads complete on its own, as a reader of the table sees it)."""
+    grid: dict[tuple[int, int], str] = {}
+    for r, cells in enumerate(rows):
+        c = 0
+        for text, rowspan, colspan in cells:
+            while (r, c) in grid:
+                c += 1
+            for dr in range(min(rowspan, len(rows) - r)):
+                for dc in range(colspan):
+                    grid[(r + dr, c + dc)] = text
+            c += colspan
+    width = max((c for _, c in grid), default=-1) + 1
+    return [[grid.get((r, c), "") for c in range(width)] for r in range(len(rows))]
+
+
+def html_table_markdown(table: Any) -> str:
+    """An HTML data table as a Markdown table with row and column spans expanded (caption first)."""
+    rows = []
+    for tr in _table_rows(table):
+        cells = tr.find_all(["td", "th"], recursive=False)
+        rows.append([(_cell_text(td), _span(td.get("rowspan")), _span(td.get("colspan"))) for td in cells])
+    rows = [row for row in rows if row]
+    grid = [row for row in expand_spans(rows) if any(cell for cell in row)]
+    caption = table.find("caption")
+    title = " ".join(caption.get_text(" ", strip=True).split()) if caption is not None else ""
+    body = markdown_table(grid)
+    return f"{title}\n\n{body}" if title and body else body or title
 
 
 def _html_break(name: str) -> str:
@@ -431,7 +538,7 @@ def _html_sections(root: Any) -> list[Section]:
     collector = _SectionCollector(_normalize_html_text)
     stack: list[tuple[Any, bool]] = [(root, True)]
     pre_depth = 0
-    content_depth = 0  # inside <main>/<article>, where a <header> holds the article's title, not site chrome
+    content_depth = 0  # inside <main>/<article>/<section>: headers, asides, footers there are content
     row_cells: list[int] = []
     while stack:
         node, entering = stack.pop()
@@ -446,15 +553,18 @@ def _html_sections(root: Any) -> list[Section]:
         if not entering:
             if name == "pre":
                 pre_depth -= 1
-            elif name in ("main", "article"):
+            elif name in _HTML_CONTENT:
                 content_depth -= 1
             elif name == "tr" and row_cells:
                 row_cells.pop()
             collector.add(_html_break(name))
             continue
         if node is not root and (
-            name in _HTML_DROP or (name == "header" and not content_depth) or _is_hidden(node)
+            name in _HTML_DROP or (name in _HTML_CHROME and not content_depth) or _is_hidden(node, content_depth)
         ):
+            continue
+        if name == "table" and _is_data_table(node):
+            collector.add(_PARAGRAPH_MARK + html_table_markdown(node) + _PARAGRAPH_MARK)
             continue
         if name in _HTML_HEADINGS:
             collector.heading(_HTML_HEADINGS[name], node.get_text(" ", strip=True))
@@ -470,7 +580,7 @@ def _html_sections(root: Any) -> list[Section]:
             row_cells.append(0)
         elif name == "pre":
             pre_depth += 1
-        elif name in ("main", "article"):
+        elif name in _HTML_CONTENT:
             content_depth += 1
         collector.add(_html_break(name))
         stack.append((node, False))
@@ -496,23 +606,35 @@ def _check_docx_container(data: bytes) -> None:
             raise ParseError(f"DOCX would expand to more than {_human_size(MAX_DOCX_UNCOMPRESSED_BYTES)}; refused")
 
 
+_MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+_FOOTNOTES_RELTYPE = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/footnotes"
+_ENDNOTES_RELTYPE = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/endnotes"
+
+
 def _parse_docx(data: bytes) -> list[Section]:
     """Body paragraphs and tables in document order; ``Title``/``Heading N`` styles open sections.
 
-    Tables become one line per row with cells joined by " | " (a merged cell once per row). Content
-    controls are read through (except a table of contents, which only repeats the headings); inserted
-    tracked changes count as text, deleted ones do not. Headers, footers and comments are page furniture
-    and are skipped.
+    Tables become Markdown tables, merged cells (``gridSpan``, ``vMerge``) repeated in every grid position
+    they cover. Text boxes are read where they are anchored (once: the legacy VML copy Word stores beside
+    a text box is skipped). Content controls are read through (except a table of contents, which only
+    repeats the headings); inserted tracked changes count as text, deleted ones do not. The text of page
+    headers comes first and of page footers last (each distinct text once); footnotes and endnotes follow
+    as ``[^n]: text`` lines. Comments' anchored text is body text; the comments themselves are not read.
     """
     _check_docx_container(data)
     import docx
     from docx.oxml.ns import qn
 
     document = docx.Document(io.BytesIO(data))
+    for fallback in list(document.element.body.iter(_MC_FALLBACK)):
+        fallback.getparent().remove(fallback)
     collector = _SectionCollector()
+    headers, footers = _docx_page_furniture(document, qn)
+    for text in headers:
+        collector.add(text + "\n\n")
     for kind, element in _docx_blocks(document.element.body, qn, depth=0):
         if kind == "table":
-            collector.add(_docx_table_text(element, document, qn, depth=0) + "\n\n")
+            collector.add(_docx_table_markdown(element, qn, depth=0) + "\n\n")
             continue
         text = _docx_paragraph_text(element, qn)
         level = _docx_heading_level(element, document)
@@ -520,7 +642,62 @@ def _parse_docx(data: bytes) -> list[Section]:
             collector.heading(level, text)
         else:
             collector.add(text + "\n\n")
+    notes = _docx_notes(document, qn)
+    if footers or notes:
+        collector.set_heading_path("")
+        for text in [*notes, *footers]:
+            collector.add(text + "\n\n")
     return collector.sections()
+
+
+def _docx_page_furniture(document: Any, qn: Callable[[str], str]) -> tuple[list[str], list[str]]:
+    """The distinct texts of the page headers and footers of every section (first, odd and even pages)."""
+    found: dict[str, list[str]] = {"header": [], "footer": []}
+    for section in document.sections:
+        for kind in ("header", "footer"):
+            for attribute in (kind, f"first_page_{kind}", f"even_page_{kind}"):
+                try:
+                    part = getattr(section, attribute)
+                    if part.is_linked_to_previous:
+                        continue
+                    element = part._element
+                except Exception:  # a damaged or missing part: the body matters more
+                    continue
+                texts = []
+                for block_kind, block in _docx_blocks(element, qn, depth=0):
+                    text = (
+                        _docx_table_markdown(block, qn, depth=0)
+                        if block_kind == "table"
+                        else _docx_paragraph_text(block, qn)
+                    )
+                    if text.strip():
+                        texts.append(text.strip())
+                joined = "\n".join(texts)
+                if joined and joined not in found[kind]:
+                    found[kind].append(joined)
+    return found["header"], found["footer"]
+
+
+def _docx_notes(document: Any, qn: Callable[[str], str]) -> list[str]:
+    """Footnotes and endnotes as ``[^n]: text`` (the separator notes Word keeps are skipped)."""
+    from lxml import etree
+
+    notes: list[str] = []
+    for rel in document.part.rels.values():
+        if rel.reltype not in (_FOOTNOTES_RELTYPE, _ENDNOTES_RELTYPE) or rel.is_external:
+            continue
+        try:
+            root = etree.fromstring(rel.target_part.blob, etree.XMLParser(resolve_entities=False, no_network=True))
+        except Exception:
+            continue
+        tag = qn("w:footnote") if rel.reltype == _FOOTNOTES_RELTYPE else qn("w:endnote")
+        for note in root.iter(tag):
+            if note.get(qn("w:type")) in ("separator", "continuationSeparator", "continuationNotice"):
+                continue
+            text = " ".join(" ".join(_docx_paragraph_text(p, qn).split()) for p in note.iter(qn("w:p"))).strip()
+            if text:
+                notes.append(f"[^{note.get(qn('w:id'))}]: {text}")
+    return notes
 
 
 def _docx_blocks(container: Any, qn: Callable[[str], str], depth: int) -> Iterator[tuple[str, Any]]:
@@ -545,10 +722,13 @@ def _docx_is_toc(control: Any, qn: Callable[[str], str]) -> bool:
 def _docx_paragraph_text(paragraph: Any, qn: Callable[[str], str]) -> str:
     """All visible text of a paragraph: runs, hyperlinks, fields' results, inline controls, insertions."""
     text, tab, breaks = qn("w:t"), qn("w:tab"), (qn("w:br"), qn("w:cr"))
-    hyphen = qn("w:noBreakHyphen")
+    hyphen, nested = qn("w:noBreakHyphen"), qn("w:p")
     parts: list[str] = []
-    for node in paragraph.iter(text, tab, *breaks, hyphen):
-        if node.tag == text:
+    for node in paragraph.iter(text, tab, *breaks, hyphen, nested):
+        if node.tag == nested:  # a paragraph of a text box anchored here: its own line
+            if node is not paragraph:
+                parts.append("\n")
+        elif node.tag == text:
             parts.append(node.text or "")
         elif node.tag == tab:
             parts.append("\t")
@@ -570,31 +750,56 @@ def _docx_heading_level(paragraph: Any, document: Any) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _docx_table_text(table: Any, document: Any, qn: Callable[[str], str], depth: int) -> str:
-    from docx.table import Table
+def _docx_table_markdown(table: Any, qn: Callable[[str], str], depth: int) -> str:
+    """A Word table as a Markdown table: ``gridSpan`` repeats a cell across the columns it spans and a
+    ``vMerge`` continuation repeats the cell above; a table nested in a cell is flattened into its text."""
+    return markdown_table(_docx_table_grid(table, qn, depth))
 
+
+def _docx_table_grid(table: Any, qn: Callable[[str], str], depth: int) -> list[list[str]]:
     if depth > _MAX_NESTING:
-        return ""
-    rows: list[str] = []
-    for row in Table(table, document).rows:
+        return []
+    grid: list[list[str]] = []
+    for row in table.iterchildren(qn("w:tr")):
         cells: list[str] = []
-        seen: list[Any] = []
-        for cell in row.cells:
-            if any(cell._tc is done for done in seen):  # a merged cell is returned once per grid column
-                continue
-            seen.append(cell._tc)
-            parts = (
-                _docx_table_text(element, document, qn, depth + 1)
-                if kind == "table"
-                else _docx_paragraph_text(element, qn)
-                for kind, element in _docx_blocks(cell._tc, qn, depth + 1)
-            )
-            text = " ".join(" ".join(parts).split())
-            if text:
-                cells.append(text)
-        if cells:
-            rows.append(" | ".join(cells))
-    return "\n".join(rows)
+        properties = row.find(qn("w:trPr"))
+        before = properties.find(qn("w:gridBefore")) if properties is not None else None
+        if before is not None:
+            cells.extend([""] * _span(before.get(qn("w:val"))))
+        for cell in _docx_row_cells(row, qn):
+            cell_properties = cell.find(qn("w:tcPr"))
+            span, merge = 1, None
+            if cell_properties is not None:
+                grid_span = cell_properties.find(qn("w:gridSpan"))
+                span = _span(grid_span.get(qn("w:val"))) if grid_span is not None else 1
+                v_merge = cell_properties.find(qn("w:vMerge"))
+                merge = None if v_merge is None else (v_merge.get(qn("w:val")) or "continue")
+            column = len(cells)
+            if merge == "continue" and grid and column < len(grid[-1]):
+                text = grid[-1][column]
+            else:
+                parts = []
+                for kind, element in _docx_blocks(cell, qn, depth + 1):
+                    if kind == "table":
+                        parts.append("; ".join(" ".join(r) for r in _docx_table_grid(element, qn, depth + 1)))
+                    else:
+                        parts.append(_docx_paragraph_text(element, qn))
+                text = markdown_cell(" ".join(parts))
+            cells.extend([text] * span)
+        if any(cells):
+            grid.append(cells)
+    return grid
+
+
+def _docx_row_cells(row: Any, qn: Callable[[str], str]) -> Iterator[Any]:
+    """The cells of a row, looking inside row-level content controls."""
+    for child in row.iterchildren():
+        if child.tag == qn("w:tc"):
+            yield child
+        elif child.tag == qn("w:sdt"):
+            content = child.find(qn("w:sdtContent"))
+            if content is not None:
+                yield from (c for c in content.iterchildren(qn("w:tc")))
 
 
 # --------------------------------------------------------------------------------------------------
