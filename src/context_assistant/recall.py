@@ -27,11 +27,12 @@ from typing import Any
 
 import psycopg
 
+from . import turn_context
 from .db import Database
 from .embeddings import Embedder, EmbeddingError, validate_vectors
 from .index_pgvector import (
-    DOC_LEN_SQL,
     TEXT_SEARCH_CONFIG,
+    WEIGHTED_DOC_LEN_SQL,
     bm25_rank,
     read_space,
     reset_space,
@@ -61,6 +62,11 @@ TURNS_DDL = """
     CREATE INDEX turn_index_user ON {table} (user_id, session_id);
     CREATE INDEX turn_index_tsv ON {table} USING gin (tsv);
 """
+
+_ELIGIBLE = """c.role IN ('user', 'assistant')
+      AND NOT (c.metadata @> '{"status": "failed"}')
+      AND NOT (c.metadata @> '{"model": "offline"}')
+      AND btrim(c.content) <> ''"""
 
 _PENDING = f"""
     SELECT c.id, c.user_id, c.session_id, c.content FROM conversations c
@@ -110,11 +116,17 @@ class TurnRecall:
         self.search_mode = check_mode(search_mode)
         self.batch_size = batch_size
 
+    @property
+    def space_model(self) -> str:
+        """What the turn index records as its model: the embedding model and the version of what is indexed
+        per turn (:mod:`context_assistant.turn_context`), so a change of either rebuilds it."""
+        return f"{self.embedder.model_name}#{turn_context.VERSION}"
+
     # -- indexing -------------------------------------------------------------------------------------
 
     def _ensure_space(self) -> int:
         """The turn table for the current model (created or rebuilt if needed); returns its dimension."""
-        model = self.embedder.model_name
+        model = self.space_model
         with self.db.connection() as conn:
             info = read_space(conn, TURNS_SPACE)
             if info is not None and info.model == model and table_exists(conn, TURNS_TABLE):
@@ -131,7 +143,11 @@ class TurnRecall:
         return dimension
 
     def index_pending(self, user: str | None = None) -> int:
-        """Embed stored turns that have no embedding yet (of ``user``, or of everyone); returns how many."""
+        """Index stored turns that are not indexed yet (of ``user``, or of everyone); returns how many.
+
+        Each turn is indexed with its neighbours (:mod:`context_assistant.turn_context`); the turns whose
+        context a new one changes (its neighbours, already indexed) are re-indexed in the same batch.
+        """
         dimension = self._ensure_space()
         user_filter = "c.user_id = %(user)s AND" if user is not None else ""
         query = _PENDING.format(user_filter=user_filter)
@@ -143,39 +159,92 @@ class TurnRecall:
             if not rows:
                 return embedded
             after = rows[-1][0]
-            texts = [content[:EMBED_CHARS] for _, _, _, content in rows]
+            documents = self._documents([row[0] for row in rows])
+            if not documents:
+                continue
+            ids = list(documents)
+            texts = [documents[i].embed for i in ids]
             vectors = validate_vectors(
                 self.embedder.embed(texts), len(texts), dimension, f"embedding model {self.embedder.model_name!r}"
             )
             try:
-                embedded += self._write(rows, vectors)
+                self._write(ids, documents, vectors)
+                embedded += len(rows)
             except psycopg.errors.ForeignKeyViolation:
                 log.info("recall: a session was deleted while its turns were embedded; skipping them")
 
-    def _write(self, rows: list[tuple[Any, ...]], vectors: list[list[float]]) -> int:
+    def _documents(self, new_ids: list[int]) -> dict[int, turn_context.TurnDocument]:
+        """The documents of the new turns and of the indexed neighbours whose context they change."""
+        before, after = turn_context.CONTEXT_BEFORE, turn_context.CONTEXT_AFTER
+        with self.db.connection() as conn:
+            sessions = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT session_id FROM conversations WHERE id = ANY(%s)", (new_ids,)
+                ).fetchall()
+            ]
+            rows = conn.execute(
+                f"""SELECT c.id, c.session_id, c.role, c.content, c.timestamp, c.metadata FROM conversations c
+                    WHERE c.session_id = ANY(%s) AND {_ELIGIBLE}
+                    ORDER BY c.session_id, c.timestamp, c.id""",
+                (sessions,),
+            ).fetchall()
+        by_session: dict[str, list[turn_context.Turn]] = {}
+        for row in rows:
+            by_session.setdefault(row[1], []).append(turn_context.Turn(*row))
+        wanted = set(new_ids)
+        documents: dict[int, turn_context.TurnDocument] = {}
+        for turns in by_session.values():
+            positions = [i for i, t in enumerate(turns) if t.message_id in wanted]
+            todo = set(positions)
+            for i in positions:  # neighbours whose window now includes the new turn
+                todo.update(range(max(0, i - after), min(len(turns), i + before + 1)))
+            for i in sorted(todo):
+                documents[turns[i].message_id] = turn_context.build_document(
+                    turns[i], turns[max(0, i - before) : i], turns[i + 1 : i + 1 + after]
+                )
+        return documents
+
+    def _write(
+        self, ids: list[int], documents: dict[int, turn_context.TurnDocument], vectors: list[list[float]]
+    ) -> int:
         import numpy as np
         from pgvector.psycopg import register_vector
 
+        weights = turn_context.BM25_WEIGHTS
+        doc_len = WEIGHTED_DOC_LEN_SQL.format(tsv="v.tsv", **weights)
         with self.db.connection() as conn:
             register_vector(conn)
             conn.execute(
-                """CREATE TEMP TABLE IF NOT EXISTS ca_stage_turns (message_id bigint, embedding vector)
-                   ON COMMIT DELETE ROWS"""
+                """CREATE TEMP TABLE IF NOT EXISTS ca_stage_turns_v2 (message_id bigint, embedding vector,
+                       speaker text, day text, context text) ON COMMIT DELETE ROWS"""
             )
             with conn.cursor() as cur:
-                with cur.copy("COPY ca_stage_turns (message_id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(["int8", "vector"])
-                    for row, vector in zip(rows, vectors, strict=True):
-                        copy.write_row((row[0], np.asarray(vector, dtype=np.float32)))
-                # Text and owner come from conversations itself, so a turn is indexed exactly as stored.
+                with cur.copy(
+                    "COPY ca_stage_turns_v2 (message_id, embedding, speaker, day, context) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(["int8", "vector", "text", "text", "text"])
+                    for message_id, vector in zip(ids, vectors, strict=True):
+                        d = documents[message_id]
+                        copy.write_row(
+                            (message_id, np.asarray(vector, dtype=np.float32), d.speaker, d.when, d.context)
+                        )
+                # Text and owner come from conversations itself, so a turn is indexed exactly as stored; the
+                # fields are weighted A (text), B (speaker), C (date and temporal cues), D (neighbours).
+                cfg = TEXT_SEARCH_CONFIG
                 cur.execute(
                     f"""INSERT INTO {TURNS_TABLE} (message_id, user_id, session_id, tsv, doc_len, embedding)
-                        SELECT c.id, c.user_id, c.session_id, v.tsv, {DOC_LEN_SQL.format(tsv="v.tsv")}, s.embedding
-                        FROM ca_stage_turns s
+                        SELECT c.id, c.user_id, c.session_id, v.tsv, {doc_len}, s.embedding
+                        FROM ca_stage_turns_v2 s
                         JOIN conversations c ON c.id = s.message_id
-                        CROSS JOIN LATERAL (SELECT to_tsvector('{TEXT_SEARCH_CONFIG}', c.content) AS tsv) v
+                        CROSS JOIN LATERAL (SELECT
+                            setweight(to_tsvector('{cfg}', c.content), 'A')
+                            || setweight(to_tsvector('{cfg}', s.speaker), 'B')
+                            || setweight(to_tsvector('{cfg}', s.day), 'C')
+                            || setweight(to_tsvector('{cfg}', s.context), 'D') AS tsv) v
                         ORDER BY c.id
-                        ON CONFLICT (message_id) DO NOTHING"""
+                        ON CONFLICT (message_id) DO UPDATE SET tsv = EXCLUDED.tsv, doc_len = EXCLUDED.doc_len,
+                            embedding = EXCLUDED.embedding"""
                 )
                 return cur.rowcount
 
@@ -227,7 +296,7 @@ class TurnRecall:
             vector_ranked: list[int] = []
             keyword_ranked: list[int] = []
             scores: dict[int, float] = {}
-            if qvec is not None and info.model == self.embedder.model_name and len(qvec) == info.dimension:
+            if qvec is not None and info.model == self.space_model and len(qvec) == info.dimension:
                 params["qvec"] = vector_literal(qvec)
                 for message_id, distance in conn.execute(
                     f"""SELECT c.message_id, c.embedding <=> %(qvec)s::vector({info.dimension}) AS distance
@@ -239,7 +308,15 @@ class TurnRecall:
                     scores[message_id] = 1.0 - float(distance)
             if mode != "vector":
                 for message_id, score in bm25_rank(
-                    conn, TURNS_SPACE, TURNS_TABLE, "message_id", where, params, query, pool
+                    conn,
+                    TURNS_SPACE,
+                    TURNS_TABLE,
+                    "message_id",
+                    where,
+                    params,
+                    query,
+                    pool,
+                    weights=turn_context.BM25_WEIGHTS,
                 ):
                     keyword_ranked.append(message_id)
                     if mode == "keyword":
