@@ -209,7 +209,7 @@ def locomo_messages(turns: Sequence[dict[str, Any]]) -> tuple[list[str], dict[tu
     return lines, where
 
 
-def run_locomo(eval_dir: Path, *, say: Any) -> dict[str, Any]:
+def run_locomo(eval_dir: Path, *, fresh: bool, say: Any, modes: Sequence[str] = LOCOMO_MODES) -> dict[str, Any]:
     data = eval_dir / "locomo-dev"
     turns = read_jsonl(data / "locomo-dev_turns.jsonl")
     questions = [
@@ -218,7 +218,8 @@ def run_locomo(eval_dir: Path, *, say: Any) -> dict[str, Any]:
         if q["category"] in LOCOMO_CATEGORIES and q.get("evidence")
     ]
     config = bench_config("quality_locomo", **{"rag.enabled": False})
-    drop_database(config)  # small: imported and embedded from scratch every run
+    if fresh:
+        drop_database(config)  # otherwise the import skips what is there and recall indexes only what is new
     lines, where = locomo_messages(turns)
     report: dict[str, Any] = {"turns": len(turns), "questions": len(questions)}
     with Services(config) as services:
@@ -238,7 +239,7 @@ def run_locomo(eval_dir: Path, *, say: Any) -> dict[str, Any]:
                     "SELECT id, session_id, timestamp FROM conversations"
                 )
             }
-        for mode in LOCOMO_MODES:
+        for mode in modes:
             started = time.monotonic()
             per_category: dict[int, list[float]] = {c: [] for c in LOCOMO_CATEGORIES}
             for q in questions:
@@ -273,7 +274,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"\nLoCoMo dev ({s['questions']} questions, categories 1/2/4; {s['turns']} turns): evidence recall@10"
         )
-        for mode in LOCOMO_MODES:
+        for mode in [m for m in LOCOMO_MODES if m in s]:
             row = s[mode]
             cats = ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("category"))
             print(f"  {mode:<15} {row['recall@10']:.3f}    ({cats}) reference: {REFERENCES['locomo'][mode]}")
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("eval_dir", type=Path, help="folder with scifact-dev/ and locomo-dev/")
     parser.add_argument("--only", default="scifact,locomo,fidelity", help="comma-separated parts")
     parser.add_argument("--queries", type=int, help="only the first N SciFact claims (quick looks)")
-    parser.add_argument("--fresh", action="store_true", help="re-ingest and re-embed SciFact from scratch")
+    parser.add_argument("--fresh", action="store_true", help="re-ingest, re-import and re-embed from scratch")
+    parser.add_argument("--locomo-modes", help="comma-separated recall modes (default: all)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
@@ -316,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     if "scifact" in parts:
         report["scifact"] = run_scifact(args.eval_dir, limit=args.queries, fresh=args.fresh, say=say)
     if "locomo" in parts:
-        report["locomo"] = run_locomo(args.eval_dir, say=say)
+        modes = tuple(m for m in (args.locomo_modes or ",".join(LOCOMO_MODES)).split(",") if m)
+        report["locomo"] = run_locomo(args.eval_dir, fresh=args.fresh, say=say, modes=modes)
     report["load_after"] = os.getloadavg()
     print_report(report)
     if args.json:

@@ -86,6 +86,11 @@ class RagConfig:
     embedding_model: str = "all-MiniLM-L6-v2"
     index_type: str = _opt("hnsw", choices=("hnsw", "ivfflat"))
     search_mode: str = _opt("hybrid", choices=("vector", "keyword", "hybrid"))
+    # A second stage that re-scores the first stage's best candidates with a cross-encoder (rerank.py):
+    # "" (off), endpoint:NAME (a serving endpoint) or local:PATH (a sentence-transformers CrossEncoder folder).
+    reranker: str = ""
+    rerank_candidates: int = _opt(30, min=2)
+    rerank_weight: float = _opt(0.5, min=0)
     hnsw_ef_search: int = _opt(40, min=1)
     ivfflat_probes: int = _opt(10, min=1)
     chunk_table: str = "chunks"
@@ -248,6 +253,8 @@ def load_config(
             f"rag.chunk_overlap: {config.rag.chunk_overlap} must be smaller than rag.chunk_size "
             f"({config.rag.chunk_size})"
         )
+    if config.rag.rerank_weight > 1:
+        raise ConfigError(f"rag.rerank_weight: {config.rag.rerank_weight} must be between 0 and 1")
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
     return config

@@ -102,10 +102,22 @@ class Services:
 
         return PgVectorChunkIndex.from_config(self.db, self.embedder, self.config.rag)
 
-    @property
+    @functools.cached_property
     def retriever(self) -> Retriever:
-        """What the assistant searches documents with (the chunk index)."""
-        return self.chunk_index
+        """What the assistant searches documents with: the chunk index, followed by the reranker that
+        ``rag.reranker`` names, if any."""
+        from .rerank import RerankingRetriever, make_reranker
+
+        rag = self.config.rag
+        reranker = make_reranker(rag.reranker, lambda: self.workspace, clock=self.clock)
+        if reranker is None:
+            return self.chunk_index
+        closer = getattr(reranker, "close", None)
+        if closer is not None:
+            self._closers.append(closer)
+        return RerankingRetriever(
+            self.chunk_index, reranker, candidates=rag.rerank_candidates, weight=rag.rerank_weight
+        )
 
     @functools.cached_property
     def chunk_source(self) -> ChunkSource:
