@@ -84,6 +84,8 @@ class RagConfig:
     chunk_size: int = _opt(256, min=16)
     chunk_overlap: int = _opt(32, min=0)
     embedding_model: str = "all-MiniLM-L6-v2"
+    # PDFs: builtin (pypdf's text layer) or ai_parse_document (Databricks AI Function: layout, tables, scans).
+    pdf_parser: str = _opt("builtin", choices=("builtin", "ai_parse_document"))
     index_type: str = _opt("hnsw", choices=("hnsw", "ivfflat"))
     search_mode: str = _opt("hybrid", choices=("vector", "keyword", "hybrid"))
     # A second stage that re-scores the first stage's best candidates with a cross-encoder (rerank.py):

@@ -140,6 +140,7 @@ def run_ingest_job(
             chunk_size=chunk_size,
             chunk_overlap=chunk_overlap,
             counter=counter,
+            pdf_parser=rag.pdf_parser,
             progress=_progress,
             allow_empty_source=args.allow_empty_source,
         )

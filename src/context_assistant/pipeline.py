@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from context_assistant.ai_parse import ai_parse_column
 from context_assistant.clock import REAL_CLOCK, Clock
 from context_assistant.tables import TableRef, create_table, resolve_table, sql_string
 
@@ -215,11 +216,14 @@ class IngestPlan:
     orphans: list[str] = field(default_factory=list)  # paths with chunks but no document row and no file
 
 
-def chunking_signature(chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None) -> str:
+def chunking_signature(
+    chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None, pdf_parser: str = "builtin"
+) -> str:
     """Stored per document so that changing chunk settings, the tokenizer they are counted in (the embedding
-    model) or the pipeline re-chunks unchanged files."""
+    model), the PDF parser or the pipeline re-chunks unchanged files."""
     unit = f"tokens={counter.name}" if counter is not None else "chars"
-    return f"size={chunk_size},overlap={chunk_overlap},{unit},v={PIPELINE_VERSION}"
+    parser = "" if pdf_parser == "builtin" else f",pdf={pdf_parser}"
+    return f"size={chunk_size},overlap={chunk_overlap},{unit}{parser},v={PIPELINE_VERSION}"
 
 
 def skip_reason(path: str, size_bytes: int, max_file_bytes: int) -> str | None:
@@ -307,6 +311,7 @@ def parse_and_chunk(
     chunk_overlap: int,
     timeout: float = PARSE_SECONDS,
     counter: TokenCounter | None = None,
+    ai_parsed: str | None = None,
 ) -> tuple[str, str | None, list]:
     """Parse and chunk one file: ``(status, error, chunks)``. Never raises for bad input: a parser crash on a
     hostile file becomes a ``failed`` status with the reason, and a parser stuck on one (pure-Python parsers
@@ -317,7 +322,15 @@ def parse_and_chunk(
 
     try:
         with time_limit(timeout):
-            doc = parse_document(path, data)
+            if ai_parsed is not None:  # rag.pdf_parser: ai_parse_document answered for this PDF
+                from context_assistant.ai_parse import sections_from_ai_parse
+                from context_assistant.documents import ParsedDocument
+
+                doc = ParsedDocument(path, sections_from_ai_parse(ai_parsed))
+                if not doc.sections:
+                    raise ParseError("ai_parse_document found no text")
+            else:
+                doc = parse_document(path, data)
             chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap, counter=counter)
     except ParseTimeout as error:
         return FAILED, str(error), []
@@ -335,6 +348,7 @@ def parse_and_chunk(
 def make_batch_parser(
     chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Rows may carry ``ai_parsed``, the JSON answer of ``ai_parse_document`` for a PDF, parsed instead."""
     """The ``mapInArrow`` function: rows with NULL ``content`` (hash unchanged) pass through unparsed."""
 
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -349,7 +363,12 @@ def make_batch_parser(
                     record.update(status=_UNCHANGED, error=None, chunk_count=0, chunks=[])
                 else:
                     status, error, chunks = parse_and_chunk(
-                        row["path"], row["content"], chunk_size, chunk_overlap, counter=counter
+                        row["path"],
+                        row["content"],
+                        chunk_size,
+                        chunk_overlap,
+                        counter=counter,
+                        ai_parsed=row.get("ai_parsed"),
                     )
                     record.update(
                         status=status,
@@ -488,6 +507,7 @@ def run_ingest(
     chunk_size: int = 500,
     chunk_overlap: int = 50,
     counter: TokenCounter | None = None,
+    pdf_parser: str = "builtin",
     progress: Callable[[str], None] | None = None,
     clock: Clock = REAL_CLOCK,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -499,7 +519,8 @@ def run_ingest(
     :class:`TableRef` (see :func:`context_assistant.tables.resolve_table`). An empty source is refused
     unless ``allow_empty_source`` (it would delete every ingested document, usually a wrong path).
     ``chunk_size``/``chunk_overlap`` count tokens of ``counter`` (the embedding model's tokenizer, see
-    :func:`context_assistant.tokenization.counter_for_model`), or characters without one.
+    :func:`context_assistant.tokenization.counter_for_model`), or characters without one. ``pdf_parser``
+    ``ai_parse_document`` parses PDFs with that Databricks AI Function (see :mod:`context_assistant.ai_parse`).
     """
     from context_assistant.chunking import validate_chunking
 
@@ -513,6 +534,10 @@ def run_ingest(
     started = clock.monotonic()
     run_us = _micros(clock.now())
     run = _Run(spark, resolve_source(source), resolve_table(chunk_table), resolve_table(documents_table), say)
+    from context_assistant.ai_parse import check_pdf_parser
+
+    check_pdf_parser(pdf_parser, local_tables=run.chunks.location is not None)  # a ConfigError (exit 2)
+    run.pdf_parser = pdf_parser
     try:
         result = run.execute(chunk_size, chunk_overlap, counter, max_file_bytes, allow_empty_source, run_us)
     finally:
@@ -550,6 +575,7 @@ class _Run:
         self.say = say
         self._views: list[str] = []
         self._tag = uuid.uuid4().hex[:10]
+        self.pdf_parser = "builtin"
 
     # -- steps --------------------------------------------------------------------------------------
 
@@ -564,7 +590,7 @@ class _Run:
     ) -> IngestResult:
         for note in ensure_tables(self.spark, self.chunks, self.documents):
             self.say(note)
-        chunking = chunking_signature(chunk_size, chunk_overlap, counter)
+        chunking = chunking_signature(chunk_size, chunk_overlap, counter, self.pdf_parser)
         self.say(f"listing {self.source}")
         files, single_file = self.list_source()
         known = self.known_documents()
@@ -687,6 +713,8 @@ class _Run:
             f"CASE WHEN h.doc_hash <=> c.previous_hash THEN NULL ELSE h.content END AS content "
             f"FROM {self.view_name('hashed')} h JOIN {candidates} c ON h.path = c.path"
         )
+        if self.pdf_parser == "ai_parse_document":
+            to_parse = to_parse.selectExpr("*", f"{ai_parse_column()} AS ai_parsed")
         self.say(f"reading {len(to_read)} file(s); parsing those whose content changed")
         parsed = to_parse.mapInArrow(make_batch_parser(chunk_size, chunk_overlap, counter), _PARSED_SCHEMA)
         writer = parsed.write.format("delta").mode("overwrite").option("overwriteSchema", "true")

@@ -134,6 +134,7 @@ def refresh_documents(
             chunk_size=chunk_size,
             chunk_overlap=chunk_overlap,
             counter=counter,
+            pdf_parser=config.rag.pdf_parser,
             progress=say,
         )
     except IngestError as exc:
