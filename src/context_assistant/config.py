@@ -54,6 +54,8 @@ class MemoryConfig:
     history_tokens: int = _opt(6000, min=0)
     recall: bool = True
     recall_top_k: int = _opt(3, min=0)
+    # Hybrid recall (rag.fusion convex): the vector side's share; conversations favour exact words.
+    recall_hybrid_weight: float = _opt(0.5, min=0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class RagConfig:
     pdf_parser: str = _opt("builtin", choices=("builtin", "ai_parse_document"))
     index_type: str = _opt("hnsw", choices=("hnsw", "ivfflat"))
     search_mode: str = _opt("hybrid", choices=("vector", "keyword", "hybrid"))
+    # How hybrid search fuses its two rankings (fusion.py): convex (normalised scores) or rrf (ranks only).
+    fusion: str = _opt("convex", choices=("convex", "rrf"))
+    hybrid_weight: float = _opt(0.5, min=0)  # convex: the vector side's share
     # A second stage that re-scores the first stage's best candidates with a cross-encoder (rerank.py):
     # "" (off), endpoint:NAME (a serving endpoint) or local:PATH (a sentence-transformers CrossEncoder folder).
     reranker: str = ""
@@ -255,6 +260,12 @@ def load_config(
             f"rag.chunk_overlap: {config.rag.chunk_overlap} must be smaller than rag.chunk_size "
             f"({config.rag.chunk_size})"
         )
+    if config.memory.recall_hybrid_weight > 1:
+        raise ConfigError(
+            f"memory.recall_hybrid_weight: {config.memory.recall_hybrid_weight} must be between 0 and 1"
+        )
+    if config.rag.hybrid_weight > 1:
+        raise ConfigError(f"rag.hybrid_weight: {config.rag.hybrid_weight} must be between 0 and 1")
     if config.rag.rerank_weight > 1:
         raise ConfigError(f"rag.rerank_weight: {config.rag.rerank_weight} must be between 0 and 1")
     if config.database.pool_min_size > config.database.pool_max_size:

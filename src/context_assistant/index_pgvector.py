@@ -41,6 +41,7 @@ from psycopg import sql
 
 from .db import Database
 from .embeddings import Embedder, EmbeddingError, validate_vectors
+from .fusion import fuse
 from .retrieval import (
     Hit,
     IndexNotReady,
@@ -48,7 +49,6 @@ from .retrieval import (
     candidate_count,
     check_mode,
     check_query,
-    rrf_fuse,
 )
 from .sync import (
     DocumentChange,
@@ -317,6 +317,8 @@ class PgVectorChunkIndex:
         batch_size: int = DEFAULT_BATCH_SIZE,
         ivfflat_min_rows: int = IVFFLAT_MIN_ROWS,
         progress: Callable[[str], None] | None = None,
+        fusion: str = "convex",
+        hybrid_weight: float = 0.5,
     ) -> None:
         if index_type not in ("hnsw", "ivfflat"):
             raise ValueError(f"index_type {index_type!r} is not one of hnsw, ivfflat")
@@ -330,6 +332,8 @@ class PgVectorChunkIndex:
         self.batch_size = batch_size
         self.ivfflat_min_rows = ivfflat_min_rows
         self.progress = progress or (lambda message: None)
+        self.fusion = fusion
+        self.hybrid_weight = hybrid_weight
         self._pgvector: tuple[int, ...] | None = None
 
     @classmethod
@@ -342,6 +346,8 @@ class PgVectorChunkIndex:
             top_k=rag.top_k,
             hnsw_ef_search=rag.hnsw_ef_search,
             ivfflat_probes=rag.ivfflat_probes,
+            fusion=rag.fusion,
+            hybrid_weight=rag.hybrid_weight,
             **kwargs,
         )
 
@@ -676,7 +682,7 @@ class PgVectorChunkIndex:
             elif mode == "keyword":
                 ranked = keyword_ranked
             else:
-                ranked = rrf_fuse([[k for k, _ in vector_ranked], [k for k, _ in keyword_ranked]])
+                ranked = fuse(vector_ranked, keyword_ranked, self.fusion, self.hybrid_weight)
             ranked = ranked[:top_k]
             missing = [k for k, _ in ranked if k not in rows]  # keyword hits; vector hits came with their rows
             if missing:

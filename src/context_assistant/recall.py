@@ -30,6 +30,7 @@ import psycopg
 from . import turn_context
 from .db import Database
 from .embeddings import Embedder, EmbeddingError, validate_vectors
+from .fusion import fuse
 from .index_pgvector import (
     TEXT_SEARCH_CONFIG,
     WEIGHTED_DOC_LEN_SQL,
@@ -39,7 +40,7 @@ from .index_pgvector import (
     table_exists,
     vector_literal,
 )
-from .retrieval import RetrievalError, candidate_count, check_mode, check_query, rrf_fuse
+from .retrieval import RetrievalError, candidate_count, check_mode, check_query
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,16 @@ class TurnRecall:
         top_k: int = 3,
         search_mode: str = "hybrid",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        fusion: str = "convex",
+        hybrid_weight: float = 0.5,
     ) -> None:
         self.db = db
         self.embedder = embedder
         self.top_k = top_k
         self.search_mode = check_mode(search_mode)
         self.batch_size = batch_size
+        self.fusion = fusion
+        self.hybrid_weight = hybrid_weight
 
     @property
     def space_model(self) -> str:
@@ -296,6 +301,8 @@ class TurnRecall:
             vector_ranked: list[int] = []
             keyword_ranked: list[int] = []
             scores: dict[int, float] = {}
+            vector_scores: dict[int, float] = {}
+            keyword_scores: dict[int, float] = {}
             if qvec is not None and info.model == self.space_model and len(qvec) == info.dimension:
                 params["qvec"] = vector_literal(qvec)
                 for message_id, distance in conn.execute(
@@ -305,7 +312,7 @@ class TurnRecall:
                     params,
                 ):
                     vector_ranked.append(message_id)
-                    scores[message_id] = 1.0 - float(distance)
+                    scores[message_id] = vector_scores[message_id] = 1.0 - float(distance)
             if mode != "vector":
                 for message_id, score in bm25_rank(
                     conn,
@@ -319,10 +326,16 @@ class TurnRecall:
                     weights=turn_context.BM25_WEIGHTS,
                 ):
                     keyword_ranked.append(message_id)
+                    keyword_scores[message_id] = float(score)
                     if mode == "keyword":
                         scores[message_id] = float(score)
             if mode == "hybrid":
-                ranked = rrf_fuse([vector_ranked, keyword_ranked])
+                ranked = fuse(
+                    [(m, vector_scores[m]) for m in vector_ranked],
+                    [(m, keyword_scores[m]) for m in keyword_ranked],
+                    self.fusion,
+                    self.hybrid_weight,
+                )
             else:
                 ranked = [(m, scores[m]) for m in (vector_ranked if mode == "vector" else keyword_ranked)]
             ranked = ranked[:top_k]

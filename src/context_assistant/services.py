@@ -136,6 +136,8 @@ class Services:
             self.embedder,
             top_k=self.config.memory.recall_top_k,
             search_mode=self.config.rag.search_mode,
+            fusion=self.config.rag.fusion,
+            hybrid_weight=self.config.memory.recall_hybrid_weight,
         )
 
     @functools.cached_property
