@@ -11,8 +11,8 @@ def test_convex_keeps_score_gaps_that_ranks_lose() -> None:
     # The vector side is sure of "a" (far ahead); the keyword side barely prefers "b" over "a".
     vector = [("a", 0.9), ("b", 0.2), ("c", 0.1)]
     keyword = [("b", 10.0), ("a", 9.9), ("c", 1.0)]
-    assert [k for k, _ in fuse(vector, keyword, "convex", 0.5)][0] == "a"
-    assert [k for k, _ in fuse(vector, keyword, "rrf")][0] in ("a", "b")  # a tie on ranks alone
+    assert next(k for k, _ in fuse(vector, keyword, "convex", 0.5)) == "a"
+    assert next(k for k, _ in fuse(vector, keyword, "rrf")) in ("a", "b")  # a tie on ranks alone
 
 
 def test_convex_weights_normalisation_and_missing_keys() -> None:
