@@ -92,7 +92,7 @@ def test_hits_carry_the_chunk(index: PgVectorChunkIndex) -> None:
     assert hit.to_json()["chunk_id"] == hit.chunk_id
 
 
-def _reference_bm25(db: Database, query: str, k1: float = 1.2, b: float = 0.75) -> dict[str, float]:
+def _reference_bm25(db: Database, query: str, k1: float = 0.9, b: float = 0.4) -> dict[str, float]:
     """BM25 computed in Python from the stored tsvectors: the SQL must agree with the textbook formula."""
     with db.connection() as conn:
         docs = {

@@ -443,6 +443,25 @@ def test_changing_chunk_settings_rechunks_unchanged_files(
     assert stored_chunks(chunk_table(data), "faq.html") == expected
 
 
+def test_token_sized_chunks_rerun_does_nothing_and_a_new_unit_or_tokenizer_rechunks(
+    spark: Any, source: Path, data: Path, clock: FakeClock
+) -> None:
+    """Sizes counted in all-MiniLM-L6-v2 tokens: a no-change re-run parses and writes nothing; switching the
+    unit (characters to tokens) or the tokenizer (another embedding model) re-chunks every document."""
+    from context_assistant.tokenization import EstimatedCounter, count_tokens, counter_for_model
+
+    minilm = counter_for_model("all-MiniLM-L6-v2")
+    ingest(spark, source, data, clock)  # characters
+    result = ingest(spark, source, data, clock, chunk_size=256, chunk_overlap=32, counter=minilm)
+    assert result.documents.updated == 10 and result.parsed == 11
+    texts = [row["text"] for row in chunk_table(data).values()]
+    assert texts and all(count_tokens(minilm, t) + 2 <= 256 for t in texts)
+    again = ingest(spark, source, data, clock, chunk_size=256, chunk_overlap=32, counter=minilm)
+    assert (again.parsed, again.chunks.written, again.chunks.deleted) == (0, 0, 0)
+    other = ingest(spark, source, data, clock, chunk_size=256, chunk_overlap=32, counter=EstimatedCounter())
+    assert other.documents.updated == 10 and other.parsed == 11
+
+
 def test_oversized_file_is_skipped_with_its_reason(spark: Any, source: Path, data: Path, clock: FakeClock) -> None:
     result = ingest(spark, source, data, clock, max_file_bytes=30_000)
     docs = documents_table(data)

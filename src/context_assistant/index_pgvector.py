@@ -12,7 +12,7 @@ once the model's dimension is known):
 * ``bm25_terms`` / ``bm25_stats``: document frequency per lexeme and document count/total length per
   space, kept exact by statement-level triggers on the space's table (same transaction as the rows).
 
-Keyword search is real BM25 (k1=1.2, b=0.75, Lucene's idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``) computed
+Keyword search is real BM25 (k1=0.9, b=0.4, Lucene's idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``) computed
 in plain SQL, so it runs on Lakebase where no BM25 extension can be assumed: candidates are the chunks whose
 ``tsv`` matches the OR of the query's lexemes (a GIN index scan); term frequencies come from the tsvector's
 positions. Hybrid search fuses the vector and BM25 rankings by reciprocal rank fusion (k=60).
@@ -64,8 +64,10 @@ from .sync import (
 
 log = logging.getLogger(__name__)
 
-BM25_K1 = 1.2
-BM25_B = 0.75
+# Anserini's BM25 defaults for BEIR-style collections (short passages): k1 0.9, b 0.4; Lucene's 1.2 / 0.75
+# over-penalise long passages and saturate term frequency later.
+BM25_K1 = 0.9
+BM25_B = 0.4
 TEXT_SEARCH_CONFIG = "english"
 IVFFLAT_MIN_ROWS = 10_000
 IVFFLAT_REBUILD_GROWTH = 4
@@ -538,7 +540,11 @@ class PgVectorChunkIndex:
                                 np.asarray(vector, dtype=np.float32),
                             )
                         )
-            tsv = f"to_tsvector('{TEXT_SEARCH_CONFIG}', CASE WHEN s.heading = '' THEN s.text ELSE s.heading || E'\\n' || s.text END)"
+            # The same text that is embedded: a chunk that starts with its heading path is not given it twice.
+            tsv = (
+                f"to_tsvector('{TEXT_SEARCH_CONFIG}', CASE WHEN s.heading = '' OR starts_with(s.text, s.heading) "
+                "THEN s.text ELSE s.heading || E'\\n' || s.text END)"
+            )
             cur.execute(
                 sql.SQL(
                     "INSERT INTO {table} AS r (chunk_id, path, chunk_index, heading, page, text, content_hash, "
