@@ -141,7 +141,7 @@ def test_model_change_rebuilds_the_turn_index(seeded: ConversationStore) -> None
     assert recall.recall("ana", "rotate warehouse credentials", mode="vector")[0].session_id == "ana-1"
     with seeded.db.connection() as conn:
         assert conn.execute("SELECT model, dimension FROM vector_spaces WHERE space = 'turns'").fetchone() == (
-            "model-b#ctx1",  # the model and the version of what is indexed per turn
+            "model-b#ctx2",  # the model and the version of what is indexed per turn
             16,
         )
     bm25_stats_consistent(seeded.db, "turns", TURNS_TABLE)

@@ -48,6 +48,6 @@ def test_document_fields() -> None:
     assert doc.when == "Monday 8 May 2023 7 May 2023"
     assert doc.speaker == "Caroline" and doc.text == "I went yesterday."
     assert doc.context == "What did you do?\nCool!"
-    assert doc.embed == "What did you do?\n[Monday 8 May 2023 7 May 2023] Caroline: I went yesterday.\nCool!"
+    assert doc.embed == "Caroline: I went yesterday.\nWhat did you do?\nCool!"  # the turn first
     # a transcript line that already starts with its speaker is not prefixed twice
     assert "Caroline: Caroline:" not in build_document(turn(4, "Caroline: hi", "Caroline"), [], []).embed

@@ -14,7 +14,7 @@ to ...?"). So each turn is indexed as a small document with fields:
   :data:`CONTEXT_AFTER` after), BM25 weight D, so they help a turn match without outranking the turns that
   say it.
 
-The embedding reads the same document as one text (date, speaker, the previous turn, the turn, the next).
+The embedding reads the turn (with its speaker) followed by its neighbours; the date is left to BM25.
 
 Neighbours change when messages arrive, so :func:`affected_neighbours` names the turns whose context a new
 message changes; recall re-indexes them with it (incremental: a new message re-embeds at most
@@ -33,7 +33,7 @@ CONTEXT_BEFORE = 1
 CONTEXT_AFTER = 1
 CONTEXT_CHARS = 300  # of each neighbour
 TEXT_CHARS = 2000  # of the turn itself, for the embedding (the model truncates anyway); BM25 reads it all
-VERSION = "ctx1"  # recorded with the turn index: a change of what is indexed rebuilds it
+VERSION = "ctx2"  # recorded with the turn index: a change of what is indexed rebuilds it
 BM25_WEIGHTS = {"A": 1.0, "B": 0.6, "C": 0.5, "D": 0.25}  # text, speaker, date/cues, context
 
 
@@ -135,12 +135,13 @@ def build_document(turn: Turn, before: Sequence[Turn], after: Sequence[Turn]) ->
     cues = temporal_cues(turn.content, turn.timestamp)
     when = " ".join([day_words(turn.timestamp), *cues])
     context_parts = [_clip(t.content, CONTEXT_CHARS) for t in (*before, *after)]
-    header = f"[{when}]"
+    own = _clip(turn.content, TEXT_CHARS)
     if turn.speaker and not turn.content.startswith(turn.speaker):
-        header += f" {turn.speaker}:"
-    embed_parts = [_clip(t.content, CONTEXT_CHARS) for t in before]
-    embed_parts.append(f"{header} {_clip(turn.content, TEXT_CHARS)}")
-    embed_parts.extend(_clip(t.content, CONTEXT_CHARS) for t in after)
+        own = f"{turn.speaker}: {own}"
+    # The turn first, then its neighbours: a mean-pooled embedding leans on what comes first less than on
+    # what is repeated, but a leading date or question drowns a short turn (measured on LoCoMo: the turn
+    # first found 0.57 of the evidence alone, date and previous turn first 0.44). Dates are a BM25 field.
+    embed_parts = [own, *(_clip(t.content, CONTEXT_CHARS) for t in (*before, *after))]
     return TurnDocument(
         embed="\n".join(embed_parts),
         text=turn.content,
