@@ -43,7 +43,7 @@ from typing import Any
 import psycopg
 
 from context_assistant.config import Config, load_config
-from context_assistant.evaluation import distinct_paths, ndcg_at_k
+from context_assistant.evaluation import distinct_paths, ndcg_at_k, recall_at_k
 from context_assistant.services import Services
 
 SCIFACT_MODES = ("keyword", "vector", "hybrid", "hybrid+rerank")
@@ -155,13 +155,15 @@ def run_scifact(eval_dir: Path, *, limit: int | None, fresh: bool, say: Any) -> 
                 report[mode] = {"skipped": "no reranker configured (rag.reranker)"}
                 continue
             started = time.monotonic()
-            scores = []
+            scores, recalls = [], []
             for q in queries:
                 hits = _search(retriever, q["text"], search_mode, rerank)
                 ranked = [p.removesuffix(".md") for p in distinct_paths(hits)]
                 scores.append(ndcg_at_k(ranked, relevant[q["_id"]], 10))
+                recalls.append(recall_at_k(ranked, relevant[q["_id"]], 10))
             report[mode] = {
                 "ndcg@10": round(sum(scores) / len(scores), 4),
+                "recall@10": round(sum(recalls) / len(recalls), 4),
                 "ms_per_query": round(1000 * (time.monotonic() - started) / len(queries), 1),
             }
             say(f"SciFact {mode}: nDCG@10 {report[mode]['ndcg@10']:.3f}")
@@ -268,7 +270,8 @@ def print_report(report: dict[str, Any]) -> None:
         for mode in SCIFACT_MODES:
             value = s[mode].get("ndcg@10")
             cell = f"{value:.3f}" if value is not None else s[mode].get("skipped", "")
-            print(f"  {mode:<15} {cell:<8} reference: {REFERENCES['scifact'][mode]}")
+            extra = f"(recall@10 {s[mode]['recall@10']:.3f}) " if value is not None else ""
+            print(f"  {mode:<15} {cell:<8} {extra}reference: {REFERENCES['scifact'][mode]}")
     if "locomo" in report:
         s = report["locomo"]
         print(
