@@ -148,7 +148,8 @@ class TurnRecall:
         return dimension
 
     def index_pending(self, user: str | None = None) -> int:
-        """Index stored turns that are not indexed yet (of ``user``, or of everyone); returns how many.
+        """Index stored turns that are not indexed yet (of ``user``, or of everyone); returns how many new
+        turns were indexed (neighbours re-indexed with them are not counted).
 
         Each turn is indexed with its neighbours (:mod:`context_assistant.turn_context`); the turns whose
         context a new one changes (its neighbours, already indexed) are re-indexed in the same batch.
@@ -173,8 +174,7 @@ class TurnRecall:
                 self.embedder.embed(texts), len(texts), dimension, f"embedding model {self.embedder.model_name!r}"
             )
             try:
-                self._write(ids, documents, vectors)
-                embedded += len(rows)
+                embedded += self._write(ids, documents, vectors)
             except psycopg.errors.ForeignKeyViolation:
                 log.info("recall: a session was deleted while its turns were embedded; skipping them")
 
@@ -249,9 +249,10 @@ class TurnRecall:
                             || setweight(to_tsvector('{cfg}', s.context), 'D') AS tsv) v
                         ORDER BY c.id
                         ON CONFLICT (message_id) DO UPDATE SET tsv = EXCLUDED.tsv, doc_len = EXCLUDED.doc_len,
-                            embedding = EXCLUDED.embedding"""
+                            embedding = EXCLUDED.embedding
+                        RETURNING (xmax = 0)"""
                 )
-                return cur.rowcount
+                return sum(1 for (inserted,) in cur.fetchall() if inserted)  # new turns, not re-indexed ones
 
     # -- recall ---------------------------------------------------------------------------------------
 
