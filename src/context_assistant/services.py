@@ -165,7 +165,7 @@ class Services:
     @part
     def recall(self) -> TurnRecall:
         """Recall of the user's earlier turns (always pgvector: turns live in Postgres)."""
-        return TurnRecall(
+        recall = TurnRecall(
             self.db,
             self.embedder,
             top_k=self.config.memory.recall_top_k,
@@ -173,6 +173,8 @@ class Services:
             fusion=self.config.rag.fusion,
             hybrid_weight=self.config.memory.recall_hybrid_weight,
         )
+        self._closers.append(recall.close)  # before the pool closes: let a background batch finish
+        return recall
 
     @part
     def assistant(self) -> Assistant:

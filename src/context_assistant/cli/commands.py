@@ -312,6 +312,7 @@ def cmd_recall(args: argparse.Namespace, services: Services) -> int:
     if not services.config.memory.recall:
         raise Conflict("memory recall is off (memory.recall: false in the config)")
     recall = services.recall
+    recall.index_pending()  # a one-off command: embed what is pending now rather than search it by keyword
     if args.batch:
         items = _read_batch(args.batch, ("id", "query"), optional=("user",))
         for item in items:
