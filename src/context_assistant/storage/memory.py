@@ -236,7 +236,7 @@ class ConversationStore:
             return []
         timestamp = self.clock.now()
         metas = [meta or {} for _, _, meta in messages]
-        with self.db.connection() as conn:
+        with self.db.autocommit() as conn:  # one statement, atomic on its own: one round trip, no BEGIN/COMMIT
             ids = [
                 row[0]
                 for row in conn.execute(
