@@ -94,11 +94,9 @@ class TurnBench:
         warm_up: int = WARM_UP_TURNS,
     ) -> None:
         from context_assistant.assistant import Assistant
-        from context_assistant.core import load_config, make_tracer
-        from context_assistant.core.tracing import DisabledTracer
+        from context_assistant.core import DisabledTracer, load_config, make_tracer
         from context_assistant.llm import OfflineModel
-        from context_assistant.retrieval import TurnRecall
-        from context_assistant.retrieval.embeddings import CachingEmbedder
+        from context_assistant.retrieval import CachingEmbedder, TurnRecall
         from context_assistant.storage import ConversationStore
 
         self.db = ours_database(server.fresh(dbname))
