@@ -150,13 +150,23 @@ class Suite:
             note="ours: `ConversationStore.append_many` (one INSERT … SELECT FROM unnest, one commit); theirs: "
             "`PostgresChatMessageHistory.add_messages` (executemany, one commit).",
         )
-        for run in range(s.runs):
-            say(f"memory append run {run + 1}/{s.runs}")
+
+        def ours() -> None:
             single.ours.append(memory.append_throughput(server.fresh("bench_ours_append"), s.appends, batch=1))
             batched.ours.append(memory.append_throughput(server.fresh("bench_ours_append"), s.batched, s.batch))
-            if self.with_peers:
-                single.theirs.append(peers.append_throughput(server.fresh("bench_lc_append"), s.appends, batch=1))
-                batched.theirs.append(peers.append_throughput(server.fresh("bench_lc_append"), s.batched, s.batch))
+
+        def theirs() -> None:
+            assert single.theirs is not None and batched.theirs is not None
+            single.theirs.append(peers.append_throughput(server.fresh("bench_lc_append"), s.appends, batch=1))
+            batched.theirs.append(peers.append_throughput(server.fresh("bench_lc_append"), s.batched, s.batch))
+
+        for run in range(s.runs):
+            say(f"memory append run {run + 1}/{s.runs}")
+            # Interleaved, alternating who goes first (ABBA), so drift in the machine's load hits both sides.
+            order = [ours, theirs] if run % 2 == 0 else [theirs, ours]
+            for side in order:
+                if side is ours or self.with_peers:
+                    side()
         self.report.add(single)
         self.report.add(batched)
         server.drop("bench_ours_append")
