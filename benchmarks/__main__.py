@@ -147,7 +147,7 @@ class Suite:
             HIGHER,
             [],
             [] if self.with_peers else None,
-            note="ours: `ConversationStore.append_many` (one INSERT … SELECT FROM unnest, one commit); theirs: "
+            note="ours: `ConversationStore.append_many` (one INSERT … SELECT FROM unnest, autocommitted: one round trip); theirs: "
             "`PostgresChatMessageHistory.add_messages` (executemany, one commit).",
         )
 
