@@ -16,6 +16,7 @@ from .base import (
     retrieve,
     rrf_fuse,
 )
+from .embedding_service import EmbeddingServiceClient, warm_embedder
 from .embeddings import (
     CachingEmbedder,
     Embedder,
@@ -70,6 +71,7 @@ __all__ = [
     "DeltaLakeChunkSource",
     "Embedder",
     "EmbeddingError",
+    "EmbeddingServiceClient",
     "EvaluationError",
     "Hit",
     "InMemoryChunkSource",
@@ -113,4 +115,5 @@ __all__ = [
     "recall_at_k",
     "retrieve",
     "rrf_fuse",
+    "warm_embedder",
 ]
