@@ -300,3 +300,58 @@ def test_chat_never_reaches_for_the_mlflow_telemetry_host(
     assert "telemetry client: None" in done.stderr
     hosts = lookups.read_text(encoding="utf-8").split() if lookups.exists() else []
     assert not [h for h in hosts if "mlflow" in h or "cloudfront" in h], hosts
+
+
+@pytest.mark.slow
+def test_make_mlflow_ui_serves_the_local_traces(tmp_path: Path) -> None:
+    """`mlflow ui` in the project's venv fails (mlflow-skinny has no server); `make mlflow-ui` runs
+    scripts/mlflow_ui.sh, which installs the full mlflow once into .venv-mlflow-ui (pip, from PyPI or its cache)
+    and serves the data folder's store: a real server on a free port, asked over real HTTP."""
+    import socket
+    import time
+    import urllib.request
+
+    from context_assistant.core.tracing import Tracer
+
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("the script sets up next to the project's virtualenv; these tests run outside one")
+    data = tmp_path / "data"
+    data.mkdir()
+    store_file = data / "mlflow.db"
+    assert Tracer(f"sqlite:///{store_file}", setup_timeout_seconds=900, private_store=store_file).warm_up()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = subprocess_env(VENV=sys.prefix, DATA_DIR=str(data), PORT=str(port))
+    log = tmp_path / "mlflow-ui.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "mlflow_ui.sh")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the script's server and its workers: one process group to stop
+        )
+    try:
+        deadline = time.monotonic() + 600  # the first run installs mlflow
+        page = ""
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
+                    page = answer.read().decode("utf-8", "replace")
+                break
+            except OSError:
+                time.sleep(1)
+        assert server.poll() is None and page, log.read_text(errors="replace")
+        assert "<title>MLflow</title>" in page or "mlflow" in page.lower()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+            data=json.dumps({"max_results": 10}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            names = [e["name"] for e in json.loads(answer.read())["experiments"]]
+        assert "context-assistant" in names  # the store the project wrote
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
