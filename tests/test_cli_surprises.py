@@ -302,6 +302,42 @@ def test_chat_never_reaches_for_the_mlflow_telemetry_host(
     assert not [h for h in hosts if "mlflow" in h or "cloudfront" in h], hosts
 
 
+# ------------------------------------------------------------------------------------ argument text
+
+
+def test_arguments_that_are_not_valid_text_are_one_line_before_anything_runs(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 in argv become unpaired surrogates in Python: refused, naming the argument,
+    before the database is even looked for (the folder stays empty)."""
+    done = subprocess.run(
+        [*CLI, "sessions", "show", b"caf\xe9", "--user", "ana"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "error: 'session_id' contains an unpaired surrogate (U+DCE9 at position 3), which is not valid Unicode"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing created: no data folder, no database
+
+
+def test_a_chat_message_with_a_nul_is_refused_and_nothing_is_stored(cli: Any, store: ConversationStore) -> None:
+    code, out, err = cli("chat", "--user", "ana", "--message", "line one\x00line two", "--json")
+    assert code == 1
+    assert err.strip() == "error: '--message' contains a NUL character (at position 8), which cannot be stored"
+    assert json.loads(out) == {
+        "error": "'--message' contains a NUL character (at position 8), which cannot be stored",
+        "kind": "bad_input",
+        "retryable": False,
+    }
+    code, _, err = cli("search", "caf\udce9", "--top-k", "3")
+    assert code == 1 and "'query' contains an unpaired surrogate (U+DCE9 at position 3)" in err
+    assert store.list_sessions("ana") == []
+
+
 @pytest.mark.slow
 def test_make_mlflow_ui_serves_the_local_traces(tmp_path: Path) -> None:
     """`mlflow ui` in the project's venv fails (mlflow-skinny has no server); `make mlflow-ui` runs

@@ -20,6 +20,7 @@ from ..core.console import port_number, print_json
 from ..core.errors import EXIT_INTERRUPTED, ContextAssistantError
 from ..core.interrupts import end_process, fast_exit, report_interrupted
 from ..core.redact import install_log_redaction
+from ..core.text import check_text
 from ..services import Services
 from .commands import (
     cmd_bundle_validate,
@@ -222,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     services: Services | None = None
     interrupted = False
     try:
+        check_arguments(args)  # before anything is opened or written
         services = Services(
             load_config(args.config), notice=_notice, warm_embeddings=args.command in WARM_EMBEDDING_COMMANDS
         )
@@ -243,6 +245,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             services.close()
         if interrupted:
             end_process(EXIT_INTERRUPTED)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Command-line text is checked once, like every other input (:mod:`context_assistant.core.text`): an
+    argument with a NUL or an unpaired surrogate (what Python makes of bytes that are not UTF-8 in argv) is
+    one clear line naming the argument, never a database error halfway through a command."""
+    for name, value in vars(args).items():
+        if isinstance(value, (str, list)) and name not in LOCAL_PATH_ARGUMENTS:
+            check_text(_argument_name(name), value)
+
+
+def _argument_name(dest: str) -> str:
+    """How the user wrote the argument: ``--top-k`` for an option, ``query`` for a positional one."""
+    return dest if dest in POSITIONAL_ARGUMENTS else "--" + dest.replace("_", "-")
+
+
+# Paths of local files the command only opens (never stores): a file name that is not UTF-8 is still a file.
+LOCAL_PATH_ARGUMENTS = frozenset({"config", "file", "output", "root", "batch", "dataset"})
+
+# The positional arguments' names (``dest``s) across the commands; every other argument is an option.
+POSITIONAL_ARGUMENTS = frozenset({"query", "session_id", "file", "dataset", "command", "action"})
 
 
 def error_json(exc: ContextAssistantError) -> dict[str, Any]:
