@@ -35,7 +35,7 @@ from context_assistant.core.redact import (
     redact_exception,
     register_secret,
 )
-from context_assistant.core.tracing import make_tracer
+from context_assistant.core.tracing import Tracer, make_tracer
 from context_assistant.core.upstream import error_detail, exception_line
 from context_assistant.storage.memory import ConversationStore
 
@@ -189,7 +189,7 @@ class EchoingModelServer:
         self.requests = 0
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 outer.requests += 1
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 message = (
@@ -230,6 +230,10 @@ def test_an_echoed_token_reaches_no_output_no_stored_message_and_no_trace(
         )
         config_file = save_config(settings, tmp_path / "config.yaml")
         env = {**os.environ, **pg_env, "TEST_MODEL_KEY": API_KEY, "PGPASSWORD": DB_PASSWORD}
+        # Create the trace store first, however loaded the machine: the chat's tracer (which waits 30 s for a
+        # store before answering untraced) then opens it at once.
+        store_file = private_dir(settings.data_path) / "mlflow.db"
+        assert Tracer(f"sqlite:///{store_file}", setup_timeout_seconds=900, private_store=store_file).warm_up()
         done = subprocess.run(
             [
                 sys.executable,
@@ -271,7 +275,7 @@ def test_an_echoed_token_reaches_no_output_no_stored_message_and_no_trace(
             for table in ("spans", "trace_info", "trace_tags", "trace_request_metadata")
             for row in conn.execute(f"SELECT * FROM {table}")
             for value in row
-        ]  # noqa: S608
+        ]
     dump = "\n".join(rows)
     assert "invalid credentials" in dump  # the error is traced...
     assert API_KEY not in dump and DB_PASSWORD not in dump  # ...without the secrets
