@@ -41,19 +41,19 @@ def line(content: str = "hello", role: str = "user", session_id: str = "s-1", **
     return json.dumps(row) + "\n"
 
 
-def test_a_user_message_longer_than_the_web_accepts_is_refused_with_its_line(
+def test_a_user_message_longer_than_the_web_accepts_is_refused_with_its_line(  # a 60 MB one too
     cli: Any, tmp_path: Path, store: ConversationStore, config: Any
 ) -> None:
     limit = config.web.max_message_chars
     path = tmp_path / "big.jsonl"
-    path.write_text(line("fine") + line("x" * (limit + 1)) + line("y" * 5_000_000), encoding="utf-8")
+    path.write_text(line("fine") + line("x" * (limit + 1)) + line("y" * 60_000_000), encoding="utf-8")
     code, _, err = cli("memory", "import", str(path))
     assert code == 1 and "nothing imported: 2 problem(s)" in err
     assert (
         f"line 2: 'content': the message is {limit + 1} characters; the limit is {limit} (web.max_message_chars)"
         in err
     )
-    assert "line 3: 'content': the message is 5000000 characters" in err
+    assert "line 3: 'content': the message is 60000000 characters" in err
     assert store.list_sessions("ana") == []  # all or nothing
 
     # An assistant's reply is not a user's message: an export of a long answer imports back unchanged.
