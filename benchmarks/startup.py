@@ -13,7 +13,8 @@ command is measured three ways:
 * ``in-process``: the service switched off (``CONTEXT_ASSISTANT__RAG__EMBEDDING_SERVICE_IDLE_SECONDS=0``):
   the command loads torch and the model itself, as every command did before the service existed.
 
-``sessions list`` (no model at all) is the floor. Medians (and min-max) of ``--runs`` runs; the load average
+``sessions list`` (no model at all) is the floor; ``chat --message`` runs twice, traced (the default: MLflow is
+imported and its store opened) and with ``tracing.enabled`` false, to show what tracing costs a one-shot turn. Medians (and min-max) of ``--runs`` runs; the load average
 is printed before and after, because on a shared 2-core machine it moves every figure.
 """
 
@@ -70,26 +71,29 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commands = {
-        "sessions list": ["sessions", "list", "--user", USER],
-        "search": ["search", QUESTION],
-        "recall": ["recall", QUESTION, "--user", USER],
-        "chat --message (one-shot)": ["chat", "--user", USER, "--message", QUESTION, "--no-stream"],
+    chat = ["chat", "--user", USER, "--message", QUESTION, "--no-stream"]
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {
+        "sessions list": (["sessions", "list", "--user", USER], {}),
+        "search": (["search", QUESTION], {}),
+        "recall": (["recall", QUESTION, "--user", USER], {}),
+        "chat --message (one-shot)": (chat, {}),
+        # The same turn untraced: how much of the one-shot chat is importing MLflow and opening its store.
+        "chat --message, tracing.enabled false": (chat, {"CONTEXT_ASSISTANT__TRACING__ENABLED": "false"}),
     }
     rows: list[tuple[str, str, str, str]] = []
-    for name, cmd in commands.items():
+    for name, (cmd, env) in commands.items():
         if name == "sessions list":
-            floor = [run(cmd, args.config) for _ in range(args.runs)]
+            floor = [run(cmd, args.config, env) for _ in range(args.runs)]
             rows.append((name, summary(floor), "-", "-"))
             continue
-        run(cmd, args.config)  # the service is up (or started now) before the warm runs
-        warm = [run(cmd, args.config) for _ in range(args.runs)]
+        run(cmd, args.config, env)  # the service is up (or started now) before the warm runs
+        warm = [run(cmd, args.config, env) for _ in range(args.runs)]
         cold_service = []
         for _ in range(max(1, args.runs // 2)):
             service.stop()
             time.sleep(0.5)
-            cold_service.append(run(cmd, args.config))
-        in_process = [run(cmd, args.config, OFF) for _ in range(max(1, args.runs // 2))]
+            cold_service.append(run(cmd, args.config, env))
+        in_process = [run(cmd, args.config, {**env, **OFF}) for _ in range(max(1, args.runs // 2))]
         rows.append((name, summary(warm), summary(cold_service), summary(in_process)))
         print(f"{name}: done", file=sys.stderr)
     run(["sessions", "list", "--user", USER, "--json"], args.config)
