@@ -52,12 +52,12 @@ def texts(pieces: list[TextPiece] | list[Chunk]) -> list[str]:
     [
         (100, 100, r"^chunk_overlap \(100\) must be smaller than chunk_size \(100\), otherwise chunks could not"),
         (100, 150, r"^chunk_overlap \(150\) must be smaller than chunk_size \(100\)"),
-        (0, 0, r"^chunk_size must be a positive integer \(characters\), got 0$"),
-        (-5, 0, r"^chunk_size must be a positive integer \(characters\), got -5$"),
-        (10.5, 0, r"^chunk_size must be a positive integer \(characters\), got 10\.5$"),
-        (True, 0, r"^chunk_size must be a positive integer \(characters\), got True$"),
-        (100, -1, r"^chunk_overlap must be a non-negative integer \(characters\), got -1$"),
-        (100, "5", r"^chunk_overlap must be a non-negative integer \(characters\), got '5'$"),
+        (0, 0, r"^chunk_size must be a positive integer, got 0$"),
+        (-5, 0, r"^chunk_size must be a positive integer, got -5$"),
+        (10.5, 0, r"^chunk_size must be a positive integer, got 10\.5$"),
+        (True, 0, r"^chunk_size must be a positive integer, got True$"),
+        (100, -1, r"^chunk_overlap must be a non-negative integer, got -1$"),
+        (100, "5", r"^chunk_overlap must be a non-negative integer, got '5'$"),
     ],
 )
 def test_bad_settings_are_rejected_with_a_clear_message(size: object, overlap: object, message: str) -> None:
@@ -144,12 +144,15 @@ def test_sections_are_chunked_separately_with_running_index() -> None:
             Section("Page two.", "Runbook > Escalation", 2),
         ],
     )
-    chunks = chunk_document(doc, chunk_size=40, chunk_overlap=10)
+    chunks = chunk_document(doc, chunk_size=60, chunk_overlap=10)
+    # Each chunk starts with its heading path (the contextual header), which counts towards the size; a path
+    # too long for a quarter of the chunk loses its outer levels.
     assert [(c.chunk_index, c.heading, c.page, c.text) for c in chunks] == [
-        (0, "Runbook", 1, "Page one text that is long enough to"),
-        (1, "Runbook", 1, "enough to need two chunks."),
-        (2, "Runbook > Escalation", 2, "Page two."),
+        (0, "Runbook", 1, "Runbook\n\nPage one text that is long enough to need two"),
+        (1, "Runbook", 1, "Runbook\n\nneed two chunks."),
+        (2, "Runbook > Escalation", 2, "Escalation\n\nPage two."),
     ]
+    assert [c.header_chars for c in chunks] == [9, 9, 12]
     assert chunks[2].overlap_chars == 0  # no overlap across sections
     assert all(c.path == "docs/runbook.pdf" for c in chunks)
 
@@ -211,6 +214,13 @@ def squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
+def header_forms(heading: str) -> list[str]:
+    """The contextual headers a heading path may become: the path, or its inner part, or a cut-off form."""
+    parts = heading.split(" > ")
+    forms = [" > ".join(parts[i:]) for i in range(len(parts))]
+    return forms + [f[:n].rstrip() + "…" for f in forms[-1:] for n in range(1, len(f) + 1)]
+
+
 def assert_lossless(doc: ParsedDocument, chunks: list[Chunk]) -> None:
     """Per section, in order: the chunks' new text (overlap removed) is the section text modulo whitespace."""
     remaining = list(chunks)
@@ -221,7 +231,8 @@ def assert_lossless(doc: ParsedDocument, chunks: list[Chunk]) -> None:
             assert remaining and expected.startswith(rebuilt), f"section text lost or duplicated: {section}"
             chunk = remaining.pop(0)
             assert (chunk.heading, chunk.page) == (section.heading, section.page)
-            rebuilt += squash(chunk.text[chunk.overlap_chars :])
+            assert chunk.text[: chunk.header_chars].rstrip() in ("", *header_forms(section.heading))
+            rebuilt += squash(chunk.text[chunk.header_chars + chunk.overlap_chars :])
     assert remaining == []
 
 
@@ -297,3 +308,64 @@ def test_chunk_document_properties(sections: list[str], setting: tuple[int, int]
     assert [c.chunk_id for c in chunks] == [make_chunk_id(path, i) for i in range(len(chunks))]
     assert all(c.content_hash == content_hash(c.text) and len(c.text) <= size for c in chunks)
     assert_lossless(doc, chunks)
+
+
+# ------------------------------------------------------------------------------------------ token sizes
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(sections=st.lists(texts_strategy, min_size=1, max_size=3), setting=sizes())
+def test_token_sized_chunks_fit_the_budget_and_lose_nothing(sections: list[str], setting: tuple[int, int]) -> None:
+    """Counted in (estimated) tokens, special tokens and the contextual header included."""
+    from context_assistant.ingest.tokenization import EstimatedCounter, count_tokens
+
+    counter = EstimatedCounter()
+    size, overlap = setting
+    size += 8  # room for the two special tokens and a header
+    doc = ParsedDocument(
+        path="a.md", sections=[Section(text, f"Part {n}", None) for n, text in enumerate(sections) if text.strip()]
+    )
+    chunks = chunk_document(doc, size, min(overlap, size - 1), counter=counter)
+    for chunk in chunks:
+        assert count_tokens(counter, chunk.text) + counter.special_tokens <= size
+    assert_lossless(doc, chunks)
+
+
+def test_fixture_chunks_fit_minilm_and_carry_their_heading_path() -> None:
+    """With the real all-MiniLM-L6-v2 tokenizer: no chunk is longer than the 256 word pieces the model
+    reads, and every chunk of a section with a heading starts with its path."""
+    from context_assistant.ingest.tokenization import count_tokens
+    from context_assistant.retrieval.tokenizer import counter_for_model
+
+    counter = counter_for_model("all-MiniLM-L6-v2")
+    if counter.name.startswith("estimate"):
+        pytest.skip("the MiniLM weights package is not installed here (the lowest-versions venv has no model)")
+    assert counter.window == 256
+    for path in sorted(DOCS.rglob("*")):
+        if not path.is_file() or path.name in ("empty.txt", "broken.pdf", "diagram.png"):
+            continue
+        doc = parse_document(str(path), path.read_bytes())
+        chunks = chunk_document(doc, chunk_size=256, chunk_overlap=32, counter=counter)
+        for chunk in chunks:
+            assert count_tokens(counter, chunk.text) + 2 <= 256, (path, chunk.text)
+            if chunk.heading:
+                assert chunk.text.startswith(chunk.heading + "\n\n")
+        assert_lossless(doc, chunks)
+    small = chunk_document(
+        parse_document("deployment-guide.md", (DOCS / "deployment-guide.md").read_bytes()), 64, 8, counter=counter
+    )
+    assert max(count_tokens(counter, c.text) for c in small) <= 62
+    assert any(c.overlap_chars for c in small)
+
+
+def test_fit_header_and_chunk_body() -> None:
+    from context_assistant.core.passages import chunk_body
+    from context_assistant.ingest.chunking import fit_header
+
+    assert fit_header("Guide > Install > Linux", 100) == "Guide > Install > Linux"
+    assert fit_header("Guide > Install > Linux", 12) == "Linux"  # outer levels go first
+    assert fit_header("A very long single heading", 12) == "A very…"
+    assert fit_header("", 10) == ""
+    assert chunk_body("Guide > Linux\n\nRun apt.", "Guide > Linux") == "Run apt."
+    assert chunk_body("Linux\n\nRun apt.", "Guide > Linux") == "Run apt."
+    assert chunk_body("Run apt.", "") == "Run apt."

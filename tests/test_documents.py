@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from context_assistant.ingest import documents
+from context_assistant.ingest import docx_parser
 from context_assistant.ingest.documents import (
     SUPPORTED_EXTENSIONS,
     ParsedDocument,
@@ -186,7 +186,7 @@ def test_html_keeps_visible_text_and_headings_only() -> None:
         "Engineering FAQ > Hardware > When is my laptop replaced?",
     ]
     assert doc.sections[-1].text.endswith(
-        "Model | Memory\nStandard engineering laptop | 32 GB\nData science laptop | 64 GB"
+        "| Model | Memory |\n| --- | --- |\n| Standard engineering laptop | 32 GB |\n| Data science laptop | 64 GB |"
     )
     assert "File a ticket in the ACCESS Jira queue and name the schemas you need. Requests" in text
 
@@ -235,23 +235,25 @@ def test_docx_tables_in_document_order_with_heading_paths() -> None:
     ]
     schedule = doc.sections[2].text
     assert schedule.startswith(
-        "Data category | Retention period | Storage | Deletion method\nApplication logs | 90 days"
+        "| Data category | Retention period | Storage | Deletion method |\n| --- | --- | --- | --- |\n"
+        "| Application logs | 90 days |"
     )
     assert schedule.endswith(
-        "Office badge access logs | 1 year | Facilities system | Automatic expiry\n\n"
+        "| Office badge access logs | 1 year | Facilities system | Automatic expiry |\n\n"
         "Periods start when the record is created, not when it was last accessed."
     )
     assert doc.sections[-1].text == (
-        "Role | Contact\nPolicy owner | Privacy Office (privacy@larkspur.example)\nData protection officer | Amira Okafor"
+        "| Role | Contact |\n| --- | --- |\n| Policy owner | Privacy Office (privacy@larkspur.example) |\n"
+        "| Data protection officer | Amira Okafor |"
     )
 
 
-def test_docx_merged_cells_are_read_once() -> None:
+def test_docx_merged_cells_repeat_in_every_column_they_span() -> None:
     doc = parse_fixture("vendor-onboarding.docx")
     limits = next(s for s in doc.sections if s.heading.endswith("Approval limits"))
     assert limits.text == (
-        "Approval limits by annual contract value\nUp to 25,000 EUR | Budget owner\n"
-        "Above 25,000 EUR | Budget owner and CFO signature"
+        "| Approval limits by annual contract value | Approval limits by annual contract value |\n| --- | --- |\n"
+        "| Up to 25,000 EUR | Budget owner |\n| Above 25,000 EUR | Budget owner and CFO signature |"
     )
 
 
@@ -486,7 +488,7 @@ def test_docx_with_corrupt_xml() -> None:
 
 
 def test_docx_zip_bomb_is_refused_before_inflating(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(documents, "MAX_DOCX_UNCOMPRESSED_BYTES", 64 * 1024)
+    monkeypatch.setattr(docx_parser, "MAX_DOCX_UNCOMPRESSED_BYTES", 64 * 1024)
     with pytest.raises(ParseError, match=r"^DOCX would expand to more than 64 KB; refused$"):
         parse_fixture("data-retention-policy.docx")
 

@@ -53,9 +53,13 @@ def test_ingest_then_sync_end_to_end_on_the_fixtures(spark, job_config, pg_env, 
         "--source", str(DOCS),
         "--chunk-table", str(tables / "chunks"),
         "--documents-table", str(tables / "documents"),
-        "--set", "rag.chunk_size=500",
-        "--set", "rag.chunk_overlap=50",
+        "--set", "rag.chunk_size=256",
+        "--set", "rag.chunk_overlap=32",
     ]  # fmt: skip
+    # A size from before chunk sizes counted tokens is refused before anything is read (exit 2, the fix named).
+    old = [*ingest_args[:-4], "--set", "rag.chunk_size=500", "--set", "rag.chunk_overlap=50"]
+    code, summary = run(run_ingest_job, old, env=pg_env, spark_factory=lambda config: spark)
+    assert code == 2 and "used to count characters" in summary["error"], summary
     code, summary = run(run_ingest_job, ingest_args, env=pg_env, spark_factory=lambda config: spark)
     assert code == 0, summary
     assert summary["ok"] is True

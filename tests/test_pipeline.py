@@ -142,7 +142,7 @@ def test_parse_and_chunk_turns_a_corrupt_file_into_a_reason_not_an_exception() -
     assert (status, chunks) == ("failed", [])
     assert error is not None and error.startswith("not a valid PDF file")
     status, error, chunks = parse_and_chunk("a.md", b"# Title\n\nSome text.", 500, 50)
-    assert (status, error, [c.text for c in chunks]) == ("ok", None, ["Some text."])
+    assert (status, error, [c.text for c in chunks]) == ("ok", None, ["Title\n\nSome text."])
 
 
 def test_sources_visible_to_python_are_checked_for_emptied_files() -> None:
@@ -230,7 +230,11 @@ def test_batch_parser_parses_changed_bytes_and_passes_unchanged_ones_through(spa
     # Ordered explicitly: pysail cannot sort or hash array columns, which chispa's ignore_row_order needs.
     actual = parsed.selectExpr("path", "status", "chunk_count", "transform(chunks, c -> c.text) AS texts")
     expected = spark.createDataFrame(
-        [("notes.md", "ok", 1, ["Hello there."]), ("same.md", "unchanged", 0, []), ("bad.docx", "failed", 0, [])],
+        [
+            ("notes.md", "ok", 1, ["Notes\n\nHello there."]),
+            ("same.md", "unchanged", 0, []),
+            ("bad.docx", "failed", 0, []),
+        ],
         "path STRING, status STRING, chunk_count INT, texts ARRAY<STRING>",
     )
     assert_df_equality(actual.orderBy("path"), expected.orderBy("path"), ignore_nullable=True)
@@ -432,6 +436,26 @@ def test_changing_chunk_settings_rechunks_unchanged_files(
     doc = parse_document("faq.html", (source / "faq.html").read_bytes())
     expected = {tuple(getattr(c, f) for f in CHUNK_FIELDS) for c in chunk_document(doc, 300, 0)}
     assert stored_chunks(chunk_table(data), "faq.html") == expected
+
+
+def test_token_sized_chunks_rerun_does_nothing_and_a_new_unit_or_tokenizer_rechunks(
+    spark: Any, source: Path, data: Path, clock: FakeClock
+) -> None:
+    """Sizes counted in all-MiniLM-L6-v2 tokens: a no-change re-run parses and writes nothing; switching the
+    unit (characters to tokens) or the tokenizer (another embedding model) re-chunks every document."""
+    from context_assistant.ingest.tokenization import EstimatedCounter, count_tokens
+    from context_assistant.retrieval.tokenizer import counter_for_model
+
+    minilm = counter_for_model("all-MiniLM-L6-v2")
+    ingest(spark, source, data, clock)  # characters
+    result = ingest(spark, source, data, clock, chunk_size=256, chunk_overlap=32, counter=minilm)
+    assert result.documents.updated == 10 and result.parsed == 11
+    texts = [row["text"] for row in chunk_table(data).values()]
+    assert texts and all(count_tokens(minilm, t) + 2 <= 256 for t in texts)
+    again = ingest(spark, source, data, clock, chunk_size=256, chunk_overlap=32, counter=minilm)
+    assert (again.parsed, again.chunks.written, again.chunks.deleted) == (0, 0, 0)
+    other = ingest(spark, source, data, clock, chunk_size=256, chunk_overlap=32, counter=EstimatedCounter())
+    assert other.documents.updated == 10 and other.parsed == 11
 
 
 def test_oversized_file_is_skipped_with_its_reason(spark: Any, source: Path, data: Path, clock: FakeClock) -> None:

@@ -5,6 +5,7 @@ hashing embedder test double; one test checks a paraphrase with the real all-Min
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -140,7 +141,7 @@ def test_model_change_rebuilds_the_turn_index(seeded: ConversationStore) -> None
     assert recall.recall("ana", "rotate warehouse credentials", mode="vector")[0].session_id == "ana-1"
     with seeded.db.connection() as conn:
         assert conn.execute("SELECT model, dimension FROM vector_spaces WHERE space = 'turns'").fetchone() == (
-            "model-b",
+            "model-b#ctx2",  # the model and the version of what is indexed per turn
             16,
         )
     bm25_stats_consistent(seeded.db, "turns", TURNS_TABLE)
@@ -169,3 +170,45 @@ def test_recall_finds_a_paraphrase_with_minilm(seeded: ConversationStore, minilm
     recall = TurnRecall(seeded.db, minilm, top_k=1)
     (turn,) = recall.recall("ana", "how long do we store unprocessed clickstream logs?")
     assert turn.session_id == "ana-2"
+
+
+# ------------------------------------------------------------------------------------------ turns in context
+
+
+def test_a_new_turn_reindexes_its_neighbour_and_is_found_through_it(store: ConversationStore) -> None:
+    """The answer "Went to the support group" is found by a question about "yesterday's plans" only
+    because its neighbour asked about them; when a turn arrives, the turn before it is re-indexed with it."""
+    _conversation(store, "ana", "s1", "What were your plans for yesterday evening?")
+    recall = TurnRecall(store.db, HashingEmbedder(), top_k=5)
+    assert recall.index_pending() == 1
+    store.append("ana", "s1", "assistant", "Went to the lgbtq support group with friends.")
+    recall.index_pending()
+    with store.db.connection() as conn:
+        tsv = dict(conn.execute(f"SELECT message_id, tsv::text FROM {TURNS_TABLE}").fetchall())
+    first, second = sorted(tsv)
+    # the question now carries the answer's words with weight D (Postgres prints no letter for D), and the
+    # answer the question's
+    assert re.search(r"'support':\d+(?![ABC])", tsv[first]) and re.search(r"'plan':\d+A", tsv[first])
+    assert re.search(r"'plan':\d+(?![ABC])", tsv[second])
+    hits = recall.recall("ana", "lgbtq support group", mode="keyword")
+    assert hits[0].message_id == second  # the turn that says it outranks the one that only borders it
+    bm25_stats_consistent(store.db, "turns", TURNS_TABLE)
+
+
+def test_speaker_and_dates_are_matchable_fields(store: ConversationStore) -> None:
+    """Imported transcripts carry the speaker in metadata and a timestamp; a question naming the person and
+    the absolute date finds a turn that only said "yesterday"."""
+    lines = [
+        {"session_id": "t1", "user_id": "ana", "role": "user", "content": "I went to the pottery class yesterday.",
+         "timestamp": "2023-05-08T13:56:00+00:00", "metadata": {"speaker": "Caroline"}},
+        {"session_id": "t1", "user_id": "ana", "role": "assistant", "content": "Nice, how was the class?",
+         "timestamp": "2023-05-08T13:57:00+00:00", "metadata": {"speaker": "Melanie"}},
+        {"session_id": "t2", "user_id": "ana", "role": "user", "content": "The pottery class was cancelled.",
+         "timestamp": "2023-07-01T10:00:00+00:00", "metadata": {"speaker": "Melanie"}},
+    ]  # fmt: skip
+    store.import_jsonl(json.dumps(line) for line in lines)
+    recall = TurnRecall(store.db, HashingEmbedder(), top_k=3)
+    hits = recall.recall("ana", "What did Caroline do on 7 May 2023 at the pottery class?", mode="keyword")
+    assert hits[0].content == "I went to the pottery class yesterday."
+    hits = recall.recall("ana", "Melanie pottery class in July", mode="keyword")
+    assert hits[0].content == "The pottery class was cancelled."

@@ -133,6 +133,7 @@ def run_ingest_job(
     from .ingest.run import run_ingest
     from .ingest.spark import interrupting_spark
     from .refresh import source_location, table_ref
+    from .retrieval.tokenizer import chunking_from_config
 
     env = os.environ if env is None else env
     out = out or sys.stdout
@@ -150,6 +151,7 @@ def run_ingest_job(
         )
         rag = config.rag
         summary.update(source=rag.source, chunk_table=rag.chunk_table, documents_table=rag.documents_table)
+        chunk_size, chunk_overlap, counter = chunking_from_config(rag)
         spark = (spark_factory or _default_spark)(config)
         with interrupting_spark(spark):  # Ctrl-C (run by hand) stops the server's work too
             result = run_ingest(
@@ -157,8 +159,10 @@ def run_ingest_job(
                 source_location(config),
                 table_ref(config, rag.chunk_table),
                 table_ref(config, rag.documents_table),
-                chunk_size=rag.chunk_size,
-                chunk_overlap=rag.chunk_overlap,
+                chunk_size=chunk_size,
+                chunk_overlap=chunk_overlap,
+                counter=counter,
+                pdf_parser=rag.pdf_parser,
                 progress=TerminalProgress(live=False),
                 allow_empty_source=args.allow_empty_source,
             )

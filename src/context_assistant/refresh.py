@@ -28,6 +28,7 @@ from .ingest.spark import get_spark, interrupting_spark, local_spark_lost
 from .ingest.tables import TableRef, resolve_table
 from .retrieval.base import IndexReport
 from .retrieval.sync import SyncResult
+from .retrieval.tokenizer import chunking_from_config
 from .services import Services
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ def refresh_documents(
     if config.rag.refresh_job_id:
         return RefreshResult(job_run=run_refresh_job(services, wait=wait, clock=clock, progress=progress))
 
+    chunk_size, chunk_overlap, counter = chunking_from_config(config.rag)  # a bad size is a ConfigError
     location = source_location(config, source)
     check_local_source(location)
     say = progress or quiet
@@ -140,8 +142,10 @@ def refresh_documents(
                 location,
                 table_ref(config, config.rag.chunk_table),
                 table_ref(config, config.rag.documents_table),
-                chunk_size=config.rag.chunk_size,
-                chunk_overlap=config.rag.chunk_overlap,
+                chunk_size=chunk_size,
+                chunk_overlap=chunk_overlap,
+                counter=counter,
+                pdf_parser=config.rag.pdf_parser,
                 progress=say,
                 allow_empty_source=allow_empty_source,
             )

@@ -152,10 +152,22 @@ class Services:
             )
         return PgVectorChunkIndex.from_config(self.db, self.embedder, self.config.rag)
 
-    @property
+    @part
     def retriever(self) -> Retriever:
-        """What the assistant searches documents with (the chunk index)."""
-        return self.chunk_index
+        """What the assistant searches documents with: the chunk index, followed by the reranker that
+        ``rag.reranker`` names, if any."""
+        from .retrieval.rerank import RerankingRetriever, make_reranker
+
+        rag = self.config.rag
+        reranker = make_reranker(rag.reranker, lambda: self.workspace, clock=self.clock)
+        if reranker is None:
+            return self.chunk_index
+        closer = getattr(reranker, "close", None)
+        if closer is not None:
+            self._closers.append(closer)
+        return RerankingRetriever(
+            self.chunk_index, reranker, candidates=rag.rerank_candidates, weight=rag.rerank_weight
+        )
 
     @part
     def chunk_source(self) -> ChunkSource:
@@ -170,6 +182,8 @@ class Services:
             self.embedder,
             top_k=self.config.memory.recall_top_k,
             search_mode=self.config.rag.search_mode,
+            fusion=self.config.rag.fusion,
+            hybrid_weight=self.config.memory.recall_hybrid_weight,
         )
 
     @part

@@ -4,7 +4,9 @@ tracing, console helpers and what Ctrl-C does to a command."""
 
 from .clock import REAL_CLOCK, Clock, FakeClock, RealClock
 from .config import (
+    FUSIONS,
     INDEX_TYPES,
+    PDF_PARSERS,
     RETRIEVAL_BACKENDS,
     SEARCH_MODES,
     Config,
@@ -35,6 +37,7 @@ from .errors import (
     UsageError,
 )
 from .interrupts import end_process, report_interrupted
+from .passages import HEADING_SEPARATOR, chunk_body
 from .retries import RetriesExhausted, retry_after_seconds, retry_call
 from .tokens import estimate_tokens, message_tokens
 from .tracing import DisabledTracer, FeedbackError, Tracer, make_tracer
@@ -46,7 +49,10 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "FUSIONS",
+    "HEADING_SEPARATOR",
     "INDEX_TYPES",
+    "PDF_PARSERS",
     "REAL_CLOCK",
     "RETRIEVAL_BACKENDS",
     "SEARCH_MODES",
@@ -78,6 +84,7 @@ __all__ = [
     "WebConfig",
     "WorkspaceFactory",
     "WorkspaceSource",
+    "chunk_body",
     "end_process",
     "error_detail",
     "estimate_tokens",

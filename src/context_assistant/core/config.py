@@ -29,6 +29,8 @@ DEFAULT_DATA_DIR = ".context-assistant"
 SEARCH_MODES = ("vector", "keyword", "hybrid")
 INDEX_TYPES = ("hnsw", "ivfflat")  # pgvector's approximate-nearest-neighbour indexes
 RETRIEVAL_BACKENDS = ("pgvector", "vector_search")
+FUSIONS = ("convex", "rrf")  # how hybrid search fuses its vector and keyword rankings
+PDF_PARSERS = ("builtin", "ai_parse_document")
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # database.schema: a plain lowercase identifier
 
 
@@ -61,6 +63,8 @@ class MemoryConfig:
     history_tokens: int = _opt(6000, min=0)
     recall: bool = True
     recall_top_k: int = _opt(3, min=0)
+    # Hybrid recall (rag.fusion convex): the vector side's share; conversations favour exact words.
+    recall_hybrid_weight: float = _opt(0.5, min=0)
 
 
 @dataclass(frozen=True)
@@ -92,14 +96,25 @@ class RagConfig:
     source: str = "fixtures/docs"
     backend: str = _opt("pgvector", choices=RETRIEVAL_BACKENDS)
     top_k: int = _opt(5, min=1)
-    chunk_size: int = _opt(500, min=50)
-    chunk_overlap: int = _opt(50, min=0)
+    # Tokens of the embedding model's tokenizer (an estimate for serving endpoints); see ingest/tokenization.py.
+    chunk_size: int = _opt(256, min=16)
+    chunk_overlap: int = _opt(32, min=0)
     embedding_model: str = "all-MiniLM-L6-v2"
+    # PDFs: builtin (pypdf's text layer) or ai_parse_document (Databricks AI Function: layout, tables, scans).
+    pdf_parser: str = _opt("builtin", choices=PDF_PARSERS)
     index_type: str = _opt("hnsw", choices=INDEX_TYPES)
     search_mode: str = _opt("hybrid", choices=SEARCH_MODES)
     # Short CLI commands (search, recall, chat) share a warm local embedding model for this long after their
     # last use (retrieval/embedding_service.py); 0: each loads the model itself.
     embedding_service_idle_seconds: float = _opt(900.0, min=0)
+    # How hybrid search fuses its two rankings (retrieval/fusion.py): convex (normalised scores) or rrf (ranks).
+    fusion: str = _opt("convex", choices=FUSIONS)
+    hybrid_weight: float = _opt(0.5, min=0)  # convex: the vector side's share
+    # A second stage that re-scores the first stage's best candidates with a cross-encoder (retrieval/rerank.py):
+    # "" (off), endpoint:NAME (a serving endpoint) or local:PATH (a sentence-transformers CrossEncoder folder).
+    reranker: str = ""
+    rerank_candidates: int = _opt(30, min=2)
+    rerank_weight: float = _opt(0.5, min=0)
     hnsw_ef_search: int = _opt(40, min=1)
     ivfflat_probes: int = _opt(10, min=1)
     chunk_table: str = "chunks"
@@ -295,6 +310,14 @@ def load_config(
             f"rag.chunk_overlap: {config.rag.chunk_overlap} must be smaller than rag.chunk_size "
             f"({config.rag.chunk_size})"
         )
+    if config.memory.recall_hybrid_weight > 1:
+        raise ConfigError(
+            f"memory.recall_hybrid_weight: {config.memory.recall_hybrid_weight} must be between 0 and 1"
+        )
+    if config.rag.hybrid_weight > 1:
+        raise ConfigError(f"rag.hybrid_weight: {config.rag.hybrid_weight} must be between 0 and 1")
+    if config.rag.rerank_weight > 1:
+        raise ConfigError(f"rag.rerank_weight: {config.rag.rerank_weight} must be between 0 and 1")
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
     if not SCHEMA_NAME.match(config.database.schema):  # so it reads the same quoted or not

@@ -17,12 +17,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from .tokenization import TokenCounter
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 UNCHANGED = "unchanged"  # parser output status for a candidate whose bytes hash to the stored hash
 # Bump when parsing or chunking changes in a way that should re-chunk unchanged files.
-PIPELINE_VERSION = 1
+# 2: structure-aware parsing (Markdown tables, DOCX headers/footers/notes), contextual chunk headers, token sizes.
+PIPELINE_VERSION = 2
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 
@@ -121,9 +125,14 @@ class IngestPlan:
     orphans: list[str] = field(default_factory=list)  # paths with chunks but no document row and no file
 
 
-def chunking_signature(chunk_size: int, chunk_overlap: int) -> str:
-    """Stored per document so that changing chunk settings (or the pipeline) re-chunks unchanged files."""
-    return f"size={chunk_size},overlap={chunk_overlap},v={PIPELINE_VERSION}"
+def chunking_signature(
+    chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None, pdf_parser: str = "builtin"
+) -> str:
+    """Stored per document so that changing chunk settings, the tokenizer they are counted in (the embedding
+    model), the PDF parser or the pipeline re-chunks unchanged files."""
+    unit = f"tokens={counter.name}" if counter is not None else "chars"
+    parser = "" if pdf_parser == "builtin" else f",pdf={pdf_parser}"
+    return f"size={chunk_size},overlap={chunk_overlap},{unit}{parser},v={PIPELINE_VERSION}"
 
 
 def skip_reason(path: str, size_bytes: int, max_file_bytes: int) -> str | None:

@@ -64,7 +64,17 @@ from typing import TYPE_CHECKING
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.errors import InvalidInput
-from .contract import CHUNK_TABLE, DOCUMENTS_TABLE, FRESH_CHUNK, parsed_schema_ddl, schema_ddl, table_ddl
+from .ai_parse import ai_parse_column, check_pdf_parser
+from .contract import (
+    CHUNK_TABLE,
+    DOCUMENTS_TABLE,
+    FRESH_CHUNK,
+    merge_insert,
+    merge_update,
+    parsed_schema_ddl,
+    schema_ddl,
+    table_ddl,
+)
 from .plan import (
     DEFAULT_MAX_FILE_BYTES,
     EMPTY_HASH,
@@ -86,6 +96,8 @@ from .worker import make_batch_parser, parse_and_chunk
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from .tokenization import TokenCounter
 
 STAGING_SUFFIX = "__ingest_staging"
 
@@ -192,6 +204,8 @@ def run_ingest(
     *,
     chunk_size: int = 500,
     chunk_overlap: int = 50,
+    counter: TokenCounter | None = None,
+    pdf_parser: str = "builtin",
     progress: Callable[[str], None] | None = None,
     clock: Clock = REAL_CLOCK,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -202,6 +216,10 @@ def run_ingest(
     ``chunk_table``/``documents_table``: ``catalog.schema.table``, a folder path, or a resolved
     :class:`TableRef` (see :func:`context_assistant.ingest.tables.resolve_table`). An empty source is refused
     unless ``allow_empty_source`` (it would delete every ingested document, usually a wrong path).
+    ``chunk_size``/``chunk_overlap`` count tokens of ``counter`` (the embedding model's tokenizer, see
+    :func:`context_assistant.retrieval.tokenizer.counter_for_model`), or characters without one.
+    ``pdf_parser`` ``ai_parse_document`` parses PDFs with that Databricks AI Function (see
+    :mod:`context_assistant.ingest.ai_parse`).
     """
     from .chunking import validate_chunking
 
@@ -215,8 +233,10 @@ def run_ingest(
     started = clock.monotonic()
     run_us = _micros(clock.now())
     run = _Run(spark, resolve_source(source), resolve_table(chunk_table), resolve_table(documents_table), say)
+    check_pdf_parser(pdf_parser, local_tables=run.chunks.location is not None)  # a ConfigError (exit 2)
+    run.pdf_parser = pdf_parser
     try:
-        result = run.execute(chunk_size, chunk_overlap, max_file_bytes, allow_empty_source, run_us)
+        result = run.execute(chunk_size, chunk_overlap, counter, max_file_bytes, allow_empty_source, run_us)
     except KeyboardInterrupt:
         # No more Spark calls after Ctrl-C: dropping a view is a new operation, which can wait behind the
         # interrupted one for as long as it keeps running. The views are run-private and die with the session.
@@ -258,15 +278,22 @@ class _Run:
         self.say = say
         self._views: list[str] = []
         self._tag = uuid.uuid4().hex[:10]
+        self.pdf_parser = "builtin"
 
     # -- steps --------------------------------------------------------------------------------------
 
     def execute(
-        self, chunk_size: int, chunk_overlap: int, max_file_bytes: int, allow_empty: bool, run_us: int
+        self,
+        chunk_size: int,
+        chunk_overlap: int,
+        counter: TokenCounter | None,
+        max_file_bytes: int,
+        allow_empty: bool,
+        run_us: int,
     ) -> IngestResult:
         for note in ensure_tables(self.spark, self.chunks, self.documents):
             self.say(note)
-        chunking = chunking_signature(chunk_size, chunk_overlap)
+        chunking = chunking_signature(chunk_size, chunk_overlap, counter, self.pdf_parser)
         self.say(f"listing {self.source}")
         files, single_file = self.list_source()
         known = self.known_documents()
@@ -287,7 +314,7 @@ class _Run:
             f"{len(files)} file(s): {len(plan.candidates)} to check, {len(plan.unchanged)} unchanged, "
             f"{len(plan.skipped)} skipped, {len(plan.removed)} removed from the source"
         )
-        parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap)
+        parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap, counter)
         result = IngestResult(parsed=sum(p.status != UNCHANGED for p in parsed))
         doc_rows, replace_paths, vanished = decide_documents(plan, known, stored, parsed, chunking, run_us, result)
         if vanished:
@@ -350,7 +377,13 @@ class _Run:
         return {r.path: int(r.n) for r in rows}
 
     def parse_candidates(
-        self, plan: IngestPlan, listed: int, single_file: bool, chunk_size: int, chunk_overlap: int
+        self,
+        plan: IngestPlan,
+        listed: int,
+        single_file: bool,
+        chunk_size: int,
+        chunk_overlap: int,
+        counter: TokenCounter | None = None,
     ) -> list[ParsedFile]:
         """Hash candidates in Spark, parse the changed ones into the staging table; return its summary."""
         previous_hash = dict(plan.previous_hash)
@@ -358,7 +391,7 @@ class _Run:
         decided: list[ParsedFile] = []
         for f in plan.candidates:
             if f.size_bytes == 0:
-                status, error, _ = parse_and_chunk(f.path, b"", chunk_size, chunk_overlap)
+                status, error, _ = parse_and_chunk(f.path, b"", chunk_size, chunk_overlap, counter=counter)
                 if status != OK:
                     if previous_hash[f.path] == EMPTY_HASH:
                         status, error = UNCHANGED, None
@@ -385,8 +418,10 @@ class _Run:
             f"CASE WHEN h.doc_hash <=> c.previous_hash THEN NULL ELSE h.content END AS content "
             f"FROM {self.view_name('hashed')} h JOIN {candidates} c ON h.path = c.path"
         )
+        if self.pdf_parser == "ai_parse_document":
+            to_parse = to_parse.selectExpr("*", f"{ai_parse_column()} AS ai_parsed")
         self.say(f"reading {len(to_read)} file(s); parsing those whose content changed")
-        parsed = to_parse.mapInArrow(make_batch_parser(chunk_size, chunk_overlap), _PARSED_SCHEMA)
+        parsed = to_parse.mapInArrow(make_batch_parser(chunk_size, chunk_overlap, counter), _PARSED_SCHEMA)
         writer = parsed.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         if self.staging.location is not None:
             writer.save(self.staging.location)
@@ -461,16 +496,13 @@ class _Run:
         if not by_op:
             return counts
         self.say(f"writing chunks: {counts.written} new or changed, {counts.deleted} removed")
-        ingested = f"timestamp_micros({run_us})"
+        # The source carries times as microseconds; the run's own time stamps what it wrote.
+        stamps = {"modified_at": "timestamp_micros(s.modified_us)", "ingested_at": f"timestamp_micros({run_us})"}
         self.spark.sql(
             f"MERGE INTO {self.chunks.sql_name} AS t USING {changes} AS s ON t.chunk_id = s.chunk_id "
             "WHEN MATCHED AND s.op = 'delete' THEN DELETE "
-            "WHEN MATCHED AND s.op = 'update' THEN UPDATE SET t.path = s.path, t.chunk_index = s.chunk_index, "
-            "t.text = s.text, t.heading = s.heading, t.page = s.page, t.content_hash = s.content_hash, "
-            f"t.doc_hash = s.doc_hash, t.modified_at = timestamp_micros(s.modified_us), t.ingested_at = {ingested} "
-            "WHEN NOT MATCHED AND s.op = 'insert' THEN INSERT (chunk_id, path, chunk_index, text, heading, page, "
-            "content_hash, doc_hash, modified_at, ingested_at) VALUES (s.chunk_id, s.path, s.chunk_index, s.text, "
-            f"s.heading, s.page, s.content_hash, s.doc_hash, timestamp_micros(s.modified_us), {ingested})"
+            f"WHEN MATCHED AND s.op = 'update' THEN UPDATE SET {merge_update(CHUNK_TABLE, key='chunk_id', values=stamps)} "
+            f"WHEN NOT MATCHED AND s.op = 'insert' THEN {merge_insert(CHUNK_TABLE, values=stamps)}"
         ).collect()
         return counts
 
@@ -485,18 +517,16 @@ class _Run:
                 "modified_us BIGINT, chunking STRING, ingested_us BIGINT, op STRING",
             ),
         )
+        stamps = {
+            "modified_at": "timestamp_micros(s.modified_us)",
+            "ingested_at": "timestamp_micros(s.ingested_us)",
+        }
         self.spark.sql(
             f"MERGE INTO {self.documents.sql_name} AS t USING {target} AS s ON t.path = s.path "
-            "WHEN MATCHED AND s.op = 'upsert' THEN UPDATE SET t.doc_hash = s.doc_hash, t.status = s.status, "
-            "t.error = s.error, t.chunk_count = s.chunk_count, t.size_bytes = s.size_bytes, "
-            "t.modified_at = timestamp_micros(s.modified_us), t.chunking = s.chunking, "
-            "t.ingested_at = timestamp_micros(s.ingested_us) "
+            f"WHEN MATCHED AND s.op = 'upsert' THEN UPDATE SET {merge_update(DOCUMENTS_TABLE, key='path', values=stamps)} "
             "WHEN MATCHED AND s.op = 'touch' THEN UPDATE SET t.size_bytes = s.size_bytes, "
             "t.modified_at = timestamp_micros(s.modified_us) "
-            "WHEN NOT MATCHED AND s.op = 'upsert' THEN INSERT (path, doc_hash, status, error, chunk_count, "
-            "size_bytes, modified_at, chunking, ingested_at) VALUES (s.path, s.doc_hash, s.status, s.error, "
-            "s.chunk_count, s.size_bytes, timestamp_micros(s.modified_us), s.chunking, "
-            "timestamp_micros(s.ingested_us)) "
+            f"WHEN NOT MATCHED AND s.op = 'upsert' THEN {merge_insert(DOCUMENTS_TABLE, values=stamps)} "
             "WHEN NOT MATCHED BY SOURCE THEN DELETE"
         ).collect()
 

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.errors import InvalidInput
+from ..core.passages import HEADING_SEPARATOR
 
-HEADING_SEPARATOR = " > "
+# Deeper nesting than this (tables in tables, PDF bookmarks) is treated as hostile and not descended into.
+MAX_NESTING = 16
 
 
 class ParseError(InvalidInput):
@@ -187,3 +189,8 @@ def decode_text(data: bytes, declared_encoding: str | None = None) -> str:
     if "\x00" in text:
         raise ParseError("binary data, not text (NUL bytes; UTF-16 needs a byte-order mark)")
     return text
+
+
+def human_size(size: int) -> str:
+    """A file size for an error message: whole MB, or KB below one MB."""
+    return f"{size // (1024 * 1024)} MB" if size >= 1024 * 1024 else f"{size // 1024} KB"

@@ -20,6 +20,8 @@ from .plan import FAILED, OK, UNCHANGED
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from .tokenization import TokenCounter
+
 PARSE_SECONDS = 300.0  # the longest one file may take to parse and chunk
 CHUNK_FIELD_NAMES = names(CHUNK_FIELDS)
 
@@ -53,19 +55,35 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 def parse_and_chunk(
-    path: str, data: bytes, chunk_size: int, chunk_overlap: int, timeout: float = PARSE_SECONDS
+    path: str,
+    data: bytes,
+    chunk_size: int,
+    chunk_overlap: int,
+    timeout: float = PARSE_SECONDS,
+    counter: TokenCounter | None = None,
+    ai_parsed: str | None = None,
 ) -> tuple[str, str | None, list]:
     """Parse and chunk one file: ``(status, error, chunks)``. Never raises for bad input: a parser crash on a
     hostile file becomes a ``failed`` status with the reason, and a parser stuck on one (pure-Python parsers
     can loop for a very long time on crafted PDFs) is stopped after ``timeout`` seconds, so one file cannot
-    stop or stall the run."""
+    stop or stall the run. Sizes count tokens of ``counter`` (characters without one); ``ai_parsed``, when
+    given, is the JSON answer of ``ai_parse_document`` for this PDF (``rag.pdf_parser``), parsed instead of
+    the bytes."""
     from .chunking import chunk_document
-    from .documents import ParseError, UnsupportedFormat, parse_document
+    from .documents import ParsedDocument, UnsupportedFormat, parse_document
+    from .text import ParseError
 
     try:
         with time_limit(timeout):
-            doc = parse_document(path, data)
-            chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+            if ai_parsed is not None:
+                from .ai_parse import sections_from_ai_parse
+
+                doc = ParsedDocument(path, sections_from_ai_parse(ai_parsed))
+                if not doc.sections:
+                    raise ParseError("ai_parse_document found no text")
+            else:
+                doc = parse_document(path, data)
+            chunks = chunk_document(doc, chunk_size=chunk_size, chunk_overlap=chunk_overlap, counter=counter)
     except ParseTimeout as error:
         return FAILED, str(error), []
     except ParseError as error:
@@ -80,9 +98,10 @@ def parse_and_chunk(
 
 
 def make_batch_parser(
-    chunk_size: int, chunk_overlap: int
+    chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function: rows with NULL ``content`` (hash unchanged) pass through unparsed."""
+    """The ``mapInArrow`` function: rows with NULL ``content`` (hash unchanged) pass through unparsed; rows
+    may carry ``ai_parsed``, the JSON answer of ``ai_parse_document`` for a PDF, parsed instead."""
 
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
@@ -95,7 +114,14 @@ def make_batch_parser(
                 if row["content"] is None:
                     record.update(status=UNCHANGED, error=None, chunk_count=0, chunks=[])
                 else:
-                    status, error, chunks = parse_and_chunk(row["path"], row["content"], chunk_size, chunk_overlap)
+                    status, error, chunks = parse_and_chunk(
+                        row["path"],
+                        row["content"],
+                        chunk_size,
+                        chunk_overlap,
+                        counter=counter,
+                        ai_parsed=row.get("ai_parsed"),
+                    )
                     record.update(
                         status=status,
                         error=error,

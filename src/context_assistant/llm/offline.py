@@ -6,6 +6,7 @@ import re
 from collections.abc import Generator, Sequence
 from datetime import timezone
 
+from ..core.passages import chunk_body
 from .interface import (
     CONFIGURE_HINT,
     ChatMessage,
@@ -85,7 +86,9 @@ class OfflineModel:
         if sources:
             lines += ["", "From your documents:"]
             for source in sources:
-                lines.append(f"[{source.index}] {_location(source)}: {self._best_excerpt(source.text, terms)}")
+                # The location names the heading already: quote the text without its contextual header.
+                body = chunk_body(source.text, source.heading)
+                lines.append(f"[{source.index}] {_location(source)}: {self._best_excerpt(body, terms)}")
         if turns:
             lines += ["", "From earlier conversations:"]
             for turn in turns:

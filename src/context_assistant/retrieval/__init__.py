@@ -1,5 +1,7 @@
-"""Chunks → index → hits: embeddings, the index sync, the pgvector and Vector Search backends (one
-``ChunkIndex`` protocol), memory recall, retrieval evaluation, and example questions from the index."""
+"""Chunks → index → hits: embeddings (and the embedding model's tokenizer, ``tokenizer``), the index sync, the
+pgvector and Vector Search backends (one ``ChunkIndex`` protocol), hybrid fusion, the optional reranking
+stage, memory recall (each turn indexed in its conversation: ``turn_context``), retrieval evaluation, and
+example questions from the index."""
 
 from .base import (
     SEARCH_MODES,
@@ -33,6 +35,7 @@ from .evaluation import (
     LabelledQuery,
     check_scratch_name,
     corpus_chunks,
+    distinct_paths,
     evaluate,
     index_corpus,
     load_corpus,
@@ -44,8 +47,10 @@ from .evaluation import (
     recall_at_k,
 )
 from .examples import example_questions
+from .fusion import convex_fuse, fuse
 from .pgvector import CHUNKS_TABLE, PgVectorChunkIndex
 from .recall import TurnRecall
+from .rerank import EndpointReranker, LocalCrossEncoder, Reranker, RerankError, RerankingRetriever, make_reranker
 from .sync import (
     ChunkSource,
     DeltaLakeChunkSource,
@@ -58,6 +63,7 @@ from .sync import (
     make_chunk_source,
     plan_sync,
 )
+from .tokenizer import chunking_from_config, counter_for_model
 from .vector_search import VectorSearchError, VectorSearchIndex, VectorSearchSettings, VectorSearchTimeout
 
 __all__ = [
@@ -72,6 +78,7 @@ __all__ = [
     "Embedder",
     "EmbeddingError",
     "EmbeddingServiceClient",
+    "EndpointReranker",
     "EvaluationError",
     "Hit",
     "InMemoryChunkSource",
@@ -79,11 +86,15 @@ __all__ = [
     "IndexReport",
     "LabelledDocument",
     "LabelledQuery",
+    "LocalCrossEncoder",
     "LocalEmbedder",
     "PassageUnavailable",
     "PgVectorChunkIndex",
     "RecalledTurn",
     "Recaller",
+    "RerankError",
+    "Reranker",
+    "RerankingRetriever",
     "RetrievalError",
     "RetrievalFailed",
     "Retriever",
@@ -98,16 +109,22 @@ __all__ = [
     "VectorSearchSettings",
     "VectorSearchTimeout",
     "check_scratch_name",
+    "chunking_from_config",
+    "convex_fuse",
     "corpus_chunks",
+    "counter_for_model",
+    "distinct_paths",
     "embedding_text",
     "evaluate",
     "example_questions",
+    "fuse",
     "index_corpus",
     "load_corpus",
     "load_queries",
     "log_evaluation",
     "make_chunk_source",
     "make_embedder",
+    "make_reranker",
     "mlflow_experiment",
     "ndcg_at_k",
     "open_scratch_database",

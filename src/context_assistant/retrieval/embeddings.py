@@ -31,13 +31,13 @@ from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import RagConfig
 from ..core.errors import UpstreamError
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
-from ..core.upstream import error_detail
+from ..core.upstream import error_detail, status_message
 from ..core.workspace import WorkspaceSource
 
 log = logging.getLogger(__name__)
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-_MINILM_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+MINILM_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 DEFAULT_LOCAL_BATCH = 32
 # Serving endpoints accept a limited number of inputs per request (the Foundation Model APIs take up to a
 # few hundred); 64 keeps each request small enough to retry cheaply.
@@ -152,7 +152,7 @@ def bundled_minilm_path() -> Path:
 
 def resolve_local_model(name: str) -> tuple[str, str]:
     """``(model_name, what to load)``: the bundled MiniLM for its aliases, a folder path, or a cached name."""
-    if name.lower() in _MINILM_ALIASES:
+    if name.lower() in MINILM_ALIASES:
         return MINILM, str(bundled_minilm_path())
     path = Path(name).expanduser()
     if path.exists():
@@ -250,7 +250,9 @@ class EndpointHTTPError(Exception):
         self.retry_after = retry_after
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient_http(exc: BaseException) -> bool:
+    """Whether a serving endpoint call may succeed if retried: 429, 5xx or a transport error (shared with the
+    reranker endpoint)."""
     import httpx
 
     if isinstance(exc, EndpointHTTPError):
@@ -258,7 +260,8 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)  # connection refused/reset, timeouts
 
 
-def _retry_after(exc: BaseException) -> float | None:
+def endpoint_retry_after(exc: BaseException) -> float | None:
+    """The Retry-After a failed endpoint call carried, if any."""
     return exc.retry_after if isinstance(exc, EndpointHTTPError) else None
 
 
@@ -320,8 +323,8 @@ class ServingEndpointEmbedder:
         try:
             payload = retry_call(
                 lambda: self._post(texts),
-                is_transient=_is_transient,
-                retry_after=_retry_after,
+                is_transient=is_transient_http,
+                retry_after=endpoint_retry_after,
                 attempts=self.attempts,
                 clock=self.clock,
                 on_retry=lambda n, exc, delay: log.warning(
@@ -368,7 +371,7 @@ class ServingEndpointEmbedder:
         if response.status_code >= 400:
             raise EndpointHTTPError(
                 response.status_code,
-                _error_message(response),
+                endpoint_error_message(response),
                 retry_after_seconds(response.headers, self.clock.now()),
             )
         try:
@@ -398,22 +401,20 @@ class ServingEndpointEmbedder:
         )
 
     def _explain(self, exc: EndpointHTTPError) -> str:
-        name = repr(self.endpoint)
-        if exc.status == 404:
-            return f"serving endpoint {name} not found (HTTP 404: {exc.message}); check rag.embedding_model"
-        if exc.status in (401, 403):
-            return (
-                f"not allowed to query serving endpoint {name} (HTTP {exc.status}: {exc.message}); check the "
-                "Databricks credentials and the endpoint's CAN QUERY permission"
-            )
-        return f"serving endpoint {name} rejected the request (HTTP {exc.status}: {exc.message})"
+        hints = {
+            401: "check the Databricks credentials",
+            403: "it needs CAN_QUERY",
+            404: "check rag.embedding_model",
+        }
+        return status_message(exc.status, f"serving endpoint {self.endpoint!r}", exc.message, hints=hints)[1]
 
     def close(self) -> None:
         if self._http is not None:
             self._http.close()
 
 
-def _error_message(response: Any) -> str:
+def endpoint_error_message(response: Any) -> str:
+    """What a serving endpoint said when it refused a request (its error body, else the reason phrase)."""
     try:
         body = response.json()
     except ValueError:

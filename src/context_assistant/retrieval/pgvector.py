@@ -13,10 +13,11 @@ shared with memory recall):
 * ``bm25_terms`` / ``bm25_stats``: document frequency per lexeme and document count/total length per
   space, kept exact by statement-level triggers on the space's table (same transaction as the rows).
 
-Keyword search is real BM25 (k1=1.2, b=0.75, Lucene's idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``) computed
+Keyword search is real BM25 (k1=0.9, b=0.4, Lucene's idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``) computed
 in plain SQL, so it runs on Lakebase where no BM25 extension can be assumed: candidates are the chunks whose
 ``tsv`` matches the OR of the query's lexemes (a GIN index scan); term frequencies come from the tsvector's
-positions. Hybrid search fuses the vector and BM25 rankings by reciprocal rank fusion (k=60).
+positions. Hybrid search fuses the vector and BM25 rankings (``rag.fusion``, :mod:`.fusion`): a convex
+combination of min-max normalised scores by default, or reciprocal rank fusion (k=60).
 
 ANN index (``rag.index_type``): ``hnsw`` (default) is built after the first sync and maintained on every
 insert; ``ef_search`` is ``max(rag.hnsw_ef_search, candidates)`` per query (``SET LOCAL``). ``ivfflat`` is
@@ -65,9 +66,9 @@ from .base import (
     candidate_count,
     check_mode,
     check_query,
-    rrf_fuse,
 )
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
+from .fusion import fuse
 from .sync import (
     ChunkSource,
     DocumentChange,
@@ -138,6 +139,8 @@ class PgVectorChunkIndex:
         ivfflat_probes: int = 10,
         batch_size: int = DEFAULT_BATCH_SIZE,
         ivfflat_min_rows: int = IVFFLAT_MIN_ROWS,
+        fusion: str = "convex",
+        hybrid_weight: float = 0.5,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"rag.index_type: {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
@@ -150,6 +153,8 @@ class PgVectorChunkIndex:
         self.ivfflat_probes = ivfflat_probes
         self.batch_size = batch_size
         self.ivfflat_min_rows = ivfflat_min_rows
+        self.fusion = fusion
+        self.hybrid_weight = hybrid_weight
         self._pgvector: tuple[int, ...] | None = None
 
     @classmethod
@@ -162,6 +167,8 @@ class PgVectorChunkIndex:
             top_k=rag.top_k,
             hnsw_ef_search=rag.hnsw_ef_search,
             ivfflat_probes=rag.ivfflat_probes,
+            fusion=rag.fusion,
+            hybrid_weight=rag.hybrid_weight,
             **kwargs,
         )
 
@@ -371,7 +378,11 @@ class PgVectorChunkIndex:
                                 np.asarray(vector, dtype=np.float32),
                             )
                         )
-            tsv = f"to_tsvector('{TEXT_SEARCH_CONFIG}', CASE WHEN s.heading = '' THEN s.text ELSE s.heading || E'\\n' || s.text END)"
+            # The same text that is embedded: a chunk that starts with its heading path is not given it twice.
+            tsv = (
+                f"to_tsvector('{TEXT_SEARCH_CONFIG}', CASE WHEN s.heading = '' OR starts_with(s.text, s.heading) "
+                "THEN s.text ELSE s.heading || E'\\n' || s.text END)"
+            )
             cur.execute(
                 sql.SQL(
                     "INSERT INTO {table} AS r (chunk_id, path, chunk_index, heading, page, text, content_hash, "
@@ -437,7 +448,7 @@ class PgVectorChunkIndex:
             elif mode == "keyword":
                 ranked = keyword_ranked
             else:
-                ranked = rrf_fuse([[k for k, _ in vector_ranked], [k for k, _ in keyword_ranked]])
+                ranked = fuse(vector_ranked, keyword_ranked, self.fusion, self.hybrid_weight)
             ranked = ranked[:top_k]
             missing = [k for k, _ in ranked if k not in rows]  # keyword hits; vector hits came with their rows
             if missing:

@@ -27,11 +27,13 @@ from typing import Any
 
 import psycopg
 
-from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
+from ..storage.bm25 import TEXT_SEARCH_CONFIG, WEIGHTED_DOC_LEN_SQL, bm25_rank
 from ..storage.db import Database, scalar
 from ..storage.vector_spaces import read_space, reset_space, table_exists, vector_literal
-from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query, rrf_fuse
+from . import turn_context
+from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
+from .fusion import fuse
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,11 @@ TURNS_DDL = """
     CREATE INDEX turn_index_tsv ON {table} USING gin (tsv);
 """
 
+_ELIGIBLE = """c.role IN ('user', 'assistant')
+      AND NOT (c.metadata @> '{"status": "failed"}')
+      AND NOT (c.metadata @> '{"model": "offline"}')
+      AND btrim(c.content) <> ''"""
+
 _PENDING = f"""
     SELECT c.id, c.user_id, c.session_id, c.content FROM conversations c
     WHERE {{user_filter}} c.id > %(after)s
@@ -75,13 +82,23 @@ class TurnRecall:
         top_k: int = 3,
         search_mode: str = "hybrid",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        fusion: str = "convex",
+        hybrid_weight: float = 0.5,
     ) -> None:
         self.db = db
         self.embedder = embedder
         self.top_k = top_k
         self.search_mode = check_mode(search_mode)
         self.batch_size = batch_size
+        self.fusion = fusion
+        self.hybrid_weight = hybrid_weight
         self._warned_not_ready = False
+
+    @property
+    def space_model(self) -> str:
+        """What the turn index records as its model: the embedding model and the version of what is indexed
+        per turn (:mod:`context_assistant.retrieval.turn_context`), so a change of either rebuilds it."""
+        return f"{self.embedder.model_name}#{turn_context.VERSION}"
 
     # -- indexing -------------------------------------------------------------------------------------
 
@@ -93,7 +110,7 @@ class TurnRecall:
     def _ensure_space(self) -> int | None:
         """The turn table for the current model (created or rebuilt if needed); returns its dimension, or
         None when it needs creating or rebuilding and this process may not change the schema."""
-        model = self.embedder.model_name
+        model = self.space_model
         with self.db.connection() as conn:
             info = read_space(conn, TURNS_SPACE)
             if info is not None and info.model == model and table_exists(conn, TURNS_TABLE):
@@ -122,7 +139,12 @@ class TurnRecall:
         return dimension
 
     def index_pending(self, user: str | None = None) -> int:
-        """Embed stored turns that have no embedding yet (of ``user``, or of everyone); returns how many."""
+        """Index stored turns that are not indexed yet (of ``user``, or of everyone); returns how many new
+        turns were indexed (neighbours re-indexed with them are not counted).
+
+        Each turn is indexed with its neighbours (:mod:`context_assistant.retrieval.turn_context`); the turns whose
+        context a new one changes (its neighbours, already indexed) are re-indexed in the same batch.
+        """
         dimension = self._ensure_space()
         if dimension is None:
             return 0
@@ -136,37 +158,91 @@ class TurnRecall:
             if not rows:
                 return embedded
             after = rows[-1][0]
-            texts = [content[:EMBED_CHARS] for _, _, _, content in rows]
+            documents = self._documents([row[0] for row in rows])
+            if not documents:
+                continue
+            ids = list(documents)
+            texts = [documents[i].embed for i in ids]
             vectors = validate_vectors(
                 self.embedder.embed(texts), len(texts), dimension, f"embedding model {self.embedder.model_name!r}"
             )
             try:
-                embedded += self._write(rows, vectors)
+                embedded += self._write(ids, documents, vectors)
             except psycopg.errors.ForeignKeyViolation:
                 log.info("recall: a session was deleted while its turns were embedded; skipping them")
 
-    def _write(self, rows: list[tuple[Any, ...]], vectors: list[list[float]]) -> int:
-        """Insert one batch in one statement, the vectors bound as a ``vector[]`` (binary): no temporary
-        table, so a role with no TEMP privilege on the database (an app's) can write it too."""
+    def _documents(self, new_ids: list[int]) -> dict[int, turn_context.TurnDocument]:
+        """The documents of the new turns and of the indexed neighbours whose context they change."""
+        before, after = turn_context.CONTEXT_BEFORE, turn_context.CONTEXT_AFTER
+        with self.db.connection() as conn:
+            sessions = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT session_id FROM conversations WHERE id = ANY(%s)", (new_ids,)
+                ).fetchall()
+            ]
+            rows = conn.execute(
+                f"""SELECT c.id, c.session_id, c.role, c.content, c.timestamp, c.metadata FROM conversations c
+                    WHERE c.session_id = ANY(%s) AND {_ELIGIBLE}
+                    ORDER BY c.session_id, c.timestamp, c.id""",
+                (sessions,),
+            ).fetchall()
+        by_session: dict[str, list[turn_context.Turn]] = {}
+        for row in rows:
+            by_session.setdefault(row[1], []).append(turn_context.Turn(*row))
+        wanted = set(new_ids)
+        documents: dict[int, turn_context.TurnDocument] = {}
+        for turns in by_session.values():
+            positions = [i for i, t in enumerate(turns) if t.message_id in wanted]
+            todo = set(positions)
+            for i in positions:  # neighbours whose window now includes the new turn
+                todo.update(range(max(0, i - after), min(len(turns), i + before + 1)))
+            for i in sorted(todo):
+                documents[turns[i].message_id] = turn_context.build_document(
+                    turns[i], turns[max(0, i - before) : i], turns[i + 1 : i + 1 + after]
+                )
+        return documents
+
+    def _write(
+        self, ids: list[int], documents: dict[int, turn_context.TurnDocument], vectors: list[list[float]]
+    ) -> int:
+        """Index one batch in one statement, the vectors bound as a ``vector[]`` (binary) and the fields as
+        ``text[]``: no temporary table, so a role with no TEMP privilege on the database (an app's) can write
+        it too. Returns how many new turns were indexed (re-indexed neighbours are updates, not counted)."""
         import numpy as np
         from pgvector.psycopg import register_vector
 
+        weights = turn_context.BM25_WEIGHTS
+        doc_len = WEIGHTED_DOC_LEN_SQL.format(tsv="v.tsv", **weights)
         with self.db.connection() as conn:
             register_vector(conn)
-            # Text and owner come from conversations itself, so a turn is indexed exactly as stored.
-            return conn.execute(
+            # Text and owner come from conversations itself, so a turn is indexed exactly as stored; the fields
+            # are weighted A (text), B (speaker), C (date and temporal cues), D (neighbours).
+            cfg = TEXT_SEARCH_CONFIG
+            rows = conn.execute(
                 f"""INSERT INTO {TURNS_TABLE} (message_id, user_id, session_id, tsv, doc_len, embedding)
-                    SELECT c.id, c.user_id, c.session_id, v.tsv, {DOC_LEN_SQL.format(tsv="v.tsv")}, s.embedding
-                    FROM unnest(%s::bigint[], %s::vector[]) AS s(message_id, embedding)
+                    SELECT c.id, c.user_id, c.session_id, v.tsv, {doc_len}, s.embedding
+                    FROM unnest(%s::bigint[], %s::vector[], %s::text[], %s::text[], %s::text[])
+                        AS s(message_id, embedding, speaker, day, context)
                     JOIN conversations c ON c.id = s.message_id
-                    CROSS JOIN LATERAL (SELECT to_tsvector('{TEXT_SEARCH_CONFIG}', c.content) AS tsv) v
+                    CROSS JOIN LATERAL (SELECT
+                        setweight(to_tsvector('{cfg}', c.content), 'A')
+                        || setweight(to_tsvector('{cfg}', s.speaker), 'B')
+                        || setweight(to_tsvector('{cfg}', s.day), 'C')
+                        || setweight(to_tsvector('{cfg}', s.context), 'D') AS tsv) v
                     ORDER BY c.id
-                    ON CONFLICT (message_id) DO NOTHING""",
+                    ON CONFLICT (message_id) DO UPDATE SET tsv = EXCLUDED.tsv, doc_len = EXCLUDED.doc_len,
+                        embedding = EXCLUDED.embedding
+                    RETURNING (xmax = 0)""",
                 (
-                    [row[0] for row in rows],
+                    ids,
                     [np.asarray(vector, dtype=np.float32) for vector in vectors],
+                    [documents[i].speaker for i in ids],
+                    [documents[i].when for i in ids],
+                    [documents[i].context for i in ids],
                 ),
-            ).rowcount
+            ).fetchall()
+            return sum(1 for (inserted,) in rows if inserted)  # new turns, not re-indexed ones
 
     # -- recall ---------------------------------------------------------------------------------------
 
@@ -216,7 +292,9 @@ class TurnRecall:
             vector_ranked: list[int] = []
             keyword_ranked: list[int] = []
             scores: dict[int, float] = {}
-            if qvec is not None and info.model == self.embedder.model_name and len(qvec) == info.dimension:
+            vector_scores: dict[int, float] = {}
+            keyword_scores: dict[int, float] = {}
+            if qvec is not None and info.model == self.space_model and len(qvec) == info.dimension:
                 params["qvec"] = vector_literal(qvec)
                 for message_id, distance in conn.execute(
                     f"""SELECT c.message_id, c.embedding <=> %(qvec)s::vector({info.dimension}) AS distance
@@ -225,16 +303,30 @@ class TurnRecall:
                     params,
                 ):
                     vector_ranked.append(message_id)
-                    scores[message_id] = 1.0 - float(distance)
+                    scores[message_id] = vector_scores[message_id] = 1.0 - float(distance)
             if mode != "vector":
                 for message_id, score in bm25_rank(
-                    conn, TURNS_SPACE, TURNS_TABLE, "message_id", where, params, query, pool
+                    conn,
+                    TURNS_SPACE,
+                    TURNS_TABLE,
+                    "message_id",
+                    where,
+                    params,
+                    query,
+                    pool,
+                    weights=turn_context.BM25_WEIGHTS,
                 ):
                     keyword_ranked.append(message_id)
+                    keyword_scores[message_id] = float(score)
                     if mode == "keyword":
                         scores[message_id] = float(score)
             if mode == "hybrid":
-                ranked = rrf_fuse([vector_ranked, keyword_ranked])
+                ranked = fuse(
+                    [(m, vector_scores[m]) for m in vector_ranked],
+                    [(m, keyword_scores[m]) for m in keyword_ranked],
+                    self.fusion,
+                    self.hybrid_weight,
+                )
             else:
                 ranked = [(m, scores[m]) for m in (vector_ranked if mode == "vector" else keyword_ranked)]
             ranked = ranked[:top_k]

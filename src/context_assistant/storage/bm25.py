@@ -1,8 +1,9 @@
 """BM25 keyword search in plain SQL, over any vector space's table (chunks and conversation turns).
 
-Real BM25 (k1=1.2, b=0.75, Lucene's idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``) computed in plain SQL, so
-it runs on Lakebase where no BM25 extension can be assumed: candidates are the rows whose ``tsv`` matches
-the OR of the query's lexemes (a GIN index scan); term frequencies come from the tsvector's positions.
+Real BM25 (k1=0.9, b=0.4: Anserini's defaults for passage collections; Lucene's idf
+``ln(1 + (N - df + 0.5) / (df + 0.5))``) computed in plain SQL, so it runs on Lakebase where no BM25
+extension can be assumed: candidates are the rows whose ``tsv`` matches the OR of the query's lexemes (a GIN
+index scan); term frequencies come from the tsvector's positions (or their weights: a fielded BM25).
 ``bm25_terms`` / ``bm25_stats`` (migration 3) hold the document frequency per lexeme and the document
 count/total length per space, kept exact by statement-level triggers on the space's table (same
 transaction as the rows; see :func:`context_assistant.storage.vector_spaces.reset_space`).
@@ -11,13 +12,15 @@ transaction as the rows; see :func:`context_assistant.storage.vector_spaces.rese
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 
-BM25_K1 = 1.2
-BM25_B = 0.75
+# Anserini's BM25 defaults for BEIR-style collections (short passages): k1 0.9, b 0.4; Lucene's 1.2 / 0.75
+# over-penalise long passages and saturate term frequency later.
+BM25_K1 = 0.9
+BM25_B = 0.4
 TEXT_SEARCH_CONFIG = "english"
 BM25_CANDIDATE_BUDGET = 5000  # rows (by document frequency) scored in the first, pruned phase of BM25
 
@@ -36,9 +39,15 @@ def bm25_rank(
     params: dict[str, Any],
     query: str,
     limit: int,
+    weights: Mapping[str, float] | None = None,
 ) -> list[tuple[Any, float]]:
     """The top ``limit`` rows of ``table`` (alias ``c``, filtered by ``where`` with ``params``) by BM25 for
     ``query``: ``(key, score)`` best first, exactly as if every matching row were scored.
+
+    ``weights`` makes it a fielded BM25 (BM25F-style): each occurrence of a term counts the weight of the
+    tsvector weight class (``A``-``D``) its position carries, e.g. ``{"A": 1, "D": 0.25}`` for a turn's own
+    text and its neighbours. The row's ``doc_len`` must then be weighted the same way
+    (:data:`WEIGHTED_DOC_LEN_SQL`). Without weights every occurrence counts 1.
 
     Rows are scored from their ``tsv`` (term frequency = number of positions of the lexeme) and ``doc_len``,
     with ``df`` per lexeme and the document count and average length of ``space`` from ``bm25_terms`` /
@@ -70,6 +79,13 @@ def bm25_rank(
         budget += terms[essential][1]
         essential += 1
     scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": avgdl, "limit": limit}
+    tf_sql = "coalesce(array_length(u.positions, 1), 1)::float8"
+    if weights:
+        scoring.update({f"w_{k}": float(weights.get(k, 1.0)) for k in "ABCD"})
+        tf_sql = (
+            "coalesce((SELECT sum(CASE w WHEN 'A' THEN %(w_A)s WHEN 'B' THEN %(w_B)s WHEN 'C' THEN %(w_C)s "
+            "ELSE %(w_D)s END) FROM unnest(u.weights) AS w), 1)::float8"
+        )
     sql_text = f"""
         SELECT c.{key}, sum(
                    t.idf * f.tf * ({BM25_K1} + 1)
@@ -80,7 +96,7 @@ def bm25_rank(
         CROSS JOIN LATERAL unnest(ts_delete(c.tsv, tsvector_to_array(ts_delete(c.tsv, %(lexemes)s::text[]))))
             AS u(lexeme, positions, weights)
         JOIN unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS t(lexeme, idf) ON t.lexeme = u.lexeme
-        CROSS JOIN LATERAL (SELECT coalesce(array_length(u.positions, 1), 1)::float8 AS tf) f
+        CROSS JOIN LATERAL (SELECT {tf_sql} AS tf) f
         WHERE c.tsv @@ %(candidates)s::tsquery AND {where}
         GROUP BY c.{key}
         ORDER BY score DESC, c.{key}
@@ -95,3 +111,8 @@ def bm25_rank(
 
 
 DOC_LEN_SQL = "(SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest({tsv}) u)::int"
+# The length of a fielded document: each position counts its weight class's weight (see bm25_rank).
+WEIGHTED_DOC_LEN_SQL = (
+    "ceil((SELECT coalesce(sum(CASE w WHEN 'A' THEN {A} WHEN 'B' THEN {B} WHEN 'C' THEN {C} ELSE {D} END), 0) "
+    "FROM unnest({tsv}) u, unnest(u.weights) AS w))::int"
+)
