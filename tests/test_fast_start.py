@@ -84,6 +84,29 @@ def test_search_says_what_it_loads_on_stderr_and_keeps_json_stdout_clean(
 
 
 @pytest.mark.slow
+def test_two_searches_share_one_warm_service_and_the_second_imports_no_model_library(
+    config: Config, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The CLI end to end, as a user runs it: the first `search` starts the warm service (and says so), the
+    second finds it running, loads nothing and never imports torch; both get the same hits."""
+    write_chunk_table(config.data_path / "chunks", document("a.md", "Deploys need two approvals."))
+    config_file = save_config(config, tmp_path / "config.yaml")
+    assert run_probe(config_file, env, "sync", "--json").returncode == 0
+    warm = {**env, "CONTEXT_ASSISTANT__RAG__EMBEDDING_SERVICE_IDLE_SECONDS": "120"}
+    try:
+        first = run_probe(config_file, warm, "search", "who approves deploys?", "--json")
+        assert first.returncode == 0, first.stderr
+        assert "(kept warm for the next commands" in first.stderr
+        second = run_probe(config_file, warm, "search", "who approves deploys?", "--json")
+        assert second.returncode == 0, second.stderr
+        assert "Loading" not in second.stderr
+        assert not {"torch", "sentence_transformers", "transformers"} & set(heavy_modules(second.stderr))
+        assert json.loads(second.stdout)["hits"] == json.loads(first.stdout)["hits"]
+    finally:
+        assert EmbeddingServiceClient("all-MiniLM-L6-v2", config.data_path, idle_seconds=120).stop()
+
+
+@pytest.mark.slow
 def test_the_warm_embedding_service_gives_the_same_vectors_and_is_shared(
     tmp_path: Path,
     minilm: Any,  # noqa: F811
