@@ -135,6 +135,9 @@ class TracingConfig:
     tracking_uri: str = ""
     experiment: str = "context-assistant"
     experiment_id: str = ""
+    # How long the first traced turn of a process waits for the trace store to open (importing MLflow, creating
+    # or migrating the store); after that the turn goes on untraced and later turns are traced once it is open.
+    setup_timeout_seconds: float = _opt(30.0, min=0)
 
 
 @dataclass(frozen=True)

@@ -463,6 +463,7 @@ def make_tracer(config: Config, env: Mapping[str, str]) -> Tracer | DisabledTrac
         experiment_id=config.tracing.experiment_id,
         artifact_location=artifact_location,
         private_store=database,
+        setup_timeout_seconds=config.tracing.setup_timeout_seconds,
     )
 
 
