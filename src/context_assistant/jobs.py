@@ -29,6 +29,7 @@ from .core.config import Config, load_config
 from .core.console import TerminalProgress, print_json
 from .core.errors import EXIT_OK, ConfigError, ContextAssistantError
 from .core.interrupts import end_process, report_interrupted
+from .core.redact import install_log_redaction
 from .core.workspace import workspace_client
 from .storage.targets import with_lakebase
 
@@ -300,6 +301,7 @@ def _default_spark(config: Config) -> Any:
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    install_log_redaction()
 
 
 def _fail(summary: dict[str, Any], out: TextIO, message: str, code: int) -> int:

@@ -117,10 +117,12 @@ def refresh_documents(
     spark_factory: Callable[[], SparkSession] | None = None,
     wait: bool = True,
     clock: Clock = REAL_CLOCK,
+    allow_empty_source: bool = False,
 ) -> RefreshResult:
     """Ingest changed documents and sync the index; or, with ``rag.refresh_job_id``, run that job.
 
-    ``source`` replaces ``rag.source`` for this run (``ingest --source``).
+    ``source`` replaces ``rag.source`` for this run (``ingest --source``); ``allow_empty_source`` accepts a
+    source with no files (``ingest --allow-empty-source``: it removes every ingested document).
     """
     config = services.config
     if not config.rag.enabled:
@@ -130,8 +132,7 @@ def refresh_documents(
 
     chunk_size, chunk_overlap, counter = chunking_from_config(config.rag)  # a bad size is a ConfigError
     location = source_location(config, source)
-    if "://" not in location and not location.startswith("/Volumes/") and not Path(location).is_dir():
-        raise IngestError(f"the documents folder does not exist: {location} (rag.source or --source)")
+    check_local_source(location)
     say = progress or quiet
     spark = spark_factory() if spark_factory is not None else get_spark(config.data_path)
     try:
@@ -146,6 +147,7 @@ def refresh_documents(
                 counter=counter,
                 pdf_parser=config.rag.pdf_parser,
                 progress=say,
+                allow_empty_source=allow_empty_source,
             )
     except ContextAssistantError:
         raise
@@ -157,6 +159,25 @@ def refresh_documents(
     say("Syncing the index with the chunk table...")
     sync = refresh_index(services, full=full, progress=say)
     return RefreshResult(ingest=ingest, sync=sync)
+
+
+def check_local_source(location: str) -> None:
+    """A local source must be a folder that exists; say exactly what is wrong when it is not. (A Volume path
+    or URI is checked by Spark's listing.)"""
+    if "://" in location or location.startswith("/Volumes/"):
+        return
+    path = Path(location)
+    if path.is_dir():
+        return
+    if path.is_file():
+        raise IngestError(
+            f"{location} is a file, not a folder: the source (rag.source or --source) is the folder of documents "
+            "the index mirrors, and anything not under it is removed from the index. Put the file in your "
+            "documents folder and run ingest on that folder"
+        )
+    if path.exists():
+        raise IngestError(f"{location} is not a folder (rag.source or --source must name a folder of documents)")
+    raise IngestError(f"the documents folder does not exist: {location} (rag.source or --source)")
 
 
 def refresh_index(services: Services, full: bool = False, *, progress: Progress | None = None) -> IndexReport:

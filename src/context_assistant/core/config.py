@@ -22,6 +22,8 @@ from .errors import ConfigError
 
 CONFIG_ENV = "CONTEXT_ASSISTANT_CONFIG"
 OVERRIDE_PREFIX = "CONTEXT_ASSISTANT__"
+CONFIG_FILE = "config.yaml"
+DEFAULT_DATA_DIR = ".context-assistant"
 
 # Declared once: the settings allow these values, and retrieval, the backends and the CLI's --mode use them.
 SEARCH_MODES = ("vector", "keyword", "hybrid")
@@ -102,6 +104,9 @@ class RagConfig:
     pdf_parser: str = _opt("builtin", choices=PDF_PARSERS)
     index_type: str = _opt("hnsw", choices=INDEX_TYPES)
     search_mode: str = _opt("hybrid", choices=SEARCH_MODES)
+    # Short CLI commands (search, recall, chat) share a warm local embedding model for this long after their
+    # last use (retrieval/embedding_service.py); 0: each loads the model itself.
+    embedding_service_idle_seconds: float = _opt(900.0, min=0)
     # How hybrid search fuses its two rankings (retrieval/fusion.py): convex (normalised scores) or rrf (ranks).
     fusion: str = _opt("convex", choices=FUSIONS)
     hybrid_weight: float = _opt(0.5, min=0)  # convex: the vector side's share
@@ -130,6 +135,9 @@ class TracingConfig:
     tracking_uri: str = ""
     experiment: str = "context-assistant"
     experiment_id: str = ""
+    # How long the first traced turn of a process waits for the trace store to open (importing MLflow, creating
+    # or migrating the store); after that the turn goes on untraced and later turns are traced once it is open.
+    setup_timeout_seconds: float = _opt(30.0, min=0)
 
 
 @dataclass(frozen=True)
@@ -155,7 +163,7 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class Config:
-    data_dir: str = ".context-assistant"
+    data_dir: str = DEFAULT_DATA_DIR
     user: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -223,8 +231,22 @@ ENV_ALIASES: tuple[tuple[str, str], ...] = (
 )
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
-    """``--config`` wins, then $CONTEXT_ASSISTANT_CONFIG, then ./config.yaml if present."""
+def find_project_root(start: str | os.PathLike[str] | None = None) -> Path | None:
+    """The nearest folder, from ``start`` (the working directory) up, holding a ``config.yaml`` or a
+    ``.context-assistant/`` data folder: the project a command run from a sub-folder belongs to, found the way
+    git finds its repository. None when no folder up to the file-system root has either."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_FILE).is_file() or (folder / DEFAULT_DATA_DIR).is_dir():
+            return folder
+    return None
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """``--config`` wins, then $CONTEXT_ASSISTANT_CONFIG, then the project's config.yaml (see
+    :func:`find_project_root`) if it has one."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
@@ -235,8 +257,18 @@ def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, 
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (from ${CONFIG_ENV})")
         return path
-    default = Path("config.yaml")
-    return default if default.is_file() else None
+    root = find_project_root(cwd)
+    if root is not None and (root / CONFIG_FILE).is_file():
+        return root / CONFIG_FILE
+    return None
+
+
+def base_folder(file: Path | None, cwd: str | os.PathLike[str] | None = None) -> Path:
+    """What relative paths in the configuration are resolved against: the config file's folder; without a
+    file, the project root (a folder above holding ``.context-assistant/``), else the working directory."""
+    if file is not None:
+        return file.parent.resolve()
+    return find_project_root(cwd) or Path(cwd if cwd is not None else os.getcwd()).resolve()
 
 
 def load_config(
@@ -274,7 +306,7 @@ def load_config(
             _set_dotted(raw, key, value)
             sources[key] = "command line"
 
-    raw["base_dir"] = str((file.parent if file is not None else Path(".")).resolve())
+    raw["base_dir"] = str(base_folder(file))
     config = _build(Config, raw, "", sources)
     if config.rag.chunk_overlap >= config.rag.chunk_size:
         raise ConfigError(

