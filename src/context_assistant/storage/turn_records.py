@@ -17,8 +17,9 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ..core.errors import InvalidInput
+from ..core.text import check_session_id
 from ..core.tokens import message_tokens
-from .memory import _MESSAGE_COLUMNS, ConversationStore, Message, SessionNotFound, _check_session_id, fit_turns
+from .memory import _MESSAGE_COLUMNS, ConversationStore, Message, SessionNotFound, fit_turns
 
 # Unsummarised messages read with the context beyond the history window: enough for the turns that fell out
 # of the window since the last turn; a session with more (a long imported one) is read in full instead.
@@ -100,7 +101,7 @@ def store_question(
     timestamp = store.clock.now()
     new = session_id is None
     sid = store.new_session_id() if session_id is None else session_id
-    _check_session_id(sid)
+    check_session_id(sid)
     params = {"sid": sid, "uid": user, "title": title, "ts": timestamp, "content": content}
     with store.db.autocommit() as conn:
         row = conn.execute(_NEW_SESSION_QUESTION if new else _QUESTION, params).fetchone()
