@@ -345,7 +345,14 @@ def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
 
     progress = TerminalProgress(quiet=args.json)
     try:
-        result = refresh_documents(services, source=args.source or None, full=args.full, progress=progress)
+        result = refresh_documents(
+            services,
+            source=args.source or None,
+            full=args.full,
+            progress=progress,
+            allow_empty_source=args.allow_empty_source,
+            allow_replace_source=args.allow_replace_source,
+        )
     finally:
         progress.done()
     if args.json:
@@ -494,6 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(commands, "ingest", cmd_ingest, "parse and chunk new or changed documents, then sync the index")
     p.add_argument("--source", help="documents folder or Volume path (default: rag.source)")
     p.add_argument("--full", action="store_true", help="re-embed every chunk, even unchanged ones")
+    p.add_argument(
+        "--allow-empty-source", action="store_true", help="accept a source with no files (removes every document)"
+    )
+    p.add_argument(
+        "--allow-replace-source",
+        action="store_true",
+        help="accept a source holding none of the ingested documents (removes all of them)",
+    )
 
     from ..core.config import SEARCH_MODES
 

@@ -29,6 +29,7 @@ UNCHANGED = "unchanged"  # parser output status for a candidate whose bytes hash
 PIPELINE_VERSION = 2
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()
+EMPTY_FILE = "empty file"
 
 
 @dataclass
@@ -65,6 +66,8 @@ class IngestResult:
     failures: list[Failure] = field(default_factory=list)
     # Unchanged files that failed in an earlier run and were not retried (same bytes): still not answerable.
     still_failing: list[Failure] = field(default_factory=list)
+    # Files present but not ingested, with the reason (unsupported type, too large, empty, a link, an odd name).
+    skipped: list[Failure] = field(default_factory=list)
     chunks: ChunkCounts = field(default_factory=ChunkCounts)
     seconds: float = 0.0
     parsed: int = 0  # files handed to the parser (not in to_json: a diagnostic for tests and benchmarks)
@@ -85,6 +88,7 @@ class IngestResult:
             "still_failing": [
                 {"path": f.path, "error": f.error} for f in sorted(self.still_failing, key=lambda f: f.path)
             ],
+            "skipped": [{"path": f.path, "reason": f.error} for f in sorted(self.skipped, key=lambda f: f.path)],
             "chunks": {"written": self.chunks.written, "deleted": self.chunks.deleted},
             "seconds": self.seconds,
         }
@@ -153,22 +157,28 @@ def plan_ingest(
     chunking: str,
     max_file_bytes: int,
     stored_chunks: Mapping[str, int] | None = None,
+    refused: Mapping[str, str] | None = None,
 ) -> IngestPlan:
     """Sort listed files into candidates / unchanged / skipped and find what left the source.
 
     A stored document is trusted (may be skipped by size+mtime, or by hash) only if it was cut with the
     same chunking and ``stored_chunks`` (rows per path in the chunk table, when given) still holds its
     ``chunk_count`` chunks: deleting or damaging the chunk table by hand makes the next run rebuild it.
+    ``refused`` (path -> reason) are entries the boundary walk would not read (links, loops, odd names):
+    skipped with that reason. An empty file is skipped ("empty file"), unless it is a document that had
+    content: that one is a candidate, and fails with its last chunks kept rather than vanish.
     """
     plan = IngestPlan()
     listed = set()
     for f in files:
         listed.add(f.path)
-        reason = skip_reason(f.path, f.size_bytes, max_file_bytes)
+        prev = known.get(f.path)
+        reason = (refused or {}).get(f.path) or skip_reason(f.path, f.size_bytes, max_file_bytes)
+        if reason is None and f.size_bytes == 0 and (prev is None or prev.status == SKIPPED):
+            reason = EMPTY_FILE
         if reason is not None:
             plan.skipped.append((f, reason))
             continue
-        prev = known.get(f.path)
         trusted = (
             prev is not None
             and prev.status in (OK, FAILED)
@@ -210,6 +220,7 @@ def decide_documents(
             result.still_failing.append(Failure(f.path, prev.error or "could not be parsed"))
     for f, reason in plan.skipped:
         counts.skipped += 1
+        result.skipped.append(Failure(f.path, reason))
         prev = known.get(f.path)
         if stored.get(f.path):
             replace.append(f.path)  # it had chunks; a file we no longer ingest must not be answered from

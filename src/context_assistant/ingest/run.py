@@ -36,7 +36,9 @@ How one run works, and why each step is where it is:
    THEN DELETE`` removing files that left the source. It runs last: if the job dies before it, the next
    run sees the old hashes and redoes the work, so a partial run never leaves chunks marked done.
 
-Nothing is written when nothing changed (no empty Delta commits). One ingest at a time per table pair.
+Nothing is written when nothing changed (no empty Delta commits). One ingest at a time per table pair:
+:mod:`context_assistant.ingest.lock` makes a second local run wait, and turns a Delta write conflict on
+Databricks into one clear line.
 The staging table is kept between runs (overwritten by each run that parses something; safe to drop).
 Files and folders whose names start with ``.`` or ``_`` are ignored, as Spark's file listing does.
 
@@ -65,11 +67,15 @@ from typing import TYPE_CHECKING
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.errors import InvalidInput
 from .ai_parse import ai_parse_column, check_pdf_parser
+from .boundary import READ_SCHEMA, SourceScan, check_symlink_policy, is_local_source, read_local_files, scan_source
 from .contract import CHUNK_TABLE, DOCUMENTS_TABLE, FRESH_CHUNK, parsed_schema_ddl, schema_ddl, table_ddl
+from .limits import ParseLimits
+from .lock import concurrent_write_error, ingest_lock
 from .plan import (
     DEFAULT_MAX_FILE_BYTES,
     EMPTY_HASH,
     OK,
+    SKIPPED,
     UNCHANGED,
     ChunkCounts,
     DocumentRow,
@@ -91,6 +97,7 @@ if TYPE_CHECKING:
     from .tokenization import TokenCounter
 
 STAGING_SUFFIX = "__ingest_staging"
+_SKIPS_SHOWN = 20  # skipped files named in the progress output (all of them are in the result)
 
 # The tables' columns are declared once, in ingest.contract; these are their CREATE TABLE definitions.
 CHUNK_COLUMNS = table_ddl(CHUNK_TABLE)
@@ -201,12 +208,19 @@ def run_ingest(
     clock: Clock = REAL_CLOCK,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     allow_empty_source: bool = False,
+    allow_replace_source: bool = False,
+    symlinks: str = "never",
+    limits: ParseLimits | None = None,
 ) -> IngestResult:
     """Bring the chunk and documents tables in line with the files under ``source``; see the module doc.
 
     ``chunk_table``/``documents_table``: ``catalog.schema.table``, a folder path, or a resolved
     :class:`TableRef` (see :func:`context_assistant.ingest.tables.resolve_table`). An empty source is refused
-    unless ``allow_empty_source`` (it would delete every ingested document, usually a wrong path).
+    unless ``allow_empty_source`` (it would delete every ingested document, usually a wrong path); so is a
+    source that holds none of the ingested documents, unless ``allow_replace_source`` (usually ``--source``
+    pointing at another folder by mistake). A local source is walked within its boundary
+    (:mod:`context_assistant.ingest.boundary`; ``symlinks``: ``never`` or ``inside``). Each file is parsed
+    within ``limits`` (:mod:`context_assistant.ingest.limits`: wall clock and memory, in a child process).
     ``chunk_size``/``chunk_overlap`` count tokens of ``counter`` (the embedding model's tokenizer, see
     :func:`context_assistant.retrieval.tokenizer.counter_for_model`), or characters without one.
     ``pdf_parser`` ``ai_parse_document`` parses PDFs with that Databricks AI Function (see
@@ -226,14 +240,24 @@ def run_ingest(
     run = _Run(spark, resolve_source(source), resolve_table(chunk_table), resolve_table(documents_table), say)
     check_pdf_parser(pdf_parser, local_tables=run.chunks.location is not None)  # a ConfigError (exit 2)
     run.pdf_parser = pdf_parser
+    run.symlinks = check_symlink_policy(symlinks)
+    run.allow_replace = allow_replace_source
+    run.max_file_bytes = max_file_bytes
+    run.limits = limits or ParseLimits()
     try:
-        result = run.execute(chunk_size, chunk_overlap, counter, max_file_bytes, allow_empty_source, run_us)
+        with ingest_lock(run.chunks, say):
+            result = run.execute(chunk_size, chunk_overlap, counter, max_file_bytes, allow_empty_source, run_us)
     except KeyboardInterrupt:
         # No more Spark calls after Ctrl-C: dropping a view is a new operation, which can wait behind the
         # interrupted one for as long as it keeps running. The views are run-private and die with the session.
         raise
-    except Exception:
+    except Exception as error:
         run.drop_views()
+        if concurrent_write_error(error):
+            raise IngestError(
+                f"another ingest wrote to {run.chunks.label} or {run.documents.label} at the same time, so this run "
+                "stopped (nothing is half done); run ingest again to pick up the rest"
+            ) from error
         raise
     run.drop_views()
     result.seconds = round(clock.monotonic() - started, 3)
@@ -270,6 +294,11 @@ class _Run:
         self._views: list[str] = []
         self._tag = uuid.uuid4().hex[:10]
         self.pdf_parser = "builtin"
+        self.symlinks = "never"
+        self.allow_replace = False
+        self.max_file_bytes = DEFAULT_MAX_FILE_BYTES
+        self.scan: SourceScan | None = None  # a local source, walked in Python within its boundary
+        self.limits = ParseLimits()
 
     # -- steps --------------------------------------------------------------------------------------
 
@@ -286,25 +315,44 @@ class _Run:
             self.say(note)
         chunking = chunking_signature(chunk_size, chunk_overlap, counter, self.pdf_parser)
         self.say(f"listing {self.source}")
-        files, single_file = self.list_source()
+        refused: dict[str, str] = {}
+        if is_local_source(self.source):
+            self.scan = scan_source(self.source, self.symlinks)
+            single_file = self.scan.single_file
+            files = [SourceFile(f.path, f.size_bytes, f.modified_us) for f in self.scan.files]
+            refused = self.scan.refused
+            files = sorted([*files, *(SourceFile(p, 0, 0) for p in refused)], key=lambda f: f.path)
+        else:
+            files, single_file = self.list_source()
         known = self.known_documents()
         stored = self.stored_chunk_counts()
-        if not single_file:
+        if not single_file and self.scan is None:
             listed = {f.path for f in files}
             emptied = still_present_but_empty(self.source, sorted(p for p in known if p not in listed))
             files = sorted([*files, *emptied], key=lambda f: f.path)
         if not files and not allow_empty:
             raise IngestError(
                 f"no files found under {self.source} (wrong path, or an empty folder?); refusing to "
-                f"remove the {len(known)} ingested document(s); pass allow_empty_source to do that"
+                f"remove the {len(known)} ingested document(s); pass --allow-empty-source to do that"
                 if known
                 else f"no files found under {self.source} (wrong path, or an empty folder?)"
             )
-        plan = plan_ingest(files, known, chunking, max_file_bytes, stored)
+        plan = plan_ingest(files, known, chunking, max_file_bytes, stored, refused)
+        doomed = [d for d in plan.removed if d.status != SKIPPED]
+        every_known = len(doomed) == sum(d.status != SKIPPED for d in known.values())
+        if files and doomed and every_known and not self.allow_replace:
+            raise IngestError(
+                f"none of the {len(doomed)} ingested document(s) is under {self.source} (a different "
+                "folder?); refusing to remove them all; pass --allow-replace-source to replace them"
+            )
         self.say(
             f"{len(files)} file(s): {len(plan.candidates)} to check, {len(plan.unchanged)} unchanged, "
             f"{len(plan.skipped)} skipped, {len(plan.removed)} removed from the source"
         )
+        for f, reason in plan.skipped[:_SKIPS_SHOWN]:
+            self.say(f"skipped {f.path!r}: {reason}")
+        if len(plan.skipped) > _SKIPS_SHOWN:
+            self.say(f"... and {len(plan.skipped) - _SKIPS_SHOWN} more skipped (ingest --json lists them all)")
         parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap, counter)
         result = IngestResult(parsed=sum(p.status != UNCHANGED for p in parsed))
         doc_rows, replace_paths, vanished = decide_documents(plan, known, stored, parsed, chunking, run_us, result)
@@ -412,7 +460,9 @@ class _Run:
         if self.pdf_parser == "ai_parse_document":
             to_parse = to_parse.selectExpr("*", f"{ai_parse_column()} AS ai_parsed")
         self.say(f"reading {len(to_read)} file(s); parsing those whose content changed")
-        parsed = to_parse.mapInArrow(make_batch_parser(chunk_size, chunk_overlap, counter), _PARSED_SCHEMA)
+        parsed = to_parse.mapInArrow(
+            make_batch_parser(chunk_size, chunk_overlap, counter, self.limits), _PARSED_SCHEMA
+        )
         writer = parsed.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         if self.staging.location is not None:
             writer.save(self.staging.location)
@@ -433,6 +483,8 @@ class _Run:
         """The candidates' bytes. A short list is loaded file by file so nothing else is read; a long one
         (the first run) or one with glob characters in a name (``load`` treats paths as globs, and Hadoop
         and pysail escape differently) is a filtered scan of the whole source instead."""
+        if self.scan is not None:
+            return self.read_scanned(candidates)
         reader = self.spark.read.format("binaryFile")
         if single_file:
             return reader.load(self.source)
@@ -446,6 +498,25 @@ class _Run:
             .option("pathGlobFilter", _supported_glob())
             .load(self.source)
             .where(f"length <= {max(c.size_bytes for c in candidates)}")
+        )
+
+    def read_scanned(self, candidates: list[SourceFile]) -> DataFrame:
+        """The bytes of scanned local files, read by a Python worker from the paths the boundary walk
+        resolved: no folder is listed again, so a link, a loop or an odd name elsewhere cannot reach Spark."""
+        assert self.scan is not None
+        real = {f.path: f.real for f in self.scan.files}
+        base = self.source.rstrip("/")
+        rows = [
+            (base if self.scan.single_file else f"{base}/{c.path}", real[c.path], self.max_file_bytes)
+            for c in candidates
+            if c.path in real
+        ]
+        frame = self.spark.createDataFrame(rows, "path STRING, real STRING, limit BIGINT")
+        partitions = max(1, min(len(rows), os.cpu_count() or 1))
+        return (
+            frame.repartition(partitions)
+            .mapInArrow(read_local_files, READ_SCHEMA)
+            .selectExpr("path", "length", "timestamp_micros(modified_us) AS modificationTime", "content")
         )
 
     def merge_chunks(self, replace_paths: list[str], run_us: int, has_parsed: bool) -> ChunkCounts:
