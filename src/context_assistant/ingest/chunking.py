@@ -103,7 +103,8 @@ def chunk_document(
         prefix = header + HEADER_SEPARATOR if header else ""
         budget = chunk_size - special - _measure(prefix, counter)
         budget = max(budget, 1)
-        for piece in split_long_text(section.text, budget, min(chunk_overlap, budget - 1), counter=counter):
+        overlap = min(chunk_overlap, budget - 1)
+        for piece in split_long_text(section.text, budget, overlap, counter=counter, window=WINDOW_CHARS):
             index = len(chunks)
             text = prefix + piece.text
             chunks.append(
