@@ -76,3 +76,14 @@ def test_the_ingest_limits_are_settings(tmp_path: Any) -> None:
     path.write_text("rag:\n  symlinks: always\n")
     with pytest.raises(ConfigError, match=r"rag\.symlinks"):
         load_config(path, env={})
+
+
+def test_a_long_plain_text_is_normalised_block_by_block_with_the_same_result() -> None:
+    from context_assistant.ingest.documents import normalize_in_blocks
+    from context_assistant.ingest.text import normalize_text
+
+    text = prose(300).replace(". ", ".\r\n", 50).replace("\n\n", "\n\n\n  \t\n", 40) + "\n\nCafe\u0301 au lait.\n"
+    assert len(text) > 20_000
+    assert normalize_in_blocks(text, block=2_000) == normalize_text(text)
+    one_line = "word " * 5_000
+    assert normalize_in_blocks(one_line, block=2_000).split() == one_line.split()

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..core.errors import ConfigError
+from .plan import SourceFile
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
 
 SYMLINK_POLICIES = ("never", "inside")
 _CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
@@ -51,6 +53,11 @@ class SourceScan:
     files: list[ListedFile] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # relative path -> reason
     single_file: bool = False
+
+    def listing(self) -> list[SourceFile]:
+        """Every entry as the planner sees it, refused ones included (as size 0: they are skipped)."""
+        files = [SourceFile(f.path, f.size_bytes, f.modified_us) for f in self.files]
+        return sorted([*files, *(SourceFile(p, 0, 0) for p in self.refused)], key=lambda f: f.path)
 
 
 def check_symlink_policy(policy: str) -> str:
@@ -198,3 +205,18 @@ def read_local_files(rows: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]
                 os.close(fd)
             out = {"path": row["path"], "length": len(content), "modified_us": _micros(st), "content": content}
             yield pa.RecordBatch.from_pylist([out], schema=schema)
+
+
+def read_scanned(spark: SparkSession, scan: SourceScan, paths: list[str], source: str, limit: int) -> DataFrame:
+    """``binaryFile``-shaped rows (path, length, modificationTime, content) of the scanned files at ``paths``,
+    read by a Python worker from the locations the walk resolved: no folder is listed again, so a link, a
+    loop or an odd name elsewhere in the folder can neither reach Spark nor abort the read."""
+    real = {f.path: f.real for f in scan.files}
+    base = source.rstrip("/")
+    rows = [(base if scan.single_file else f"{base}/{p}", real[p], limit) for p in paths if p in real]
+    frame = spark.createDataFrame(rows, "path STRING, real STRING, limit BIGINT")
+    return (
+        frame.repartition(max(1, min(len(rows), os.cpu_count() or 1)))
+        .mapInArrow(read_local_files, READ_SCHEMA)
+        .selectExpr("path", "length", "timestamp_micros(modified_us) AS modificationTime", "content")
+    )

@@ -21,6 +21,7 @@ same on Databricks' Linux workers as here.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import pickle
@@ -30,6 +31,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -55,6 +57,8 @@ class ParseLimits:
 
 
 FileResult = tuple[str, "str | None", list]
+# parse_and_chunk's signature: (path, data, chunk_size, chunk_overlap, timeout, counter, ai_parsed) -> result
+ParseFunction = Callable[..., FileResult]
 
 
 def _failed(error: str) -> FileResult:
@@ -68,9 +72,16 @@ class ParseChild:
     than the limit for one, and restarts the child after it was killed or died."""
 
     def __init__(
-        self, chunk_size: int, chunk_overlap: int, counter: TokenCounter | None, limits: ParseLimits
+        self,
+        chunk_size: int,
+        chunk_overlap: int,
+        counter: TokenCounter | None,
+        limits: ParseLimits,
+        parse: ParseFunction,
     ) -> None:
+        """``parse`` is :func:`context_assistant.ingest.worker.parse_and_chunk` (the child imports it by name)."""
         self.settings = (chunk_size, chunk_overlap, counter)
+        self.parse_function = parse
         self.limits = limits
         self._proc: subprocess.Popen[bytes] | None = None
         self._unavailable = not limits.isolate
@@ -90,7 +101,7 @@ class ParseChild:
         except (OSError, EOFError, pickle.UnpicklingError):
             code = self.close(kill=True)
             return _failed(self._death(code))
-        return answer  # type: ignore[no-any-return]
+        return answer
 
     def close(self, kill: bool = False) -> int | None:
         """Stop the child (politely unless ``kill``); returns its exit code."""
@@ -131,7 +142,13 @@ class ParseChild:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # what this worker can import
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", f"from {__name__} import main; main()", str(self.limits.memory_bytes)],
+                [
+                    sys.executable,
+                    "-c",
+                    f"from {__name__} import main; main()",
+                    str(self.limits.memory_bytes),
+                    f"{self.parse_function.__module__}:{self.parse_function.__qualname__}",
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -153,18 +170,8 @@ class ParseChild:
             self._unavailable = True
 
     def _in_process(self, path: str, data: bytes, ai_parsed: str | None) -> FileResult:
-        from .worker import parse_and_chunk
-
         chunk_size, chunk_overlap, counter = self.settings
-        return parse_and_chunk(
-            path,
-            data,
-            chunk_size,
-            chunk_overlap,
-            timeout=self.limits.seconds,
-            counter=counter,
-            ai_parsed=ai_parsed,
-        )
+        return self.parse_function(path, data, chunk_size, chunk_overlap, self.limits.seconds, counter, ai_parsed)
 
     def __enter__(self) -> ParseChild:
         return self
@@ -177,7 +184,7 @@ def _send(stream: IO[bytes] | None, value: Any, by_value: bool = False) -> None:
     """Write one message. ``by_value``: with cloudpickle (as Spark ships the UDF), for the token counter, whose
     class may live where the child cannot import it (a notebook, a test module)."""
     assert stream is not None
-    dumps = pickle.dumps
+    dumps: Callable[..., bytes] = pickle.dumps
     if by_value:
         with contextlib.suppress(ImportError):
             from pyspark import cloudpickle
@@ -224,9 +231,11 @@ def _limit_memory(memory_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def serve(memory_bytes: int, stdin: IO[bytes], stdout: IO[bytes]) -> None:
-    """The child's loop: settings, then one ``(path, data, ai_parsed)`` per request until ``None``."""
-    from .worker import parse_and_chunk  # imports the parsers' modules before the memory limit applies
+def serve(memory_bytes: int, stdin: IO[bytes], stdout: IO[bytes], target: str) -> None:
+    """The child's loop: settings, then one ``(path, data, ai_parsed)`` per request until ``None``, each
+    answered by the function ``target`` (``module:name``; imported before the memory limit applies)."""
+    module, name = target.split(":")
+    parse_and_chunk = getattr(importlib.import_module(module), name)
 
     chunk_size, chunk_overlap, counter = _receive(stdin, None)
     _limit_memory(memory_bytes)
@@ -252,4 +261,4 @@ def serve(memory_bytes: int, stdin: IO[bytes], stdout: IO[bytes]) -> None:
 def main() -> None:
     """The child process's entry point (``python -c``): serve on stdin/stdout with the limit in argv[1]."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us if need be
-    serve(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
+    serve(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer, sys.argv[2])

@@ -195,6 +195,13 @@ def plan_ingest(
     return plan
 
 
+def removes_every_document(plan: IngestPlan, known: dict[str, KnownDocument]) -> int:
+    """How many ingested documents the plan removes when it removes all of them (else 0): a source that holds
+    none of them is usually a wrong ``--source``, refused unless the caller allows it."""
+    doomed = sum(d.status != SKIPPED for d in plan.removed)
+    return doomed if doomed and doomed == sum(d.status != SKIPPED for d in known.values()) else 0
+
+
 def decide_documents(
     plan: IngestPlan,
     known: dict[str, KnownDocument],

@@ -42,9 +42,9 @@ Databricks into one clear line.
 The staging table is kept between runs (overwritten by each run that parses something; safe to drop).
 Files and folders whose names start with ``.`` or ``_`` are ignored, as Spark's file listing does.
 
-Empty files: Spark's ``binaryFile`` (and pysail's) never lists zero-byte files, so a new empty file is
-invisible. A known document truncated to zero bytes is found by a ``stat`` (local folder or ``/Volumes``
-mount) and marked failed ("empty file") with its chunks kept, rather than treated as deleted.
+Empty files are skipped ("empty file"); a known document truncated to zero bytes is marked failed with its
+chunks kept. Spark's ``binaryFile`` never lists zero-byte files: a local folder is walked in Python
+(:mod:`context_assistant.ingest.boundary`), and on a Volume known documents are checked with a ``stat``.
 
 Local (pysail) differences, handled here so results match Databricks: pysail lists a missing source as
 empty (we refuse an empty source unless ``allow_empty_source``), lists a file larger than its 128 MiB
@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.errors import InvalidInput
 from .ai_parse import ai_parse_column, check_pdf_parser
-from .boundary import READ_SCHEMA, SourceScan, check_symlink_policy, is_local_source, read_local_files, scan_source
+from .boundary import SourceScan, check_symlink_policy, is_local_source, read_scanned, scan_source
 from .contract import CHUNK_TABLE, DOCUMENTS_TABLE, FRESH_CHUNK, parsed_schema_ddl, schema_ddl, table_ddl
 from .limits import ParseLimits
 from .lock import concurrent_write_error, ingest_lock
@@ -75,7 +75,6 @@ from .plan import (
     DEFAULT_MAX_FILE_BYTES,
     EMPTY_HASH,
     OK,
-    SKIPPED,
     UNCHANGED,
     ChunkCounts,
     DocumentRow,
@@ -87,6 +86,7 @@ from .plan import (
     chunking_signature,
     decide_documents,
     plan_ingest,
+    removes_every_document,
 )
 from .tables import TableRef, create_table, resolve_table, sql_string
 from .worker import make_batch_parser, parse_and_chunk
@@ -216,11 +216,9 @@ def run_ingest(
 
     ``chunk_table``/``documents_table``: ``catalog.schema.table``, a folder path, or a resolved
     :class:`TableRef` (see :func:`context_assistant.ingest.tables.resolve_table`). An empty source is refused
-    unless ``allow_empty_source`` (it would delete every ingested document, usually a wrong path); so is a
-    source that holds none of the ingested documents, unless ``allow_replace_source`` (usually ``--source``
-    pointing at another folder by mistake). A local source is walked within its boundary
-    (:mod:`context_assistant.ingest.boundary`; ``symlinks``: ``never`` or ``inside``). Each file is parsed
-    within ``limits`` (:mod:`context_assistant.ingest.limits`: wall clock and memory, in a child process).
+    unless ``allow_empty_source``, one holding none of the ingested documents unless ``allow_replace_source``
+    (both would delete every document: usually a wrong path). ``symlinks``: see :mod:`.boundary`; ``limits``
+    (per file wall clock and memory): :mod:`.limits`.
     ``chunk_size``/``chunk_overlap`` count tokens of ``counter`` (the embedding model's tokenizer, see
     :func:`context_assistant.retrieval.tokenizer.counter_for_model`), or characters without one.
     ``pdf_parser`` ``ai_parse_document`` parses PDFs with that Databricks AI Function (see
@@ -318,10 +316,7 @@ class _Run:
         refused: dict[str, str] = {}
         if is_local_source(self.source):
             self.scan = scan_source(self.source, self.symlinks)
-            single_file = self.scan.single_file
-            files = [SourceFile(f.path, f.size_bytes, f.modified_us) for f in self.scan.files]
-            refused = self.scan.refused
-            files = sorted([*files, *(SourceFile(p, 0, 0) for p in refused)], key=lambda f: f.path)
+            files, refused, single_file = self.scan.listing(), self.scan.refused, self.scan.single_file
         else:
             files, single_file = self.list_source()
         known = self.known_documents()
@@ -338,12 +333,11 @@ class _Run:
                 else f"no files found under {self.source} (wrong path, or an empty folder?)"
             )
         plan = plan_ingest(files, known, chunking, max_file_bytes, stored, refused)
-        doomed = [d for d in plan.removed if d.status != SKIPPED]
-        every_known = len(doomed) == sum(d.status != SKIPPED for d in known.values())
-        if files and doomed and every_known and not self.allow_replace:
+        doomed = removes_every_document(plan, known)
+        if files and doomed and not self.allow_replace:
             raise IngestError(
-                f"none of the {len(doomed)} ingested document(s) is under {self.source} (a different "
-                "folder?); refusing to remove them all; pass --allow-replace-source to replace them"
+                f"none of the {doomed} ingested document(s) is under {self.source} (a different folder?); "
+                "refusing to remove them all; pass --allow-replace-source to replace them"
             )
         self.say(
             f"{len(files)} file(s): {len(plan.candidates)} to check, {len(plan.unchanged)} unchanged, "
@@ -483,8 +477,10 @@ class _Run:
         """The candidates' bytes. A short list is loaded file by file so nothing else is read; a long one
         (the first run) or one with glob characters in a name (``load`` treats paths as globs, and Hadoop
         and pysail escape differently) is a filtered scan of the whole source instead."""
-        if self.scan is not None:
-            return self.read_scanned(candidates)
+        if self.scan is not None:  # read what the boundary walk accepted, never listing the folder again
+            return read_scanned(
+                self.spark, self.scan, [c.path for c in candidates], self.source, self.max_file_bytes
+            )
         reader = self.spark.read.format("binaryFile")
         if single_file:
             return reader.load(self.source)
@@ -498,25 +494,6 @@ class _Run:
             .option("pathGlobFilter", _supported_glob())
             .load(self.source)
             .where(f"length <= {max(c.size_bytes for c in candidates)}")
-        )
-
-    def read_scanned(self, candidates: list[SourceFile]) -> DataFrame:
-        """The bytes of scanned local files, read by a Python worker from the paths the boundary walk
-        resolved: no folder is listed again, so a link, a loop or an odd name elsewhere cannot reach Spark."""
-        assert self.scan is not None
-        real = {f.path: f.real for f in self.scan.files}
-        base = self.source.rstrip("/")
-        rows = [
-            (base if self.scan.single_file else f"{base}/{c.path}", real[c.path], self.max_file_bytes)
-            for c in candidates
-            if c.path in real
-        ]
-        frame = self.spark.createDataFrame(rows, "path STRING, real STRING, limit BIGINT")
-        partitions = max(1, min(len(rows), os.cpu_count() or 1))
-        return (
-            frame.repartition(partitions)
-            .mapInArrow(read_local_files, READ_SCHEMA)
-            .selectExpr("path", "length", "timestamp_micros(modified_us) AS modificationTime", "content")
         )
 
     def merge_chunks(self, replace_paths: list[str], run_us: int, has_parsed: bool) -> ChunkCounts:

@@ -109,7 +109,7 @@ def make_batch_parser(
     limits = limits or ParseLimits()
 
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        with ParseChild(chunk_size, chunk_overlap, counter, limits) as child:
+        with ParseChild(chunk_size, chunk_overlap, counter, limits, parse_and_chunk) as child:
             yield from _parse_batches(batches, child)
 
     def _parse_batches(batches: Iterator[pa.RecordBatch], child: ParseChild) -> Iterator[pa.RecordBatch]:
