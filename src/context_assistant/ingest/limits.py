@@ -176,8 +176,8 @@ class ParseChild:
     def __enter__(self) -> ParseChild:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self.close(kill=kind is not None)  # interrupted (Ctrl-C, a cancelled Spark task): do not wait for it
 
 
 def _send(stream: IO[bytes] | None, value: Any, by_value: bool = False) -> None:
@@ -258,7 +258,20 @@ def serve(memory_bytes: int, stdin: IO[bytes], stdout: IO[bytes], target: str) -
         _send(stdout, answer)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Die when the parent does (a Spark worker killed with ``kill -9``), even while stuck in a parser."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main() -> None:
     """The child process's entry point (``python -c``): serve on stdin/stdout with the limit in argv[1]."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us if need be
+    _exit_with_parent(os.getppid())
     serve(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer, sys.argv[2])
