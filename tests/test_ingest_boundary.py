@@ -133,3 +133,14 @@ def test_a_source_holding_none_of_the_known_documents_needs_a_flag(
     replaced = ingest(spark, second, data, clock, allow_replace_source=True)
     assert (replaced.documents.added, replaced.documents.deleted) == (1, 1)
     assert set(documents(data)) == {"other.md"}
+
+
+def test_only_a_local_folder_is_walked_here_and_volumes_stay_with_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    from context_assistant.ingest.boundary import is_local_source
+
+    assert is_local_source("/home/team/docs")
+    assert not is_local_source("/Volumes/main/rag/docs")
+    assert not is_local_source("dbfs:/Volumes/main/rag/docs")
+    assert not is_local_source("s3://bucket/docs")
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "17.3")
+    assert not is_local_source("/Workspace/Users/me/docs")

@@ -169,7 +169,10 @@ def _walk(folder: str, prefix: str, root_real: str, symlinks: str, seen: set, sc
 
 def is_local_source(source: str) -> bool:
     """Whether ``source`` (from :func:`context_assistant.ingest.run.resolve_source`) is a folder or file on
-    this machine, walked by :func:`scan_source`; Volumes and object-store URLs are listed by Spark."""
+    this machine, walked by :func:`scan_source`. On Databricks (whose workers may not see the driver's
+    files), Volumes and object-store URLs are listed by Spark."""
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return False
     return (
         "://" not in source and not source.startswith(("/Volumes/", "dbfs:", "file:")) and source.startswith("/")
     )
