@@ -5,7 +5,8 @@
 Each measurement runs in a fresh Python process (what the ingest's parse child is), reading the file and
 calling :func:`context_assistant.ingest.worker.parse_and_chunk` with the production settings (256 tokens of
 all-MiniLM-L6-v2, overlap 32). Peak RSS is that process's ``ru_maxrss``. The peer is this project's previous
-way, the whole file as one section (``chunking.WINDOW_CHARS`` set beyond the file size), run at
+way, the whole file normalised and chunked as one piece (``chunking.WINDOW_CHARS`` and
+``documents.NORMALIZE_BLOCK_CHARS`` set beyond the file size), run at
 ``--before-mb`` because at 50 MB it needs several GB (it runs under a 6 GiB address-space limit; a run over
 it is reported as such). The Spark/Delta side (staging write, MERGE) is not included: see ``benchmarks.ingest``.
 """
@@ -57,12 +58,12 @@ WORDS = [
 
 CHILD = r"""
 import json, resource, sys, time
-from context_assistant.ingest import chunking
+from context_assistant.ingest import chunking, documents
 from context_assistant.ingest.worker import parse_and_chunk
 from context_assistant.retrieval.tokenizer import counter_for_model
 path, units, whole = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 if whole:
-    chunking.WINDOW_CHARS = 1 << 40
+    chunking.WINDOW_CHARS = documents.NORMALIZE_BLOCK_CHARS = 1 << 40
     resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY))
 counter = counter_for_model("all-MiniLM-L6-v2") if units == "tokens" else None
 size, overlap = (256, 32) if counter else (1000, 100)

@@ -128,7 +128,7 @@ def test_plan_trusts_size_and_mtime_then_hash_and_finds_removed_files() -> None:
     assert plan.previous_hash == {"touched.md": "h2", "new.html": None, "rechunk.txt": None}
     assert [(f.path, reason) for f, reason in plan.skipped] == [
         ("photo.JPG", "unsupported file type '.jpg'"),
-        ("huge.pdf", "file is 2.0 KiB, larger than the 1.0 KiB limit"),
+        ("huge.pdf", "file is 2.0 KiB, larger than the 1.0 KiB limit (rag.max_file_mb)"),
     ]
     assert [d.path for d in plan.removed] == ["gone.txt"]
     assert plan.orphans == ["ghost.md"]  # chunks without a document row or a file: to be deleted
@@ -468,7 +468,10 @@ def test_oversized_file_is_skipped_with_its_reason(spark: Any, source: Path, dat
     result = ingest(spark, source, data, clock, max_file_bytes=30_000)
     docs = documents_table(data)
     assert docs["data-retention-policy.docx"]["status"] == "skipped"
-    assert docs["data-retention-policy.docx"]["error"] == "file is 36.8 KiB, larger than the 29.3 KiB limit"
+    assert (
+        docs["data-retention-policy.docx"]["error"]
+        == "file is 36.8 KiB, larger than the 29.3 KiB limit (rag.max_file_mb)"
+    )
     assert result.documents.skipped == 4  # two too large, the .png and the empty file
 
 

@@ -109,10 +109,11 @@ def _parse_txt(data: bytes) -> list[Section]:
 NORMALIZE_BLOCK_CHARS = 1 << 20
 
 
-def normalize_in_blocks(text: str, block: int = NORMALIZE_BLOCK_CHARS) -> str:
+def normalize_in_blocks(text: str, block: int | None = None) -> str:
     """:func:`normalize_text` of a long plain text, one block of about ``block`` characters at a time, cut at
     a blank line (else a line break), so a 50 MB file needs a few copies of one block rather than a dozen of
     the whole text. The same result: normalisation works line by line and blank-line runs become one."""
+    block = block or NORMALIZE_BLOCK_CHARS
     if len(text) <= block:
         return normalize_text(text)
     parts: list[tuple[str, str]] = []  # (normalised block, separator that followed it)

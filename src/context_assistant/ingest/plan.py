@@ -147,7 +147,7 @@ def skip_reason(path: str, size_bytes: int, max_file_bytes: int) -> str | None:
         ext = extension_of(path)
         return f"unsupported file type {ext!r}" if ext else "unsupported file type (no extension)"
     if size_bytes > max_file_bytes:
-        return f"file is {_human_size(size_bytes)}, larger than the {_human_size(max_file_bytes)} limit"
+        return f"file is {_human_size(size_bytes)}, larger than the {_human_size(max_file_bytes)} limit (rag.max_file_mb)"
     return None
 
 
@@ -193,6 +193,17 @@ def plan_ingest(
     plan.removed = [doc for path, doc in sorted(known.items()) if path not in listed]
     plan.orphans = sorted(p for p in (stored_chunks or {}) if p not in known and p not in listed)
     return plan
+
+
+SKIPS_SHOWN = 20  # skipped files named in the progress output (the result lists all of them)
+
+
+def skipped_lines(plan: IngestPlan) -> list[str]:
+    """Progress lines naming the skipped files and why (the first :data:`SKIPS_SHOWN` of them)."""
+    lines = [f"skipped {f.path!r}: {reason}" for f, reason in plan.skipped[:SKIPS_SHOWN]]
+    if len(plan.skipped) > SKIPS_SHOWN:
+        lines.append(f"... and {len(plan.skipped) - SKIPS_SHOWN} more skipped (ingest --json lists them all)")
+    return lines
 
 
 def removes_every_document(plan: IngestPlan, known: dict[str, KnownDocument]) -> int:

@@ -87,8 +87,10 @@ from .plan import (
     decide_documents,
     plan_ingest,
     removes_every_document,
+    skipped_lines,
 )
 from .tables import TableRef, create_table, resolve_table, sql_string
+from .text import human_size
 from .worker import make_batch_parser, parse_and_chunk
 
 if TYPE_CHECKING:
@@ -97,7 +99,6 @@ if TYPE_CHECKING:
     from .tokenization import TokenCounter
 
 STAGING_SUFFIX = "__ingest_staging"
-_SKIPS_SHOWN = 20  # skipped files named in the progress output (all of them are in the result)
 
 # The tables' columns are declared once, in ingest.contract; these are their CREATE TABLE definitions.
 CHUNK_COLUMNS = table_ddl(CHUNK_TABLE)
@@ -343,10 +344,8 @@ class _Run:
             f"{len(files)} file(s): {len(plan.candidates)} to check, {len(plan.unchanged)} unchanged, "
             f"{len(plan.skipped)} skipped, {len(plan.removed)} removed from the source"
         )
-        for f, reason in plan.skipped[:_SKIPS_SHOWN]:
-            self.say(f"skipped {f.path!r}: {reason}")
-        if len(plan.skipped) > _SKIPS_SHOWN:
-            self.say(f"... and {len(plan.skipped) - _SKIPS_SHOWN} more skipped (ingest --json lists them all)")
+        for line in skipped_lines(plan):
+            self.say(line)
         parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap, counter)
         result = IngestResult(parsed=sum(p.status != UNCHANGED for p in parsed))
         doc_rows, replace_paths, vanished = decide_documents(plan, known, stored, parsed, chunking, run_us, result)
@@ -453,7 +452,8 @@ class _Run:
         )
         if self.pdf_parser == "ai_parse_document":
             to_parse = to_parse.selectExpr("*", f"{ai_parse_column()} AS ai_parsed")
-        self.say(f"reading {len(to_read)} file(s); parsing those whose content changed")
+        size = human_size(sum(f.size_bytes for f in to_read))
+        self.say(f"reading {len(to_read)} file(s), {size}; parsing those whose content changed")
         parsed = to_parse.mapInArrow(
             make_batch_parser(chunk_size, chunk_overlap, counter, self.limits), _PARSED_SCHEMA
         )
