@@ -36,22 +36,18 @@ How one run works, and why each step is where it is:
    THEN DELETE`` removing files that left the source. It runs last: if the job dies before it, the next
    run sees the old hashes and redoes the work, so a partial run never leaves chunks marked done.
 
-Nothing is written when nothing changed (no empty Delta commits). One ingest at a time per table pair:
-:mod:`context_assistant.ingest.lock` makes a second local run wait, and turns a Delta write conflict on
-Databricks into one clear line.
-The staging table is kept between runs (overwritten by each run that parses something; safe to drop).
-Files and folders whose names start with ``.`` or ``_`` are ignored, as Spark's file listing does.
+Nothing is written when nothing changed (no empty Delta commits). One ingest at a time per table pair
+(:mod:`.lock`: a second local run waits; a Delta write conflict on Databricks is one clear line). The
+staging table is kept between runs (overwritten by each run that parses something; safe to drop). Names
+starting with ``.`` or ``_`` are ignored, as Spark's file listing does. A local folder is walked in Python
+within its boundary (:mod:`.boundary`) and only what it accepts is read; empty files are skipped ("empty
+file"; ``binaryFile`` never lists them: on a Volume, known documents are checked with a ``stat``), and a
+known document truncated to zero bytes is marked failed with its chunks kept.
 
-Empty files are skipped ("empty file"); a known document truncated to zero bytes is marked failed with its
-chunks kept. Spark's ``binaryFile`` never lists zero-byte files: a local folder is walked in Python
-(:mod:`context_assistant.ingest.boundary`), and on a Volume known documents are checked with a ``stat``.
-
-Local (pysail) differences, handled here so results match Databricks: pysail lists a missing source as
-empty (we refuse an empty source unless ``allow_empty_source``), lists a file larger than its 128 MiB
-split size once per split (deduplicated; files above ``max_file_bytes``, 64 MiB by default, are skipped
-anyway) and cannot create Change Data Feed tables. ``load()`` treats paths as globs and pysail has no
-escape for glob characters, so a changed file whose name contains one is read with a filtered scan of the
-whole source instead.
+On a Volume (Spark's listing): a file larger than pysail's 128 MiB split is listed once per split
+(deduplicated), and ``load()`` treats paths as globs (pysail has no escape), so a changed file whose name
+has a glob character is read with a filtered scan of the whole source. pysail cannot create Change Data
+Feed tables; a missing source lists as empty (refused unless ``allow_empty_source``).
 """
 
 from __future__ import annotations
@@ -68,7 +64,16 @@ from ..core.clock import REAL_CLOCK, Clock
 from ..core.errors import InvalidInput
 from .ai_parse import ai_parse_column, check_pdf_parser
 from .boundary import SourceScan, check_symlink_policy, is_local_source, read_scanned, scan_source
-from .contract import CHUNK_TABLE, DOCUMENTS_TABLE, FRESH_CHUNK, parsed_schema_ddl, schema_ddl, table_ddl
+from .contract import (
+    CHUNK_TABLE,
+    DOCUMENTS_TABLE,
+    FRESH_CHUNK,
+    merge_insert,
+    merge_update,
+    parsed_schema_ddl,
+    schema_ddl,
+    table_ddl,
+)
 from .limits import ParseLimits
 from .lock import concurrent_write_error, ingest_lock
 from .plan import (
@@ -535,16 +540,13 @@ class _Run:
         if not by_op:
             return counts
         self.say(f"writing chunks: {counts.written} new or changed, {counts.deleted} removed")
-        ingested = f"timestamp_micros({run_us})"
+        # The source carries times as microseconds; the run's own time stamps what it wrote.
+        stamps = {"modified_at": "timestamp_micros(s.modified_us)", "ingested_at": f"timestamp_micros({run_us})"}
         self.spark.sql(
             f"MERGE INTO {self.chunks.sql_name} AS t USING {changes} AS s ON t.chunk_id = s.chunk_id "
             "WHEN MATCHED AND s.op = 'delete' THEN DELETE "
-            "WHEN MATCHED AND s.op = 'update' THEN UPDATE SET t.path = s.path, t.chunk_index = s.chunk_index, "
-            "t.text = s.text, t.heading = s.heading, t.page = s.page, t.content_hash = s.content_hash, "
-            f"t.doc_hash = s.doc_hash, t.modified_at = timestamp_micros(s.modified_us), t.ingested_at = {ingested} "
-            "WHEN NOT MATCHED AND s.op = 'insert' THEN INSERT (chunk_id, path, chunk_index, text, heading, page, "
-            "content_hash, doc_hash, modified_at, ingested_at) VALUES (s.chunk_id, s.path, s.chunk_index, s.text, "
-            f"s.heading, s.page, s.content_hash, s.doc_hash, timestamp_micros(s.modified_us), {ingested})"
+            f"WHEN MATCHED AND s.op = 'update' THEN UPDATE SET {merge_update(CHUNK_TABLE, key='chunk_id', values=stamps)} "
+            f"WHEN NOT MATCHED AND s.op = 'insert' THEN {merge_insert(CHUNK_TABLE, values=stamps)}"
         ).collect()
         return counts
 
@@ -559,18 +561,16 @@ class _Run:
                 "modified_us BIGINT, chunking STRING, ingested_us BIGINT, op STRING",
             ),
         )
+        stamps = {
+            "modified_at": "timestamp_micros(s.modified_us)",
+            "ingested_at": "timestamp_micros(s.ingested_us)",
+        }
         self.spark.sql(
             f"MERGE INTO {self.documents.sql_name} AS t USING {target} AS s ON t.path = s.path "
-            "WHEN MATCHED AND s.op = 'upsert' THEN UPDATE SET t.doc_hash = s.doc_hash, t.status = s.status, "
-            "t.error = s.error, t.chunk_count = s.chunk_count, t.size_bytes = s.size_bytes, "
-            "t.modified_at = timestamp_micros(s.modified_us), t.chunking = s.chunking, "
-            "t.ingested_at = timestamp_micros(s.ingested_us) "
+            f"WHEN MATCHED AND s.op = 'upsert' THEN UPDATE SET {merge_update(DOCUMENTS_TABLE, key='path', values=stamps)} "
             "WHEN MATCHED AND s.op = 'touch' THEN UPDATE SET t.size_bytes = s.size_bytes, "
             "t.modified_at = timestamp_micros(s.modified_us) "
-            "WHEN NOT MATCHED AND s.op = 'upsert' THEN INSERT (path, doc_hash, status, error, chunk_count, "
-            "size_bytes, modified_at, chunking, ingested_at) VALUES (s.path, s.doc_hash, s.status, s.error, "
-            "s.chunk_count, s.size_bytes, timestamp_micros(s.modified_us), s.chunking, "
-            "timestamp_micros(s.ingested_us)) "
+            f"WHEN NOT MATCHED AND s.op = 'upsert' THEN {merge_insert(DOCUMENTS_TABLE, values=stamps)} "
             "WHEN NOT MATCHED BY SOURCE THEN DELETE"
         ).collect()
 
