@@ -4,16 +4,23 @@ its own local Spark server, on the same tables."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from deltalake import DeltaTable
 
+import context_assistant.ingest.run as run_module
 from context_assistant.ingest.lock import concurrent_write_error, lock_path
+from context_assistant.ingest.run import IngestError
 from context_assistant.ingest.tables import local_table
+from spark_support import local_spark  # noqa: F401  (the session-scoped `spark` fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "fixtures" / "docs"
@@ -84,3 +91,40 @@ def test_the_lock_lives_in_the_data_folder_and_delta_conflicts_are_recognised(tm
     assert concurrent_write_error(RuntimeError("[DELTA_CONCURRENT_APPEND] ConcurrentAppendException: Files were"))
     assert concurrent_write_error(RuntimeError("Failed to commit transaction: version 7 already exists"))
     assert not concurrent_write_error(RuntimeError("[PATH_NOT_FOUND] Path does not exist"))
+
+
+def test_without_the_file_lock_delta_conflicts_end_in_one_line_and_the_next_run_converges(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catalog tables on Databricks have no shared lock file: Delta's own conflict check is the guard. The file
+    lock is switched off here (as it is for catalog tables) and two runs race on real Delta tables."""
+    monkeypatch.setattr(run_module, "ingest_lock", lambda chunks, say: contextlib.nullcontext())
+    source, data = tmp_path / "docs", tmp_path / "data"
+    source.mkdir()
+    for i in range(40):
+        (source / f"d{i}.md").write_text(f"# Doc {i}\n\n" + "Some text about deploys. " * 200)
+    outcomes: list[str] = []
+
+    def ingest() -> None:
+        try:
+            run_module.run_ingest(spark, str(source), str(data / "chunks"), str(data / "documents"))
+            outcomes.append("ok")
+        except IngestError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=ingest) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert "ok" in outcomes
+    for outcome in outcomes:
+        assert outcome == "ok" or (
+            outcome.startswith("another ingest wrote to ") and "run ingest again" in outcome
+        )
+    final = run_module.run_ingest(spark, str(source), str(data / "chunks"), str(data / "documents"))
+    assert final.documents.added + final.documents.unchanged == 40
+    rows = DeltaTable(str(data / "chunks")).to_pyarrow_table().to_pylist()
+    assert len({r["chunk_id"] for r in rows}) == len(rows)  # no chunk twice
+    assert {r["path"] for r in rows} == {f"d{i}.md" for i in range(40)}
