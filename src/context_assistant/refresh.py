@@ -103,6 +103,18 @@ def source_location(config: Config, source: str | None = None) -> str:
     return str(config.resolve_path(source))
 
 
+def ingest_limits(config: Config) -> dict[str, Any]:
+    """``run_ingest``'s limit and boundary arguments from the ``rag`` settings."""
+    from .ingest.limits import ParseLimits
+
+    rag = config.rag
+    return {
+        "max_file_bytes": int(rag.max_file_mb * 1024 * 1024),
+        "symlinks": rag.symlinks,
+        "limits": ParseLimits(seconds=rag.parse_timeout_seconds, memory_bytes=rag.parse_memory_mb * 1024 * 1024),
+    }
+
+
 def table_ref(config: Config, name: str) -> TableRef:
     """A chunk/documents table setting: ``catalog.schema.table``, or a folder under the data directory."""
     return resolve_table(name, local_dir=config.data_path)
@@ -118,11 +130,12 @@ def refresh_documents(
     wait: bool = True,
     clock: Clock = REAL_CLOCK,
     allow_empty_source: bool = False,
+    allow_replace_source: bool = False,
 ) -> RefreshResult:
     """Ingest changed documents and sync the index; or, with ``rag.refresh_job_id``, run that job.
 
-    ``source`` replaces ``rag.source`` for this run (``ingest --source``); ``allow_empty_source`` accepts a
-    source with no files (``ingest --allow-empty-source``: it removes every ingested document).
+    ``source`` replaces ``rag.source`` for this run (``ingest --source``); the ``allow_*`` flags let it remove
+    every ingested document (see :func:`context_assistant.ingest.run.run_ingest`).
     """
     config = services.config
     if not config.rag.enabled:
@@ -148,6 +161,8 @@ def refresh_documents(
                 pdf_parser=config.rag.pdf_parser,
                 progress=say,
                 allow_empty_source=allow_empty_source,
+                allow_replace_source=allow_replace_source,
+                **ingest_limits(config),
             )
     except ContextAssistantError:
         raise

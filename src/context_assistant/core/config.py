@@ -119,6 +119,11 @@ class RagConfig:
     ivfflat_probes: int = _opt(10, min=1)
     chunk_table: str = "chunks"
     documents_table: str = "documents"
+    # Ingest limits and the documents folder's boundary (ingest/limits.py, ingest/boundary.py).
+    max_file_mb: float = _opt(64.0, min=0.001)  # larger files are skipped with the reason
+    parse_timeout_seconds: float = _opt(300.0, min=0.1)  # per file, wall clock, in a child process
+    parse_memory_mb: int = _opt(2048, min=64)  # the parse child's address-space limit
+    symlinks: str = _opt("never", choices=("never", "inside"))  # links out of the folder are never followed
     # In a Databricks App (no Spark): the id of the ingestion job that a refresh runs instead.
     refresh_job_id: str = ""
     vector_search_endpoint: str = ""
