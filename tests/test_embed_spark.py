@@ -45,6 +45,7 @@ from retrieval_support import (
     SimulatedCrash,
     chunk,
     document,
+    minilm,  # noqa: F401
     write_chunk_table,
 )
 from spark_support import local_spark  # noqa: F401
@@ -199,16 +200,19 @@ def test_local_model_on_spark_gives_the_driver_vectors(spark: Any, minilm: Local
 
 
 def test_refresh_index_on_spark_then_copies_vectors_only(
-    spark: Any, fake_databricks: Any, make_config: Any, tmp_path: Path
+    spark: Any, fake_databricks: Any, make_config: Any, pg_env: dict[str, str]
 ) -> None:
     """End to end: ``rag.embed_on: spark`` embeds on Spark; the pgvector sync then makes no endpoint call."""
     fake_databricks.on("POST", ENDPOINT_PATH, _answer)
     config: Config = make_config(
-        rag__embedding_model="endpoint:emb", rag__embed_on="spark", rag__embed_round_chunks=50
+        rag__embedding_model="endpoint:emb",
+        rag__embed_on="spark",
+        rag__embed_round_chunks=50,
+        memory__recall=False,  # recall would probe the endpoint for its own (turns) space
     )
     corpus = _corpus(docs=4, per_doc=25)
     write_chunk_table(Path(config.data_path) / "chunks", corpus)
-    services = Services(config, env={}, workspace_factory=fake_databricks.workspace_client)
+    services = Services(config, env=pg_env, workspace_factory=fake_databricks.workspace_client)
     try:
         lines: list[str] = []
         result = refresh_index(services, progress=lines.append, spark_factory=lambda: spark)
