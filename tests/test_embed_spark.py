@@ -183,7 +183,11 @@ def test_a_failing_text_fails_alone_and_is_retried_next_run(
     assert (retry.pending, retry.failed) == (1, 1)  # only the failed text is tried again
 
 
-def test_local_model_on_spark_gives_the_driver_vectors(spark: Any, minilm: LocalEmbedder, tmp_path: Path) -> None:
+def test_local_model_on_spark_gives_the_driver_vectors(
+    spark: Any,
+    minilm: LocalEmbedder,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     import numpy as np
 
     corpus = document("m.md", "Spark embeds this passage.", "And this one, in another partition.", heading="Doc")
