@@ -225,7 +225,10 @@ def test_refresh_index_on_spark_then_copies_vectors_only(
         assert embedding["embed_on"] == "spark"
         assert embedding["spark"]["embedded"] == 100
         assert embedding["vectors_computed_on_driver"] == 0 and embedding["vectors_reused"] == 100
-        assert len(_inputs(fake_databricks)) == 100  # Spark sent each text once; the sync copied (no probe)
+        # Spark sent each text once; the sync copied, after one probe for the new index's dimension.
+        assert sorted(_inputs(fake_databricks)) == sorted(
+            ["dimension probe", *(embedding_text(c.heading, c.text) for c in corpus)]
+        )
         assert isinstance(services.chunk_index, PgVectorChunkIndex)
         assert len(services.chunk_index.fingerprints()) == 100
         calls = len(fake_databricks.calls(ENDPOINT_PATH))

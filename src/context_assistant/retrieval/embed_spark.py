@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.console import Progress, quiet
+from ..ingest.spark import interrupting_spark
 from ..ingest.tables import TableRef, create_table, resolve_table, sql_string
 from .embed_table import (
     DeltaLakeEmbeddingStore,
@@ -88,7 +89,9 @@ class WorkerModel:
 
     def build(self) -> Embedder:
         if self.provider == "endpoint":
-            return ServingEndpointEmbedder(self.name, _StaticWorkspace(self.host, self.headers), batch_size=10**9)
+            # The embedder reads only ``.config.host`` and ``.config.authenticate()`` of its workspace.
+            workspace: Any = _StaticWorkspace(self.host, self.headers)
+            return ServingEndpointEmbedder(self.name, workspace, batch_size=10**9)
         return LocalEmbedder(self.name)
 
 
@@ -358,15 +361,16 @@ def prepare_sync_vectors(
             )
             return _driver_vectors(embedder, table, full, say)
         spec = worker_model(embedder, rag.embedding_model, workspace, rag.embed_concurrency)
-        report = embed_on_spark(
-            spark,
-            resolve_table(rag.chunk_table, local_dir=data_path),
-            table,
-            spec,
-            partitions=rag.embed_partitions,
-            round_chunks=rag.embed_round_chunks,
-            progress=say,
-        )
+        with interrupting_spark(spark):  # Ctrl-C stops the round on the server too; finished rounds stay
+            report = embed_on_spark(
+                spark,
+                resolve_table(rag.chunk_table, local_dir=data_path),
+                table,
+                spec,
+                partitions=rag.embed_partitions,
+                round_chunks=rag.embed_round_chunks,
+                progress=say,
+            )
         store: EmbeddingStore = (
             DeltaLakeEmbeddingStore(table.location)
             if table.location is not None

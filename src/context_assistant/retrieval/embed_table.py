@@ -277,7 +277,6 @@ class StoredVectorsEmbedder:
         self.clock = clock
         self.reused = 0
         self.computed = 0
-        self._dimension: int | None = None
 
     @property
     def model_name(self) -> str:
@@ -285,14 +284,17 @@ class StoredVectorsEmbedder:
 
     @property
     def dimension(self) -> int:
-        if self._dimension is None:
-            stored = self.store.dimension(self.model_name) if self.reuse else None
-            self._dimension = stored if stored else self.inner.dimension
-        return self._dimension
+        # Always the model's own answer (an endpoint is probed once, and only when the index is created or the
+        # model changed): an endpoint that now serves another model under the same name must not be sized from
+        # the old vectors.
+        return self.inner.dimension
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         keys = [text_key(t) for t in texts]
         found = self.store.lookup(self.model_name, keys) if self.reuse else {}
+        expected = {len(v) for v in found.values()}
+        if len(expected) > 1 or (expected and expected != {self.inner.dimension}):
+            found = {}  # vectors of another size under this name: the endpoint changed models; embed again
         out: dict[str, list[float]] = {k: list(v) for k, v in found.items()}
         missing: dict[str, str] = {}
         for key, text in zip(keys, texts, strict=True):
