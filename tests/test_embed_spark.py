@@ -27,9 +27,11 @@ from context_assistant.retrieval.embed_spark import (
 )
 from context_assistant.retrieval.embed_table import (
     DeltaLakeEmbeddingStore,
+    SparkEmbeddingStore,
     StoredVectorsEmbedder,
     create_local_embeddings_table,
     embedding_key,
+    ensure_embeddings_table,
     rate_line,
     text_key,
 )
@@ -173,7 +175,7 @@ def test_a_failing_text_fails_alone_and_is_retried_next_run(
     spec = worker_model(ServingEndpointEmbedder("emb", client), "endpoint:emb", client, concurrency=2)
     report = embed_on_spark(spark, local_table(tmp_path / "chunks"), local_table(tmp_path / "emb"), spec)
     assert (report.pending, report.embedded, report.failed) == (3, 2, 1)
-    assert "rejected the request (HTTP 400" in report.errors[0]
+    assert "rejected the request (400)" in report.errors[0] and "Input is too long" in report.errors[0]
     store = DeltaLakeEmbeddingStore(str(tmp_path / "emb"))
     assert set(store.lookup("emb", [embedding_key("", t) for t in ("fine one", "POISON pill", "fine two")])) == {
         embedding_key("", "fine one"),
@@ -266,3 +268,16 @@ def test_driver_path_keeps_finished_steps_of_an_interrupted_big_document(db: Dat
     assert len(counting.texts) == 50  # the 50 stored before the crash were looked up, not embedded
     assert (resumed.reused, resumed.computed) == (50, 50)
     assert len(index.fingerprints()) == 101
+
+
+def test_spark_store_reads_and_appends_what_the_catalog_path_uses(spark: Any, tmp_path: Path) -> None:
+    """On Databricks the table is a catalog table read through Spark (here: the same SQL on pysail)."""
+    table = local_table(tmp_path / "emb")
+    ensure_embeddings_table(spark, table)
+    store = SparkEmbeddingStore(spark, table)
+    assert store.lookup("m", ["k1"]) == {} and store.dimension("m") is None
+    store.append("m", [("k1", [1.0, 2.0]), ("k2", [3.0, 4.0])])
+    assert store.lookup("m", ["k1", "k3"]) == {"k1": [1.0, 2.0]}
+    assert store.lookup("other-model", ["k1"]) == {}
+    assert store.dimension("m") == 2
+    assert DeltaLakeEmbeddingStore(str(tmp_path / "emb")).lookup("m", ["k2"]) == {"k2": [3.0, 4.0]}

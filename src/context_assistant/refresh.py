@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Chunks per index write when Spark made the vectors: the sync only copies them, one table lookup per batch.
+COPY_BATCH_SIZE = 5000
 TERMINAL_LIFE_CYCLE_STATES = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
 
 
@@ -188,7 +190,13 @@ def refresh_index(
             result = index.refresh(source, full=full, progress=progress)
         else:
             assert isinstance(index, PgVectorChunkIndex)
-            sync = index.refresh(source, full=full, progress=progress, embedder=vectors.embedder)
+            sync = index.refresh(
+                source,
+                full=full,
+                progress=progress,
+                embedder=vectors.embedder,
+                batch_size=COPY_BATCH_SIZE if vectors.embed_on == "spark" else None,
+            )
             sync.embedding = vectors.to_json()
             result = sync
     if config.memory.recall and isinstance(result, SyncResult):

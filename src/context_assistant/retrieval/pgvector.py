@@ -182,6 +182,7 @@ class PgVectorChunkIndex:
         *,
         progress: Progress | None = None,
         embedder: Embedder | None = None,
+        batch_size: int | None = None,
     ) -> SyncResult:
         """Make the index equal the chunk table (ids and content hashes); see :mod:`context_assistant.retrieval.sync`.
 
@@ -189,7 +190,8 @@ class PgVectorChunkIndex:
         changes are written together or, if its chunks cannot be embedded, not at all (its old chunks stay
         and it is listed in ``SyncResult.failed``). Raises :class:`SyncError` when another refresh runs.
         ``embedder`` replaces the index's own for this sync (one that reads the embeddings table first, see
-        :mod:`context_assistant.retrieval.embed_spark`); it must be the same model.
+        :mod:`context_assistant.retrieval.embed_spark`); it must be the same model. ``batch_size`` replaces
+        the chunks per write transaction (larger when the vectors are only copied).
         """
         if source is None:
             raise SyncError("the pgvector index is filled from the chunk table: refresh needs its ChunkSource")
@@ -225,7 +227,16 @@ class PgVectorChunkIndex:
                     f"{len(plan.deletes)} to delete, {plan.kept} unchanged"
                 )
                 self._delete(conn, plan.deletes, result)
-                self._embed_and_write(conn, source, plan, dimension, result, say, embedder or self.embedder)
+                self._embed_and_write(
+                    conn,
+                    source,
+                    plan,
+                    dimension,
+                    result,
+                    say,
+                    embedder or self.embedder,
+                    batch_size or self.batch_size,
+                )
                 result.index = ensure_ann_index(
                     conn,
                     CHUNKS_SPACE,
@@ -280,6 +291,7 @@ class PgVectorChunkIndex:
         result: SyncResult,
         say: Progress,
         embedder: Embedder,
+        batch_size: int,
     ) -> None:
         if not plan.changes:
             return
@@ -289,7 +301,7 @@ class PgVectorChunkIndex:
         done = 0
         # Smallest documents first: a big document does not keep small edited ones out of the index.
         changes = sorted(plan.changes.values(), key=lambda change: (len(change.upserts), change.path))
-        batches = list(document_batches(changes, self.batch_size))
+        batches = list(document_batches(changes, batch_size))
         started = time.monotonic()
         for number, batch in enumerate(batches, start=1):
             if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
