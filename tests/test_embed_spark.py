@@ -281,3 +281,45 @@ def test_spark_store_reads_and_appends_what_the_catalog_path_uses(spark: Any, tm
     assert store.lookup("other-model", ["k1"]) == {}
     assert store.dimension("m") == 2
     assert DeltaLakeEmbeddingStore(str(tmp_path / "emb")).lookup("m", ["k2"]) == {"k2": [3.0, 4.0]}
+
+
+def test_an_unusable_embeddings_table_never_fails_the_sync(db: Database, tmp_path: Path) -> None:
+    """The table saves work; when it cannot be read or written the sync embeds and says so once."""
+    broken = tmp_path / "emb"
+    broken.mkdir()
+    (broken / "_delta_log").mkdir()  # looks like a Delta table, is not one
+    lines: list[str] = []
+    stored = StoredVectorsEmbedder(HashingEmbedder(), DeltaLakeEmbeddingStore(str(broken)), progress=lines.append)
+    source = InMemoryChunkSource(document("a.md", "one", "two"))
+    result = PgVectorChunkIndex(db, HashingEmbedder()).refresh(source, embedder=stored)
+    assert result.ok and result.added == 2 and stored.computed == 2
+    assert [line for line in lines if line.startswith("warning:")] == [
+        next(line for line in lines if "could not read the embeddings table" in line)
+    ]
+
+
+def test_refresh_index_auto_goes_to_spark_from_the_threshold_on(
+    spark: Any, fake_databricks: Any, make_config: Any, pg_env: dict[str, str]
+) -> None:
+    fake_databricks.on("POST", ENDPOINT_PATH, _answer)
+    config: Config = make_config(
+        rag__embedding_model="endpoint:emb", rag__embed_spark_threshold=30, memory__recall=False
+    )
+    assert config.rag.embed_on == "auto"
+    write_chunk_table(Path(config.data_path) / "chunks", _corpus(docs=2, per_doc=10))
+    services = Services(config, env=pg_env, workspace_factory=fake_databricks.workspace_client)
+    try:
+        small = refresh_index(services, spark_factory=lambda: spark)
+        assert small.to_json()["embedding"] == {
+            "embed_on": "driver",
+            "vectors_reused": 0,
+            "vectors_computed_on_driver": 20,
+        }
+        write_chunk_table(Path(config.data_path) / "chunks", _corpus(docs=5, per_doc=10))
+        big = refresh_index(services, spark_factory=lambda: spark)
+        embedding = big.to_json()["embedding"]
+        assert embedding["embed_on"] == "spark"
+        assert embedding["spark"]["pending"] == 30  # the 20 the driver stored are not embedded again
+        assert big.added == 30 and big.kept == 20
+    finally:
+        services.close()

@@ -277,6 +277,7 @@ class StoredVectorsEmbedder:
         self.clock = clock
         self.reused = 0
         self.computed = 0
+        self.warned = False
 
     @property
     def model_name(self) -> str:
@@ -291,7 +292,7 @@ class StoredVectorsEmbedder:
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         keys = [text_key(t) for t in texts]
-        found = self.store.lookup(self.model_name, keys) if self.reuse else {}
+        found = self._lookup(keys) if self.reuse else {}
         expected = {len(v) for v in found.values()}
         if len(expected) > 1 or (expected and expected != {self.inner.dimension}):
             found = {}  # vectors of another size under this name: the endpoint changed models; embed again
@@ -309,12 +310,34 @@ class StoredVectorsEmbedder:
             self.computed += len(part)
             pairs = [(key, vector) for (key, _), vector in zip(part, vectors, strict=True)]
             if self.write_through:
-                self.store.append(self.model_name, pairs)
+                self._append(pairs)
             out.update(pairs)
             if len(todo) > self.commit_every:  # a big call: say how far it got (small ones stay quiet)
                 done = start + len(part)
                 self.say(f"  embedded {rate_line(done, len(todo), started, self.clock())}")
         return [out[k] for k in keys]
+
+    # The table saves work; failing to read or write it must not fail the sync (the vectors are in hand).
+
+    def _lookup(self, keys: list[str]) -> dict[str, list[float]]:
+        try:
+            return self.store.lookup(self.model_name, keys)
+        except Exception as exc:
+            self._warn("read", exc)
+            return {}
+
+    def _append(self, pairs: list[tuple[str, list[float]]]) -> None:
+        try:
+            self.store.append(self.model_name, pairs)
+        except Exception as exc:
+            self._warn("write", exc)
+
+    def _warn(self, action: str, exc: Exception) -> None:
+        message = f"could not {action} the embeddings table {self.store.label}: {type(exc).__name__}: {exc}"
+        log.warning("%s", message)
+        if not self.warned:
+            self.warned = True
+            self.say(f"warning: {message} (embedding without it)")
 
     def close(self) -> None:
         closer = getattr(self.inner, "close", None)
