@@ -122,7 +122,7 @@ class RagConfig:
     embeddings_table: str = "embeddings"
     embed_partitions: int = _opt(2, min=1)  # Spark partitions embedding at once
     embed_concurrency: int = _opt(4, min=1)  # serving-endpoint requests in flight per partition
-    embed_round_chunks: int = _opt(20000, min=1)  # texts per Spark round (one Delta commit each)
+    embed_round_chunks: int = _opt(10000, min=1)  # texts per Spark round (one Delta commit each)
     # In a Databricks App (no Spark): the id of the ingestion job that a refresh runs instead.
     refresh_job_id: str = ""
     vector_search_endpoint: str = ""

@@ -218,15 +218,17 @@ def embed_on_spark(
     spec: WorkerModel,
     *,
     partitions: int = 2,
-    round_chunks: int = 20000,
+    round_chunks: int = 10000,
     progress: Progress | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> SparkEmbedReport:
     """Embed, on Spark, every chunk text that has no vector under ``spec.model`` in the embeddings table.
 
-    Rounds of at most ``round_chunks`` texts, smallest documents first; each round is one append (one Delta
-    commit), so an interruption keeps the finished rounds and the next run starts where this one stopped.
-    Texts that failed in this run are not retried in it (they are by the next run).
+    The texts to embed are listed once, in a staging table next to the embeddings table (``<name>_pending``),
+    numbered into rounds of at most ``round_chunks`` texts, smallest documents first; each round is one append
+    (one Delta commit), so an interruption keeps the finished rounds and the next run starts where this one
+    stopped. A text that fails is kept as a row without a vector (``error`` says why) and tried again by the
+    next run.
     """
     say = progress or quiet
     started = clock()
@@ -252,13 +254,24 @@ def embed_on_spark(
         # One row per distinct text, with the size of its (smallest) document: small documents go first.
         f"WITH sized AS (SELECT k.*, count(*) OVER (PARTITION BY k.path) AS doc_chunks FROM {keyed_view} k), "
         "todo AS (SELECT content_hash, min(input) AS input, min(doc_chunks) AS doc_chunks, "
-        "min(path) AS path, min(chunk_index) AS chunk_index FROM sized GROUP BY content_hash) "
-        "SELECT t.content_hash, t.input, t.doc_chunks, t.path, t.chunk_index FROM todo t "
+        "min(path) AS path, min(chunk_index) AS chunk_index FROM sized GROUP BY content_hash), "
+        "pending AS (SELECT t.* FROM todo t "
         f"LEFT ANTI JOIN (SELECT content_hash FROM {embeddings_table.sql_name} WHERE model = {model} "
-        f"AND (embedding IS NOT NULL OR run_id LIKE {sql_string(run_id + '-%')})) e "
-        "ON t.content_hash = e.content_hash"
+        "AND embedding IS NOT NULL) e ON t.content_hash = e.content_hash) "
+        "SELECT content_hash, input, CAST(floor((row_number() OVER (ORDER BY doc_chunks, path, chunk_index) - 1) "
+        f"/ {max(1, int(round_chunks))}) AS INT) AS round FROM pending"
     )
-    report.pending = int(spark.sql(f"SELECT count(*) AS n FROM ({pending_sql})").collect()[0].n)
+    # The work list is written once per run (the chunk table is scanned and keyed once); each round then reads
+    # its slice of it.
+    staging = embeddings_table.sibling("_pending")
+    writer = spark.sql(pending_sql).write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if staging.location is not None:
+        writer.save(staging.location)
+        create_table(spark, staging, None)
+    else:
+        writer.saveAsTable(staging.sql_name)
+    totals = spark.sql(f"SELECT count(*) AS n, max(round) AS last FROM {staging.sql_name}").collect()[0]
+    report.pending = int(totals.n)
     if not report.pending:
         report.seconds = clock() - started
         return report
@@ -267,14 +280,12 @@ def embed_on_spark(
         f"{spec.concurrency} request(s) in flight each, rounds of {round_chunks})"
     )
     embed = make_partition_embedder(spec)
-    while report.embedded + report.failed < report.pending:
+    for number in range(int(totals.last) + 1):
         report.rounds += 1
         round_id = f"{run_id}-{report.rounds}"
-        batch = (
-            spark.sql(f"{pending_sql} ORDER BY t.doc_chunks, t.path, t.chunk_index LIMIT {int(round_chunks)}")
-            .select("content_hash", "input")
-            .repartition(report.partitions)
-        )
+        batch = spark.sql(
+            f"SELECT content_hash, input FROM {staging.sql_name} WHERE round = {number}"
+        ).repartition(report.partitions)
         out = batch.mapInArrow(embed, _UDF_SCHEMA).selectExpr(
             "*", f"{sql_string(round_id)} AS run_id", "current_timestamp() AS embedded_at"
         )
@@ -291,8 +302,6 @@ def embed_on_spark(
                 report.errors.append(error)
         done = report.embedded + report.failed
         say(f"round {report.rounds}: {rate_line(done, report.pending, started, clock())}")
-        if not int(row.ok) + int(row.bad):  # nothing left that this run can take (the table changed)
-            break
     report.seconds = clock() - started
     return report
 
