@@ -269,7 +269,7 @@ def test_a_provisioned_host_given_as_the_autoscaling_endpoint_is_a_clear_error()
     in place after switching to Provisioned must say what to set instead, before any workspace call."""
     host = "instance-1234.database.cloud.databricks.com"
     config = load_config(None, env={"PGHOST": host, "PGUSER": "app-sp", "LAKEBASE_ENDPOINT": host})
-    with pytest.raises(ConfigError, match="looks like a host name.*LAKEBASE_INSTANCE_NAME"):
+    with pytest.raises(ConfigError, match=r"looks like a host name.*LAKEBASE_INSTANCE_NAME"):
         resolve_target(config, env={}, workspace_factory=lambda: pytest.fail("no workspace call"))
     garbled = load_config(None, env={"PGHOST": host, "LAKEBASE_ENDPOINT": "projects/p/branches/b"})
     with pytest.raises(ConfigError, match="projects/<project>/branches/<branch>/endpoints/<endpoint>"):
