@@ -42,7 +42,8 @@ POSTGRES_TYPES = (
     "postgres_databases",
 )
 
-# How the CLI maps top-level permission levels onto each resource type (apply_bundle_permissions.go).
+# How the CLI maps top-level permission levels onto each resource type (databricks/cli
+# bundle/config/mutator/resourcemutator/apply_bundle_permissions.go, levelsMap; a type missing here gets none).
 TOP_LEVEL_LEVELS: dict[str, dict[str, str]] = {
     "jobs": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_VIEW", "CAN_RUN": "CAN_MANAGE_RUN"},
     "pipelines": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_VIEW", "CAN_RUN": "CAN_RUN"},
@@ -55,6 +56,11 @@ TOP_LEVEL_LEVELS: dict[str, dict[str, str]] = {
     "sql_warehouses": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_VIEW", "CAN_RUN": "CAN_MONITOR"},
     "database_instances": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_USE"},
     "postgres_projects": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_USE"},
+    "secret_scopes": {"CAN_MANAGE": "MANAGE", "CAN_VIEW": "READ"},
+    "alerts": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_READ", "CAN_RUN": "CAN_RUN"},
+    "clusters": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_ATTACH_TO", "CAN_RUN": "CAN_RESTART"},
+    "vector_search_endpoints": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_USE"},
+    "instance_pools": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_ATTACH_TO"},
 }
 
 # An app resource kind -> the field holding the reference to a bundle resource.
