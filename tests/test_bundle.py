@@ -93,7 +93,9 @@ def test_targets_differ_where_they_should():
     user = "${workspace.current_user.domain_friendly_name}"
     assert dev.variables["lakebase_project"] == dev.variables["app_name"] == f"ca-dev-{user}"
     assert prod.variables["lakebase_project"] == prod.variables["app_name"] == "context-assistant"
-    assert prod.config["workspace"]["root_path"].startswith("/Workspace/Shared/")
+    home = "/Workspace/Users/${workspace.current_user.userName}/"
+    assert prod.config["workspace"]["root_path"].startswith(home)  # not /Workspace/Shared: everyone manages it
+    assert prod.config["resources"]["experiments"]["traces"]["name"] == home + "context-assistant-traces"
     assert prod.config["permissions"] == [
         {"level": "CAN_MANAGE", "service_principal_name": PROD_VARS["prod_service_principal"]},
     ]
@@ -589,6 +591,32 @@ def test_the_lakebase_project_keeps_the_apps_grant_too(bundle):
         in found
     )
     assert "`- level: CAN_USE`" in found
+
+
+def test_a_production_root_path_under_shared(bundle):
+    """Every workspace user has CAN MANAGE on what is in /Workspace/Shared (Databricks docs, folder
+    permissions); a prod deploy there lets anyone replace the code the jobs and the app run."""
+    edit(
+        bundle / "databricks.yml",
+        "      root_path: /Workspace/Users/${workspace.current_user.userName}/.bundle/",
+        "      root_path: /Workspace/Shared/.bundle/",
+    )
+    assert messages(bundle, "dev", check_imports=False) == []  # the dev target keeps its own root
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert found.startswith("databricks.yml: workspace.root_path: '/Workspace/Shared/.bundle/")
+    assert "every workspace user has CAN MANAGE in /Workspace/Shared" in found
+
+
+def test_a_production_experiment_under_shared(bundle):
+    edit(
+        bundle / "databricks.yml",
+        "    default: /Workspace/Users/${workspace.current_user.userName}/context-assistant-traces",
+        "    default: /Shared/context-assistant-traces",
+    )
+    assert messages(bundle, "dev", check_imports=False) == []  # dev sets its own experiment in the user's home
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert "resources.experiments.traces.name: '/Shared/context-assistant-traces'" in found
+    assert "anyone could read (and delete) its runs and traces" in found
 
 
 def test_an_application_id_in_user_name(bundle):
