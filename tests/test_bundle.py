@@ -119,7 +119,9 @@ def test_prod_users_can_use_the_app_but_not_read_everyones_traces():
         effective = list(resources[kind][key].get("permissions") or [])
         effective += [p for p in prod["permissions"] if p["level"] in mapped]
         assert not [p for p in effective if p.get("group_name")], (kind, effective)
+    assert resources["postgres_projects"]["lakebase"]["lifecycle"] == {"prevent_destroy": True}  # the memory
     dev = load_bundle(REPO, "dev").config["resources"]
+    assert "lifecycle" not in dev["postgres_projects"]["lakebase"]  # a dev project may be destroyed
     assert "permissions" not in dev["apps"]["context_assistant"]  # dev resources stay private to the deployer
     assert all(p.get("group_name") is None for p in dev["jobs"]["ingest_job"]["permissions"])
 
