@@ -73,6 +73,11 @@ def ingest_parser() -> _Parser:
         action="store_true",
         help="accept a source with no files (it removes every ingested document)",
     )
+    parser.add_argument(
+        "--allow-replace-source",
+        action="store_true",
+        help="accept a source holding none of the ingested documents (it removes all of them)",
+    )
     return parser
 
 
@@ -132,7 +137,7 @@ def run_ingest_job(
     """Ingest the source into the chunk/documents tables; prints the JSON summary; returns the exit code."""
     from .ingest.run import run_ingest
     from .ingest.spark import interrupting_spark
-    from .refresh import source_location, table_ref
+    from .refresh import ingest_limits, source_location, table_ref
     from .retrieval.tokenizer import chunking_from_config
 
     env = os.environ if env is None else env
@@ -165,6 +170,8 @@ def run_ingest_job(
                 pdf_parser=rag.pdf_parser,
                 progress=TerminalProgress(live=False),
                 allow_empty_source=args.allow_empty_source,
+                allow_replace_source=args.allow_replace_source,
+                **ingest_limits(config),
             )
     except ContextAssistantError as exc:
         return _fail(summary, out, str(exc), exc.exit_code)

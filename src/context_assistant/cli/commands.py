@@ -367,6 +367,7 @@ def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
             full=args.full,
             progress=progress,
             allow_empty_source=args.allow_empty_source,
+            allow_replace_source=args.allow_replace_source,
         )
     finally:
         progress.done()

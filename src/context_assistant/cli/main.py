@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept a source with no files (it removes every ingested document)",
     )
+    p.add_argument(
+        "--allow-replace-source",
+        action="store_true",
+        help="accept a source holding none of the ingested documents (it removes all of them)",
+    )
 
     from ..core.config import SEARCH_MODES
 

@@ -119,6 +119,20 @@ class RagConfig:
     ivfflat_probes: int = _opt(10, min=1)
     chunk_table: str = "chunks"
     documents_table: str = "documents"
+    # Ingest limits and the documents folder's boundary (ingest/limits.py, ingest/boundary.py).
+    max_file_mb: float = _opt(64.0, min=0.001)  # larger files are skipped with the reason
+    parse_timeout_seconds: float = _opt(300.0, min=0.1)  # per file, wall clock, in a child process
+    parse_memory_mb: int = _opt(2048, min=64)  # the parse child's address-space limit
+    symlinks: str = _opt("never", choices=("never", "inside"))  # links out of the folder are never followed
+    # Where the index sync embeds new/changed chunks (retrieval/embed_spark.py): spark (mapInArrow over the chunk
+    # table, into the embeddings table), driver (this process), or auto (spark once embed_spark_threshold chunks
+    # wait and a Spark session can be had). Vectors are kept in embeddings_table, keyed by (content hash, model).
+    embed_on: str = _opt("auto", choices=("auto", "spark", "driver"))
+    embed_spark_threshold: int = _opt(5000, min=0)
+    embeddings_table: str = "embeddings"
+    embed_partitions: int = _opt(2, min=1)  # Spark partitions embedding at once
+    embed_concurrency: int = _opt(4, min=1)  # serving-endpoint requests in flight per partition
+    embed_round_chunks: int = _opt(10000, min=1)  # texts per Spark round (one Delta commit each)
     # In a Databricks App (no Spark): the id of the ingestion job that a refresh runs instead.
     refresh_job_id: str = ""
     vector_search_endpoint: str = ""

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_CACHE_SECONDS = 15 * 60
 LAKEBASE_READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"  # the endpoint type of a branch's primary
+LAKEBASE_ENDPOINT_NAME = re.compile(r"^projects/[^/]+/branches/[^/]+/endpoints/[^/]+$")
 
 
 class DatabaseError(Unavailable):
@@ -78,7 +80,7 @@ def lakebase_token_minter(settings: DatabaseConfig, workspace: WorkspaceClient) 
         where = f"Lakebase instance {settings.instance_name}"
         return lambda: _token(workspace.database.generate_database_credential(instance_names=names).token, where)
     if settings.endpoint:
-        endpoint = settings.endpoint
+        endpoint = lakebase_endpoint_name(settings.endpoint)
         where = f"Lakebase endpoint {endpoint}"
         return lambda: _token(workspace.postgres.generate_database_credential(endpoint=endpoint).token, where)
 
@@ -86,6 +88,29 @@ def lakebase_token_minter(settings: DatabaseConfig, workspace: WorkspaceClient) 
         return _token(workspace.config.oauth_token().access_token, "the workspace OAuth token endpoint")
 
     return workspace_oauth_token
+
+
+def lakebase_endpoint_name(endpoint: str) -> str:
+    """``projects/<p>/branches/<b>/endpoints/<e>``, the only form the Autoscaling credential API takes.
+
+    An app's ``valueFrom`` on a Lakebase *Provisioned* ``database`` resource gives the instance's host, not an
+    endpoint path, so the Autoscaling ``LAKEBASE_ENDPOINT`` line left in app.yaml after switching to
+    Provisioned would send a host name to the wrong API; say so before any workspace call.
+    """
+    name = endpoint.strip().rstrip("/")
+    if LAKEBASE_ENDPOINT_NAME.match(name):
+        return name
+    hint = ""
+    if "/" not in name and "." in name:
+        hint = (
+            ": it looks like a host name, which is what an app's valueFrom gives for a Lakebase Provisioned "
+            "database resource. For a Provisioned instance set LAKEBASE_INSTANCE_NAME (database.instance_name) "
+            "to the instance's name instead of LAKEBASE_ENDPOINT in app.yaml"
+        )
+    raise ConfigError(
+        f"database.endpoint (LAKEBASE_ENDPOINT) {endpoint!r} is not a Lakebase Autoscaling endpoint "
+        f"(projects/<project>/branches/<branch>/endpoints/<endpoint>){hint}"
+    )
 
 
 def _token(token: str | None, where: str) -> str:
@@ -230,6 +255,8 @@ def resolve_target(
         conninfo = psycopg.conninfo.make_conninfo(**params)
         return Target("postgres", conninfo, f"Postgres at {where}", password=lambda: password)
 
+    if settings.endpoint and not settings.instance_name:
+        lakebase_endpoint_name(settings.endpoint)  # a malformed endpoint fails before any workspace call
     workspace = workspace_factory()
     user = settings.user or workspace.current_user.me().user_name
     params["user"] = user
