@@ -431,10 +431,22 @@ def test_bad_usage_and_bad_input_are_one_clear_line(
     code, _, err = run("--session", "nope", "--message", "hi")
     assert code == 1 and err.strip() == "error: session not found: nope"
     code, out, err = run("--message", "   ", "--json")
-    assert code == 1 and json.loads(out) == {"error": "the message is empty", "kind": "bad_input"}
+    assert code == 1 and json.loads(out) == {  # a failed turn's shape, with nothing stored (README: Chat)
+        "error": "the message is empty",
+        "kind": "bad_input",
+        "retryable": False,
+        "session_id": None,
+        "user_message_id": None,
+    }
     assert err.strip() == "error: the message is empty"
     code, out, err = run("--retry", "999999", "--json")
-    assert code == 1 and json.loads(out) == {"error": "message not found: 999999", "kind": "not_found"}
+    assert code == 1 and json.loads(out) == {
+        "error": "message not found: 999999",
+        "kind": "not_found",
+        "retryable": False,
+        "session_id": None,
+        "user_message_id": None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
