@@ -17,7 +17,8 @@ Keyword search is real BM25 (k1=0.9, b=0.4, Lucene's idf ``ln(1 + (N - df + 0.5)
 in plain SQL, so it runs on Lakebase where no BM25 extension can be assumed: candidates are the chunks whose
 ``tsv`` matches the OR of the query's lexemes (a GIN index scan); term frequencies come from the tsvector's
 positions. Hybrid search fuses the vector and BM25 rankings (``rag.fusion``, :mod:`.fusion`): a convex
-combination of min-max normalised scores by default, or reciprocal rank fusion (k=60).
+combination of min-max normalised scores by default, or reciprocal rank fusion (k=60); with
+``rag.document_fusion`` (default) a document's best chunk carries its document's best evidence from each side.
 
 ANN index (``rag.index_type``): ``hnsw`` (default) is built after the first sync and maintained on every
 insert; ``ef_search`` is ``max(rag.hnsw_ef_search, candidates)`` per query (``SET LOCAL``). ``ivfflat`` is
@@ -68,7 +69,7 @@ from .base import (
     check_query,
 )
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
-from .fusion import fuse
+from .fusion import fuse, fuse_by_document
 from .sync import (
     ChunkSource,
     DocumentChange,
@@ -141,6 +142,7 @@ class PgVectorChunkIndex:
         ivfflat_min_rows: int = IVFFLAT_MIN_ROWS,
         fusion: str = "convex",
         hybrid_weight: float = 0.5,
+        document_fusion: bool = True,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"rag.index_type: {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
@@ -155,6 +157,7 @@ class PgVectorChunkIndex:
         self.ivfflat_min_rows = ivfflat_min_rows
         self.fusion = fusion
         self.hybrid_weight = hybrid_weight
+        self.document_fusion = document_fusion
         self._pgvector: tuple[int, ...] | None = None
 
     @classmethod
@@ -169,6 +172,7 @@ class PgVectorChunkIndex:
             ivfflat_probes=rag.ivfflat_probes,
             fusion=rag.fusion,
             hybrid_weight=rag.hybrid_weight,
+            document_fusion=rag.document_fusion,
             **kwargs,
         )
 
@@ -447,6 +451,11 @@ class PgVectorChunkIndex:
                 ranked = vector_ranked
             elif mode == "keyword":
                 ranked = keyword_ranked
+            elif self.document_fusion:
+                paths = self._paths(conn, keyword_ranked, rows)
+                ranked = fuse_by_document(
+                    vector_ranked, keyword_ranked, paths.__getitem__, self.fusion, self.hybrid_weight
+                )
             else:
                 ranked = fuse(vector_ranked, keyword_ranked, self.fusion, self.hybrid_weight)
             ranked = ranked[:top_k]
@@ -466,6 +475,16 @@ class PgVectorChunkIndex:
             for chunk_id, score in ranked
             if chunk_id in rows
         ]
+
+    def _paths(self, conn: psycopg.Connection, keyword: list[tuple[str, float]], rows: dict) -> dict[str, str]:
+        """``chunk_id -> path`` of every candidate: vector hits came with their rows, keyword hits' paths are
+        read by primary key in one round trip (a chunk deleted meanwhile counts as its own document)."""
+        paths = {chunk_id: row[1] for chunk_id, row in rows.items()}
+        missing = [chunk_id for chunk_id, _ in keyword if chunk_id not in paths]
+        if missing:
+            query = sql.SQL("SELECT chunk_id, path FROM {} WHERE chunk_id = ANY(%s)")
+            paths.update(conn.execute(query.format(sql.Identifier(CHUNKS_TABLE)), (missing,)).fetchall())
+        return {**{chunk_id: chunk_id for chunk_id in missing}, **paths}
 
     def _check_model_matches(self, info: SpaceInfo) -> None:
         if info.model != self.embedder.model_name:
