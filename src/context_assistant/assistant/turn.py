@@ -24,6 +24,8 @@ from typing import Any
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import Config
 from ..core.errors import InvalidInput, UpstreamError
+from ..core.redact import redact
+from ..core.text import check_message
 from ..core.tracing import (
     SPAN_MEMORY_LOAD,
     SPAN_MEMORY_STORE,
@@ -67,17 +69,6 @@ class TurnFailed(UpstreamError):
             "session_id": self.session_id,
             "user_message_id": self.user_message_id,
         }
-
-
-def check_message(message: str, max_chars: int) -> None:
-    """The one rule for what a user may send (the web API checks it before a turn starts, with the same words):
-    not blank, and at most ``web.max_message_chars`` characters."""
-    if not message or not message.strip():
-        raise InvalidInput("the message is empty")
-    if len(message) > max_chars:
-        raise InvalidInput(
-            f"the message is {len(message)} characters; the limit is {max_chars} (web.max_message_chars)"
-        )
 
 
 @dataclass(frozen=True)
@@ -300,7 +291,7 @@ class Assistant:
                     )
                 except Exception as exc:
                     log.warning("recall failed: %s", exc)
-                    warnings.append(f"earlier conversations unavailable: {exc}")
+                    warnings.append(redact(f"earlier conversations unavailable: {exc}"))
                 span.set_outputs([t.to_json() for t in recalled])
 
         hits: list[Hit] = []
@@ -310,7 +301,7 @@ class Assistant:
                     hits = self.retriever.search(message, top_k=config.rag.top_k)
                 except Exception as exc:
                     log.warning("retrieval failed: %s", exc)
-                    warnings.append(f"document search unavailable: {exc}")
+                    warnings.append(redact(f"document search unavailable: {exc}"))
                 span.set_sources(hits)
 
         with trace.span(SPAN_PROMPT_BUILD, {"message": message}) as span:
@@ -378,9 +369,12 @@ class Assistant:
         trace: TurnTrace,
     ) -> TurnFailed:
         self._mark_failed(user, message, error, kind, trace)
-        return TurnFailed(error, session_id=session_id, user_message_id=message.id, kind=kind, retryable=retryable)
+        return TurnFailed(
+            redact(error), session_id=session_id, user_message_id=message.id, kind=kind, retryable=retryable
+        )
 
     def _mark_failed(self, user: str, message: Message, error: str, kind: str, trace: TurnTrace) -> None:
+        error = redact(error)  # stored with the message and traced: never an echoed token (core.redact)
         try:
             self.store.update_metadata(
                 user,
