@@ -25,8 +25,10 @@ Convex fusion only (``rrf`` is left as it is).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from psycopg import sql
 
 from ..core.config import FUSIONS
 from ..core.errors import ConfigError
@@ -113,3 +115,30 @@ def fuse_by_document(
             score = max(score, document_score.get(doc, score))
         scored.append((key, score))
     return sorted(scored, key=lambda item: (-item[1], first[item[0]]))
+
+
+def fuse_chunks(
+    conn: Any,
+    table: str,
+    vector: Sequence[tuple[str, float]],
+    keyword: Sequence[tuple[str, float]],
+    rows: Mapping[str, Sequence[Any]] | None,
+    settings: Any,
+) -> list[tuple[str, float]]:
+    """Hybrid ranking of a chunk table's candidates with ``settings.fusion`` and ``settings.hybrid_weight``:
+    :func:`fuse_by_document` when ``rows`` (``chunk_id -> (chunk_id, path, ...)``, the candidates' rows
+    already read, e.g. the vector hits') is given, plain :func:`fuse` when it is None.
+
+    The keyword hits' missing paths are read from ``table`` by primary key in one round trip on ``conn``; a
+    chunk deleted since counts as its own document.
+    """
+    method, weight = settings.fusion, settings.hybrid_weight
+    if rows is None:
+        return fuse(vector, keyword, method, weight)
+    paths = {chunk_id: str(row[1]) for chunk_id, row in rows.items()}
+    missing = [chunk_id for chunk_id, _ in keyword if chunk_id not in paths]
+    if missing:
+        query = sql.SQL("SELECT chunk_id, path FROM {} WHERE chunk_id = ANY(%s)").format(sql.Identifier(table))
+        found = dict(conn.execute(query, (missing,)).fetchall())
+        paths.update({chunk_id: found.get(chunk_id, chunk_id) for chunk_id in missing})
+    return fuse_by_document(vector, keyword, paths.__getitem__, method, weight)

@@ -17,8 +17,7 @@ Keyword search is real BM25 (k1=0.9, b=0.4, Lucene's idf ``ln(1 + (N - df + 0.5)
 in plain SQL, so it runs on Lakebase where no BM25 extension can be assumed: candidates are the chunks whose
 ``tsv`` matches the OR of the query's lexemes (a GIN index scan); term frequencies come from the tsvector's
 positions. Hybrid search fuses the vector and BM25 rankings (``rag.fusion``, :mod:`.fusion`): a convex
-combination of min-max normalised scores by default, or reciprocal rank fusion (k=60); with
-``rag.document_fusion`` (default) a document's best chunk carries its document's best evidence from each side.
+combination of min-max normalised scores by default (per document: ``rag.document_fusion``), or RRF (k=60).
 
 ANN index (``rag.index_type``): ``hnsw`` (default) is built after the first sync and maintained on every
 insert; ``ef_search`` is ``max(rag.hnsw_ef_search, candidates)`` per query (``SET LOCAL``). ``ivfflat`` is
@@ -70,7 +69,7 @@ from .base import (
 )
 from .embed_table import rate_line
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
-from .fusion import fuse, fuse_by_document
+from .fusion import fuse_chunks
 from .sync import (
     ChunkSource,
     DocumentChange,
@@ -473,13 +472,9 @@ class PgVectorChunkIndex:
                 ranked = vector_ranked
             elif mode == "keyword":
                 ranked = keyword_ranked
-            elif self.document_fusion:
-                paths = self._paths(conn, keyword_ranked, rows)
-                ranked = fuse_by_document(
-                    vector_ranked, keyword_ranked, paths.__getitem__, self.fusion, self.hybrid_weight
-                )
-            else:
-                ranked = fuse(vector_ranked, keyword_ranked, self.fusion, self.hybrid_weight)
+            else:  # per document (rag.document_fusion): the keyword hits' paths are read in this transaction
+                by_document = rows if self.document_fusion else None
+                ranked = fuse_chunks(conn, CHUNKS_TABLE, vector_ranked, keyword_ranked, by_document, self)
             ranked = ranked[:top_k]
             missing = [k for k, _ in ranked if k not in rows]  # keyword hits; vector hits came with their rows
             if missing:
@@ -497,16 +492,6 @@ class PgVectorChunkIndex:
             for chunk_id, score in ranked
             if chunk_id in rows
         ]
-
-    def _paths(self, conn: psycopg.Connection, keyword: list[tuple[str, float]], rows: dict) -> dict[str, str]:
-        """``chunk_id -> path`` of every candidate: vector hits came with their rows, keyword hits' paths are
-        read by primary key in one round trip (a chunk deleted meanwhile counts as its own document)."""
-        paths = {chunk_id: row[1] for chunk_id, row in rows.items()}
-        missing = [chunk_id for chunk_id, _ in keyword if chunk_id not in paths]
-        if missing:
-            query = sql.SQL("SELECT chunk_id, path FROM {} WHERE chunk_id = ANY(%s)")
-            paths.update(conn.execute(query.format(sql.Identifier(CHUNKS_TABLE)), (missing,)).fetchall())
-        return {**{chunk_id: chunk_id for chunk_id in missing}, **paths}
 
     def _check_model_matches(self, info: SpaceInfo) -> None:
         if info.model != self.embedder.model_name:
