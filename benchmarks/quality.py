@@ -21,6 +21,7 @@ holds ``scifact-dev/`` and ``locomo-dev/``::
     python -m benchmarks.quality ../shared/eval                 # everything (~10 min on 2 cores)
     python -m benchmarks.quality ../shared/eval --only locomo   # one part
     python -m benchmarks.quality ../shared/eval --queries 100   # a quick look at the first 100 claims
+    python -m benchmarks.quality ../shared/eval --only scifact --reranker sentences   # the hybrid+rerank line
 
 State (the SciFact files, Delta tables, the scratch databases ``quality_scifact``/``quality_locomo`` on the
 benchmarks' embedded Postgres) lives under ``$BENCH_DIR`` (default /tmp); a re-run reuses the ingested and
@@ -108,7 +109,7 @@ def write_abstracts(corpus: Iterable[dict[str, Any]], folder: Path) -> int:
     return count
 
 
-def run_scifact(eval_dir: Path, *, limit: int | None, fresh: bool, say: Any) -> dict[str, Any]:
+def run_scifact(eval_dir: Path, *, limit: int | None, fresh: bool, say: Any, reranker: str = "") -> dict[str, Any]:
     from context_assistant.refresh import refresh_documents
 
     data = eval_dir / "scifact-dev"
@@ -128,6 +129,7 @@ def run_scifact(eval_dir: Path, *, limit: int | None, fresh: bool, say: Any) -> 
             "rag.chunk_table": str(root / "chunks"),
             "rag.documents_table": str(root / "documents"),
             "memory.recall": False,
+            "rag.reranker": reranker,
         },
     )
     if fresh:
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, help="only the first N SciFact claims (quick looks)")
     parser.add_argument("--fresh", action="store_true", help="re-ingest, re-import and re-embed from scratch")
     parser.add_argument("--locomo-modes", help="comma-separated recall modes (default: all)")
+    parser.add_argument("--reranker", default="", help="rag.reranker for the hybrid+rerank line, e.g. sentences")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
@@ -319,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
 
         report["fidelity"] = run_fidelity(work_dir() / "fidelity", say=say)
     if "scifact" in parts:
-        report["scifact"] = run_scifact(args.eval_dir, limit=args.queries, fresh=args.fresh, say=say)
+        report["scifact"] = run_scifact(
+            args.eval_dir, limit=args.queries, fresh=args.fresh, say=say, reranker=args.reranker
+        )
     if "locomo" in parts:
         modes = tuple(m for m in (args.locomo_modes or ",".join(LOCOMO_MODES)).split(",") if m)
         report["locomo"] = run_locomo(args.eval_dir, fresh=args.fresh, say=say, modes=modes)

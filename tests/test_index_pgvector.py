@@ -351,3 +351,30 @@ def test_wide_vectors_index_as_halfvec(db: Database) -> None:
     assert "halfvec_cosine_ops" in _indexes(db)["rag_chunks_embedding_hnsw"]
     text = CORPUS[4].text
     assert idx.search(text, top_k=1, mode="vector")[0].chunk_id == CORPUS[4].chunk_id
+
+
+def test_hybrid_search_fuses_per_document_by_default(db: Database) -> None:
+    """The search path gives each document's best chunk its document's best evidence from each side
+    (``rag.document_fusion``), exactly :func:`fuse_by_document` over the two sides' candidate lists; with
+    it off, plain chunk-by-chunk fusion."""
+    from context_assistant.retrieval.fusion import fuse, fuse_by_document
+
+    chunks = [
+        *document("trial.md", "alendronate weekly dosing trial", "bone fractures fell in women"),
+        *document("review.md", "a review of alendronate and bone density"),
+        *document("other.md", "pager rotation on mondays"),
+    ]
+    index = PgVectorChunkIndex(db, HashingEmbedder())
+    index.refresh(InMemoryChunkSource(chunks))
+    assert index.document_fusion is True
+    query = "alendronate bone fractures"
+    vector = [(h.chunk_id, h.score) for h in index.search(query, top_k=50, mode="vector")]
+    keyword = [(h.chunk_id, h.score) for h in index.search(query, top_k=50, mode="keyword")]
+    path = {c.chunk_id: c.path for c in chunks}
+    expected = fuse_by_document(vector, keyword, path.__getitem__)
+    got = [(h.chunk_id, h.score) for h in index.search(query, top_k=4, mode="hybrid")]
+    assert [k for k, _ in got] == [k for k, _ in expected][:4]
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected][:4])
+    index.document_fusion = False
+    plain = [h.chunk_id for h in index.search(query, top_k=4, mode="hybrid")]
+    assert plain == [k for k, _ in fuse(vector, keyword)][:4]

@@ -12,12 +12,15 @@ import pytest
 from context_assistant.retrieval import Hit
 from context_assistant.retrieval.pgvector import PgVectorChunkIndex
 from context_assistant.retrieval.rerank import (
+    MAX_SENTENCES_PER_PASSAGE,
     EndpointReranker,
     LocalCrossEncoder,
     RerankError,
     RerankingRetriever,
+    SentenceReranker,
     blend,
     make_reranker,
+    sentences,
 )
 from context_assistant.retrieval.sync import InMemoryChunkSource
 from context_assistant.services import Services
@@ -171,3 +174,58 @@ def test_services_wire_an_endpoint_reranker_after_hybrid_search(make_config, db,
         "rotate warehouse credentials with the vault cli",
     }
     services.close()
+
+
+# ------------------------------------------------------------------------------- sentences (no extra model)
+
+
+def test_sentences_split_lines_and_sentence_ends_but_not_abbreviations_or_decimals() -> None:
+    text = (
+        "Alendronate weekly.\nThe dose was 70 mg. Fractures fell by 2.5 percent! Was it (e.g. in women) safe? Yes."
+    )
+    assert sentences(text) == [
+        "Alendronate weekly.",
+        "The dose was 70 mg.",
+        "Fractures fell by 2.5 percent!",
+        "Was it (e.g. in women) safe?",
+        "Yes.",
+    ]
+    assert sentences("   ") == ["   "]  # nothing to split: the passage itself
+    many = " ".join(f"Sentence {i}." for i in range(40))
+    assert len(sentences(many)) == MAX_SENTENCES_PER_PASSAGE and sentences(many)[-1].endswith("Sentence 39.")
+
+
+def test_sentence_reranker_scores_a_passage_by_its_best_sentence() -> None:
+    embedder = HashingEmbedder()
+    calls: list[int] = []
+
+    def model() -> HashingEmbedder:
+        calls.append(1)
+        return embedder
+
+    reranker = make_reranker("sentences", embedder=model)
+    assert isinstance(reranker, SentenceReranker) and not calls  # the model is fetched on first use only
+    query = "pager rotation hands over on Monday"
+    one_good = "Unrelated words about tables. Pager rotation hands over on Monday. More unrelated filler here."
+    diffuse = "Pager duty exists. Rotation is weekly. Hands are busy. Over and out on some Monday."
+    scores = reranker.score(query, [diffuse, one_good])
+    assert scores[1] == pytest.approx(1.0) and scores[0] < scores[1]
+    assert reranker.score(query, []) == []
+    with pytest.raises(RerankError, match="'sentences' needs the embedding model"):
+        make_reranker("sentences")
+    assert isinstance(make_reranker("sentences", embedder=embedder), SentenceReranker)  # a model, not a function
+
+
+def test_sentence_reranker_failure_keeps_the_first_stage_order(db) -> None:  # type: ignore[no-untyped-def]
+    index = PgVectorChunkIndex(db, HashingEmbedder())
+    index.refresh(InMemoryChunkSource([*document("a.md", "alpha beta"), *document("b.md", "alpha gamma")]))
+
+    class Broken(HashingEmbedder):
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            if len(texts) > 1:
+                raise RuntimeError("out of memory")
+            return super().embed(texts)
+
+    retriever = RerankingRetriever(index, SentenceReranker(lambda: Broken()), candidates=5)
+    first = [h.chunk_id for h in index.search("alpha", top_k=2)]
+    assert [h.chunk_id for h in retriever.search("alpha", top_k=2)] == first

@@ -159,7 +159,9 @@ class Services:
         from .retrieval.rerank import RerankingRetriever, make_reranker
 
         rag = self.config.rag
-        reranker = make_reranker(rag.reranker, lambda: self.workspace, clock=self.clock)
+        reranker = make_reranker(
+            rag.reranker, lambda: self.workspace, clock=self.clock, embedder=lambda: self.embedder
+        )
         if reranker is None:
             return self.chunk_index
         closer = getattr(reranker, "close", None)

@@ -110,6 +110,8 @@ class RagConfig:
     # How hybrid search fuses its two rankings (retrieval/fusion.py): convex (normalised scores) or rrf (ranks).
     fusion: str = _opt("convex", choices=FUSIONS)
     hybrid_weight: float = _opt(0.5, min=0)  # convex: the vector side's share
+    # Hybrid: a document's best chunk carries the document's best vector and keyword evidence (fusion.py).
+    document_fusion: bool = True
     # A second stage that re-scores the first stage's best candidates with a cross-encoder (retrieval/rerank.py):
     # "" (off), endpoint:NAME (a serving endpoint) or local:PATH (a sentence-transformers CrossEncoder folder).
     reranker: str = ""

@@ -17,7 +17,7 @@ Keyword search is real BM25 (k1=0.9, b=0.4, Lucene's idf ``ln(1 + (N - df + 0.5)
 in plain SQL, so it runs on Lakebase where no BM25 extension can be assumed: candidates are the chunks whose
 ``tsv`` matches the OR of the query's lexemes (a GIN index scan); term frequencies come from the tsvector's
 positions. Hybrid search fuses the vector and BM25 rankings (``rag.fusion``, :mod:`.fusion`): a convex
-combination of min-max normalised scores by default, or reciprocal rank fusion (k=60).
+combination of min-max normalised scores by default (per document: ``rag.document_fusion``), or RRF (k=60).
 
 ANN index (``rag.index_type``): ``hnsw`` (default) is built after the first sync and maintained on every
 insert; ``ef_search`` is ``max(rag.hnsw_ef_search, candidates)`` per query (``SET LOCAL``). ``ivfflat`` is
@@ -69,7 +69,7 @@ from .base import (
 )
 from .embed_table import rate_line
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
-from .fusion import fuse
+from .fusion import fuse_chunks
 from .sync import (
     ChunkSource,
     DocumentChange,
@@ -142,6 +142,7 @@ class PgVectorChunkIndex:
         ivfflat_min_rows: int = IVFFLAT_MIN_ROWS,
         fusion: str = "convex",
         hybrid_weight: float = 0.5,
+        document_fusion: bool = True,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"rag.index_type: {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
@@ -156,6 +157,7 @@ class PgVectorChunkIndex:
         self.ivfflat_min_rows = ivfflat_min_rows
         self.fusion = fusion
         self.hybrid_weight = hybrid_weight
+        self.document_fusion = document_fusion
         self._pgvector: tuple[int, ...] | None = None
 
     @classmethod
@@ -170,6 +172,7 @@ class PgVectorChunkIndex:
             ivfflat_probes=rag.ivfflat_probes,
             fusion=rag.fusion,
             hybrid_weight=rag.hybrid_weight,
+            document_fusion=rag.document_fusion,
             **kwargs,
         )
 
@@ -469,8 +472,9 @@ class PgVectorChunkIndex:
                 ranked = vector_ranked
             elif mode == "keyword":
                 ranked = keyword_ranked
-            else:
-                ranked = fuse(vector_ranked, keyword_ranked, self.fusion, self.hybrid_weight)
+            else:  # per document (rag.document_fusion): the keyword hits' paths are read in this transaction
+                by_document = rows if self.document_fusion else None
+                ranked = fuse_chunks(conn, CHUNKS_TABLE, vector_ranked, keyword_ranked, by_document, self)
             ranked = ranked[:top_k]
             missing = [k for k, _ in ranked if k not in rows]  # keyword hits; vector hits came with their rows
             if missing:

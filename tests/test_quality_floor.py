@@ -1,0 +1,60 @@
+"""Retrieval quality floor: the default configuration, the real model, the project's labelled set.
+
+CI's guard against a change that silently makes answers worse (a fusion, chunking, BM25 or embedding-text
+change): ``fixtures/eval`` (62 handbook documents, 52 queries; see its README) is indexed with the real
+all-MiniLM-L6-v2 into a real pgvector database, exactly as ``benchmarks/retrieval_eval.py`` does, with the
+index settings a user gets by default (``load_config`` with no file), and every search mode must stay above a
+floor. The floors sit a few points under what the code scores today (README, "Quality": vector 1.000 / 0.986,
+keyword 0.894 / 0.838, hybrid 1.000 / 0.931 recall@5 / nDCG@10), so noise-free small changes pass and a real
+regression fails. A quality floor, not a timing: the run takes a few seconds and asserts no speed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from context_assistant.core import load_config
+from context_assistant.retrieval.evaluation import evaluate, index_corpus, load_corpus, load_queries
+from context_assistant.storage.db import Database
+from context_assistant.storage.targets import Target
+from retrieval_support import minilm  # noqa: F401
+
+EVAL = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
+
+# mode -> (recall@5, nDCG@10) floors over all 52 queries.
+FLOORS = {
+    "vector": (0.95, 0.93),
+    "keyword": (0.85, 0.78),
+    "hybrid": (0.97, 0.90),
+}
+
+
+@pytest.fixture(scope="module")
+def report(pg_server, minilm):  # type: ignore[no-untyped-def]  # noqa: F811
+    name = pg_server.create_database("quality")
+    db = Database(Target("postgres", pg_server.uri(name), "quality floor database"), max_size=2)
+    try:
+        rag = load_config(None, env={}).rag  # what a user gets without a config file
+        index, result = index_corpus(db, minilm, rag, load_corpus(EVAL / "corpus.jsonl"))
+        assert result.ok and result.added == 62
+        yield evaluate(index, load_queries(EVAL / "queries.jsonl"), modes=tuple(FLOORS))
+    finally:
+        db.close()
+        pg_server.drop_database(name)
+
+
+@pytest.mark.parametrize("mode", list(FLOORS))
+def test_default_search_stays_above_the_quality_floor(report, mode: str) -> None:  # type: ignore[no-untyped-def]
+    recall_floor, ndcg_floor = FLOORS[mode]
+    overall = report[mode]["all"]
+    assert overall["n"] == 52
+    assert overall["recall@5"] >= recall_floor, f"{mode} recall@5 {overall['recall@5']:.3f} < {recall_floor}"
+    assert overall["ndcg@10"] >= ndcg_floor, f"{mode} nDCG@10 {overall['ndcg@10']:.3f} < {ndcg_floor}"
+
+
+def test_hybrid_is_not_worse_than_keyword_alone(report) -> None:  # type: ignore[no-untyped-def]
+    # Fusion must add the vector side's paraphrase matches, never lose what exact words found.
+    assert report["hybrid"]["all"]["ndcg@10"] >= report["keyword"]["all"]["ndcg@10"]
+    assert report["hybrid"]["paraphrase"]["recall@5"] >= report["keyword"]["paraphrase"]["recall@5"]
