@@ -24,6 +24,7 @@ from ..retrieval.base import ChunkIndex
 from ..services import Services
 from ..storage.memory import ConversationStore
 from .identity import Identity, IdentityResolver
+from .live import TurnHub
 from .models import ChatRequest
 from .refresh_runner import RefreshCall, RefreshRunner
 
@@ -37,6 +38,7 @@ class WebState:
         self.services = services
         self.identity = IdentityResolver(services.config, services.env)
         self.refresh = RefreshRunner(refresh or self._refresh_documents, clock=services.clock)
+        self.turns = TurnHub(lambda: services.store, clock=services.clock)
 
     def _refresh_documents(self, full: bool, progress: Progress) -> Any:
         """What the refresh button does: ingest changed documents and sync the index (the ingestion job
@@ -133,6 +135,13 @@ def refresh_runner(state: State) -> RefreshRunner:
 
 
 RefreshRunnerDep = Annotated[RefreshRunner, Depends(refresh_runner)]
+
+
+def turn_hub(state: State) -> TurnHub:
+    return state.turns
+
+
+TurnHubDep = Annotated[TurnHub, Depends(turn_hub)]
 
 
 def chat_request(body: ChatRequest, config: ConfigDep) -> ChatRequest:
