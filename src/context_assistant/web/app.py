@@ -76,7 +76,9 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         if warm_up:
             threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
             state.turns.start_sweeping()  # questions a killed process left without a state (live.py)
+            state.supervisor.start()  # the embedded Postgres, restarted if it dies (supervisor.py)
         yield
+        state.supervisor.stop()
         # Answers still being written: stopped and their questions marked interrupted (retryable).
         await asyncio.to_thread(state.turns.shutdown)
 

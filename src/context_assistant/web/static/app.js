@@ -193,7 +193,10 @@ function handlersFor(live, userView) {
       live.sessionId = data.session_id;
       if (userView) userView.dataset.id = String(data.user_message_id);
       if (live.sending) saveDraft(""); // stored: nothing to keep any more
-      if (state.live === live && state.current !== data.session_id) setCurrent(data.session_id);
+      if (state.live === live && state.current !== data.session_id) {
+        setCurrent(data.session_id);
+        refreshSessionList(); // the new conversation is listed at once
+      }
       if (live.stopRequested) requestStop(live);
     }),
     sources: track((data) => view.setSources(data.sources)),
@@ -280,7 +283,7 @@ async function settle(live, result, sent) {
     view.root.remove();
     if (sent && !sent.retryOf) {
       if (!ui.input.value) ui.input.value = sent.text;
-      saveDraft(sent.text, false);
+      saveDraft(sent.text, true); // it may have got through: a reload says so
     }
     showBanner("The app could not be reached, so your question was not sent. It is back in the box: check your connection and send it again.");
   } else if (result.outcome === "dropped") {
