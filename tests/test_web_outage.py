@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ def test_a_killed_embedded_postgres_is_restarted_and_requests_meanwhile_get_a_50
     )
     server = EmbeddedPostgres(config.data_path)
     caplog.set_level(logging.WARNING, logger="context_assistant")
+    app = None
     try:
         app = start_app(config)
         client = app.client()
@@ -62,11 +62,10 @@ def test_a_killed_embedded_postgres_is_restarted_and_requests_meanwhile_get_a_50
         assert any("running again (restart 1)" in line for line in logged), logged
         assert all("\n" not in line for line in logged)
     finally:
-        for _ in range(3):  # the supervisor may be starting it again right now
-            server.stop()
-            time.sleep(0.5)
-            if server.running_pid() is None:
-                break
+        if app is not None:
+            app.state.supervisor.stop()  # or it would start the server again
+            app.state.supervisor.join(30)
+        server.stop()
 
 
 def test_a_wrong_password_fails_at_once_in_one_line(pg_server: PgServer, caplog: pytest.LogCaptureFixture) -> None:

@@ -40,6 +40,11 @@ class EmbeddedSupervisor:
     def stop(self) -> None:
         self._stop.set()
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the watcher to end after :meth:`stop` (it may be in the middle of starting the server)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def _watch(self) -> None:
         failures = 0
         down = False
