@@ -45,3 +45,18 @@ def test_what_is_read_and_synced_is_part_of_the_chunk_table() -> None:
     assert set(SYNCED_COLUMNS) <= table and RESULT_COLUMNS == contract.HIT_COLUMNS
     chunk_fields = {f.name for f in dataclasses.fields(Chunk)}
     assert set(contract.names(contract.CHUNK_FIELDS)) <= chunk_fields
+
+
+def test_the_merge_statements_name_every_column_of_the_contract() -> None:
+    """The chunk and document MERGEs derive their SET and INSERT lists from the contract, so a new column
+    cannot be forgotten in one of them."""
+    stamps = {"modified_at": "timestamp_micros(s.modified_us)"}
+    update = contract.merge_update(contract.CHUNK_TABLE, key="chunk_id", values=stamps)
+    assert "t.chunk_id" not in update
+    for name in contract.names(contract.CHUNK_TABLE)[1:]:
+        assert f"t.{name} = " in update
+    assert "t.modified_at = timestamp_micros(s.modified_us)" in update
+    insert = contract.merge_insert(contract.DOCUMENTS_TABLE)
+    assert insert.startswith(
+        "INSERT (" + ", ".join(contract.names(contract.DOCUMENTS_TABLE)) + ") VALUES (s.path, "
+    )

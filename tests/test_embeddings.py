@@ -165,7 +165,8 @@ def test_endpoint_4xx_fails_at_once_naming_the_endpoint(fake_databricks: Any, cl
     with pytest.raises(EmbeddingError) as error:
         embedder.embed(["x" * 10])
     assert str(error.value) == (
-        "serving endpoint 'my-embedder' rejected the request (HTTP 400: BAD_REQUEST: Input is too long: 9000 tokens)"
+        "serving endpoint 'my-embedder' rejected the request (400) (server said: BAD_REQUEST: Input is too long: "
+        "9000 tokens)"
     )
     assert len(fake_databricks.calls(ENDPOINT_PATH)) == 1 and clock.sleeps == []
 
@@ -182,9 +183,13 @@ def test_endpoint_not_found_and_forbidden(fake_databricks: Any, clock: Any) -> N
         Response(403, {"error_code": "PERMISSION_DENIED", "message": "no access"}),
     )
     workspace = fake_databricks.workspace_client()
-    with pytest.raises(EmbeddingError, match=r"serving endpoint 'gone' not found .*check rag\.embedding_model"):
+    with pytest.raises(
+        EmbeddingError, match=r"serving endpoint 'gone' was not found \(404\) — check rag\.embedding_model"
+    ):
         ServingEndpointEmbedder("gone", workspace, clock=clock).embed(["x"])
-    with pytest.raises(EmbeddingError, match=r"not allowed to query serving endpoint 'secret' .*CAN QUERY"):
+    with pytest.raises(
+        EmbeddingError, match=r"no permission to use serving endpoint 'secret' \(403\) — it needs CAN_QUERY"
+    ):
         ServingEndpointEmbedder("secret", workspace, clock=clock).embed(["x"])
 
 

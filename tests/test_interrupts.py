@@ -280,7 +280,7 @@ def test_ctrl_c_while_embedding_keeps_finished_batches_and_the_next_run_embeds_t
     embeddings: Embeddings,
     pg_server: Any,
 ) -> None:
-    write_docs(docs, count=6, paragraphs=40)  # 480 chunks: two write batches of whole documents
+    write_docs(docs, count=6, paragraphs=80)  # ~80 chunks each (one per section): two write batches of documents
 
     def first_batch_committed() -> bool:
         with psycopg.connect(pg_server.uri(config.database.name)) as conn:

@@ -360,8 +360,8 @@ def test_a_response_that_is_not_a_chat_completion_is_a_bad_response(
             401,
             {"error": {"message": "Incorrect API key provided"}},
             "permission",
-            "the server at {url}/v1 rejected the API key (401) — set OPENAI_API_KEY (server said: Incorrect API "
-            "key provided)",
+            "model 'llama-3.1-8b' at {url}/v1 rejected the credentials (401) — set OPENAI_API_KEY (server said: "
+            "Incorrect API key provided)",
         ),
         (
             404,
@@ -514,8 +514,8 @@ def test_databricks_reasoning_content_parts_are_joined_into_text(
             404,
             {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Endpoint with name 'team-chat' does not exist."},
             "bad_endpoint",
-            "serving endpoint 'team-chat' does not exist — check model.endpoint (server said: Endpoint with name "
-            "'team-chat' does not exist.)",
+            "serving endpoint 'team-chat' was not found (404) — check model.endpoint (server said: Endpoint with "
+            "name 'team-chat' does not exist.)",
         ),
         (
             403,
@@ -524,15 +524,15 @@ def test_databricks_reasoning_content_parts_are_joined_into_text(
                 "message": "User does not have permission to query this endpoint.",
             },
             "permission",
-            "no permission to query 'team-chat' (needs CAN_QUERY) (server said: User does not have permission "
-            "to query this endpoint.)",
+            "no permission to use serving endpoint 'team-chat' (403) — it needs CAN_QUERY (server said: User does "
+            "not have permission to query this endpoint.)",
         ),
         (
             401,
             {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."},
             "permission",
-            "the workspace rejected the credentials for serving endpoint 'team-chat' (401) — check "
-            "DATABRICKS_TOKEN or your CLI profile (server said: Invalid access token.)",
+            "serving endpoint 'team-chat' rejected the credentials (401) — check DATABRICKS_TOKEN or your CLI "
+            "profile (server said: Invalid access token.)",
         ),
         (
             400,
@@ -567,7 +567,7 @@ def test_databricks_errors_while_streaming_are_mapped_too(
         list(databricks_model(fake_databricks, clock, endpoint="gone").stream(MESSAGES))
 
     assert str(caught.value) == (
-        "serving endpoint 'gone' does not exist — check model.endpoint (server said: RESOURCE_DOES_NOT_EXIST)"
+        "serving endpoint 'gone' was not found (404) — check model.endpoint (server said: RESOURCE_DOES_NOT_EXIST)"
     )
 
 

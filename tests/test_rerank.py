@@ -69,9 +69,9 @@ def test_endpoint_accepts_score_objects_and_retries_429(fake_databricks: Any, cl
     [
         (
             Response(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no"}),
-            "not found; check rag.reranker",
+            r"was not found \(404\) — check rag\.reranker",
         ),
-        (Response(403, {"error_code": "PERMISSION_DENIED", "message": "no"}), "needs CAN QUERY"),
+        (Response(403, {"error_code": "PERMISSION_DENIED", "message": "no"}), "needs CAN_QUERY"),
         (Response(200, {"predictions": [1.0]}), "did not answer one prediction per passage"),
         (Response(200, {"predictions": ["high", "low"]}), "not a number"),
     ],

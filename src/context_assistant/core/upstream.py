@@ -40,6 +40,29 @@ def error_detail(body: object, text: str = "", *, with_code: bool = False) -> st
     return detail[:MAX_DETAIL_CHARS] + ("…" if len(detail) > MAX_DETAIL_CHARS else "")
 
 
+def status_message(
+    status: int, service: str, detail: str = "", *, hints: Mapping[int, str] | None = None
+) -> tuple[str, str]:
+    """``(kind, message)`` for an HTTP error status from ``service`` (``"serving endpoint 'x'"``), worded the
+    same for every caller. ``hints`` adds what only the caller knows — which setting to check on a 404, which
+    permission a 403 needs — keyed by status (``500`` stands for any 5xx). ``kind`` is one of ``permission``,
+    ``bad_endpoint``, ``rate_limited``, ``unavailable``, ``bad_request``."""
+    if status == 401:
+        kind, text = "permission", f"{service} rejected the credentials (401)"
+    elif status == 403:
+        kind, text = "permission", f"no permission to use {service} (403)"
+    elif status == 404:
+        kind, text = "bad_endpoint", f"{service} was not found (404)"
+    elif status == 429:
+        kind, text = "rate_limited", f"{service} is rate limited (429)"
+    elif status >= 500:
+        kind, text = "unavailable", f"{service} is unavailable ({status})"
+    else:
+        kind, text = "bad_request", f"{service} rejected the request ({status})"
+    hint = (hints or {}).get(500 if status >= 500 else status)
+    return kind, text + (f" — {hint}" if hint else "") + (f" (server said: {detail})" if detail else "")
+
+
 def exception_line(exc: BaseException) -> str:
     """An error's text on one line, without the client-configuration dump databricks-sdk appends to
     authentication errors (it names hosts and auth types, never what to fix)."""
@@ -47,4 +70,4 @@ def exception_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-__all__ = ["MAX_DETAIL_CHARS", "error_detail", "exception_line"]
+__all__ = ["MAX_DETAIL_CHARS", "error_detail", "exception_line", "status_message"]

@@ -13,7 +13,7 @@ what they use from the declarations here, so a column added or retyped here is a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -102,6 +102,28 @@ def schema_ddl(table: Iterable[Column]) -> str:
     return ", ".join(f"{column.name} {column.type}" for column in table)
 
 
+def merge_update(table: Iterable[Column], *, key: str, values: Mapping[str, str] | None = None) -> str:
+    """A ``MERGE``'s ``UPDATE SET`` list for every column of ``table`` but ``key``: ``t.c = s.c`` unless
+    ``values`` gives the source expression for ``c`` (a timestamp the source carries as microseconds, say)."""
+    values = values or {}
+    return ", ".join(
+        f"t.{column.name} = {values.get(column.name, 's.' + column.name)}"
+        for column in table
+        if column.name != key
+    )
+
+
+def merge_insert(table: Iterable[Column], *, values: Mapping[str, str] | None = None) -> str:
+    """A ``MERGE``'s ``INSERT (...) VALUES (...)`` for every column of ``table``, sources as in
+    :func:`merge_update`."""
+    values = values or {}
+    table = tuple(table)
+    return (
+        f"INSERT ({', '.join(column.name for column in table)}) "
+        f"VALUES ({', '.join(values.get(column.name, 's.' + column.name) for column in table)})"
+    )
+
+
 def parsed_schema_ddl() -> str:
     """The Spark schema of the parser's output (``mapInArrow``): a file's summary and its chunks."""
     chunk = ", ".join(f"{column.name}: {column.type}" for column in CHUNK_FIELDS)
@@ -134,6 +156,8 @@ __all__ = [
     "PARSED_FILE",
     "Column",
     "columns",
+    "merge_insert",
+    "merge_update",
     "names",
     "parsed_arrow_schema",
     "parsed_schema_ddl",

@@ -65,7 +65,16 @@ from typing import TYPE_CHECKING
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.errors import InvalidInput
 from .ai_parse import ai_parse_column, check_pdf_parser
-from .contract import CHUNK_TABLE, DOCUMENTS_TABLE, FRESH_CHUNK, parsed_schema_ddl, schema_ddl, table_ddl
+from .contract import (
+    CHUNK_TABLE,
+    DOCUMENTS_TABLE,
+    FRESH_CHUNK,
+    merge_insert,
+    merge_update,
+    parsed_schema_ddl,
+    schema_ddl,
+    table_ddl,
+)
 from .plan import (
     DEFAULT_MAX_FILE_BYTES,
     EMPTY_HASH,
@@ -487,16 +496,13 @@ class _Run:
         if not by_op:
             return counts
         self.say(f"writing chunks: {counts.written} new or changed, {counts.deleted} removed")
-        ingested = f"timestamp_micros({run_us})"
+        # The source carries times as microseconds; the run's own time stamps what it wrote.
+        stamps = {"modified_at": "timestamp_micros(s.modified_us)", "ingested_at": f"timestamp_micros({run_us})"}
         self.spark.sql(
             f"MERGE INTO {self.chunks.sql_name} AS t USING {changes} AS s ON t.chunk_id = s.chunk_id "
             "WHEN MATCHED AND s.op = 'delete' THEN DELETE "
-            "WHEN MATCHED AND s.op = 'update' THEN UPDATE SET t.path = s.path, t.chunk_index = s.chunk_index, "
-            "t.text = s.text, t.heading = s.heading, t.page = s.page, t.content_hash = s.content_hash, "
-            f"t.doc_hash = s.doc_hash, t.modified_at = timestamp_micros(s.modified_us), t.ingested_at = {ingested} "
-            "WHEN NOT MATCHED AND s.op = 'insert' THEN INSERT (chunk_id, path, chunk_index, text, heading, page, "
-            "content_hash, doc_hash, modified_at, ingested_at) VALUES (s.chunk_id, s.path, s.chunk_index, s.text, "
-            f"s.heading, s.page, s.content_hash, s.doc_hash, timestamp_micros(s.modified_us), {ingested})"
+            f"WHEN MATCHED AND s.op = 'update' THEN UPDATE SET {merge_update(CHUNK_TABLE, key='chunk_id', values=stamps)} "
+            f"WHEN NOT MATCHED AND s.op = 'insert' THEN {merge_insert(CHUNK_TABLE, values=stamps)}"
         ).collect()
         return counts
 
@@ -511,18 +517,16 @@ class _Run:
                 "modified_us BIGINT, chunking STRING, ingested_us BIGINT, op STRING",
             ),
         )
+        stamps = {
+            "modified_at": "timestamp_micros(s.modified_us)",
+            "ingested_at": "timestamp_micros(s.ingested_us)",
+        }
         self.spark.sql(
             f"MERGE INTO {self.documents.sql_name} AS t USING {target} AS s ON t.path = s.path "
-            "WHEN MATCHED AND s.op = 'upsert' THEN UPDATE SET t.doc_hash = s.doc_hash, t.status = s.status, "
-            "t.error = s.error, t.chunk_count = s.chunk_count, t.size_bytes = s.size_bytes, "
-            "t.modified_at = timestamp_micros(s.modified_us), t.chunking = s.chunking, "
-            "t.ingested_at = timestamp_micros(s.ingested_us) "
+            f"WHEN MATCHED AND s.op = 'upsert' THEN UPDATE SET {merge_update(DOCUMENTS_TABLE, key='path', values=stamps)} "
             "WHEN MATCHED AND s.op = 'touch' THEN UPDATE SET t.size_bytes = s.size_bytes, "
             "t.modified_at = timestamp_micros(s.modified_us) "
-            "WHEN NOT MATCHED AND s.op = 'upsert' THEN INSERT (path, doc_hash, status, error, chunk_count, "
-            "size_bytes, modified_at, chunking, ingested_at) VALUES (s.path, s.doc_hash, s.status, s.error, "
-            "s.chunk_count, s.size_bytes, timestamp_micros(s.modified_us), s.chunking, "
-            "timestamp_micros(s.ingested_us)) "
+            f"WHEN NOT MATCHED AND s.op = 'upsert' THEN {merge_insert(DOCUMENTS_TABLE, values=stamps)} "
             "WHEN NOT MATCHED BY SOURCE THEN DELETE"
         ).collect()
 

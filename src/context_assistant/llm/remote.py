@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
-from ..core.upstream import error_detail
+from ..core.upstream import error_detail, status_message
 from .interface import ChatMessage, Completion, ModelError, ModelStream, PromptContext, Usage, estimate_usage
 
 log = logging.getLogger(__name__)
@@ -99,21 +99,12 @@ class OpenAICompatibleModel:
     def _where(self) -> str:
         return f"model '{self.model}' at {self.base_url}"
 
-    def _explain_status(self, status: int, detail: str) -> tuple[str, str]:
-        """(kind, message) for an HTTP error status."""
-        said = f" (server said: {detail})" if detail else ""
-        if status == 401:
-            return "permission", (
-                f"the server at {self.base_url} rejected the API key (401) — set {self._api_key_env}{said}"
-            )
-        if status == 403:
-            return "permission", f"no permission to use {self._where()} (403){said}"
-        if status == 404:
-            return "bad_endpoint", (
-                f"{self._where()} was not found (404) — check model.endpoint (the model name) and "
-                f"model.base_url (it usually ends in /v1){said}"
-            )
-        return "bad_request", f"{self._where()} rejected the request ({status}){said}"
+    def _status_hints(self) -> dict[int, str]:
+        """What to check for each refusal: :func:`status_message` words the rest."""
+        return {
+            401: f"set {self._api_key_env}",
+            404: "check model.endpoint (the model name) and model.base_url (it usually ends in /v1)",
+        }
 
     # -- the interface
 
@@ -222,32 +213,23 @@ class OpenAICompatibleModel:
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             detail = _server_message(exc)
-            said = f" (server said: {detail})" if detail else ""
-            if status == 429:
-                return ModelError(
-                    f"{self._where()} is rate limited (429){said}",
-                    "rate_limited",
-                    True,
-                    status=status,
-                    retry_after=retry_after_seconds(exc.response.headers, self._clock.now()),
-                )
-            if status >= 500:
-                return ModelError(
-                    f"{self._where()} is unavailable ({status}){said}",
-                    "unavailable",
-                    True,
-                    status=status,
-                    retry_after=retry_after_seconds(exc.response.headers, self._clock.now()),
-                )
             if status == 413 or (status in (400, 422) and _CONTEXT_TOO_LONG.search(detail or "")):
+                said = f" (server said: {detail})" if detail else ""
                 return ModelError(
                     f"the prompt is too long for {self._where()} — lower model.context_tokens{said}",
                     "context_too_long",
                     False,
                     status=status,
                 )
-            kind, message = self._explain_status(status, detail)
-            return ModelError(message, kind, False, status=status)
+            kind, message = status_message(status, self._where(), detail, hints=self._status_hints())
+            retryable = status == 429 or status >= 500
+            return ModelError(
+                message,
+                kind,
+                retryable,
+                status=status,
+                retry_after=retry_after_seconds(exc.response.headers, self._clock.now()) if retryable else None,
+            )
         if isinstance(exc, openai.APITimeoutError) or _is_timeout(exc):
             return ModelError(
                 f"{self._where()} did not answer within {self._timeout:g}s (model.timeout_seconds)",
@@ -435,18 +417,12 @@ class DatabricksServingModel(OpenAICompatibleModel):
     def _where(self) -> str:
         return f"serving endpoint '{self.model}'"
 
-    def _explain_status(self, status: int, detail: str) -> tuple[str, str]:
-        said = f" (server said: {detail})" if detail else ""
-        if status == 401:
-            return "permission", (
-                f"the workspace rejected the credentials for {self._where()} (401) — check DATABRICKS_TOKEN or "
-                f"your CLI profile{said}"
-            )
-        if status == 403:
-            return "permission", f"no permission to query '{self.model}' (needs CAN_QUERY){said}"
-        if status == 404:
-            return "bad_endpoint", f"serving endpoint '{self.model}' does not exist — check model.endpoint{said}"
-        return "bad_request", f"{self._where()} rejected the request ({status}){said}"
+    def _status_hints(self) -> dict[int, str]:
+        return {
+            401: "check DATABRICKS_TOKEN or your CLI profile",
+            403: "it needs CAN_QUERY",
+            404: "check model.endpoint",
+        }
 
 
 def _absorb(chunk: Any, state: _StreamState) -> str:

@@ -31,7 +31,7 @@ from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import RagConfig
 from ..core.errors import UpstreamError
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
-from ..core.upstream import error_detail
+from ..core.upstream import error_detail, status_message
 from ..core.workspace import WorkspaceSource
 
 log = logging.getLogger(__name__)
@@ -393,15 +393,12 @@ class ServingEndpointEmbedder:
         )
 
     def _explain(self, exc: EndpointHTTPError) -> str:
-        name = repr(self.endpoint)
-        if exc.status == 404:
-            return f"serving endpoint {name} not found (HTTP 404: {exc.message}); check rag.embedding_model"
-        if exc.status in (401, 403):
-            return (
-                f"not allowed to query serving endpoint {name} (HTTP {exc.status}: {exc.message}); check the "
-                "Databricks credentials and the endpoint's CAN QUERY permission"
-            )
-        return f"serving endpoint {name} rejected the request (HTTP {exc.status}: {exc.message})"
+        hints = {
+            401: "check the Databricks credentials",
+            403: "it needs CAN_QUERY",
+            404: "check rag.embedding_model",
+        }
+        return status_message(exc.status, f"serving endpoint {self.endpoint!r}", exc.message, hints=hints)[1]
 
     def close(self) -> None:
         if self._http is not None:

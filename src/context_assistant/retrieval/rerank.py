@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
+from ..core.upstream import status_message
 from .base import Hit, RetrievalError, Retriever
 from .embeddings import EndpointHTTPError, endpoint_error_message, endpoint_retry_after, is_transient_http
 
@@ -170,14 +171,10 @@ class EndpointReranker:
                 f"reranker endpoint {self.endpoint!r} kept failing after {self.attempts} attempts: {exc.__cause__}"
             ) from exc
         except EndpointHTTPError as exc:
-            if exc.status == 404:
-                raise RerankError(f"reranker endpoint {self.endpoint!r} not found; check rag.reranker") from None
-            if exc.status in (401, 403):
-                raise RerankError(
-                    f"not allowed to query reranker endpoint {self.endpoint!r} (HTTP {exc.status}); it needs "
-                    "CAN QUERY"
-                ) from None
-            raise RerankError(f"reranker endpoint {self.endpoint!r} rejected the request: {exc}") from None
+            hints = {401: "check the Databricks credentials", 403: "it needs CAN_QUERY", 404: "check rag.reranker"}
+            raise RerankError(
+                status_message(exc.status, f"reranker endpoint {self.endpoint!r}", exc.message, hints=hints)[1]
+            ) from None
         return self._parse(payload, len(passages))
 
     def _client(self) -> Any:
