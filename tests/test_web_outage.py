@@ -1,21 +1,29 @@
-"""Database faults as the web app meets them, on real Postgres servers: the embedded server killed with
-SIGKILL (the app restarts it), and a wrong password (one line, at once). The outage test starts its own
+"""Faults as the web app meets them, on real Postgres servers: the embedded server killed with SIGKILL (the
+app restarts it), a wrong password (one line, at once), and the app itself stopped with SIGTERM mid-answer. The outage test starts its own
 embedded server in the test's data directory (never the test run's shared one) and stops it at the end."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
-from conftest import PgServer
+from conftest import REPO, PgServer
+from context_assistant.core.config import save_config
 from context_assistant.storage.db import Database
 from context_assistant.storage.targets import DatabaseError, EmbeddedPostgres, Target
+from live_support import HeldAnswer, held_model_config
 from web_support import start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 
 
@@ -100,3 +108,56 @@ def _opens(open_with: Any, password: str) -> bool:
     except DatabaseError:
         return False
     return True
+
+
+@pytest.mark.slow
+def test_sigterm_mid_answer_leaves_the_question_interrupted_and_retryable(
+    make_config, pg_env: dict[str, str], fake_databricks: Any, store: Any, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """``python app.py`` as the platform runs it, stopped with SIGTERM while a model (a loopback
+    OpenAI-compatible server, holding mid-answer) is writing: the question ends failed/interrupted."""
+    answer = HeldAnswer([f"word{i} " for i in range(6)], hold_after=2)
+    config = held_model_config(make_config, fake_databricks, answer, rag__enabled=False, memory__recall=False)
+    config_file = save_config(config, tmp_path / "config.yaml")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, **pg_env, "CONTEXT_ASSISTANT_CONFIG": str(config_file), "DATABRICKS_APP_PORT": str(port)}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                return httpx.get(url + "/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, "python app.py to serve", timeout=90)
+        start, signalled = None, False
+        with (
+            contextlib.suppress(httpx.TransportError),  # the server closes the stream as it stops
+            httpx.stream("POST", url + "/api/chat/stream", json={"message": "hello"}, timeout=60) as response,
+        ):
+            for line in response.iter_lines():  # still watching when the signal comes
+                if line.startswith("data:") and start is None:
+                    start = json.loads(line[5:])
+                if answer.held.is_set() and not signalled:
+                    process.send_signal(signal.SIGTERM)
+                    signalled = True
+        assert start is not None and signalled
+        process.wait(60)
+    finally:
+        answer.release.set()
+        if process.poll() is None:
+            process.kill()
+            process.wait(15)
+    question = store.get_message(config.default_user, start["user_message_id"])
+    assert question.failed and question.metadata["error_kind"] == "interrupted", question.metadata
