@@ -15,7 +15,11 @@ import pytest
 
 from fake_databricks import FakeDatabricks
 from live_support import HeldAnswer, held_model_config
-from test_web_browser import browser_fixture, page_for_fixture  # noqa: F401  (the browser, page_for fixtures)
+from test_web_browser import (  # noqa: F401  (the browser, page_for fixtures)
+    browser_fixture,
+    page_for_fixture,
+    screenshot,
+)
 from web_support import start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 
 pytestmark = pytest.mark.browser
@@ -58,6 +62,7 @@ def test_stop_mid_answer_keeps_the_partial_answer_marked_stopped(
         stopped = wait_finished(page)
         assert stopped.locator(".msg-body").inner_text().split() == ["word0", "word1", "word2"]
         assert page.locator("#send").is_visible() and page.locator("#stop").is_hidden()
+        screenshot(page, "chat-stopped.png")
 
         user = app.services.config.default_user
         reply_row = app.services.store.get_message(user, int(stopped.get_attribute("data-id")))
