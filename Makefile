@@ -3,6 +3,7 @@
 #
 #   make run     set up, then run the main job: context-assistant ingest   (make run ARGS=--full)
 #   make test    set up (plus Debian's chromium where it can), then run the tests   (make test ARGS='-k chat')
+#   make mlflow-ui   the MLflow UI over the local traces (full mlflow in .venv-mlflow-ui; PORT=5000)
 #
 # PYTHON picks the interpreter the venv is made with (default python3, 3.10 or newer).
 
@@ -10,7 +11,7 @@ PYTHON ?= python3
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: run test setup chromium clean-venv
+.PHONY: run test setup chromium clean-venv mlflow-ui
 
 run: setup
 	$(VENV)/bin/context-assistant ingest $(ARGS)
@@ -23,6 +24,9 @@ setup:
 
 chromium:
 	@bash scripts/install_chromium.sh
+
+mlflow-ui: setup
+	@VENV="$(VENV)" bash scripts/mlflow_ui.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,7 +12,7 @@ SOURCE = Path(__file__).resolve().parent / "src"
 if SOURCE.is_dir() and str(SOURCE) not in sys.path:
     sys.path.insert(0, str(SOURCE))
 
-from context_assistant.cli import main  # noqa: E402
+from context_assistant.cli import run  # noqa: E402
 
 
 def chat_argv(args: list[str]) -> list[str]:
@@ -36,4 +36,4 @@ def chat_argv(args: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(chat_argv(sys.argv[1:])))
+    run(chat_argv(sys.argv[1:]))

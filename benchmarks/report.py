@@ -46,16 +46,41 @@ class Measure:
         theirs = statistics.median(self.theirs)
         return statistics.median(self.ours) / theirs if theirs else None
 
+    @property
+    def paired_ratios(self) -> list[float] | None:
+        """ours / theirs run by run, when both sides ran the same runs (interleaved, same load); else None."""
+        if not self.ours or not self.theirs or len(self.ours) != len(self.theirs) or len(self.ours) < 2:
+            return None
+        if any(t == 0 for t in self.theirs):
+            return None
+        return [o / t for o, t in zip(self.ours, self.theirs, strict=True)]
+
     def verdict(self) -> str:
-        """Who is ahead on this line, reading the ratio the right way round."""
+        """Who is ahead on this line, reading the ratio the right way round.
+
+        With paired runs a side is called ahead only when every run agrees (by more than ``SAME_WITHIN``);
+        otherwise the line is "even" with the spread of the per-run ratios, so one lucky run on a loaded
+        machine cannot make a verdict."""
         ratio = self.ratio
         if ratio is None:
             return ""
+        paired = self.paired_ratios
+        if paired is not None:
+            ours_wins = [self._ours_ahead(r) for r in paired]
+            if all(w is True for w in ours_wins) or all(w is False for w in ours_wins):
+                ratio = statistics.median(paired)
+            else:
+                return f"even ({min(paired):.2f}–{max(paired):.2f})"
         if abs(ratio - 1) <= SAME_WITHIN:
             return "even"
-        ours_ahead = ratio < 1 if self.better == LOWER else ratio > 1
         factor = 1 / ratio if ratio < 1 else ratio
-        return f"{'ours' if ours_ahead else 'theirs'} {factor:.1f}x"
+        return f"{'ours' if self._ours_ahead(ratio) else 'theirs'} {factor:.1f}x"
+
+    def _ours_ahead(self, ratio: float) -> bool | None:
+        """True: ours ahead by this ratio; False: theirs; None: within ``SAME_WITHIN`` of even."""
+        if abs(ratio - 1) <= SAME_WITHIN:
+            return None
+        return ratio < 1 if self.better == LOWER else ratio > 1
 
 
 def spread(values: list[float] | None, digits: int = 3) -> str:
@@ -178,7 +203,9 @@ class Report:
             "",
             "Each cell: median (min–max) over the runs of that line; latency lines are per-run percentiles "
             "(p50/p95 of one run's queries), then the median of those over runs. ✓ = end state checked "
-            "exactly right; ✗ = it was not. n/a = the peer has no such feature.",
+            "exactly right; ✗ = it was not. n/a = the peer has no such feature. With two or more runs of both "
+            'sides, "ahead" needs every run\'s ours/theirs ratio to agree; otherwise "even" with the range '
+            "of the per-run ratios.",
         ]
         return "\n".join(parts)
 
@@ -194,7 +221,10 @@ class Report:
             "server": self.server,
             "packages": package_versions(PACKAGES),
             "peers": self.peers,
-            "measures": [asdict(m) | {"ratio": m.ratio, "ahead": m.verdict()} for m in self.measures],
+            "measures": [
+                asdict(m) | {"ratio": m.ratio, "paired_ratios": m.paired_ratios, "ahead": m.verdict()}
+                for m in self.measures
+            ],
             "notes": self.notes,
         }
 

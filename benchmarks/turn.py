@@ -8,13 +8,17 @@ latency would add to.
 
 Setup, to stay within minutes on 2 cores: the chunks are the generated corpus (real text, so BM25 is realistic)
 and the 100k stored messages are already embedded for recall, both with synthetic vectors registered under the
-real model's name; the turns themselves use the real all-MiniLM-L6-v2 model for the query and for the new
-messages, exactly as in production.
+real model's name; the turns themselves use the real all-MiniLM-L6-v2 model behind the production
+``CachingEmbedder`` (one model call per question), exactly as in production. Recall embeds each turn's messages
+on its background thread; the benchmark waits for it between turns (untimed), as a real model's seconds of
+latency would leave it time to. Tracing on and off are two assistants over the same database, alternated turn
+by turn, so both see the same load.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,11 +48,13 @@ class StandInEmbedder:
 
 
 class TimedModel:
-    """A chat model (or embedder) wrapper that adds up the seconds spent in it; everything else passes through."""
+    """A chat model (or embedder) wrapper that adds up the seconds spent in it on the thread that created it
+    (the turn's; recall's background indexer is not the turn); everything else passes through."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.seconds = 0.0
+        self._thread = threading.get_ident()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -58,14 +64,18 @@ class TimedModel:
         try:
             return self.model.complete(*args, **kwargs)
         finally:
-            self.seconds += time.perf_counter() - started
+            self._add(time.perf_counter() - started)
 
     def embed(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return self.model.embed(*args, **kwargs)
         finally:
-            self.seconds += time.perf_counter() - started
+            self._add(time.perf_counter() - started)
+
+    def _add(self, seconds: float) -> None:
+        if threading.get_ident() == self._thread:
+            self.seconds += seconds
 
 
 def question(rng: random.Random) -> str:
@@ -84,9 +94,9 @@ class TurnBench:
         warm_up: int = WARM_UP_TURNS,
     ) -> None:
         from context_assistant.assistant import Assistant
-        from context_assistant.core import load_config, make_tracer
+        from context_assistant.core import DisabledTracer, load_config, make_tracer
         from context_assistant.llm import OfflineModel
-        from context_assistant.retrieval import TurnRecall
+        from context_assistant.retrieval import CachingEmbedder, TurnRecall
         from context_assistant.storage import ConversationStore
 
         self.db = ours_database(server.fresh(dbname))
@@ -109,36 +119,53 @@ class TurnBench:
         )
         self.tracer = make_tracer(config, {})
         self.model = TimedModel(OfflineModel())
-        embedder = self.embedder = TimedModel(embedder)
-        self.assistant = Assistant(
-            config,
-            ConversationStore(self.db),
-            self.model,
-            retriever=PgVectorChunkIndex.from_config(self.db, embedder, config.rag),
-            recall=TurnRecall(
-                self.db, embedder, top_k=config.memory.recall_top_k, search_mode=config.rag.search_mode
-            ),
-            tracer=self.tracer,
+        self.embedder = TimedModel(embedder)
+        cached = CachingEmbedder(self.embedder)  # what make_embedder gives the app
+        self.recall = TurnRecall(
+            self.db, cached, top_k=config.memory.recall_top_k, search_mode=config.rag.search_mode
         )
+        store = ConversationStore(self.db)
+        retriever = PgVectorChunkIndex.from_config(self.db, cached, config.rag)
+        self.assistants = {
+            traced: Assistant(
+                config,
+                store,
+                self.model,
+                retriever=retriever,
+                recall=self.recall,
+                tracer=self.tracer if traced else DisabledTracer(),
+            )
+            for traced in (True, False)
+        }
         self.rng = random.Random(5)
         session = 7 % self.sessions
         self.user, self.session = f"user{session % 1000}", f"s{session}"
-        for _ in range(warm_up):  # MLflow's first trace, the pool, the model's first calls
-            self.turn()
+        for i in range(warm_up):  # MLflow's first trace, the pool, the model's first calls
+            self.turn(traced=i % 2 == 0)
 
-    def turn(self) -> tuple[float, float]:
+    def turn(self, traced: bool = True) -> tuple[float, float]:
         """One turn; returns its seconds outside the chat model, and of those the seconds in the embedding model."""
         before, embedding_before = self.model.seconds, self.embedder.seconds
         started = time.perf_counter()
-        result = self.assistant.turn(self.user, question(self.rng), self.session)
+        result = self.assistants[traced].turn(self.user, question(self.rng), self.session)
         elapsed = time.perf_counter() - started
         if not result.sources:
             raise AssertionError("a benchmark turn retrieved no sources")
+        self.recall.wait_for_indexing(timeout=60)  # between turns, untimed (see the module docstring)
         return elapsed - (self.model.seconds - before), self.embedder.seconds - embedding_before
 
     def run(self, turns: int) -> list[tuple[float, float]]:
         return [self.turn() for _ in range(turns)]
 
+    def run_both(self, turns: int) -> dict[bool, list[tuple[float, float]]]:
+        """``turns`` traced and ``turns`` untraced turns, alternated (so both see the same machine load)."""
+        times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        for i in range(2 * turns):
+            traced = i % 2 == 0
+            times[traced].append(self.turn(traced))
+        return times
+
     def close(self) -> None:
+        self.recall.close()
         self.tracer.close()
         self.db.close()

@@ -168,6 +168,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=640)
     parser.add_argument("--embedder", choices=("minilm", "hashing", "none"), default="minilm")
     parser.add_argument("--pool", type=int, default=10, help="database.pool_max_size of the app")
+    parser.add_argument(
+        "--tracing", choices=("on", "off"), default="on", help="MLflow tracing of every turn (local sqlite store)"
+    )
     args = parser.parse_args()
 
     rag = args.embedder != "none"
@@ -179,6 +182,7 @@ def main() -> None:
             "memory.recall": rag,
             "web.forwarded_identity": "trust",
             "database.pool_max_size": args.pool,
+            "tracing.enabled": args.tracing == "on",
         },
     ) as config:
         admin = EmbeddedPostgres(config.data_path).start("postgres")

@@ -28,25 +28,16 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.getcwd(), "..", "src")))
 
 from context_assistant.assistant import TurnFailed
-from context_assistant.core import load_config
-from context_assistant.notebook import Widgets
+from context_assistant.core import load_config, workspace_client
+from context_assistant.notebook import Widgets, notebook_user
 from context_assistant.services import Services
 from context_assistant.storage import lakebase_from_widgets
 
-widget = Widgets(dbutils.widgets if "dbutils" in globals() else None).text  # noqa: F821
-
-
-def notebook_user(fallback: str) -> str:
-    """Who runs the notebook on Databricks (their memory is theirs); elsewhere the configured user."""
-    try:
-        context = dbutils.notebook.entry_point.getDbutils().notebook().getContext()  # noqa: F821
-        return context.userName().get()
-    except Exception:  # not on Databricks, or no user in this context
-        return fallback
-
-
+notebook_dbutils = dbutils if "dbutils" in globals() else None  # noqa: F821
+widget = Widgets(notebook_dbutils.widgets if notebook_dbutils else None).text
 services = Services(lakebase_from_widgets(load_config(), widget))
-user = widget("user", notebook_user(services.config.default_user), "User").strip()
+# Who runs the notebook (their memory is theirs); off Databricks, the configured user.
+user = widget("user", notebook_user(notebook_dbutils, services.config.default_user, workspace_client), "User").strip()
 question = widget("question", "How do I deploy the bundle to production?", "Question")
 session = widget("session", "", "Session id (empty: a new conversation)").strip() or None
 

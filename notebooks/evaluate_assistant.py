@@ -5,7 +5,7 @@
 # MAGIC Every question of a dataset is answered by the real assistant turn (memory, retrieval, the chat model,
 # MAGIC exactly as `/invocations` answers it) and scored with `mlflow.genai.evaluate`, in one MLflow
 # MAGIC evaluation run in the assistant's experiment (the `experiment` widget, by default `tracing.experiment`;
-# MAGIC on Databricks set it to the bundle's experiment, `/Workspace/Shared/context-assistant-traces` by default,
+# MAGIC on Databricks set it to the bundle's experiment, `/Workspace/Users/<deployer>/context-assistant-traces` by default,
 # MAGIC to keep evaluations next to the assistant's traces). It is what `context-assistant eval DATASET` runs.
 # MAGIC
 # MAGIC **Scores.** Always, without any model: `source_recall` (the share of the expected documents among the

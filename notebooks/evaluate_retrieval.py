@@ -7,7 +7,7 @@
 # MAGIC `keyword` (BM25) and `hybrid` search, logged as one MLflow run in the assistant's experiment
 # MAGIC (the `experiment` widget, by default `tracing.experiment`), so runs can be compared over time. On
 # MAGIC Databricks set it to the bundle's experiment (variable `experiment_name`, by default
-# MAGIC `/Workspace/Shared/context-assistant-traces`) to keep evaluations next to the assistant's traces, and
+# MAGIC `/Workspace/Users/<deployer>/context-assistant-traces`) to keep evaluations next to the assistant's traces, and
 # MAGIC the `lakebase_branch` widget (`projects/<lakebase_project>/branches/production`, or `lakebase_instance`)
 # MAGIC to the deployed Lakebase, whose index and scratch database it uses.
 # MAGIC

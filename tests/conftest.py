@@ -33,6 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# Each test loads the model in its own process (as before the warm embedding service existed): a service
+# started by a test would outlive it. tests/test_fast_start.py turns it on where it is the subject.
+os.environ.setdefault("CONTEXT_ASSISTANT__RAG__EMBEDDING_SERVICE_IDLE_SECONDS", "0")
+# Traced CLI subprocesses wait for the trace store however loaded the machine is (see make_config below).
+os.environ.setdefault("CONTEXT_ASSISTANT__TRACING__SETUP_TIMEOUT_SECONDS", "600")
 # Never let a developer's workspace credentials leak into tests.
 for _var in (
     "DATABRICKS_HOST",
@@ -138,7 +143,11 @@ def make_config(pg_server: PgServer, database_name: str, tmp_path: Path) -> Call
             "database.sslmode": "disable",
             "database.pool_max_size": 4,
             "tracing.enabled": False,
+            # Where a test turns tracing on, a loaded shared machine may need minutes to import MLflow and
+            # create the store; the 30 s default would then trace nothing (by design) and fail the test.
+            "tracing.setup_timeout_seconds": 600,
             "model.provider": "offline",
+            "rag.embedding_service_idle_seconds": 0,
         }
         values.update({key.replace("__", "."): value for key, value in overrides.items()})
         return load_config(None, env={}, overrides=values)

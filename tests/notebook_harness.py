@@ -101,12 +101,18 @@ class _Library:
 
 
 class _Chain:
-    """``dbutils.notebook.entry_point.getDbutils().notebook().getContext().userName().get()``."""
+    """``dbutils.notebook.entry_point.getDbutils().notebook().getContext().userName().get()``; with no user,
+    the entry point refuses as on standard access mode and serverless compute (mlflow-export-import#97)."""
 
-    def __init__(self, user: str) -> None:
+    def __init__(self, user: str | None) -> None:
         self._user = user
 
     def __getattr__(self, name: str) -> Any:
+        if self._user is None:
+            raise RuntimeError(
+                "py4j.security.Py4JSecurityException: Method public com.databricks.backend.common.rpc."
+                "CommandContext getContext() is not whitelisted"
+            )
         if name == "get":
             return lambda: self._user
         return _Callable(self)
@@ -124,7 +130,7 @@ class _Callable:
 
 
 class FakeDbutils:
-    def __init__(self, widgets: Mapping[str, str], user: str) -> None:
+    def __init__(self, widgets: Mapping[str, str], user: str | None) -> None:
         self.widgets = _Widgets(widgets)
         self.library = _Library()
         self.notebook = type("Notebook", (), {"entry_point": _Chain(user)})()
@@ -149,9 +155,14 @@ def _cwd(path: Path) -> Iterator[None]:
 
 
 def run_notebook(
-    path: Path, *, widgets: Mapping[str, str] | None = None, spark: Any = None, user: str = "notebook-user"
+    path: Path,
+    *,
+    widgets: Mapping[str, str] | None = None,
+    spark: Any = None,
+    user: str | None = "notebook-user",
 ) -> NotebookRun:
-    """Run every cell of the notebook at ``path`` as Databricks would; returns the final namespace."""
+    """Run every cell of the notebook at ``path`` as Databricks would; returns the final namespace.
+    ``user`` is the notebook context's user; None: the context refuses, as on serverless compute."""
     cells = read_cells(path)
     dbutils = FakeDbutils(widgets or {}, user)
     displayed: list[Any] = []

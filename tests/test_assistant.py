@@ -296,7 +296,12 @@ def test_turn_is_traced_with_a_span_per_step(config, store, index, recall, tmp_p
     from context_assistant.core.tracing import Tracer
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracer = Tracer(uri, experiment="assistant-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    tracer = Tracer(
+        uri,
+        experiment="assistant-test",
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+        setup_timeout_seconds=600,  # a loaded shared machine may need minutes to import MLflow
+    )
     assistant = Assistant(
         config, store, OfflineModel(), retriever=index, recall=recall, tracer=tracer, clock=clock
     )

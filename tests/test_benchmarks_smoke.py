@@ -96,6 +96,18 @@ def test_ratio_and_verdict_read_the_direction_of_each_line() -> None:
         Measure("x", "bad", "ms", "faster", [1.0])
 
 
+def test_a_side_is_ahead_only_when_every_paired_run_agrees() -> None:
+    """Issue 16: single runs on a loaded machine flipped verdicts; with paired (interleaved) runs a line
+    reads "ahead" only when every run agrees, else "even" with the spread of the per-run ratios."""
+    flipping = Measure("x", "append", "msg/s", HIGHER, [1300.0, 900.0, 1250.0], [1000.0, 1000.0, 1000.0])
+    assert flipping.paired_ratios == pytest.approx([1.3, 0.9, 1.25])
+    assert flipping.verdict() == "even (0.90–1.30)"
+    steady = Measure("x", "append", "msg/s", HIGHER, [1300.0, 1200.0, 1250.0], [1000.0, 1000.0, 1000.0])
+    assert steady.verdict() == "ours 1.2x"
+    one_tie = Measure("x", "query", "ms", LOWER, [1.0, 1.0, 0.5], [2.0, 1.01, 1.0])
+    assert one_tie.verdict() == "even (0.50–0.99)"
+
+
 def test_table_shows_median_min_max_runs_checks_and_footnotes() -> None:
     report = Report(command="python -m benchmarks", size="full", server="PostgreSQL 18")
     report.add(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import tomllib
 import yaml
+from context_assistant_tools.bundle.deploy import TOP_LEVEL_LEVELS
 from context_assistant_tools.bundle.load import load_bundle, merge
 from context_assistant_tools.bundle.quartz import check_quartz
 from context_assistant_tools.bundle.schema import SHAPES
@@ -92,13 +93,37 @@ def test_targets_differ_where_they_should():
     user = "${workspace.current_user.domain_friendly_name}"
     assert dev.variables["lakebase_project"] == dev.variables["app_name"] == f"ca-dev-{user}"
     assert prod.variables["lakebase_project"] == prod.variables["app_name"] == "context-assistant"
-    assert prod.config["workspace"]["root_path"].startswith("/Workspace/Shared/")
+    home = "/Workspace/Users/${workspace.current_user.userName}/"
+    assert prod.config["workspace"]["root_path"].startswith(home)  # not /Workspace/Shared: everyone manages it
+    assert prod.config["resources"]["experiments"]["traces"]["name"] == home + "context-assistant-traces"
     assert prod.config["permissions"] == [
         {"level": "CAN_MANAGE", "service_principal_name": PROD_VARS["prod_service_principal"]},
-        {"level": "CAN_VIEW", "group_name": "users"},
     ]
     assert prod.config["bundle"]["databricks_cli_version"] == ">= 0.287.0"
     assert load_bundle(REPO).target == "dev"  # the default target
+
+
+def test_prod_users_can_use_the_app_but_not_read_everyones_traces():
+    """The CLI maps a top-level permission onto every resource type with a matching level
+    (databricks/cli bundle/config/mutator/resourcemutator/apply_bundle_permissions.go: CAN_VIEW is CAN_READ on
+    experiments, CAN_USE on apps and postgres_projects). The traces hold every user's questions and answers,
+    so the users group is granted on the app and the jobs only, through the prod target's resource lists."""
+    prod = load_bundle(REPO, "prod", PROD_VARS).config
+    resources = prod["resources"]
+    group = "users"
+    assert {"level": "CAN_USE", "group_name": group} in resources["apps"]["context_assistant"]["permissions"]
+    for job in ("ingest_job", "rag_sync_job"):
+        assert {"level": "CAN_VIEW", "group_name": group} in resources["jobs"][job]["permissions"]
+    for kind, key in (("experiments", "traces"), ("postgres_projects", "lakebase")):
+        mapped = TOP_LEVEL_LEVELS[kind]
+        effective = list(resources[kind][key].get("permissions") or [])
+        effective += [p for p in prod["permissions"] if p["level"] in mapped]
+        assert not [p for p in effective if p.get("group_name")], (kind, effective)
+    assert resources["postgres_projects"]["lakebase"]["lifecycle"] == {"prevent_destroy": True}  # the memory
+    dev = load_bundle(REPO, "dev").config["resources"]
+    assert "lifecycle" not in dev["postgres_projects"]["lakebase"]  # a dev project may be destroyed
+    assert "permissions" not in dev["apps"]["context_assistant"]  # dev resources stay private to the deployer
+    assert all(p.get("group_name") is None for p in dev["jobs"]["ingest_job"]["permissions"])
 
 
 def test_the_nightly_job_is_what_the_issue_asks_for():
@@ -125,7 +150,7 @@ def test_each_job_first_sets_up_the_database_for_the_app(job):
     assert "service_principal_client_id" not in json.dumps(first)
     sp = "${resources.apps.context_assistant.service_principal_client_id}"
     ingest = config["resources"]["jobs"]["ingest_job"]
-    assert ingest["permissions"] == [{"level": "CAN_MANAGE_RUN", "service_principal_name": sp}]
+    assert ingest["permissions"][0] == {"level": "CAN_MANAGE_RUN", "service_principal_name": sp}
     project = config["resources"]["postgres_projects"]["lakebase"]
     assert project["permissions"] == [{"level": "CAN_USE", "service_principal_name": sp}]
 
@@ -287,10 +312,10 @@ def test_vendored_shape_checks_postgres_projects(bundle):
 
 def test_top_level_keys_are_checked_too(bundle):
     edit(bundle / "databricks.yml", "    dynamic_version: true\n", "    dynamic_version: true\n    buid: make\n")
-    edit(bundle / "databricks.yml", "      - level: CAN_VIEW\n", "      - level: CAN_QUERY\n")
+    edit(bundle / "databricks.yml", "      - level: CAN_MANAGE\n", "      - level: CAN_QUERY\n")
     found = messages(bundle, "prod", check_imports=False)
     assert any("databricks.yml: artifacts.default.buid: unknown key (did you mean 'build'?)" in m for m in found)
-    assert any("targets.prod.permissions[1].level: 'CAN_QUERY': bundle permissions take" in m for m in found)
+    assert any("targets.prod.permissions[0].level: 'CAN_QUERY': bundle permissions take" in m for m in found)
 
 
 def test_app_yaml_problems(bundle):
@@ -531,11 +556,10 @@ def test_top_level_permissions_that_would_drop_the_apps_job_grant(bundle):
     edit(bundle / "resources/ingest.job.yml", JOB_GRANT, "")
     assert messages(bundle, "dev", check_imports=False) == []  # no permission list: the grant is left alone
     (found,) = messages(bundle, "prod", check_imports=False)
-    assert found.startswith(
-        "resources/ingest.job.yml: resources.jobs.ingest_job.permissions: app 'context_assistant'"
-    )
+    # In prod the job's list is the users group's CAN_VIEW, which the prod target appends (databricks.yml).
+    assert found.startswith("databricks.yml: resources.jobs.ingest_job.permissions: app 'context_assistant'")
     assert "grants its service principal CAN_MANAGE_RUN on jobs.ingest_job" in found
-    assert "the target's top-level permissions do not list it, so the second deploy takes" in found
+    assert "its permissions and the target's top-level permissions do not list it, so the second deploy" in found
     assert f"add `- level: CAN_MANAGE_RUN` with `service_principal_name: {SP}`" in found
 
 
@@ -562,13 +586,39 @@ def test_the_lakebase_project_keeps_the_apps_grant_too(bundle):
     edit(bundle / "resources/lakebase.postgres.yml", "        - level: CAN_USE\n", "        - level: CAN_MANAGE\n")
     assert messages(bundle, "prod", check_imports=False) == []  # a higher level keeps it
     text = (bundle / "resources/lakebase.postgres.yml").read_text()
-    (bundle / "resources/lakebase.postgres.yml").write_text(text[: text.index("      permissions:")])
+    (bundle / "resources/lakebase.postgres.yml").write_text(text[: text.index("\n      permissions:") + 1])
     (found,) = messages(bundle, "prod", check_imports=False)
     assert (
         "resources.postgres_projects.lakebase.permissions: app 'context_assistant' (resources[2].postgres)"
         in found
     )
     assert "`- level: CAN_USE`" in found
+
+
+def test_a_production_root_path_under_shared(bundle):
+    """Every workspace user has CAN MANAGE on what is in /Workspace/Shared (Databricks docs, folder
+    permissions); a prod deploy there lets anyone replace the code the jobs and the app run."""
+    edit(
+        bundle / "databricks.yml",
+        "      root_path: /Workspace/Users/${workspace.current_user.userName}/.bundle/",
+        "      root_path: /Workspace/Shared/.bundle/",
+    )
+    assert messages(bundle, "dev", check_imports=False) == []  # the dev target keeps its own root
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert found.startswith("databricks.yml: workspace.root_path: '/Workspace/Shared/.bundle/")
+    assert "every workspace user has CAN MANAGE in /Workspace/Shared" in found
+
+
+def test_a_production_experiment_under_shared(bundle):
+    edit(
+        bundle / "databricks.yml",
+        "    default: /Workspace/Users/${workspace.current_user.userName}/context-assistant-traces",
+        "    default: /Shared/context-assistant-traces",
+    )
+    assert messages(bundle, "dev", check_imports=False) == []  # dev sets its own experiment in the user's home
+    (found,) = messages(bundle, "prod", check_imports=False)
+    assert "resources.experiments.traces.name: '/Shared/context-assistant-traces'" in found
+    assert "anyone could read (and delete) its runs and traces" in found
 
 
 def test_an_application_id_in_user_name(bundle):

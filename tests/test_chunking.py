@@ -338,6 +338,8 @@ def test_fixture_chunks_fit_minilm_and_carry_their_heading_path() -> None:
     from context_assistant.retrieval.tokenizer import counter_for_model
 
     counter = counter_for_model("all-MiniLM-L6-v2")
+    if counter.name.startswith("estimate"):
+        pytest.skip("the MiniLM weights package is not installed here (the lowest-versions venv has no model)")
     assert counter.window == 256
     for path in sorted(DOCS.rglob("*")):
         if not path.is_file() or path.name in ("empty.txt", "broken.pdf", "diagram.png"):

@@ -15,6 +15,7 @@ import pytest
 from conftest import PgServer
 from context_assistant.core.clock import FakeClock
 from context_assistant.core.config import load_config
+from context_assistant.core.errors import ConfigError
 from context_assistant.storage.db import CONNECTION_MAX_LIFETIME, Database, open_database
 from context_assistant.storage.migrations import LATEST_VERSION, MIGRATIONS
 from context_assistant.storage.targets import (
@@ -260,6 +261,34 @@ def test_lakebase_target_without_password_uses_oauth_and_current_user(
     assert "user=someone@example.com" in target.conninfo and "sslmode=require" in target.conninfo
     assert target.password is not None and target.password() == "t1"
     assert "someone@example.com (OAuth)" in target.description
+
+
+def test_a_provisioned_host_given_as_the_autoscaling_endpoint_is_a_clear_error() -> None:
+    """An app's valueFrom on a Lakebase Provisioned ``database`` resource is the instance's host, not an
+    endpoint path (Databricks Apps docs, "valueFrom reference"): the LAKEBASE_ENDPOINT line of app.yaml left
+    in place after switching to Provisioned must say what to set instead, before any workspace call."""
+    host = "instance-1234.database.cloud.databricks.com"
+    config = load_config(None, env={"PGHOST": host, "PGUSER": "app-sp", "LAKEBASE_ENDPOINT": host})
+    with pytest.raises(ConfigError, match=r"looks like a host name.*LAKEBASE_INSTANCE_NAME"):
+        resolve_target(config, env={}, workspace_factory=lambda: pytest.fail("no workspace call"))
+    garbled = load_config(None, env={"PGHOST": host, "LAKEBASE_ENDPOINT": "projects/p/branches/b"})
+    with pytest.raises(ConfigError, match="projects/<project>/branches/<branch>/endpoints/<endpoint>"):
+        resolve_target(garbled, env={}, workspace_factory=lambda: pytest.fail("no workspace call"))
+
+
+def test_an_instance_name_wins_over_the_provisioned_host_in_lakebase_endpoint(
+    fake_databricks: FakeDatabricks,
+) -> None:
+    """The README's Provisioned swap: LAKEBASE_INSTANCE_NAME set, the valueFrom host still in LAKEBASE_ENDPOINT."""
+    fake_databricks.on("POST", "/api/2.0/database/credentials", {"token": "t-instance"})
+    host = "instance-1234.database.cloud.databricks.com"
+    config = load_config(
+        None,
+        env={"PGHOST": host, "PGUSER": "app-sp", "LAKEBASE_ENDPOINT": host, "LAKEBASE_INSTANCE_NAME": "ca-db"},
+    )
+    target = resolve_target(config, env={}, workspace_factory=fake_databricks.workspace_client)
+    assert target.password is not None and target.password() == "t-instance"
+    assert fake_databricks.calls("/api/2.0/database/credentials")[0].json["instance_names"] == ["ca-db"]
 
 
 def test_password_from_environment_skips_oauth() -> None:

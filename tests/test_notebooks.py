@@ -263,6 +263,22 @@ def test_ask_assistant_notebook(notebook_config, mlflow_uri, indexed_guides, sto
     assert len(store.messages("ana@example.com", result.session_id)) == 4
 
 
+def test_ask_assistant_notebook_user_where_the_notebook_context_is_closed(
+    notebook_env, fake_databricks, store, monkeypatch
+):
+    """Serverless and standard access mode refuse the notebook context's userName() (not whitelisted): the
+    turn is then stored as the identity of the notebook's own credentials (SCIM Me, real databricks-sdk
+    against a loopback server), never as the process's OS user that every notebook user shares."""
+    fake_databricks.on("GET", "/api/2.0/preview/scim/v2/Me", {"userName": "cy@example.com"})
+    monkeypatch.setenv("DATABRICKS_HOST", fake_databricks.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-test-token")
+    widgets = {"question": "How do I deploy the bundle to production?"}
+    done = run_notebook(NOTEBOOKS / "ask_assistant.py", widgets=widgets, user=None).namespace
+    assert done["user"] == "cy@example.com"
+    assert [m.role for m in store.messages("cy@example.com", done["result"].session_id)] == ["user", "assistant"]
+    assert fake_databricks.calls("/api/2.0/preview/scim/v2/Me", "GET")
+
+
 @pytest.mark.parametrize(
     ("widgets", "error", "message"),
     [

@@ -40,7 +40,7 @@ from context_assistant.ingest.worker import make_batch_parser, parse_and_chunk
 from spark_support import local_spark  # noqa: F401  (the session-scoped `spark` fixture)
 
 FIXTURE_DOCS = Path(__file__).resolve().parent.parent / "fixtures" / "docs"
-SUPPORTED_OK = {  # fixture files that parse; broken.pdf fails, diagram.png is skipped, empty.txt is invisible
+SUPPORTED_OK = {  # fixture files that parse; broken.pdf fails, diagram.png and empty.txt are skipped
     "architecture-overview.pdf",
     "data-retention-policy.docx",
     "deployment-guide.md",
@@ -128,7 +128,7 @@ def test_plan_trusts_size_and_mtime_then_hash_and_finds_removed_files() -> None:
     assert plan.previous_hash == {"touched.md": "h2", "new.html": None, "rechunk.txt": None}
     assert [(f.path, reason) for f, reason in plan.skipped] == [
         ("photo.JPG", "unsupported file type '.jpg'"),
-        ("huge.pdf", "file is 2.0 KiB, larger than the 1.0 KiB limit"),
+        ("huge.pdf", "file is 2.0 KiB, larger than the 1.0 KiB limit (rag.max_file_mb)"),
     ]
     assert [d.path for d in plan.removed] == ["gone.txt"]
     assert plan.orphans == ["ghost.md"]  # chunks without a document row or a file: to be deleted
@@ -160,6 +160,7 @@ def test_result_json_has_exactly_the_documented_shape() -> None:
         "documents": {"added": 2, "updated": 0, "deleted": 0, "unchanged": 0, "failed": 0, "skipped": 0},
         "failures": [],
         "still_failing": [],
+        "skipped": [],
         "chunks": {"written": 7, "deleted": 0},
         "seconds": 1.5,
     }
@@ -252,8 +253,12 @@ def test_first_run_writes_every_chunk_and_a_status_per_file_into_real_delta(
     result = ingest(spark, source, data, clock, progress=messages.append)
 
     assert result.to_json()["documents"] == {
-        "added": 10, "updated": 0, "deleted": 0, "unchanged": 0, "failed": 1, "skipped": 1,
+        "added": 10, "updated": 0, "deleted": 0, "unchanged": 0, "failed": 1, "skipped": 2,
     }  # fmt: skip
+    assert result.to_json()["skipped"] == [
+        {"path": "diagram.png", "reason": "unsupported file type '.png'"},
+        {"path": "empty.txt", "reason": "empty file"},
+    ]
     assert [(f.path, f.error) for f in result.failures] == [
         ("broken.pdf", "not a valid PDF file: Stream has ended unexpectedly")
     ]
@@ -262,8 +267,9 @@ def test_first_run_writes_every_chunk_and_a_status_per_file_into_real_delta(
     for rel in SUPPORTED_OK:
         assert stored_chunks(chunks, rel) == expected_chunks(source, rel), rel
     docs = documents_table(data)
-    # Spark's binaryFile (like pysail's) does not list zero-byte files at all.
-    assert set(docs) == SUPPORTED_OK | {"broken.pdf", "diagram.png"}
+    # Spark's binaryFile does not list zero-byte files; the boundary walk of a local folder does.
+    assert set(docs) == SUPPORTED_OK | {"broken.pdf", "diagram.png", "empty.txt"}
+    assert (docs["empty.txt"]["status"], docs["empty.txt"]["error"]) == ("skipped", "empty file")
     guide = docs["deployment-guide.md"]
     assert guide["status"] == "ok" and guide["error"] is None
     assert guide["doc_hash"] == document_hash((source / "deployment-guide.md").read_bytes())
@@ -287,7 +293,7 @@ def test_rerun_without_changes_reads_parses_and_writes_nothing(
 
     assert again.parsed == 0
     assert again.to_json()["documents"] == {
-        "added": 0, "updated": 0, "deleted": 0, "unchanged": 11, "failed": 0, "skipped": 1,
+        "added": 0, "updated": 0, "deleted": 0, "unchanged": 11, "failed": 0, "skipped": 2,
     }  # fmt: skip
     assert again.to_json()["chunks"] == {"written": 0, "deleted": 0}
     assert again.failures == []
@@ -462,8 +468,11 @@ def test_oversized_file_is_skipped_with_its_reason(spark: Any, source: Path, dat
     result = ingest(spark, source, data, clock, max_file_bytes=30_000)
     docs = documents_table(data)
     assert docs["data-retention-policy.docx"]["status"] == "skipped"
-    assert docs["data-retention-policy.docx"]["error"] == "file is 36.8 KiB, larger than the 29.3 KiB limit"
-    assert result.documents.skipped == 3
+    assert (
+        docs["data-retention-policy.docx"]["error"]
+        == "file is 36.8 KiB, larger than the 29.3 KiB limit (rag.max_file_mb)"
+    )
+    assert result.documents.skipped == 4  # two too large, the .png and the empty file
 
 
 def test_single_file_source(spark: Any, source: Path, data: Path, clock: FakeClock) -> None:
@@ -481,9 +490,9 @@ def test_empty_or_missing_source_is_refused_before_anything_is_deleted(
     ingest(spark, source, data, clock)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(IngestError, match="refusing to remove the 12 ingested document"):
+    with pytest.raises(IngestError, match=r"refusing to remove the 13 ingested document.*--allow-empty-source"):
         ingest(spark, empty, data, clock)
-    assert len(documents_table(data)) == 12
+    assert len(documents_table(data)) == 13
 
     result = ingest(spark, empty, data, clock, allow_empty_source=True)
 

@@ -1,4 +1,4 @@
-"""Memory recall on real Postgres + pgvector: lazily embedded turns (live and imported), hybrid search scoped
+"""Memory recall on real Postgres + pgvector: turns embedded off the recall path (live and imported), hybrid search scoped
 to one user, excluded sessions, failed turns, deletion, model changes and a failing model. Mechanics use the
 hashing embedder test double; one test checks a paraphrase with the real all-MiniLM-L6-v2."""
 
@@ -48,6 +48,7 @@ def seeded(store: ConversationStore) -> ConversationStore:
 
 def test_recall_finds_the_users_own_turns_and_never_anothers(seeded: ConversationStore) -> None:
     recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=5)
+    recall.index_pending()
     for mode in ("vector", "keyword", "hybrid"):
         turns = recall.recall("ana", "rotate warehouse credentials secrets scope", mode=mode)
         assert turns and {t.session_id for t in turns} <= {"ana-1", "ana-2"}
@@ -60,6 +61,7 @@ def test_recall_finds_the_users_own_turns_and_never_anothers(seeded: Conversatio
 
 def test_hits_carry_the_turn(seeded: ConversationStore) -> None:
     recall = TurnRecall(seeded.db, HashingEmbedder())
+    recall.index_pending()
     turn = recall.recall("ana", "secrets scope team-creds", top_k=1, mode="keyword")[0]
     stored = seeded.get_message("ana", turn.message_id)
     assert (turn.session_id, turn.role, turn.content, turn.timestamp) == (
@@ -74,6 +76,7 @@ def test_hits_carry_the_turn(seeded: ConversationStore) -> None:
 
 def test_exclude_session_leaves_out_the_current_conversation(seeded: ConversationStore) -> None:
     recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=10)
+    recall.index_pending()
     turns = recall.recall("ana", "rotate credentials retention", exclude_session="ana-1")
     assert turns and {t.session_id for t in turns} == {"ana-2"}
 
@@ -81,6 +84,7 @@ def test_exclude_session_leaves_out_the_current_conversation(seeded: Conversatio
 def test_failed_turns_are_never_recalled(seeded: ConversationStore) -> None:
     failed = seeded.append("ana", "ana-2", "assistant", "half an answer about credentials", {"status": "failed"})
     recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=10)
+    recall.index_pending()
     assert failed.id not in {t.message_id for t in recall.recall("ana", "credentials answer")}
     # A turn marked failed after it was embedded disappears too.
     good = seeded.messages("ana", "ana-1")[1]
@@ -90,14 +94,20 @@ def test_failed_turns_are_never_recalled(seeded: ConversationStore) -> None:
         assert good.id not in {t.message_id for t in recall.recall("ana", "secrets scope team-creds", mode=mode)}
 
 
-def test_turns_are_embedded_lazily_once(seeded: ConversationStore) -> None:
+def test_turns_are_embedded_in_the_background_once(seeded: ConversationStore) -> None:
     embedder = CountingEmbedder(HashingEmbedder())
     recall = TurnRecall(seeded.db, embedder, batch_size=2)
+    recall.index_pending("carol")  # creates the turn index (nobody's turns in it yet)
     assert recall.pending_count() == 6
-    recall.recall("ana", "credentials")
-    assert recall.pending_count("ana") == 0 and recall.pending_count("bob") == 2  # only ana's were needed
+    # Recall itself never embeds stored turns (a turn must not wait for that): it embeds the query and finds
+    # the pending turns by keyword.
+    turns = recall.recall("ana", "rotate warehouse credentials")
+    assert len(embedder.texts) == 1 and turns and turns[0].session_id == "ana-1"
+    recall.index_later("ana")
+    assert recall.wait_for_indexing(timeout=60)
+    assert recall.pending_count("ana") == 0 and recall.pending_count("bob") == 2  # only ana's were asked for
     texts = len(embedder.texts)
-    assert texts == 4 + 1  # ana's four turns and the query
+    assert texts == 1 + 4  # the query and ana's four turns
     recall.recall("ana", "credentials")
     assert len(embedder.texts) == texts + 1  # just the query
     assert recall.index_pending() == 2  # everyone else's (what `sync` does)
@@ -122,13 +132,16 @@ def test_imported_turns_are_recalled(store: ConversationStore) -> None:
         )
     ]
     store.import_jsonl(json.dumps(line) for line in lines)
-    turns = TurnRecall(store.db, HashingEmbedder()).recall("dana", "cluster policy for interns", top_k=2)
+    recall = TurnRecall(store.db, HashingEmbedder())
+    recall.index_pending()
+    turns = recall.recall("dana", "cluster policy for interns", top_k=2)
     assert [t.content for t in turns][:1] in (["Interns use the policy intern-small."], [lines[0]["content"]])
     assert {t.session_id for t in turns} == {"old-1"}
 
 
 def test_deleting_a_session_removes_its_turns(seeded: ConversationStore) -> None:
     recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=10)
+    recall.index_pending()
     assert any(t.session_id == "ana-1" for t in recall.recall("ana", "credentials rotate"))
     seeded.delete_session("ana", "ana-1")
     assert all(t.session_id != "ana-1" for t in recall.recall("ana", "credentials rotate"))
@@ -138,6 +151,7 @@ def test_deleting_a_session_removes_its_turns(seeded: ConversationStore) -> None
 def test_model_change_rebuilds_the_turn_index(seeded: ConversationStore) -> None:
     TurnRecall(seeded.db, HashingEmbedder(64, "model-a")).index_pending()
     recall = TurnRecall(seeded.db, HashingEmbedder(16, "model-b"), top_k=2)
+    recall.index_pending()  # what sync does after a model change
     assert recall.recall("ana", "rotate warehouse credentials", mode="vector")[0].session_id == "ana-1"
     with seeded.db.connection() as conn:
         assert conn.execute("SELECT model, dimension FROM vector_spaces WHERE space = 'turns'").fetchone() == (
@@ -168,6 +182,7 @@ def test_bad_recall_arguments(seeded: ConversationStore) -> None:
 
 def test_recall_finds_a_paraphrase_with_minilm(seeded: ConversationStore, minilm: LocalEmbedder) -> None:  # noqa: F811
     recall = TurnRecall(seeded.db, minilm, top_k=1)
+    recall.index_pending()
     (turn,) = recall.recall("ana", "how long do we store unprocessed clickstream logs?")
     assert turn.session_id == "ana-2"
 
@@ -208,7 +223,60 @@ def test_speaker_and_dates_are_matchable_fields(store: ConversationStore) -> Non
     ]  # fmt: skip
     store.import_jsonl(json.dumps(line) for line in lines)
     recall = TurnRecall(store.db, HashingEmbedder(), top_k=3)
+    recall.index_pending()
     hits = recall.recall("ana", "What did Caroline do on 7 May 2023 at the pottery class?", mode="keyword")
     assert hits[0].content == "I went to the pottery class yesterday."
     hits = recall.recall("ana", "Melanie pottery class in July", mode="keyword")
     assert hits[0].content == "The pottery class was cancelled."
+
+
+def test_the_first_turn_after_a_big_import_does_not_embed_the_backlog(
+    store: ConversationStore, config: Any
+) -> None:
+    """Issue 13: the first turn after a 10,000-message import embedded them all inside the turn (323 s).
+    Now the turn embeds only its question, recall finds the imported turns by keyword meanwhile, and the
+    backlog is embedded in the background afterwards."""
+    import threading
+
+    from context_assistant.assistant.turn import Assistant
+    from context_assistant.llm.offline import OfflineModel
+
+    class ThreadNotingEmbedder(CountingEmbedder):
+        def __init__(self, inner: Any) -> None:
+            super().__init__(inner)
+            self.by_thread: list[tuple[int, str]] = []
+
+        def embed(self, texts: Any) -> list[list[float]]:
+            self.by_thread.extend((threading.get_ident(), t) for t in texts)
+            return super().embed(texts)
+
+    embedder = ThreadNotingEmbedder(HashingEmbedder())
+    recall = TurnRecall(store.db, embedder, top_k=3)
+    assistant = Assistant(config, store, OfflineModel(), recall=recall, clock=store.clock)
+    assistant.turn("erin", "Hello, I am new here.")
+    assert recall.wait_for_indexing(timeout=60)
+    lines = [
+        {
+            "session_id": f"old-{i // 20}",
+            "user_id": "erin",
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"Imported note {i} about the quarterly budget review number {i}."
+            if i != 137
+            else "The staging warehouse for the finance team is called heron-finance.",
+            "timestamp": f"2025-01-01T10:{i // 60:02d}:{i % 60:02d}Z",
+        }
+        for i in range(400)
+    ]
+    store.import_jsonl(json.dumps(line) for line in lines)
+    assert recall.pending_count("erin") == 400
+
+    result = assistant.turn("erin", "What is the finance staging warehouse called?")
+
+    mine = [text for thread, text in embedder.by_thread if thread == threading.get_ident()]
+    assert mine[-1] == "What is the finance staging warehouse called?"
+    assert not any(text.startswith("Imported note") or "heron" in text for text in mine)  # no backlog
+    assert any("heron-finance" in t.content for t in result.recalled)  # found by keyword meanwhile
+    assert recall.wait_for_indexing(timeout=120)
+    assert recall.pending_count("erin") == 0
+    bm25_stats_consistent(store.db, "turns", TURNS_TABLE)
+    recall.close()

@@ -1,5 +1,3 @@
-import sys
+from .cli.main import run
 
-from .cli.commands import main
-
-sys.exit(main())
+run()

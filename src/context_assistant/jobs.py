@@ -29,6 +29,7 @@ from .core.config import Config, load_config
 from .core.console import TerminalProgress, print_json
 from .core.errors import EXIT_OK, ConfigError, ContextAssistantError
 from .core.interrupts import end_process, report_interrupted
+from .core.redact import install_log_redaction
 from .core.workspace import workspace_client
 from .storage.targets import with_lakebase
 
@@ -71,6 +72,11 @@ def ingest_parser() -> _Parser:
         "--allow-empty-source",
         action="store_true",
         help="accept a source with no files (it removes every ingested document)",
+    )
+    parser.add_argument(
+        "--allow-replace-source",
+        action="store_true",
+        help="accept a source holding none of the ingested documents (it removes all of them)",
     )
     return parser
 
@@ -131,7 +137,7 @@ def run_ingest_job(
     """Ingest the source into the chunk/documents tables; prints the JSON summary; returns the exit code."""
     from .ingest.run import run_ingest
     from .ingest.spark import interrupting_spark
-    from .refresh import source_location, table_ref
+    from .refresh import ingest_limits, source_location, table_ref
     from .retrieval.tokenizer import chunking_from_config
 
     env = os.environ if env is None else env
@@ -164,6 +170,8 @@ def run_ingest_job(
                 pdf_parser=rag.pdf_parser,
                 progress=TerminalProgress(live=False),
                 allow_empty_source=args.allow_empty_source,
+                allow_replace_source=args.allow_replace_source,
+                **ingest_limits(config),
             )
     except ContextAssistantError as exc:
         return _fail(summary, out, str(exc), exc.exit_code)
@@ -300,6 +308,7 @@ def _default_spark(config: Config) -> Any:
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    install_log_redaction()
 
 
 def _fail(summary: dict[str, Any], out: TextIO, message: str, code: int) -> int:

@@ -8,7 +8,7 @@ is no ``dbutils``, and a widget reads ``CA_WIDGET_<NAME>`` or its default.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -24,6 +24,24 @@ class Widgets:
         return self._widgets.get(name)
 
 
+def notebook_user(dbutils: Any | None, fallback: str, workspace: Callable[[], Any]) -> str:
+    """Who runs the notebook, so the turns it stores are theirs: on Databricks the notebook context's user;
+    where Python may not reach that context (standard access mode and serverless compute refuse the JVM
+    entry point's methods as "not whitelisted"; Databricks Connect has none), the identity the notebook's
+    own credentials belong to (``workspace().current_user.me()``); off Databricks, ``fallback``.
+    """
+    if dbutils is None:
+        return fallback
+    try:
+        return str(dbutils.notebook.entry_point.getDbutils().notebook().getContext().userName().get())
+    except Exception:
+        pass
+    try:
+        return str(workspace().current_user.me().user_name or fallback)
+    except Exception:
+        return fallback
+
+
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     """Print rows as an aligned text table (the same on Databricks and locally)."""
     cells = [tuple(str(v) for v in headers)] + [tuple("" if v is None else str(v) for v in row) for row in rows]
@@ -34,4 +52,4 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
             print("  ".join("-" * width for width in widths))
 
 
-__all__ = ["Widgets", "print_table"]
+__all__ = ["Widgets", "notebook_user", "print_table"]

@@ -27,7 +27,9 @@ from .ingest.run import IngestError, run_ingest
 from .ingest.spark import get_spark, interrupting_spark, local_spark_lost
 from .ingest.tables import TableRef, resolve_table
 from .retrieval.base import IndexReport
-from .retrieval.sync import SyncResult
+from .retrieval.embed_spark import SyncVectors, pending_count, prepare_sync_vectors
+from .retrieval.pgvector import PgVectorChunkIndex
+from .retrieval.sync import ChunkSource, SyncResult
 from .retrieval.tokenizer import chunking_from_config
 from .services import Services
 
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Chunks per index write when Spark made the vectors: the sync only copies them, one table lookup per batch.
+COPY_BATCH_SIZE = 5000
 TERMINAL_LIFE_CYCLE_STATES = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
 
 
@@ -103,6 +107,18 @@ def source_location(config: Config, source: str | None = None) -> str:
     return str(config.resolve_path(source))
 
 
+def ingest_limits(config: Config) -> dict[str, Any]:
+    """``run_ingest``'s limit and boundary arguments from the ``rag`` settings."""
+    from .ingest.limits import ParseLimits
+
+    rag = config.rag
+    return {
+        "max_file_bytes": int(rag.max_file_mb * 1024 * 1024),
+        "symlinks": rag.symlinks,
+        "limits": ParseLimits(seconds=rag.parse_timeout_seconds, memory_bytes=rag.parse_memory_mb * 1024 * 1024),
+    }
+
+
 def table_ref(config: Config, name: str) -> TableRef:
     """A chunk/documents table setting: ``catalog.schema.table``, or a folder under the data directory."""
     return resolve_table(name, local_dir=config.data_path)
@@ -117,10 +133,13 @@ def refresh_documents(
     spark_factory: Callable[[], SparkSession] | None = None,
     wait: bool = True,
     clock: Clock = REAL_CLOCK,
+    allow_empty_source: bool = False,
+    allow_replace_source: bool = False,
 ) -> RefreshResult:
     """Ingest changed documents and sync the index; or, with ``rag.refresh_job_id``, run that job.
 
-    ``source`` replaces ``rag.source`` for this run (``ingest --source``).
+    ``source`` replaces ``rag.source`` for this run (``ingest --source``); the ``allow_*`` flags let it remove
+    every ingested document (see :func:`context_assistant.ingest.run.run_ingest`).
     """
     config = services.config
     if not config.rag.enabled:
@@ -130,8 +149,7 @@ def refresh_documents(
 
     chunk_size, chunk_overlap, counter = chunking_from_config(config.rag)  # a bad size is a ConfigError
     location = source_location(config, source)
-    if "://" not in location and not location.startswith("/Volumes/") and not Path(location).is_dir():
-        raise IngestError(f"the documents folder does not exist: {location} (rag.source or --source)")
+    check_local_source(location)
     say = progress or quiet
     spark = spark_factory() if spark_factory is not None else get_spark(config.data_path)
     try:
@@ -146,6 +164,9 @@ def refresh_documents(
                 counter=counter,
                 pdf_parser=config.rag.pdf_parser,
                 progress=say,
+                allow_empty_source=allow_empty_source,
+                allow_replace_source=allow_replace_source,
+                **ingest_limits(config),
             )
     except ContextAssistantError:
         raise
@@ -155,17 +176,44 @@ def refresh_documents(
             raise
         raise RefreshError(lost) from exc
     say("Syncing the index with the chunk table...")
-    sync = refresh_index(services, full=full, progress=say)
+    sync = refresh_index(services, full=full, progress=say, spark_factory=lambda: spark)
     return RefreshResult(ingest=ingest, sync=sync)
 
 
-def refresh_index(services: Services, full: bool = False, *, progress: Progress | None = None) -> IndexReport:
+def check_local_source(location: str) -> None:
+    """A local source must be a folder that exists; say exactly what is wrong when it is not. (A Volume path
+    or URI is checked by Spark's listing.)"""
+    if "://" in location or location.startswith("/Volumes/"):
+        return
+    path = Path(location)
+    if path.is_dir():
+        return
+    if path.is_file():
+        raise IngestError(
+            f"{location} is a file, not a folder: the source (rag.source or --source) is the folder of documents "
+            "the index mirrors, and anything not under it is removed from the index. Put the file in your "
+            "documents folder and run ingest on that folder"
+        )
+    if path.exists():
+        raise IngestError(f"{location} is not a folder (rag.source or --source must name a folder of documents)")
+    raise IngestError(f"the documents folder does not exist: {location} (rag.source or --source)")
+
+
+def refresh_index(
+    services: Services,
+    full: bool = False,
+    *,
+    progress: Progress | None = None,
+    spark_factory: Callable[[], SparkSession] | None = None,
+) -> IndexReport:
     """Sync the document index from the chunk table, then embed conversation turns still waiting for recall.
 
     The entry point shared by ``context-assistant sync``/``ingest`` and the ``rag_sync_job``. The pgvector
     index is filled from the chunk table (read through ``services.chunk_source``) and returns a
     :class:`SyncResult`; Vector Search reads the Delta table itself and returns its own report. Both have
-    ``ok``, ``to_json()`` and ``summary()``.
+    ``ok``, ``to_json()`` and ``summary()``. The pgvector sync's vectors come from the embeddings table,
+    filled on Spark or in this process as ``rag.embed_on`` says (:func:`sync_vectors`); ``spark_factory``
+    gives the session for that (default: :func:`get_spark`, only called when Spark is chosen).
     """
     config = services.config
     if not config.rag.enabled:
@@ -173,10 +221,51 @@ def refresh_index(services: Services, full: bool = False, *, progress: Progress 
     else:
         index = services.chunk_index
         source = services.chunk_source if index.needs_source else None
-        result = index.refresh(source, full=full, progress=progress)
+        vectors = sync_vectors(services, index, source, full, progress, spark_factory)
+        if vectors is None:
+            result = index.refresh(source, full=full, progress=progress)
+        else:
+            assert isinstance(index, PgVectorChunkIndex)
+            sync = index.refresh(
+                source,
+                full=full,
+                progress=progress,
+                embedder=vectors.embedder,
+                batch_size=COPY_BATCH_SIZE if vectors.embed_on == "spark" else None,
+            )
+            sync.embedding = vectors.to_json()
+            result = sync
     if config.memory.recall and isinstance(result, SyncResult):
         result.turns_embedded = services.recall.index_pending()
     return result
+
+
+def sync_vectors(
+    services: Services,
+    index: Any,
+    source: ChunkSource | None,
+    full: bool,
+    progress: Progress | None,
+    spark_factory: Callable[[], SparkSession] | None,
+) -> SyncVectors | None:
+    """For the pgvector index: where this sync embeds and the embedder that reads the embeddings table."""
+    if not isinstance(index, PgVectorChunkIndex) or source is None:
+        return None
+    config = services.config
+
+    def pending() -> int:
+        return pending_count(source.fingerprints(), index.fingerprints(), full)
+
+    return prepare_sync_vectors(
+        config.rag,
+        config.data_path,
+        services.embedder,
+        lambda: services.workspace,
+        pending=pending,
+        full=full,
+        spark_factory=spark_factory or (lambda: get_spark(config.data_path)),
+        progress=progress,
+    )
 
 
 def run_refresh_job(
@@ -226,5 +315,6 @@ __all__ = [
     "refresh_index",
     "run_refresh_job",
     "source_location",
+    "sync_vectors",
     "table_ref",
 ]

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from .assistant.turn import Assistant
 from .core.clock import REAL_CLOCK, Clock
 from .core.config import Config, load_config
+from .core.console import Progress, quiet
 from .core.tracing import DisabledTracer, Tracer, make_tracer
 from .core.workspace import WorkspaceFactory, workspace_client
 from .llm.factory import make_chat_model
 from .llm.interface import ChatModel
 from .retrieval.base import ChunkIndex, Retriever
+from .retrieval.embedding_service import warm_embedder
 from .retrieval.embeddings import Embedder, make_embedder
 from .retrieval.pgvector import PgVectorChunkIndex
 from .retrieval.recall import TurnRecall
@@ -75,8 +77,14 @@ class Services:
         env: Mapping[str, str] | None = None,
         clock: Clock = REAL_CLOCK,
         workspace_factory: WorkspaceFactory | None = None,
+        notice: Progress = quiet,
+        warm_embeddings: bool = False,
     ) -> None:
         self._config = config
+        # Where a part says what it is doing that takes a while (loading a model): the CLI prints it on stderr.
+        self.notice = notice
+        # A short command asks the shared warm embedding service instead of loading a local model itself.
+        self.warm_embeddings = warm_embeddings
         self.env = os.environ if env is None else env
         self.clock = clock
         self._workspace_factory = workspace_factory or workspace_client
@@ -125,7 +133,11 @@ class Services:
     @part
     def embedder(self) -> Embedder:
         """The embedding model ``rag.embedding_model`` names; a local model loads on first use, once."""
-        embedder = make_embedder(self.config.rag, lambda: self.workspace, clock=self.clock)
+        embedder = None
+        if self.warm_embeddings:  # a short CLI command: the shared warm model (retrieval/embedding_service.py)
+            embedder = warm_embedder(self.config.rag, self.config.data_path, notice=self.notice)
+        if embedder is None:
+            embedder = make_embedder(self.config.rag, lambda: self.workspace, clock=self.clock, notice=self.notice)
         closer = getattr(embedder, "close", None)
         if closer is not None:
             self._closers.append(closer)
@@ -165,7 +177,7 @@ class Services:
     @part
     def recall(self) -> TurnRecall:
         """Recall of the user's earlier turns (always pgvector: turns live in Postgres)."""
-        return TurnRecall(
+        recall = TurnRecall(
             self.db,
             self.embedder,
             top_k=self.config.memory.recall_top_k,
@@ -173,6 +185,8 @@ class Services:
             fusion=self.config.rag.fusion,
             hybrid_weight=self.config.memory.recall_hybrid_weight,
         )
+        self._closers.append(recall.close)  # before the pool closes: let a background batch finish
+        return recall
 
     @part
     def assistant(self) -> Assistant:

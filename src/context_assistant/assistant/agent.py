@@ -57,7 +57,7 @@ from ..core.errors import ContextAssistantError, InvalidInput, NotFound
 from ..llm.interface import NumberedSource
 from ..storage.memory import SessionNotFound, title_from
 from .prompt import source_json
-from .turn import TurnEvent, TurnEvents, TurnFailed, TurnResult
+from .turn import TurnEvent, TurnEvents, TurnFailed, TurnResult, check_message
 
 if TYPE_CHECKING:
     from ..storage.memory import ConversationStore
@@ -408,15 +408,11 @@ class ContextAgent:
         )
 
     def _check_message(self, message: str) -> None:
-        limit = self.assistant.config.web.max_message_chars
-        if not message.strip():
-            raise AgentError(400, "the message is empty", param="input")
-        if len(message) > limit:
-            raise AgentError(
-                400,
-                f"the message is {len(message)} characters; the limit is {limit} (web.max_message_chars)",
-                param="input",
-            )
+        """The assistant's one message rule (:func:`check_message`), answered in OpenAI's error shape."""
+        try:
+            check_message(message, self.assistant.config.web.max_message_chars)
+        except InvalidInput as exc:
+            raise AgentError(400, str(exc), param="input") from None
 
 
 def _raise_request_error(exc: Exception, turn: AgentTurn) -> NoReturn:

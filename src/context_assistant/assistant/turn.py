@@ -16,6 +16,7 @@ The order matters for what a user can rely on:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from typing import Any
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import Config
 from ..core.errors import InvalidInput, UpstreamError
+from ..core.redact import redact
+from ..core.text import check_message
 from ..core.tracing import (
     SPAN_MEMORY_LOAD,
     SPAN_MEMORY_STORE,
@@ -38,6 +41,7 @@ from ..core.tracing import (
 from ..llm.interface import ChatModel, Completion, ContextTurn, ModelError, PromptContext
 from ..retrieval.base import Hit, RecalledTurn, Recaller, Retriever
 from ..storage.memory import ConversationStore, Message, MessageNotFound, title_from
+from ..storage.turn_records import TurnContext, load_context, store_question, store_reply
 from .prompt import ContextTooLong, NumberedSource, Prompt, TurnLike, build_prompt, source_json
 from .summary import Summarizer
 
@@ -67,17 +71,6 @@ class TurnFailed(UpstreamError):
             "session_id": self.session_id,
             "user_message_id": self.user_message_id,
         }
-
-
-def check_message(message: str, max_chars: int) -> None:
-    """The one rule for what a user may send (the web API checks it before a turn starts, with the same words):
-    not blank, and at most ``web.max_message_chars`` characters."""
-    if not message or not message.strip():
-        raise InvalidInput("the message is empty")
-    if len(message) > max_chars:
-        raise InvalidInput(
-            f"the message is {len(message)} characters; the limit is {max_chars} (web.max_message_chars)"
-        )
 
 
 @dataclass(frozen=True)
@@ -174,7 +167,7 @@ class Assistant:
         finished = False
         with self.tracer.turn(user=user, session_id=session_id, inputs={"message": message}) as trace:
             try:
-                prompt, warnings = self._prepare(user, session_id, user_message, trace)
+                prompt, warnings, new_summary = self._prepare(user, session_id, user_message, trace)
                 yield TurnEvent("sources", {"sources": [source_json(s) for s in prompt.sources]})
                 context = PromptContext(
                     question=message,
@@ -200,10 +193,15 @@ class Assistant:
                 trace_id = trace.trace_id
                 latency_ms = int((self.clock.monotonic() - started) * 1000)
                 with trace.span(SPAN_MEMORY_STORE, {"session_id": session_id}) as span:
-                    reply = self.store.append(
+                    patch: dict[str, Any] = {"status": "ok", "trace_id": trace_id}
+                    if user_message.failed:
+                        patch["error"] = None
+                    # One statement: the reply, the question's status and the advanced summary.
+                    reply = store_reply(
+                        self.store,
                         user,
                         session_id,
-                        "assistant",
+                        user_message.id,
                         completion.text,
                         {
                             "status": "ok",
@@ -215,12 +213,12 @@ class Assistant:
                             "in_reply_to": user_message.id,
                             **({"warnings": warnings} if warnings else {}),
                         },
+                        patch,
+                        new_summary,
                     )
-                    patch: dict[str, Any] = {"status": "ok", "trace_id": trace_id}
-                    if user_message.failed:
-                        patch["error"] = None
-                    self.store.update_metadata(user, user_message.id, patch)
                     span.set_outputs({"message_id": reply.id})
+                if self.recall is not None:
+                    self.recall.index_later(user)  # this turn's messages, embedded off the user's path
                 result = TurnResult(
                     session_id=session_id,
                     reply=completion.text,
@@ -268,28 +266,46 @@ class Assistant:
                 raise InvalidInput(f"message {retry_of} is not a failed user message; nothing to retry")
             return stored.session_id, stored
         check_message(message, self.config.web.max_message_chars)
-        if session_id is None:
-            session_id = self.store.create_session(user, title=title_from(message)).id
-        stored = self.store.append(user, session_id, "user", message)
-        self.store.set_title_if_empty(user, session_id, title_from(message))
-        return session_id, stored
+        stored = store_question(self.store, user, session_id, message, title_from(message))
+        return stored.session_id, stored
 
     def _prepare(
         self, user: str, session_id: str, user_message: Message, trace: TurnTrace
-    ) -> tuple[Prompt, list[str]]:
+    ) -> tuple[Prompt, list[str], tuple[str, int] | None]:
+        """Everything the prompt needs, read in one database transaction (history, recall, retrieval) after
+        the question is embedded once (the cached embedder then serves recall and retrieval, and no
+        connection waits on the model). Returns the prompt, warnings and the new summary to store, if any."""
+        self._embed_question(user_message.content)
+        with self.store.db.unit():
+            context, recalled, hits, warnings = self._gather(user, session_id, user_message, trace)
+        summary, new_summary = self._fold_summary(context)
+        prompt = self._build_prompt(trace, user_message.content, context.history, summary, recalled, hits)
+        return prompt, warnings, new_summary
+
+    def _embed_question(self, message: str) -> None:
+        for part in (self.recall, self.retriever):
+            embedder = getattr(part, "embedder", None)
+            if part is not None and embedder is not None and getattr(part, "search_mode", "") != "keyword":
+                with contextlib.suppress(Exception):  # recall/retrieval meet the same error and degrade
+                    embedder.embed([message])
+                return
+
+    def _gather(
+        self, user: str, session_id: str, user_message: Message, trace: TurnTrace
+    ) -> tuple[TurnContext, list[RecalledTurn], list[Hit], list[str]]:
         config = self.config
         message = user_message.content
         warnings: list[str] = []
         with trace.span(SPAN_MEMORY_LOAD, {"session_id": session_id}) as span:
-            history = self.store.recent_messages(
+            context = load_context(
+                self.store,
                 user,
                 session_id,
+                before_id=user_message.id,
                 max_messages=config.memory.max_history,
                 max_tokens=config.memory.history_tokens,
-                before_id=user_message.id,
             )
-            summary = self._update_summary(user, session_id, history, user_message.id)
-            span.set_outputs({"history_messages": len(history), "summary_chars": len(summary)})
+            span.set_outputs({"history_messages": len(context.history), "summary_chars": len(context.summary)})
 
         recalled: list[RecalledTurn] = []
         if self.recall is not None and config.memory.recall_top_k > 0:
@@ -300,7 +316,7 @@ class Assistant:
                     )
                 except Exception as exc:
                     log.warning("recall failed: %s", exc)
-                    warnings.append(f"earlier conversations unavailable: {exc}")
+                    warnings.append(redact(f"earlier conversations unavailable: {exc}"))
                 span.set_outputs([t.to_json() for t in recalled])
 
         hits: list[Hit] = []
@@ -310,9 +326,20 @@ class Assistant:
                     hits = self.retriever.search(message, top_k=config.rag.top_k)
                 except Exception as exc:
                     log.warning("retrieval failed: %s", exc)
-                    warnings.append(f"document search unavailable: {exc}")
+                    warnings.append(redact(f"document search unavailable: {exc}"))
                 span.set_sources(hits)
+        return context, recalled, hits, warnings
 
+    def _build_prompt(
+        self,
+        trace: TurnTrace,
+        message: str,
+        history: list[Message],
+        summary: str,
+        recalled: list[RecalledTurn],
+        hits: list[Hit],
+    ) -> Prompt:
+        config = self.config
         with trace.span(SPAN_PROMPT_BUILD, {"message": message}) as span:
             prompt = build_prompt(
                 system_prompt=config.model.system_prompt,
@@ -333,22 +360,15 @@ class Assistant:
                     "dropped": prompt.dropped,
                 },
             )
-        return prompt, warnings
+        return prompt
 
-    def _update_summary(self, user: str, session_id: str, history: list[Message], current_id: int) -> str:
-        """Fold messages that are older than the history window (and not yet summarised) into the summary."""
-        session = self.store.get_session(user, session_id)
-        first_kept = history[0].id if history else current_id
-        dropped = [
-            m
-            for m in self.store.messages(user, session_id, after_id=session.summary_through, before_id=first_kept)
-            if not m.failed
-        ]
-        if not dropped:
-            return session.summary
-        summary = self.summarizer.fold(session.summary, dropped)
-        self.store.set_summary(user, session_id, summary, dropped[-1].id)
-        return summary
+    def _fold_summary(self, context: TurnContext) -> tuple[str, tuple[str, int] | None]:
+        """Fold messages older than the history window (and not yet summarised) into the summary; the new
+        summary is stored with the reply. Returns the summary for the prompt and what to store (or None)."""
+        if not context.to_fold:
+            return context.summary, None
+        summary = self.summarizer.fold(context.summary, context.to_fold)
+        return summary, (summary, context.to_fold[-1].id)
 
     def _stream_model(self, prompt: Prompt, context: PromptContext) -> Generator[TurnEvent, None, Completion]:
         stream = self.chat_model.stream(
@@ -378,9 +398,12 @@ class Assistant:
         trace: TurnTrace,
     ) -> TurnFailed:
         self._mark_failed(user, message, error, kind, trace)
-        return TurnFailed(error, session_id=session_id, user_message_id=message.id, kind=kind, retryable=retryable)
+        return TurnFailed(
+            redact(error), session_id=session_id, user_message_id=message.id, kind=kind, retryable=retryable
+        )
 
     def _mark_failed(self, user: str, message: Message, error: str, kind: str, trace: TurnTrace) -> None:
+        error = redact(error)  # stored with the message and traced: never an echoed token (core.redact)
         try:
             self.store.update_metadata(
                 user,

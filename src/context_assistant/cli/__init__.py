@@ -1,6 +1,6 @@
 """The ``context-assistant`` command line (``commands``) and its terminal chat (``chat``, ``chat_turns``)."""
 
 from .chat import run_chat
-from .commands import build_parser, main
+from .main import build_parser, main, run
 
-__all__ = ["build_parser", "main", "run_chat"]
+__all__ = ["build_parser", "main", "run", "run_chat"]

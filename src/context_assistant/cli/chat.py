@@ -33,11 +33,9 @@ import argparse
 import contextlib
 import logging
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 from ..assistant.prompt import source_json
@@ -47,9 +45,8 @@ from ..core.errors import EXIT_OK, EXIT_USAGE, ContextAssistantError, InvalidInp
 from ..core.interrupts import report_interrupted
 from ..llm.factory import resolve_provider
 from ..services import Services
-from ..storage.memory import Message, Session, SessionNotFound, title_from
+from ..storage.memory import AmbiguousSession, Message, Session, SessionNotFound, title_from
 from .chat_turns import (
-    AmbiguousSession,
     TurnPrinter,
     error_text,
     find_session,
@@ -57,6 +54,7 @@ from .chat_turns import (
     should_stream,
     source_line,
 )
+from .terminal import line_editing, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +62,6 @@ PROMPT = "you> "
 SESSION_LIST_LIMIT = 20
 SHORT_ID = 8  # how much of a session id /sessions shows; /resume takes any unambiguous prefix
 HISTORY_FILE = "chat_history"  # readline history, in the data directory
-HISTORY_LENGTH = 1000
 
 # The seed's CLI understood these bare words; they keep working.
 BARE_WORDS = {"refresh": "refresh", "exit": "exit", "quit": "exit"}
@@ -413,68 +410,6 @@ class ChatRepl:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Terminal niceties
-
-
-@contextlib.contextmanager
-def line_editing(history_path: Path | None) -> Iterator[None]:
-    """readline editing, persistent history and /command completion, when the platform has readline."""
-    try:
-        import readline
-    except ImportError:  # Windows without pyreadline: plain input() still works
-        yield
-        return
-    if history_path is not None:
-        with contextlib.suppress(OSError):
-            readline.read_history_file(history_path)
-    readline.set_history_length(HISTORY_LENGTH)
-
-    def complete(text: str, state: int) -> str | None:
-        options = [name + " " for name in COMMAND_NAMES if name.startswith(text)] if text.startswith("/") else []
-        return options[state] if state < len(options) else None
-
-    readline.set_completer(complete)
-    readline.set_completer_delims(" \t\n")
-    if "libedit" in (readline.__doc__ or ""):
-        readline.parse_and_bind("bind ^I rl_complete")
-    else:
-        readline.parse_and_bind("tab: complete")
-    try:
-        yield
-    finally:
-        if history_path is not None:
-            with contextlib.suppress(OSError):
-                history_path.parent.mkdir(parents=True, exist_ok=True)
-                readline.write_history_file(history_path)
-
-
-def warm_up(services: Services) -> threading.Thread:
-    """Load the local embedding model and open the trace store while the user types the first question.
-
-    Only local work (a serving-endpoint embedder is left alone: asking it for its dimension is a network
-    call). Failures are ignored here; the turn that needs the part reports them.
-    """
-
-    def run() -> None:
-        config = services.config
-        try:
-            if config.rag.enabled or config.memory.recall:
-                from ..retrieval.embeddings import LocalEmbedder
-
-                embedder = getattr(services.embedder, "inner", services.embedder)
-                if isinstance(embedder, LocalEmbedder):
-                    embedder.dimension  # noqa: B018  (loads the model)
-            if config.tracing.enabled:
-                services.tracer.warm_up()
-        except Exception as exc:
-            log.debug("warm-up: %s", exc)
-
-    thread = threading.Thread(target=run, name="chat-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Entry points
 
 
@@ -487,9 +422,13 @@ def run_chat(args: argparse.Namespace, services: Services, out: TextIO | None = 
         return _usage("--message and --retry cannot be combined")
     if args.json and not one_shot:
         return _usage("--json needs --message TEXT (or --retry ID): the interactive chat is for people")
-    session = find_session(services, user, args.session) if args.session else None
     if one_shot:
+        try:
+            session = find_session(services, user, args.session) if args.session else None
+        except ContextAssistantError as exc:  # an unknown or ambiguous --session: the same JSON as a failed turn
+            return _one_shot_failure(args, _failure_json(exc, args.session), str(exc), exc, out)
         return run_one_shot(args, services, user, session, out)
+    session = find_session(services, user, args.session) if args.session else None
 
     interactive = is_terminal(sys.stdin)
     repl = ChatRepl(
@@ -505,7 +444,7 @@ def run_chat(args: argparse.Namespace, services: Services, out: TextIO | None = 
     warming = warm_up(services)
     try:
         if interactive:
-            with line_editing(services.config.data_path / HISTORY_FILE):
+            with line_editing(services.config.data_path / HISTORY_FILE, COMMAND_NAMES):
                 return repl.run()
         return repl.run()
     finally:
@@ -530,7 +469,7 @@ def run_one_shot(
     except TurnFailed as exc:
         return _one_shot_failure(args, exc.to_json(), str(exc), exc, out)
     except ContextAssistantError as exc:  # an empty/oversized message, an unknown message or session, ...
-        return _one_shot_failure(args, {"error": str(exc), "kind": exc.kind}, str(exc), exc, out)
+        return _one_shot_failure(args, _failure_json(exc, session_id), str(exc), exc, out)
     if outcome.failure is not None:
         failure = outcome.failure
         return _one_shot_failure(args, failure.to_json(), str(failure), failure, out)
@@ -540,6 +479,17 @@ def run_one_shot(
     assert outcome.result is not None
     print(f"(session {outcome.result.session_id}; continue it with --session)", file=sys.stderr)
     return EXIT_OK
+
+
+def _failure_json(error: ContextAssistantError, session_id: str | None) -> dict[str, Any]:
+    """A failure before any message was stored, in the shape of a failed turn's JSON (README: Chat)."""
+    return {
+        "error": str(error),
+        "kind": error.kind,
+        "retryable": error.retryable,
+        "session_id": session_id,
+        "user_message_id": None,
+    }
 
 
 def _one_shot_failure(

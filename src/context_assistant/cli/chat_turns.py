@@ -8,46 +8,22 @@ turn whose question is kept for ``/retry``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..assistant.prompt import source_json
 from ..assistant.turn import TurnFailed, TurnResult
-from ..core.errors import InvalidInput
 from ..services import Services
-from ..storage.memory import Session, SessionNotFound
+from ..storage.memory import Session
 
 log = logging.getLogger(__name__)
 
 
-class AmbiguousSession(InvalidInput):
-    """A session id prefix that matches more than one session."""
-
-
 def find_session(services: Services, user: str, reference: str) -> Session:
-    """The user's session with this id, or the only one whose id starts with ``reference``."""
-    store = services.store
-    reference = reference.strip()
-    if not reference:
-        raise SessionNotFound(reference)
-    with contextlib.suppress(SessionNotFound):
-        return store.get_session(user, reference)
-    matches: list[Session] = []
-    offset = 0
-    while True:
-        page = store.list_sessions(user, limit=500, offset=offset)
-        matches += [s for s in page if s.id.startswith(reference)]
-        if len(page) < 500:
-            break
-        offset += 500
-    if not matches:
-        raise SessionNotFound(reference)
-    if len(matches) > 1:
-        shown = ", ".join(s.id for s in matches[:5]) + (" …" if len(matches) > 5 else "")
-        raise AmbiguousSession(f"{reference!r} matches {len(matches)} sessions ({shown}); type more of the id")
-    return matches[0]
+    """The user's session with this id, or the only one whose id starts with ``reference`` (the store's one
+    resolver: ``chat --session``, ``/resume`` and ``sessions show`` all take a prefix)."""
+    return services.store.find_session(user, reference)
 
 
 def source_line(source: dict[str, Any]) -> str:

@@ -1,46 +1,51 @@
-"""The ``context-assistant`` command line.
-
-Exit codes (:mod:`context_assistant.core.errors`): 0 success; 1 the command ran but failed (not found,
-rejected input, unreachable service); 2 bad usage or configuration; 130 interrupted (Ctrl-C: one line, see
-:mod:`context_assistant.core.interrupts`). Errors are one clear line on stderr, never a traceback (``--debug``
-shows it): :func:`main` catches the error hierarchy's root once.
-"""
+"""The commands of the ``context-assistant`` command line, one function each: ``cmd_<command>(args, services)``
+returns the exit code and raises the error hierarchy for failures (``main`` turns them into one line)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from ..core.config import load_config
-from ..core.console import TerminalProgress, port_number, print_json
+from ..core.console import TerminalProgress, print_json
 from ..core.errors import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     Conflict,
-    ContextAssistantError,
     InvalidInput,
     NotFound,
     UsageError,
 )
-from ..core.interrupts import end_process, report_interrupted
+from ..core.files import open_private
 from ..retrieval.sync import SyncResult
 from ..services import Services, setup_database
 from ..storage.db_setup import summary_lines
 
-# What Ctrl-C leaves behind, per command (one line; the default is "Interrupted.").
-INTERRUPTED = {
-    "ingest": "Interrupted; the next run picks up where this one stopped.",
-    "sync": "Interrupted; the next run picks up where this one stopped.",
-}
-
 
 def _user(args: argparse.Namespace, services: Services) -> str:
     return getattr(args, "user", None) or services.config.default_user
+
+
+def _where(services: Services) -> str:
+    """Which database a command used, for messages that report nothing found: run from an unexpected folder,
+    an empty answer must say where it looked (``embedded Postgres in /path/.context-assistant/postgres``)."""
+    return services.db.target.description
+
+
+def _no_hits(services: Services) -> str:
+    """What an empty search result means: nothing matched, or nothing is indexed here at all."""
+    try:
+        chunks = services.chunk_index.status().get("chunks")
+    except Exception:  # the status is only for the message
+        chunks = None
+    if chunks == 0:
+        return (
+            f"No documents are indexed in {_where(services)}: run `context-assistant ingest` there "
+            "(or pass --config to use another project's data folder)."
+        )
+    return "No matching chunks."
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -54,7 +59,7 @@ def cmd_sessions_list(args: argparse.Namespace, services: Services) -> int:
         print_json({"user": user, "sessions": [s.to_json() for s in sessions]})
         return EXIT_OK
     if not sessions:
-        print(f"No sessions for {user}.")
+        print(f"No sessions for {user} in {_where(services)}.")
         return EXIT_OK
     print(f"{'SESSION':<34} {'UPDATED':<20} {'MSGS':>5}  TITLE")
     for s in sessions:
@@ -64,8 +69,8 @@ def cmd_sessions_list(args: argparse.Namespace, services: Services) -> int:
 
 def cmd_sessions_show(args: argparse.Namespace, services: Services) -> int:
     user = _user(args, services)
-    session = services.store.get_session(user, args.session_id)
-    messages = services.store.messages(user, args.session_id)
+    session = services.store.find_session(user, args.session_id)  # an id, or a unique prefix of one
+    messages = services.store.messages(user, session.id)
     if args.json:
         print_json({"session": session.to_json(), "messages": [m.to_json() | {"id": m.id} for m in messages]})
         return EXIT_OK
@@ -93,7 +98,7 @@ def cmd_sessions_delete(args: argparse.Namespace, services: Services) -> int:
 def cmd_memory_import(args: argparse.Namespace, services: Services) -> int:
     try:
         with open(args.file, encoding="utf-8") as stream:
-            result = services.store.import_jsonl(stream)
+            result = services.store.import_jsonl(stream, max_message_chars=services.config.web.max_message_chars)
     except FileNotFoundError:
         raise NotFound(f"no such file: {args.file}") from None
     except UnicodeDecodeError as exc:
@@ -112,7 +117,7 @@ def cmd_memory_import(args: argparse.Namespace, services: Services) -> int:
 
 def cmd_memory_export(args: argparse.Namespace, services: Services) -> int:
     if args.output and args.output != "-":
-        with open(args.output, "w", encoding="utf-8") as out:
+        with open_private(args.output) as out:  # every user's conversations: 0600, whatever the umask
             count = services.store.export_jsonl(out, user=args.user)
         print(f"Exported {count} messages to {args.output}.", file=sys.stderr)
     else:
@@ -174,7 +179,7 @@ def cmd_db_stop(args: argparse.Namespace, services: Services) -> int:
 def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
     """The offline bundle validator is a development tool (``tools/``), not part of the runtime wheel."""
     try:
-        from context_assistant_tools.bundle import BundleLoadError, format_report, validate_bundle
+        from context_assistant_tools.bundle import BundleLoadError, UnknownTarget, format_report, validate_bundle
     except ImportError:
         raise UsageError(
             "bundle validate is a development tool that is not installed here: run `pip install -e ./tools` "
@@ -188,7 +193,10 @@ def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
             raise UsageError(f"--var {item!r}: expected name=value")
         variables[name] = value
     try:
-        reports = [validate_bundle(args.root, target, variables=variables) for target in (args.target or [None])]
+        root = args.root or _bundle_root()
+        reports = [validate_bundle(root, target, variables=variables) for target in (args.target or [None])]
+    except UnknownTarget as exc:  # a wrong -t is bad usage, like a wrong flag (exit 2, as documented)
+        raise UsageError(str(exc)) from None
     except BundleLoadError as exc:
         raise InvalidInput(str(exc)) from None
     ok = all(report.ok for report in reports)
@@ -199,11 +207,18 @@ def cmd_bundle_validate(args: argparse.Namespace, services: Services) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _bundle_root() -> str:
+    """The nearest folder from the working directory up holding a databricks.yml (as the Databricks CLI
+    finds its bundle), else the working directory (the validator then says none is there)."""
+    here = Path.cwd()
+    return str(next((folder for folder in (here, *here.parents) if (folder / "databricks.yml").is_file()), here))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # retrieval: sync, search, recall (issue 4)
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
@@ -301,7 +316,7 @@ def cmd_search(args: argparse.Namespace, services: Services) -> int:
         print_json({"query": args.query, "mode": mode, "hits": [h.to_json() for h in hits]})
         return EXIT_OK
     if not hits:
-        print("No matching chunks.")
+        print(_no_hits(services))
     for rank, hit in enumerate(hits, start=1):
         print(_hit_lines(rank, hit))
     return EXIT_OK
@@ -312,6 +327,7 @@ def cmd_recall(args: argparse.Namespace, services: Services) -> int:
     if not services.config.memory.recall:
         raise Conflict("memory recall is off (memory.recall: false in the config)")
     recall = services.recall
+    recall.index_pending()  # a one-off command: embed what is pending now rather than search it by keyword
     if args.batch:
         items = _read_batch(args.batch, ("id", "query"), optional=("user",))
         for item in items:
@@ -325,7 +341,7 @@ def cmd_recall(args: argparse.Namespace, services: Services) -> int:
         print_json({"user": user, "query": args.query, "hits": [t.to_json() for t in turns]})
         return EXIT_OK
     if not turns:
-        print(f"Nothing relevant in {user}'s earlier conversations.")
+        print(f"Nothing relevant in {user}'s earlier conversations (in {_where(services)}).")
     for rank, turn in enumerate(turns, start=1):
         text = " ".join(turn.content.split())
         excerpt = text if len(text) <= 240 else text[:239] + "…"
@@ -345,7 +361,14 @@ def cmd_ingest(args: argparse.Namespace, services: Services) -> int:
 
     progress = TerminalProgress(quiet=args.json)
     try:
-        result = refresh_documents(services, source=args.source or None, full=args.full, progress=progress)
+        result = refresh_documents(
+            services,
+            source=args.source or None,
+            full=args.full,
+            progress=progress,
+            allow_empty_source=args.allow_empty_source,
+            allow_replace_source=args.allow_replace_source,
+        )
     finally:
         progress.done()
     if args.json:
@@ -410,171 +433,3 @@ def cmd_serve(args: argparse.Namespace, services: Services) -> int:
 
     serve(services, args.host, args.port)
     return EXIT_OK
-
-
-# ---------------------------------------------------------------------------------------------------------
-# parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="context-assistant",
-        description="An assistant that remembers conversations and answers from your documents.",
-    )
-    parser.add_argument("--config", help="config file (default: $CONTEXT_ASSISTANT_CONFIG or ./config.yaml)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add(group: Any, name: str, handler: Callable[..., int], help: str, *, json_flag: bool = True) -> Any:
-        sub = group.add_parser(name, help=help, description=help)
-        sub.set_defaults(handler=handler)
-        if json_flag:
-            sub.add_argument("--json", action="store_true", help="machine-readable output (see README)")
-        return sub
-
-    sessions = commands.add_parser("sessions", help="list, show or delete conversation sessions")
-    sessions_cmds = sessions.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = add(sessions_cmds, "list", cmd_sessions_list, "list a user's sessions, most recent first")
-    p.add_argument("--user", help="whose sessions (default: config user / OS user)")
-    p.add_argument("--limit", type=int, default=100)
-    p = add(sessions_cmds, "show", cmd_sessions_show, "show a session's messages in order")
-    p.add_argument("session_id")
-    p.add_argument("--user")
-    p = add(sessions_cmds, "delete", cmd_sessions_delete, "delete a session and its messages")
-    p.add_argument("session_id")
-    p.add_argument("--user")
-
-    memory = commands.add_parser("memory", help="import or export conversation memory as JSON lines")
-    memory_cmds = memory.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = add(memory_cmds, "import", cmd_memory_import, "import messages from a JSONL file (all or nothing)")
-    p.add_argument("file")
-    p = add(memory_cmds, "export", cmd_memory_export, "export messages as JSONL", json_flag=False)
-    p.add_argument("--user", help="only this user's messages (default: everyone's)")
-    p.add_argument("--output", "-o", help="file to write (default: stdout)")
-
-    db = commands.add_parser("db", help="database status and the embedded server")
-    db_cmds = db.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add(db_cmds, "status", cmd_db_status, "which Postgres, its version, pgvector and the schema version")
-    p = add(
-        db_cmds,
-        "setup",
-        cmd_db_setup,
-        "as the database owner: create the schema and pgvector, migrate, and grant roles access to the schema",
-    )
-    p.add_argument(
-        "--grant-to",
-        action="append",
-        metavar="ROLE",
-        help="a Postgres role that may then read and write the schema (repeatable), e.g. an app's "
-        "service principal client id",
-    )
-    p.add_argument(
-        "--grant-to-app",
-        action="append",
-        metavar="APP_NAME",
-        help="a Databricks App whose service principal's role is granted (looked up with the SDK; repeatable)",
-    )
-    p.add_argument(
-        "--skip-recall", action="store_true", help="do not create the recall index (needs the embedding model)"
-    )
-    add(db_cmds, "stop", cmd_db_stop, "stop the embedded Postgres server", json_flag=False)
-
-    bundle = commands.add_parser("bundle", help="check the Databricks Asset Bundle offline")
-    bundle_cmds = bundle.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = add(bundle_cmds, "validate", cmd_bundle_validate, "validate databricks.yml and resources/ offline")
-    p.add_argument("--target", "-t", action="append", help="target to validate (repeatable; default: the default)")
-    p.add_argument("--root", default=".", help="bundle folder (default: the current directory)")
-    p.add_argument(
-        "--var",
-        action="append",
-        metavar="NAME=VALUE",
-        help="a variable's value, as for the Databricks CLI (repeatable; BUNDLE_VAR_<name> works too)",
-    )
-
-    p = add(commands, "ingest", cmd_ingest, "parse and chunk new or changed documents, then sync the index")
-    p.add_argument("--source", help="documents folder or Volume path (default: rag.source)")
-    p.add_argument("--full", action="store_true", help="re-embed every chunk, even unchanged ones")
-
-    from ..core.config import SEARCH_MODES
-
-    p = add(commands, "sync", cmd_sync, "bring the search index in step with the chunk table")
-    p.add_argument("--full", action="store_true", help="re-embed every chunk, even unchanged ones")
-    p = add(commands, "search", cmd_search, "search the indexed documents")
-    p.add_argument("query", nargs="?", help="what to look for")
-    p.add_argument("--batch", metavar="QUERIES.jsonl", help='lines {"id", "query"}; prints lines {"id", "hits"}')
-    p.add_argument("--top-k", type=_positive_int, help="number of hits (default: rag.top_k)")
-    p.add_argument("--mode", choices=SEARCH_MODES, help="default: rag.search_mode")
-    p.add_argument("--path-prefix", help="only documents whose path starts with this")
-    p = add(commands, "recall", cmd_recall, "find relevant turns from earlier conversations")
-    p.add_argument("query", nargs="?", help="what to look for")
-    p.add_argument("--user", help="whose conversations (default: config user / OS user)")
-    p.add_argument(
-        "--batch",
-        metavar="QUERIES.jsonl",
-        help='lines {"id", "user", "query"}; prints lines {"id", "user", "hits"}',
-    )
-    p.add_argument("--top-k", type=_positive_int, help="number of turns (default: memory.recall_top_k)")
-    p.add_argument("--mode", choices=SEARCH_MODES, help="default: rag.search_mode")
-    p.add_argument("--exclude-session", help="leave out this session's turns")
-
-    from .chat import add_chat_arguments
-
-    p = add(commands, "chat", cmd_chat, "chat with the assistant: a REPL, or one question with --message")
-    add_chat_arguments(p)
-
-    p = add(
-        commands,
-        "eval",
-        cmd_eval,
-        "answer every question of a dataset with the assistant and score it with mlflow.genai.evaluate",
-    )
-    p.add_argument(
-        "dataset",
-        metavar="DATASET",
-        help='JSONL, one line per question: {"question", "expected_sources": [paths], "expected_facts": [...]}',
-    )
-    p.add_argument("--judge-model", help="model URI for MLflow's LLM judges (default: evaluation.judge_model)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="questions answered at once (default: 1)")
-    p.add_argument("--keep-sessions", action="store_true", help="keep the questions' sessions (default: delete)")
-    p.add_argument("--run-name", help="MLflow run name (default: assistant eval <dataset file>)")
-
-    p = add(
-        commands,
-        "serve",
-        cmd_serve,
-        "serve the chat page and its JSON API (as python app.py does)",
-        json_flag=False,
-    )
-    p.add_argument("--host", help="interface to listen on (default: web.host; 0.0.0.0 on Databricks Apps)")
-    p.add_argument("--port", type=port_number, help="port (default: $DATABRICKS_APP_PORT, else web.port)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
-    services: Services | None = None
-    interrupted = False
-    try:
-        services = Services(load_config(args.config))
-        code: int = args.handler(args, services)
-        interrupted = code == EXIT_INTERRUPTED  # e.g. a one-shot chat answer stopped with Ctrl-C
-        return code
-    except ContextAssistantError as exc:
-        if args.debug:
-            raise
-        print(f"{exc.label}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        interrupted = True
-        return report_interrupted(INTERRUPTED.get(args.command, "Interrupted."))
-    finally:
-        if services is not None:
-            services.close()
-        if interrupted:
-            end_process(EXIT_INTERRUPTED)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -22,6 +22,8 @@ from .errors import ConfigError
 
 CONFIG_ENV = "CONTEXT_ASSISTANT_CONFIG"
 OVERRIDE_PREFIX = "CONTEXT_ASSISTANT__"
+CONFIG_FILE = "config.yaml"
+DEFAULT_DATA_DIR = ".context-assistant"
 
 # Declared once: the settings allow these values, and retrieval, the backends and the CLI's --mode use them.
 SEARCH_MODES = ("vector", "keyword", "hybrid")
@@ -102,6 +104,9 @@ class RagConfig:
     pdf_parser: str = _opt("builtin", choices=PDF_PARSERS)
     index_type: str = _opt("hnsw", choices=INDEX_TYPES)
     search_mode: str = _opt("hybrid", choices=SEARCH_MODES)
+    # Short CLI commands (search, recall, chat) share a warm local embedding model for this long after their
+    # last use (retrieval/embedding_service.py); 0: each loads the model itself.
+    embedding_service_idle_seconds: float = _opt(900.0, min=0)
     # How hybrid search fuses its two rankings (retrieval/fusion.py): convex (normalised scores) or rrf (ranks).
     fusion: str = _opt("convex", choices=FUSIONS)
     hybrid_weight: float = _opt(0.5, min=0)  # convex: the vector side's share
@@ -114,6 +119,20 @@ class RagConfig:
     ivfflat_probes: int = _opt(10, min=1)
     chunk_table: str = "chunks"
     documents_table: str = "documents"
+    # Ingest limits and the documents folder's boundary (ingest/limits.py, ingest/boundary.py).
+    max_file_mb: float = _opt(64.0, min=0.001)  # larger files are skipped with the reason
+    parse_timeout_seconds: float = _opt(300.0, min=0.1)  # per file, wall clock, in a child process
+    parse_memory_mb: int = _opt(2048, min=64)  # the parse child's address-space limit
+    symlinks: str = _opt("never", choices=("never", "inside"))  # links out of the folder are never followed
+    # Where the index sync embeds new/changed chunks (retrieval/embed_spark.py): spark (mapInArrow over the chunk
+    # table, into the embeddings table), driver (this process), or auto (spark once embed_spark_threshold chunks
+    # wait and a Spark session can be had). Vectors are kept in embeddings_table, keyed by (content hash, model).
+    embed_on: str = _opt("auto", choices=("auto", "spark", "driver"))
+    embed_spark_threshold: int = _opt(5000, min=0)
+    embeddings_table: str = "embeddings"
+    embed_partitions: int = _opt(2, min=1)  # Spark partitions embedding at once
+    embed_concurrency: int = _opt(4, min=1)  # serving-endpoint requests in flight per partition
+    embed_round_chunks: int = _opt(10000, min=1)  # texts per Spark round (one Delta commit each)
     # In a Databricks App (no Spark): the id of the ingestion job that a refresh runs instead.
     refresh_job_id: str = ""
     vector_search_endpoint: str = ""
@@ -130,6 +149,9 @@ class TracingConfig:
     tracking_uri: str = ""
     experiment: str = "context-assistant"
     experiment_id: str = ""
+    # How long the first traced turn of a process waits for the trace store to open (importing MLflow, creating
+    # or migrating the store); after that the turn goes on untraced and later turns are traced once it is open.
+    setup_timeout_seconds: float = _opt(30.0, min=0)
 
 
 @dataclass(frozen=True)
@@ -158,7 +180,7 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class Config:
-    data_dir: str = ".context-assistant"
+    data_dir: str = DEFAULT_DATA_DIR
     user: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -226,8 +248,22 @@ ENV_ALIASES: tuple[tuple[str, str], ...] = (
 )
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
-    """``--config`` wins, then $CONTEXT_ASSISTANT_CONFIG, then ./config.yaml if present."""
+def find_project_root(start: str | os.PathLike[str] | None = None) -> Path | None:
+    """The nearest folder, from ``start`` (the working directory) up, holding a ``config.yaml`` or a
+    ``.context-assistant/`` data folder: the project a command run from a sub-folder belongs to, found the way
+    git finds its repository. None when no folder up to the file-system root has either."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_FILE).is_file() or (folder / DEFAULT_DATA_DIR).is_dir():
+            return folder
+    return None
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """``--config`` wins, then $CONTEXT_ASSISTANT_CONFIG, then the project's config.yaml (see
+    :func:`find_project_root`) if it has one."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
@@ -238,8 +274,18 @@ def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, 
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (from ${CONFIG_ENV})")
         return path
-    default = Path("config.yaml")
-    return default if default.is_file() else None
+    root = find_project_root(cwd)
+    if root is not None and (root / CONFIG_FILE).is_file():
+        return root / CONFIG_FILE
+    return None
+
+
+def base_folder(file: Path | None, cwd: str | os.PathLike[str] | None = None) -> Path:
+    """What relative paths in the configuration are resolved against: the config file's folder; without a
+    file, the project root (a folder above holding ``.context-assistant/``), else the working directory."""
+    if file is not None:
+        return file.parent.resolve()
+    return find_project_root(cwd) or Path(cwd if cwd is not None else os.getcwd()).resolve()
 
 
 def load_config(
@@ -277,7 +323,7 @@ def load_config(
             _set_dotted(raw, key, value)
             sources[key] = "command line"
 
-    raw["base_dir"] = str((file.parent if file is not None else Path(".")).resolve())
+    raw["base_dir"] = str(base_folder(file))
     config = _build(Config, raw, "", sources)
     if config.rag.chunk_overlap >= config.rag.chunk_size:
         raise ConfigError(

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .redact import redact
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran but failed: not found, rejected input, a service that did not answer
 EXIT_USAGE = 2  # bad usage or configuration: nothing was attempted
@@ -42,7 +44,9 @@ class ContextAssistantError(Exception):
     label: str = "error"
 
     def __init__(self, *args: object, retryable: bool | None = None) -> None:
-        super().__init__(*args)
+        # Messages are often built from upstream text (an error body, an SDK exception): whatever built it, no
+        # token or password goes further than here (core.redact).
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
         if retryable is not None:
             self.retryable = retryable
 

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import Config
 from .errors import InvalidInput
+from .files import private_dir, private_file
+from .redact import redact_exception
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +175,10 @@ class Tracer:
         experiment_id: str = "",
         artifact_location: str | None = None,
         setup_timeout_seconds: float = 30.0,
+        private_store: Path | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self._private_store = private_store  # a local SQLite store: created 0600 (it holds every prompt)
         self.experiment_name = experiment
         self.experiment_id: str | None = experiment_id or None
         self._given_experiment_id = bool(experiment_id)
@@ -314,6 +319,9 @@ class Tracer:
             log.warning("MLflow tracing is off: cannot use the trace store %s: %s", self.tracking_uri, exc)
 
     def _start(self) -> None:
+        disable_mlflow_telemetry()
+        if self._private_store is not None:
+            private_file(self._private_store)  # before SQLite creates it with the umask's mode (0644)
         import mlflow
         from mlflow import MlflowClient
 
@@ -366,8 +374,22 @@ class Tracer:
 
         def end() -> None:
             if exc is not None:
-                span.record_exception(exc if isinstance(exc, Exception) else repr(exc))
-                span.end(status="ERROR")
+                # Not span.record_exception(exc): its event keeps the raw message and traceback, chained
+                # causes included, where upstream text (an echoed token) would end up in the trace store.
+                from mlflow.entities import SpanEvent, SpanStatus, SpanStatusCode
+
+                message, stack = redact_exception(exc)
+                span.add_event(
+                    SpanEvent(  # type: ignore[abstract]
+                        name="exception",
+                        attributes={
+                            "exception.message": message,
+                            "exception.type": type(exc).__name__,
+                            "exception.stacktrace": stack,
+                        },
+                    )
+                )
+                span.end(status=SpanStatus(SpanStatusCode.ERROR, description=f"{type(exc).__name__}: {message}"))
             else:
                 span.end()
 
@@ -426,18 +448,34 @@ def make_tracer(config: Config, env: Mapping[str, str]) -> Tracer | DisabledTrac
         return DisabledTracer()
     uri = tracking_uri_for(config, env)
     artifact_location = None
+    database = None
     if uri.startswith("sqlite:///"):
         # Without this MLflow puts artifacts in ./mlruns of whatever directory the process started in.
         database = Path(uri.removeprefix("sqlite:///"))
-        with contextlib.suppress(OSError):
-            database.parent.mkdir(parents=True, exist_ok=True)
-        artifact_location = (database.parent / "mlflow-artifacts").as_uri()
+        artifacts = database.parent / "mlflow-artifacts"
+        with contextlib.suppress(OSError):  # traces hold every prompt and reply: private (core.files)
+            private_dir(database.parent)
+            private_dir(artifacts)
+        artifact_location = artifacts.as_uri()
     return Tracer(
         uri,
         experiment=config.tracing.experiment,
         experiment_id=config.tracing.experiment_id,
         artifact_location=artifact_location,
+        private_store=database,
+        setup_timeout_seconds=config.tracing.setup_timeout_seconds,
     )
+
+
+def disable_mlflow_telemetry(env: MutableMapping[str, str] | None = None) -> None:
+    """Keep MLflow from sending usage telemetry to its vendor's host (it does by default since 3.x): set
+    ``MLFLOW_DISABLE_TELEMETRY=true`` unless the user set it themselves. Must run before ``import mlflow``
+    (MLflow reads it when it starts its telemetry client); the package does it when it is imported."""
+    env = os.environ if env is None else env
+    env.setdefault(MLFLOW_TELEMETRY_SWITCH, "true")
+
+
+MLFLOW_TELEMETRY_SWITCH = "MLFLOW_DISABLE_TELEMETRY"
 
 
 def source_document(source: Any) -> dict[str, Any]:

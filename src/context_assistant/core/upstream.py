@@ -1,13 +1,16 @@
 """What an upstream service said when it refused a request, as one line a user can read.
 
 Chat models (OpenAI-compatible servers and Databricks serving endpoints), embedding endpoints and Vector
-Search all answer errors in a few JSON shapes; this is the one place that knows them. Each caller adds what
+Search all answer errors in a few JSON shapes; this is the one place that knows them. What it returns is
+redacted (:mod:`context_assistant.core.redact`): a server that echoes a token back does not get it shown. Each caller adds what
 only it knows (which setting to check for a 404, which permission a 403 needs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from .redact import redact
 
 MAX_DETAIL_CHARS = 300
 
@@ -36,7 +39,7 @@ def error_detail(body: object, text: str = "", *, with_code: bool = False) -> st
         message = message or code
     elif isinstance(body, str):
         message = body
-    detail = " ".join(str(message or text or "").split())
+    detail = redact(" ".join(str(message or text or "").split()))
     return detail[:MAX_DETAIL_CHARS] + ("…" if len(detail) > MAX_DETAIL_CHARS else "")
 
 
@@ -67,7 +70,7 @@ def exception_line(exc: BaseException) -> str:
     """An error's text on one line, without the client-configuration dump databricks-sdk appends to
     authentication errors (it names hosts and auth types, never what to fix)."""
     text = " ".join(str(exc).split()).split(" Config: host=")[0].rstrip(". ")
-    return text or type(exc).__name__
+    return redact(text) or type(exc).__name__
 
 
 __all__ = ["MAX_DETAIL_CHARS", "error_detail", "exception_line", "status_message"]

@@ -29,6 +29,8 @@ Rules (pure functions, no I/O, safe to call inside Spark workers):
   repeat the previous chunk. If the overlap would force a word to be hard-split, the overlap is dropped.
 * Every piece (a chunk's text after its header) is a contiguous slice of the section text, and the whole
   chunk text is at most ``chunk_size`` units.
+* A section longer than :data:`WINDOW_CHARS` characters is chunked window by window
+  (:func:`split_long_text`), in bounded memory; a window ends at a paragraph break where it can.
 
 Guarantee checked by the property tests: for each section, ``chunk.text[chunk.header_chars +
 chunk.overlap_chars:]`` of its chunks, concatenated, equals the section text up to whitespace (all
@@ -44,6 +46,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,7 +103,8 @@ def chunk_document(
         prefix = header + HEADER_SEPARATOR if header else ""
         budget = chunk_size - special - _measure(prefix, counter)
         budget = max(budget, 1)
-        for piece in split_text(section.text, budget, min(chunk_overlap, budget - 1), counter=counter):
+        overlap = min(chunk_overlap, budget - 1)
+        for piece in split_long_text(section.text, budget, overlap, counter=counter, window=WINDOW_CHARS):
             index = len(chunks)
             text = prefix + piece.text
             chunks.append(
@@ -299,6 +303,39 @@ def split_text(
             if overlap_start is not None and overlap_start < end:
                 window_start = overlap_start
         body_start = next_body
+
+
+WINDOW_CHARS = 200_000  # sections longer than this are chunked window by window (bounded memory)
+_WINDOW_CUTS = ("\n\n", "\n", " ")
+
+
+def split_long_text(
+    text: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    *,
+    counter: TokenCounter | None = None,
+    window: int = WINDOW_CHARS,
+) -> Iterator[TextPiece]:
+    """:func:`split_text` in bounded working memory: a section longer than ``window`` characters (a 50 MB
+    plain-text file is one section) is cut into windows at a paragraph break (else a line break, else a
+    space) and each window is split on its own, so the tokenizer's offsets and the boundary index only ever
+    cover one window, not the whole file (which took 150 bytes of memory per byte of text). Pieces are the
+    same as :func:`split_text`'s inside a window; a window's first piece has no overlap. Offsets are into
+    ``text``."""
+    start = 0
+    while start < len(text):
+        end = len(text)
+        if end - start > window:
+            end = start + window
+            for cut in _WINDOW_CUTS:
+                found = text.rfind(cut, start + window // 2, start + window)
+                if found > start:
+                    end = found + len(cut)
+                    break
+        for piece in split_text(text[start:end], chunk_size, chunk_overlap, counter=counter):
+            yield TextPiece(piece.text, piece.start + start, piece.end + start, piece.overlap_chars)
+        start = end
 
 
 def _piece(text: str, window_start: int, body_start: int, end: int, previous: list[TextPiece]) -> TextPiece:

@@ -101,9 +101,41 @@ def parse_document(path: str, data: bytes) -> ParsedDocument:
 
 
 def _parse_txt(data: bytes) -> list[Section]:
-    collector = SectionCollector()
+    collector = SectionCollector(normalise=normalize_in_blocks)
     collector.add(decode_text(data))
     return collector.sections()
+
+
+NORMALIZE_BLOCK_CHARS = 1 << 20
+
+
+def normalize_in_blocks(text: str, block: int | None = None) -> str:
+    """:func:`normalize_text` of a long plain text, one block of about ``block`` characters at a time, cut at
+    a blank line (else a line break), so a 50 MB file needs a few copies of one block rather than a dozen of
+    the whole text. The same result: normalisation works line by line and blank-line runs become one."""
+    block = block or NORMALIZE_BLOCK_CHARS
+    if len(text) <= block:
+        return normalize_text(text)
+    parts: list[tuple[str, str]] = []  # (normalised block, separator that followed it)
+    start = 0
+    while start < len(text):
+        end, separator = len(text), ""
+        if end - start > block:
+            for cut in ("\n\n", "\n"):
+                found = text.find(cut, start + block // 2, start + block)
+                if found >= 0 and not text[max(start, found - 1) : found].endswith("\u00ad"):
+                    end, separator = found, cut
+                    break
+            else:
+                end = start + block  # one line longer than a block: cut it (NFC stays per character)
+        parts.append((normalize_text(text[start:end]), separator))
+        start = end + len(separator)
+    out: list[str] = []
+    for normalised, separator in parts:
+        if normalised:
+            out.append(normalised)
+            out.append("\n\n" if separator == "\n\n" else "\n")
+    return "".join(out[:-1]).strip()
 
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")

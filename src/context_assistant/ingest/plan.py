@@ -29,6 +29,7 @@ UNCHANGED = "unchanged"  # parser output status for a candidate whose bytes hash
 PIPELINE_VERSION = 2
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()
+EMPTY_FILE = "empty file"
 
 
 @dataclass
@@ -65,6 +66,8 @@ class IngestResult:
     failures: list[Failure] = field(default_factory=list)
     # Unchanged files that failed in an earlier run and were not retried (same bytes): still not answerable.
     still_failing: list[Failure] = field(default_factory=list)
+    # Files present but not ingested, with the reason (unsupported type, too large, empty, a link, an odd name).
+    skipped: list[Failure] = field(default_factory=list)
     chunks: ChunkCounts = field(default_factory=ChunkCounts)
     seconds: float = 0.0
     parsed: int = 0  # files handed to the parser (not in to_json: a diagnostic for tests and benchmarks)
@@ -85,6 +88,7 @@ class IngestResult:
             "still_failing": [
                 {"path": f.path, "error": f.error} for f in sorted(self.still_failing, key=lambda f: f.path)
             ],
+            "skipped": [{"path": f.path, "reason": f.error} for f in sorted(self.skipped, key=lambda f: f.path)],
             "chunks": {"written": self.chunks.written, "deleted": self.chunks.deleted},
             "seconds": self.seconds,
         }
@@ -143,7 +147,7 @@ def skip_reason(path: str, size_bytes: int, max_file_bytes: int) -> str | None:
         ext = extension_of(path)
         return f"unsupported file type {ext!r}" if ext else "unsupported file type (no extension)"
     if size_bytes > max_file_bytes:
-        return f"file is {_human_size(size_bytes)}, larger than the {_human_size(max_file_bytes)} limit"
+        return f"file is {_human_size(size_bytes)}, larger than the {_human_size(max_file_bytes)} limit (rag.max_file_mb)"
     return None
 
 
@@ -153,22 +157,28 @@ def plan_ingest(
     chunking: str,
     max_file_bytes: int,
     stored_chunks: Mapping[str, int] | None = None,
+    refused: Mapping[str, str] | None = None,
 ) -> IngestPlan:
     """Sort listed files into candidates / unchanged / skipped and find what left the source.
 
     A stored document is trusted (may be skipped by size+mtime, or by hash) only if it was cut with the
     same chunking and ``stored_chunks`` (rows per path in the chunk table, when given) still holds its
     ``chunk_count`` chunks: deleting or damaging the chunk table by hand makes the next run rebuild it.
+    ``refused`` (path -> reason) are entries the boundary walk would not read (links, loops, odd names):
+    skipped with that reason. An empty file is skipped ("empty file"), unless it is a document that had
+    content: that one is a candidate, and fails with its last chunks kept rather than vanish.
     """
     plan = IngestPlan()
     listed = set()
     for f in files:
         listed.add(f.path)
-        reason = skip_reason(f.path, f.size_bytes, max_file_bytes)
+        prev = known.get(f.path)
+        reason = (refused or {}).get(f.path) or skip_reason(f.path, f.size_bytes, max_file_bytes)
+        if reason is None and f.size_bytes == 0 and (prev is None or prev.status == SKIPPED):
+            reason = EMPTY_FILE
         if reason is not None:
             plan.skipped.append((f, reason))
             continue
-        prev = known.get(f.path)
         trusted = (
             prev is not None
             and prev.status in (OK, FAILED)
@@ -183,6 +193,24 @@ def plan_ingest(
     plan.removed = [doc for path, doc in sorted(known.items()) if path not in listed]
     plan.orphans = sorted(p for p in (stored_chunks or {}) if p not in known and p not in listed)
     return plan
+
+
+SKIPS_SHOWN = 20  # skipped files named in the progress output (the result lists all of them)
+
+
+def skipped_lines(plan: IngestPlan) -> list[str]:
+    """Progress lines naming the skipped files and why (the first :data:`SKIPS_SHOWN` of them)."""
+    lines = [f"skipped {f.path!r}: {reason}" for f, reason in plan.skipped[:SKIPS_SHOWN]]
+    if len(plan.skipped) > SKIPS_SHOWN:
+        lines.append(f"... and {len(plan.skipped) - SKIPS_SHOWN} more skipped (ingest --json lists them all)")
+    return lines
+
+
+def removes_every_document(plan: IngestPlan, known: dict[str, KnownDocument]) -> int:
+    """How many ingested documents the plan removes when it removes all of them (else 0): a source that holds
+    none of them is usually a wrong ``--source``, refused unless the caller allows it."""
+    doomed = sum(d.status != SKIPPED for d in plan.removed)
+    return doomed if doomed and doomed == sum(d.status != SKIPPED for d in known.values()) else 0
 
 
 def decide_documents(
@@ -210,6 +238,7 @@ def decide_documents(
             result.still_failing.append(Failure(f.path, prev.error or "could not be parsed"))
     for f, reason in plan.skipped:
         counts.skipped += 1
+        result.skipped.append(Failure(f.path, reason))
         prev = known.get(f.path)
         if stored.get(f.path):
             replace.append(f.path)  # it had chunks; a file we no longer ingest must not be answered from

@@ -36,20 +36,18 @@ How one run works, and why each step is where it is:
    THEN DELETE`` removing files that left the source. It runs last: if the job dies before it, the next
    run sees the old hashes and redoes the work, so a partial run never leaves chunks marked done.
 
-Nothing is written when nothing changed (no empty Delta commits). One ingest at a time per table pair.
-The staging table is kept between runs (overwritten by each run that parses something; safe to drop).
-Files and folders whose names start with ``.`` or ``_`` are ignored, as Spark's file listing does.
+Nothing is written when nothing changed (no empty Delta commits). One ingest at a time per table pair
+(:mod:`.lock`: a second local run waits; a Delta write conflict on Databricks is one clear line). The
+staging table is kept between runs (overwritten by each run that parses something; safe to drop). Names
+starting with ``.`` or ``_`` are ignored, as Spark's file listing does. A local folder is walked in Python
+within its boundary (:mod:`.boundary`) and only what it accepts is read; empty files are skipped ("empty
+file"; ``binaryFile`` never lists them: on a Volume, known documents are checked with a ``stat``), and a
+known document truncated to zero bytes is marked failed with its chunks kept.
 
-Empty files: Spark's ``binaryFile`` (and pysail's) never lists zero-byte files, so a new empty file is
-invisible. A known document truncated to zero bytes is found by a ``stat`` (local folder or ``/Volumes``
-mount) and marked failed ("empty file") with its chunks kept, rather than treated as deleted.
-
-Local (pysail) differences, handled here so results match Databricks: pysail lists a missing source as
-empty (we refuse an empty source unless ``allow_empty_source``), lists a file larger than its 128 MiB
-split size once per split (deduplicated; files above ``max_file_bytes``, 64 MiB by default, are skipped
-anyway) and cannot create Change Data Feed tables. ``load()`` treats paths as globs and pysail has no
-escape for glob characters, so a changed file whose name contains one is read with a filtered scan of the
-whole source instead.
+On a Volume (Spark's listing): a file larger than pysail's 128 MiB split is listed once per split
+(deduplicated), and ``load()`` treats paths as globs (pysail has no escape), so a changed file whose name
+has a glob character is read with a filtered scan of the whole source. pysail cannot create Change Data
+Feed tables; a missing source lists as empty (refused unless ``allow_empty_source``).
 """
 
 from __future__ import annotations
@@ -65,6 +63,7 @@ from typing import TYPE_CHECKING
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.errors import InvalidInput
 from .ai_parse import ai_parse_column, check_pdf_parser
+from .boundary import SourceScan, check_symlink_policy, is_local_source, read_scanned, scan_source
 from .contract import (
     CHUNK_TABLE,
     DOCUMENTS_TABLE,
@@ -75,6 +74,8 @@ from .contract import (
     schema_ddl,
     table_ddl,
 )
+from .limits import ParseLimits
+from .lock import concurrent_write_error, ingest_lock
 from .plan import (
     DEFAULT_MAX_FILE_BYTES,
     EMPTY_HASH,
@@ -90,8 +91,11 @@ from .plan import (
     chunking_signature,
     decide_documents,
     plan_ingest,
+    removes_every_document,
+    skipped_lines,
 )
 from .tables import TableRef, create_table, resolve_table, sql_string
+from .text import human_size
 from .worker import make_batch_parser, parse_and_chunk
 
 if TYPE_CHECKING:
@@ -210,12 +214,17 @@ def run_ingest(
     clock: Clock = REAL_CLOCK,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     allow_empty_source: bool = False,
+    allow_replace_source: bool = False,
+    symlinks: str = "never",
+    limits: ParseLimits | None = None,
 ) -> IngestResult:
     """Bring the chunk and documents tables in line with the files under ``source``; see the module doc.
 
     ``chunk_table``/``documents_table``: ``catalog.schema.table``, a folder path, or a resolved
     :class:`TableRef` (see :func:`context_assistant.ingest.tables.resolve_table`). An empty source is refused
-    unless ``allow_empty_source`` (it would delete every ingested document, usually a wrong path).
+    unless ``allow_empty_source``, one holding none of the ingested documents unless ``allow_replace_source``
+    (both would delete every document: usually a wrong path). ``symlinks``: see :mod:`.boundary`; ``limits``
+    (per file wall clock and memory): :mod:`.limits`.
     ``chunk_size``/``chunk_overlap`` count tokens of ``counter`` (the embedding model's tokenizer, see
     :func:`context_assistant.retrieval.tokenizer.counter_for_model`), or characters without one.
     ``pdf_parser`` ``ai_parse_document`` parses PDFs with that Databricks AI Function (see
@@ -235,14 +244,24 @@ def run_ingest(
     run = _Run(spark, resolve_source(source), resolve_table(chunk_table), resolve_table(documents_table), say)
     check_pdf_parser(pdf_parser, local_tables=run.chunks.location is not None)  # a ConfigError (exit 2)
     run.pdf_parser = pdf_parser
+    run.symlinks = check_symlink_policy(symlinks)
+    run.allow_replace = allow_replace_source
+    run.max_file_bytes = max_file_bytes
+    run.limits = limits or ParseLimits()
     try:
-        result = run.execute(chunk_size, chunk_overlap, counter, max_file_bytes, allow_empty_source, run_us)
+        with ingest_lock(run.chunks, say):
+            result = run.execute(chunk_size, chunk_overlap, counter, max_file_bytes, allow_empty_source, run_us)
     except KeyboardInterrupt:
         # No more Spark calls after Ctrl-C: dropping a view is a new operation, which can wait behind the
         # interrupted one for as long as it keeps running. The views are run-private and die with the session.
         raise
-    except Exception:
+    except Exception as error:
         run.drop_views()
+        if concurrent_write_error(error):
+            raise IngestError(
+                f"another ingest wrote to {run.chunks.label} or {run.documents.label} at the same time, so this run "
+                "stopped (nothing is half done); run ingest again to pick up the rest"
+            ) from error
         raise
     run.drop_views()
     result.seconds = round(clock.monotonic() - started, 3)
@@ -279,6 +298,11 @@ class _Run:
         self._views: list[str] = []
         self._tag = uuid.uuid4().hex[:10]
         self.pdf_parser = "builtin"
+        self.symlinks = "never"
+        self.allow_replace = False
+        self.max_file_bytes = DEFAULT_MAX_FILE_BYTES
+        self.scan: SourceScan | None = None  # a local source, walked in Python within its boundary
+        self.limits = ParseLimits()
 
     # -- steps --------------------------------------------------------------------------------------
 
@@ -295,25 +319,38 @@ class _Run:
             self.say(note)
         chunking = chunking_signature(chunk_size, chunk_overlap, counter, self.pdf_parser)
         self.say(f"listing {self.source}")
-        files, single_file = self.list_source()
+        refused: dict[str, str] = {}
+        if is_local_source(self.source):
+            self.scan = scan_source(self.source, self.symlinks)
+            files, refused, single_file = self.scan.listing(), self.scan.refused, self.scan.single_file
+        else:
+            files, single_file = self.list_source()
         known = self.known_documents()
         stored = self.stored_chunk_counts()
-        if not single_file:
+        if not single_file and self.scan is None:
             listed = {f.path for f in files}
             emptied = still_present_but_empty(self.source, sorted(p for p in known if p not in listed))
             files = sorted([*files, *emptied], key=lambda f: f.path)
         if not files and not allow_empty:
             raise IngestError(
                 f"no files found under {self.source} (wrong path, or an empty folder?); refusing to "
-                f"remove the {len(known)} ingested document(s); pass allow_empty_source to do that"
+                f"remove the {len(known)} ingested document(s); to do that, run ingest with --allow-empty-source"
                 if known
                 else f"no files found under {self.source} (wrong path, or an empty folder?)"
             )
-        plan = plan_ingest(files, known, chunking, max_file_bytes, stored)
+        plan = plan_ingest(files, known, chunking, max_file_bytes, stored, refused)
+        doomed = removes_every_document(plan, known)
+        if files and doomed and not self.allow_replace:
+            raise IngestError(
+                f"none of the {doomed} ingested document(s) is under {self.source} (a different folder?); "
+                "refusing to remove them all; pass --allow-replace-source to replace them"
+            )
         self.say(
             f"{len(files)} file(s): {len(plan.candidates)} to check, {len(plan.unchanged)} unchanged, "
             f"{len(plan.skipped)} skipped, {len(plan.removed)} removed from the source"
         )
+        for line in skipped_lines(plan):
+            self.say(line)
         parsed = self.parse_candidates(plan, len(files), single_file, chunk_size, chunk_overlap, counter)
         result = IngestResult(parsed=sum(p.status != UNCHANGED for p in parsed))
         doc_rows, replace_paths, vanished = decide_documents(plan, known, stored, parsed, chunking, run_us, result)
@@ -420,8 +457,11 @@ class _Run:
         )
         if self.pdf_parser == "ai_parse_document":
             to_parse = to_parse.selectExpr("*", f"{ai_parse_column()} AS ai_parsed")
-        self.say(f"reading {len(to_read)} file(s); parsing those whose content changed")
-        parsed = to_parse.mapInArrow(make_batch_parser(chunk_size, chunk_overlap, counter), _PARSED_SCHEMA)
+        size = human_size(sum(f.size_bytes for f in to_read))
+        self.say(f"reading {len(to_read)} file(s), {size}; parsing those whose content changed")
+        parsed = to_parse.mapInArrow(
+            make_batch_parser(chunk_size, chunk_overlap, counter, self.limits), _PARSED_SCHEMA
+        )
         writer = parsed.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         if self.staging.location is not None:
             writer.save(self.staging.location)
@@ -442,6 +482,10 @@ class _Run:
         """The candidates' bytes. A short list is loaded file by file so nothing else is read; a long one
         (the first run) or one with glob characters in a name (``load`` treats paths as globs, and Hadoop
         and pysail escape differently) is a filtered scan of the whole source instead."""
+        if self.scan is not None:  # read what the boundary walk accepted, never listing the folder again
+            return read_scanned(
+                self.spark, self.scan, [c.path for c in candidates], self.source, self.max_file_bytes
+            )
         reader = self.spark.read.format("binaryFile")
         if single_file:
             return reader.load(self.source)

@@ -2,8 +2,10 @@
 
 :func:`make_batch_parser` is the ``mapInArrow`` function of an ingest run (:mod:`context_assistant.ingest.run`).
 The parsers' libraries (pypdf, python-docx, BeautifulSoup) are imported only when a file of their format
-is parsed, so a worker loads what its files need. One file can neither stop nor stall the run: a parser crash becomes a ``failed`` status with the reason, and a parser stuck on a file is
-stopped after :data:`PARSE_SECONDS`.
+is parsed, so a worker loads what its files need. One file can neither stop nor stall the run: a parser crash
+becomes a ``failed`` status with the reason, and each file is parsed in a child process with a hard
+wall-clock and memory limit (:mod:`context_assistant.ingest.limits`), so a parser stuck on a file, or one
+inflating it to gigabytes, is stopped and the file reported as failed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .contract import CHUNK_FIELDS, names, parsed_arrow_schema
+from .limits import ParseChild, ParseLimits
 from .plan import FAILED, OK, UNCHANGED
 
 if TYPE_CHECKING:
@@ -98,12 +101,18 @@ def parse_and_chunk(
 
 
 def make_batch_parser(
-    chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None
+    chunk_size: int, chunk_overlap: int, counter: TokenCounter | None = None, limits: ParseLimits | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: rows with NULL ``content`` (hash unchanged) pass through unparsed; rows
-    may carry ``ai_parsed``, the JSON answer of ``ai_parse_document`` for a PDF, parsed instead."""
+    may carry ``ai_parsed``, the JSON answer of ``ai_parse_document`` for a PDF, parsed instead. Parsing runs
+    in a child process with ``limits`` (see :mod:`context_assistant.ingest.limits`)."""
+    limits = limits or ParseLimits()
 
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        with ParseChild(chunk_size, chunk_overlap, counter, limits, parse_and_chunk) as child:
+            yield from _parse_batches(batches, child)
+
+    def _parse_batches(batches: Iterator[pa.RecordBatch], child: ParseChild) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
 
         schema = parsed_arrow_schema()
@@ -114,14 +123,7 @@ def make_batch_parser(
                 if row["content"] is None:
                     record.update(status=UNCHANGED, error=None, chunk_count=0, chunks=[])
                 else:
-                    status, error, chunks = parse_and_chunk(
-                        row["path"],
-                        row["content"],
-                        chunk_size,
-                        chunk_overlap,
-                        counter=counter,
-                        ai_parsed=row.get("ai_parsed"),
-                    )
+                    status, error, chunks = child.parse(row["path"], row["content"], row.get("ai_parsed"))
                     record.update(
                         status=status,
                         error=error,

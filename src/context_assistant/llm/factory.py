@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import ModelConfig
+from ..core.redact import register_secret
 from ..core.workspace import WorkspaceSource, workspace_client
 from .interface import ChatModel
 from .offline import OfflineModel
@@ -86,6 +87,7 @@ def make_chat_model(
     if choice.provider == "openai":
         base_url = settings.base_url or env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         api_key = env.get(settings.api_key_env) or NO_API_KEY
+        register_secret(api_key)  # whatever the variable is called, an echo of the key is redacted
         return OpenAICompatibleModel(
             model=settings.endpoint,
             base_url=base_url,

@@ -56,7 +56,7 @@ class ModelError(UpstreamError):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message, retryable=retryable)
-        self.message = message
+        self.message = str(self)  # redacted by the error root (core.redact): upstream text may echo a token
         self.kind = kind
         self.status = status
         self.retry_after = retry_after

@@ -1,4 +1,5 @@
-"""Chunks → index → hits: embeddings (and the embedding model's tokenizer, ``tokenizer``), the index sync, the
+"""Chunks → index → hits: embeddings (and the embedding model's tokenizer, ``tokenizer``; the embeddings table
+and embedding on Spark, ``embed_table``/``embed_spark``), the index sync, the
 pgvector and Vector Search backends (one ``ChunkIndex`` protocol), hybrid fusion, the optional reranking
 stage, memory recall (each turn indexed in its conversation: ``turn_context``), retrieval evaluation, and
 example questions from the index."""
@@ -18,6 +19,9 @@ from .base import (
     retrieve,
     rrf_fuse,
 )
+from .embed_spark import SparkEmbedReport, SyncVectors, WorkerModel, embed_on_spark, worker_model
+from .embed_table import DeltaLakeEmbeddingStore, SparkEmbeddingStore, StoredVectorsEmbedder, embedding_key
+from .embedding_service import EmbeddingServiceClient, warm_embedder
 from .embeddings import (
     CachingEmbedder,
     Embedder,
@@ -74,8 +78,10 @@ __all__ = [
     "ChunkIndex",
     "ChunkSource",
     "DeltaLakeChunkSource",
+    "DeltaLakeEmbeddingStore",
     "Embedder",
     "EmbeddingError",
+    "EmbeddingServiceClient",
     "EndpointReranker",
     "EvaluationError",
     "Hit",
@@ -99,19 +105,26 @@ __all__ = [
     "ServingEndpointEmbedder",
     "SourceChunk",
     "SparkChunkSource",
+    "SparkEmbedReport",
+    "SparkEmbeddingStore",
+    "StoredVectorsEmbedder",
     "SyncError",
     "SyncResult",
+    "SyncVectors",
     "TurnRecall",
     "VectorSearchError",
     "VectorSearchIndex",
     "VectorSearchSettings",
     "VectorSearchTimeout",
+    "WorkerModel",
     "check_scratch_name",
     "chunking_from_config",
     "convex_fuse",
     "corpus_chunks",
     "counter_for_model",
     "distinct_paths",
+    "embed_on_spark",
+    "embedding_key",
     "embedding_text",
     "evaluate",
     "example_questions",
@@ -130,4 +143,6 @@ __all__ = [
     "recall_at_k",
     "retrieve",
     "rrf_fuse",
+    "warm_embedder",
+    "worker_model",
 ]

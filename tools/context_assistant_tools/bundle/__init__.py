@@ -4,7 +4,7 @@
 :class:`BundleReport` of problems, each with its file, YAML path and line; :func:`format_report` prints one.
 """
 
-from .load import LoadedBundle, load_bundle
+from .load import LoadedBundle, UnknownTarget, load_bundle
 from .validate import BundleLoadError, BundleReport, Problem, format_report, validate_bundle
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "BundleReport",
     "LoadedBundle",
     "Problem",
+    "UnknownTarget",
     "format_report",
     "load_bundle",
     "validate_bundle",

@@ -13,6 +13,11 @@ Each rule is something ``databricks bundle deploy`` accepts and a workspace then
   Lakebase projects: their names must carry ``${workspace.current_user.domain_friendly_name}`` (the
   ``short_name`` may hold ``_`` and capitals, which app names and project ids do not allow). App names have
   at most 30 characters.
+* **Production files and experiments under /Workspace/Shared.** Every workspace user has CAN MANAGE on
+  everything in the Shared folder (Databricks docs, "Folder permissions": special folders), and a folder's
+  permissions are inherited, never narrowed: a production ``root_path`` there lets anyone replace the wheel
+  the jobs install or the app's code (which run as the deployer and the app), and an experiment there lets
+  anyone read every trace.
 * **The CLI version.** Lakebase Autoscaling resources (``postgres_*`` and an app's ``postgres`` resource)
   need Databricks CLI 0.287 or later: ``bundle.databricks_cli_version`` must say so.
 """
@@ -42,7 +47,8 @@ POSTGRES_TYPES = (
     "postgres_databases",
 )
 
-# How the CLI maps top-level permission levels onto each resource type (apply_bundle_permissions.go).
+# How the CLI maps top-level permission levels onto each resource type (databricks/cli
+# bundle/config/mutator/resourcemutator/apply_bundle_permissions.go, levelsMap; a type missing here gets none).
 TOP_LEVEL_LEVELS: dict[str, dict[str, str]] = {
     "jobs": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_VIEW", "CAN_RUN": "CAN_MANAGE_RUN"},
     "pipelines": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_VIEW", "CAN_RUN": "CAN_RUN"},
@@ -55,6 +61,11 @@ TOP_LEVEL_LEVELS: dict[str, dict[str, str]] = {
     "sql_warehouses": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_VIEW", "CAN_RUN": "CAN_MONITOR"},
     "database_instances": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_USE"},
     "postgres_projects": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_USE"},
+    "secret_scopes": {"CAN_MANAGE": "MANAGE", "CAN_VIEW": "READ"},
+    "alerts": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_READ", "CAN_RUN": "CAN_RUN"},
+    "clusters": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_ATTACH_TO", "CAN_RUN": "CAN_RESTART"},
+    "vector_search_endpoints": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_USE"},
+    "instance_pools": {"CAN_MANAGE": "CAN_MANAGE", "CAN_VIEW": "CAN_ATTACH_TO"},
 }
 
 # An app resource kind -> the field holding the reference to a bundle resource.
@@ -95,6 +106,7 @@ def check_deploy_rules(bundle: LoadedBundle, report: Report) -> None:
     _check_app_grants_survive(config, resources, report)
     _check_principals(bundle, resources, report)
     _check_names(bundle, resources, report)
+    _check_shared_paths(bundle, resources, report)
     _check_cli_version(config, resources, report)
 
 
@@ -233,6 +245,35 @@ def _check_names(bundle: LoadedBundle, resources: dict[str, Any], report: Report
                 report(path, f"{value!r} has {len(value)} characters; an app name has at most {APP_NAME_MAX}")
             if re.search(r"[^a-z0-9-]", literal):
                 report(path, f"{value!r}: an app name has only lowercase letters, digits and hyphens")
+
+
+# ------------------------------------------------------------------------------- shared folder
+
+SHARED_FOLDER = re.compile(r"^(/Workspace)?/Shared(/|$)")
+
+
+def _check_shared_paths(bundle: LoadedBundle, resources: dict[str, Any], report: Report) -> None:
+    if bundle.mode != "production":
+        return
+    workspace = bundle.config.get("workspace")
+    for field in ("root_path", "file_path", "artifact_path", "state_path"):
+        value = workspace.get(field) if isinstance(workspace, dict) else None
+        if isinstance(value, str) and SHARED_FOLDER.match(value):
+            report(
+                ("workspace", field),
+                f"{value!r}: every workspace user has CAN MANAGE in /Workspace/Shared, so anyone could change "
+                "the code the production jobs and app run as their identities: deploy under the deployer's "
+                "home, e.g. /Workspace/Users/${workspace.current_user.userName}/.bundle/${bundle.name}/${bundle.target}",
+            )
+    for key, body in _items(resources.get("experiments")):
+        name = body.get("name")
+        if isinstance(name, str) and SHARED_FOLDER.match(name):
+            report(
+                ("resources", "experiments", key, "name"),
+                f"{name!r}: every workspace user has CAN MANAGE in /Workspace/Shared, so anyone could read "
+                "(and delete) its runs and traces whatever the experiment's permissions say: put it under the "
+                "deployer's home, e.g. /Workspace/Users/${workspace.current_user.userName}/<name>",
+            )
 
 
 # ----------------------------------------------------------------------------------- CLI version

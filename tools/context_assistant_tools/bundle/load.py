@@ -37,6 +37,10 @@ class BundleLoadError(Exception):
     """The bundle cannot be read at all (no databricks.yml, YAML syntax error, unknown target)."""
 
 
+class UnknownTarget(BundleLoadError):
+    """``--target`` names a target databricks.yml does not have (a usage error: exit code 2)."""
+
+
 @dataclass(frozen=True)
 class Location:
     file: str  # relative to the bundle root, with / separators
@@ -234,7 +238,7 @@ def load_bundle(
     name = target or _default_target(targets)
     if name is not None and name not in targets:
         known = ", ".join(targets) or "none"
-        raise BundleLoadError(f"unknown target {name!r} (targets in databricks.yml: {known})")
+        raise UnknownTarget(f"unknown target {name!r} (targets in databricks.yml: {known})")
     raw = {key: value for key, value in merged.items() if key not in ("targets", "environments")}
     if name is not None:
         raw, problems_from_target = _apply_target(raw, targets[name] or {}, name, locations)
