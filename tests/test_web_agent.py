@@ -104,14 +104,27 @@ def test_openai_client_streams_deltas_then_the_done_item_over_two_turns(start_ap
     events = list(ask(client, QUESTION, stream=True))
 
     types = [event.type for event in events]
-    assert types[0] == "response.created" and types[-2:] == ["response.output_item.done", "response.completed"]
-    assert set(types[1:-2]) == {"response.output_text.delta"} and len(types) > 5  # the offline answer, by line
+    assert types[:3] == ["response.created", "response.output_item.added", "response.content_part.added"]
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    annotations = [event for event in events if event.type == "response.output_text.annotation.added"]
+    assert len(deltas) > 2 and types[3 : 3 + len(deltas)] == ["response.output_text.delta"] * len(deltas)
+    assert types[3 + len(deltas) + len(annotations) :] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [event.sequence_number for event in events] == list(range(len(events)))
     created, done, completed = events[0], events[-2], events[-1]
-    streamed = "".join(event.delta for event in events[1:-2])
-    assert {event.item_id for event in events[1:-2]} == {done.item.id}
+    streamed = "".join(event.delta for event in deltas)
+    assert events[1].item.id == done.item.id and {event.item_id for event in deltas} == {done.item.id}
     assert done.item.content[0].text == streamed == completed.response.output_text
     assert "Tuesdays at 10:00 UTC" in streamed and done.item.content[0].annotations
+    # One annotation event per citation, as on the done item.
+    assert [event.annotation_index for event in annotations] == list(range(len(done.item.content[0].annotations)))
+    assert [event.annotation.source_index for event in annotations] == [
+        a.source_index for a in done.item.content[0].annotations
+    ]
     custom = done.model_extra["custom_outputs"]
     assert completed.response.model_extra["custom_outputs"] == custom
     assert created.response.id == completed.response.id == f"resp_{custom['user_message_id']}"
@@ -130,6 +143,22 @@ def test_openai_client_streams_deltas_then_the_done_item_over_two_turns(start_ap
     assert follow_up[-1].response.model_extra["custom_outputs"]["session_id"] == custom["session_id"]
     assert "two reviewers" in follow_up[-1].response.output_text
     assert len(app.services.store.messages(app.services.config.default_user, custom["session_id"])) == 4
+
+
+def test_openai_clients_responses_stream_helper_follows_the_answer(start_app) -> None:  # type: ignore[no-untyped-def]
+    """``client.responses.stream()`` accumulates a snapshot from the events: it needs the item and its text
+    part announced before the first delta."""
+    app = start_app()
+    client = agent_client(app)
+    texts = []
+    with client.responses.stream(model="context-assistant", input=QUESTION) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                texts.append(event.delta)
+        final = stream.get_final_response()
+    assert "Tuesdays at 10:00 UTC" in final.output_text and final.output_text == "".join(texts)
+    assert final.output[0].content[0].annotations
+    assert final.model_extra["custom_outputs"]["message_id"]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ QUESTION = "When does the on-call rotation hand over?"
 TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture() -> Iterator[Any]:
     executable = shutil.which("chromium")
     if executable is None:
         reason = (
@@ -61,8 +61,8 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture
-def page_for(browser: Any) -> Iterator[Any]:
+@pytest.fixture(name="page_for")
+def page_for_fixture(browser: Any) -> Iterator[Any]:
     """``page_for(app, width=1200, **context_options)``: a fresh browser page on the app, loaded and ready.
     Script errors and CSP violations on any page fail the test."""
     contexts: list[Any] = []

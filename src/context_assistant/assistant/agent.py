@@ -31,8 +31,11 @@ marker that points at a provided source (``index`` = the marker's offset in the 
 passage given to the model: index, chunk_id, path, heading, page, score, text) and ``warnings``.
 ``metadata`` repeats ``session_id`` and ``trace_id`` (strings) for clients that only read OpenAI fields.
 
-**Streaming** (``"stream": true``, as ``AgentServer`` selects it): ``response.created``, then
-``response.output_text.delta`` events, then ``response.output_item.done`` with the whole annotated message
+**Streaming** (``"stream": true``, as ``AgentServer`` selects it): ``response.created``,
+``response.output_item.added`` and ``response.content_part.added`` (so the ``openai`` client's
+``responses.stream()`` helper can follow), then ``response.output_text.delta`` events, then one
+``response.output_text.annotation.added`` per citation, ``response.output_text.done``,
+``response.content_part.done``, then ``response.output_item.done`` with the whole annotated message
 (and ``custom_outputs``), then ``response.completed`` with the full response, then ``data: [DONE]``. A turn
 that fails after the message was stored ends with an ``error`` event (type, code, message, and an ``error``
 object the ``openai`` client raises as ``APIError``) and ``[DONE]``.
@@ -462,7 +465,7 @@ class StreamFrames:
         if event.type == "start":
             self.user_message_id = event.data.get("user_message_id")
             self.session_id = event.data.get("session_id")
-            return self._send(
+            frames = self._send(
                 "response.created",
                 {
                     "response": {
@@ -473,6 +476,30 @@ class StreamFrames:
                         "output": [],
                         "metadata": response_metadata(str(self.session_id), None),
                     }
+                },
+            )
+            # The message and its text part open before the first delta, as the OpenAI API streams them (the
+            # openai client's responses.stream() builds its snapshot from these).
+            frames += self._send(
+                "response.output_item.added",
+                {
+                    "output_index": 0,
+                    "item": {
+                        "type": "message",
+                        "id": self.prepared.item_id,
+                        "role": "assistant",
+                        "status": "in_progress",
+                        "content": [],
+                    },
+                },
+            )
+            return frames + self._send(
+                "response.content_part.added",
+                {
+                    "item_id": self.prepared.item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
                 },
             )
         if event.type == "delta":
@@ -492,7 +519,18 @@ class StreamFrames:
                 created_at=self.prepared.created_at,
                 warnings=self.prepared.warnings,
             )
-            frames = self._send(
+            item = response["output"][0]
+            part = item["content"][0]
+            where = {"item_id": self.prepared.item_id, "output_index": 0, "content_index": 0}
+            frames = b""
+            for position, annotation in enumerate(part.get("annotations") or []):
+                frames += self._send(
+                    "response.output_text.annotation.added",
+                    {**where, "annotation_index": position, "annotation": annotation},
+                )
+            frames += self._send("response.output_text.done", {**where, "text": part["text"]})
+            frames += self._send("response.content_part.done", {**where, "part": part})
+            frames += self._send(
                 "response.output_item.done",
                 {"item": response["output"][0], "output_index": 0, "custom_outputs": response["custom_outputs"]},
             )

@@ -167,6 +167,9 @@ class WebConfig:
     forwarded_identity: str = _opt("auto", choices=("auto", "trust", "ignore"))
     max_body_bytes: int = _opt(262144, min=1024)
     health_timeout_seconds: float = _opt(5.0, min=0.1)
+    # Who may start a full re-index from the web app and see who started a refresh: comma-separated user
+    # names (as the identity rule gives them, e.g. emails). Empty: only a local single-user app's user.
+    admins: str = ""
 
 
 @dataclass(frozen=True)

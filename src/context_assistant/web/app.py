@@ -16,7 +16,9 @@ The OpenAPI page at /docs is served from the app's own files (docs.py).
 
 Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /openapi.json):
 
-* ``POST /api/chat`` — one turn, answered when complete; ``POST /api/chat/stream`` — the same as SSE;
+* ``POST /api/chat`` — one turn, answered when complete; ``POST /api/chat/stream`` — the same as SSE, run by
+  the app rather than the request (live.py): ``GET /api/chat/turns``, ``GET /api/chat/turns/{id}/events``
+  (re-attach, resumable), ``POST /api/chat/turns/{id}/stop``;
 * ``GET/POST /api/sessions``, ``GET/PATCH/DELETE /api/sessions/{id}``, ``GET /api/sessions/{id}/messages``;
 * ``POST /api/feedback`` — thumbs up/down (+ comment) on a reply: message metadata and MLflow assessment;
 * ``GET /api/sources/{chunk_id}`` — a cited passage's text; ``GET /api/examples`` — questions for a new user;
@@ -30,6 +32,7 @@ Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /open
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -38,7 +41,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
@@ -56,6 +59,7 @@ from .guard import RequestGuard
 from .refresh_runner import RefreshCall
 from .routes import ROUTERS
 from .routes.status import STATIC_DIR
+from .text_check import checked_text
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,12 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if warm_up:
             threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
+            state.turns.start_sweeping()  # questions a killed process left without a state (live.py)
+            state.supervisor.start()  # the embedded Postgres, restarted if it dies (supervisor.py)
         yield
+        state.supervisor.stop()
+        # Answers still being written: stopped and their questions marked interrupted (retryable).
+        await asyncio.to_thread(state.turns.shutdown)
 
     app = FastAPI(
         title="context-assistant",
@@ -82,6 +91,7 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
         "documents. Every /api endpoint acts for the signed-in user (see GET /api/me); sessions and messages "
         'of other users answer 404. Errors are JSON: {"error": "...", "request_id": "..."}.',
         lifespan=lifespan,
+        dependencies=[Depends(checked_text)],  # NUL / lone surrogates: 422 before anything runs
         docs_url=None,  # served from the app's own files: docs.py
         redoc_url=None,
     )

@@ -10,6 +10,7 @@ are plain ``def``, so FastAPI runs them in its worker threads, off the event loo
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -22,10 +23,14 @@ from ..llm.interface import ChatModel
 from ..refresh import refresh_documents
 from ..retrieval.base import ChunkIndex
 from ..services import Services
+from ..storage.db import Database
 from ..storage.memory import ConversationStore
+from ..storage.targets import DatabaseError
 from .identity import Identity, IdentityResolver
+from .live import TurnHub
 from .models import ChatRequest
 from .refresh_runner import RefreshCall, RefreshRunner
+from .supervisor import EmbeddedSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +42,48 @@ class WebState:
         self.services = services
         self.identity = IdentityResolver(services.config, services.env)
         self.refresh = RefreshRunner(refresh or self._refresh_documents, clock=services.clock)
+        self.turns = TurnHub(lambda: services.store, clock=services.clock)
+        self.supervisor = EmbeddedSupervisor(services.config)
+        self._opening: threading.Thread | None = None
+        self._opening_lock = threading.Lock()
+        self._open_error = ""
 
     def _refresh_documents(self, full: bool, progress: Progress) -> Any:
         """What the refresh button does: ingest changed documents and sync the index (the ingestion job
         on Databricks Apps, where ``rag.refresh_job_id`` names it); see :mod:`context_assistant.refresh`."""
         return refresh_documents(self.services, full=full, progress=progress)
 
+    def database_within(self, timeout: float) -> Database:
+        """The pool, opening it in the background if needed and waiting at most ``timeout`` seconds (so
+        /health answers within its timeout even when the database was unreachable at start)."""
+        db = self.services.opened_database()
+        if db is not None:
+            return db
+        with self._opening_lock:
+            if self._opening is None or not self._opening.is_alive():
+                self._opening = threading.Thread(target=self._open, name="db-open", daemon=True)
+                self._opening.start()
+            opening = self._opening
+        opening.join(timeout)
+        db = self.services.opened_database()
+        if db is None:
+            raise DatabaseError(self._open_error or "still connecting to the database")
+        return db
+
+    def _open(self) -> None:
+        try:
+            db = self.services.database()
+            db.set_wait_timeout(self.services.config.web.health_timeout_seconds)
+            self._open_error = ""
+        except Exception as exc:
+            self._open_error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("could not open the database: %s", self._open_error)
+
     def warm_up(self) -> None:
         """Connect, migrate and load the parts of a turn before the first request needs them."""
         services = self.services
         try:
-            services.database()
+            self._open()
             services.assistant  # noqa: B018  (builds it)
             if services.config.rag.enabled or services.config.memory.recall:
                 services.embedder.embed(["warm-up"])
@@ -133,6 +169,13 @@ def refresh_runner(state: State) -> RefreshRunner:
 
 
 RefreshRunnerDep = Annotated[RefreshRunner, Depends(refresh_runner)]
+
+
+def turn_hub(state: State) -> TurnHub:
+    return state.turns
+
+
+TurnHubDep = Annotated[TurnHub, Depends(turn_hub)]
 
 
 def chat_request(body: ChatRequest, config: ConfigDep) -> ChatRequest:

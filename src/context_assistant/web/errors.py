@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..assistant.turn import TurnFailed
 from ..core.errors import ContextAssistantError, Unavailable
+from ..core.text import InvalidText
 from ..storage.db import SchemaNotReady
 from ..storage.targets import DatabaseError
 
@@ -97,6 +98,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, TurnFailed):
             return JSONResponse(turn_failed_body(exc, rid), status_code=exc.http_status)
         body = {**exc.to_json(), "request_id": rid}
+        if isinstance(exc, InvalidText):
+            body["field"] = exc.field
         if isinstance(exc, DatabaseError) and not isinstance(exc, SchemaNotReady):
             log.warning(
                 "database unavailable [request %s] in %s %s: %s", rid, request.method, request.url.path, exc

@@ -37,17 +37,34 @@ class Identity:
     source: str  # the header it came from, or "default"
 
 
+def header_text(value: str) -> str:
+    """A header value as the sender meant it: HTTP carries bytes, which the server hands over decoded as
+    Latin-1; proxies send UTF-8 (``jörg@example.com``), so decode it as such when it is valid UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 class IdentityResolver:
     def __init__(self, config: Config, env: Mapping[str, str]) -> None:
         mode = config.web.forwarded_identity
         self.trust_headers = mode == "trust" or (mode == "auto" and bool(env.get("DATABRICKS_APP_NAME")))
         self.default_user = config.web.default_user or config.default_user
+        self.admins = frozenset(name.strip() for name in config.web.admins.split(",") if name.strip())
+
+    def is_admin(self, who: Identity) -> bool:
+        """May ``who`` start a full re-index and see who started a refresh: one of ``web.admins``, or the
+        user of a local single-user app (no forwarded identity) when no admins are named."""
+        if self.admins:
+            return who.user in self.admins
+        return not self.trust_headers
 
     def resolve(self, headers: Mapping[str, str]) -> Identity:
         if not self.trust_headers:
             return Identity(self.default_user, "default")
         for name in FORWARDED_HEADERS:
-            value = (headers.get(name) or "").strip()
+            value = header_text(headers.get(name) or "").strip()
             if value:
                 if len(value) > MAX_USER_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in value):
                     raise IdentityError(f"the {name} header is not a valid user name")

@@ -128,6 +128,19 @@ class FeedbackOut(BaseModel):
     note: str | None = Field(None, description="Why it was not recorded on the trace, when it was not.")
 
 
+class LiveTurnOut(BaseModel):
+    """An answer being written by the app (or finished moments ago)."""
+
+    session_id: str
+    user_message_id: int
+    last_event_id: int = Field(description="the id of the last event so far (resume with ?after=)")
+    finished: bool
+
+
+class LiveTurnList(BaseModel):
+    turns: list[LiveTurnOut]
+
+
 class SourceText(BaseModel):
     chunk_id: str
     path: str

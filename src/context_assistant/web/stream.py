@@ -19,8 +19,11 @@ Events (``event: <name>`` then one ``data:`` line of JSON):
   message is kept and can be answered again with ``retry_of: user_message_id``. ``error`` is a sentence for
   people (errors.py); the detail is in the server log under ``request_id``.
 
-That is the framing of ``/api/chat/stream`` (:class:`ChatFrames`); ``/invocations`` streams the same turn in
-the OpenAI Responses event shapes by passing its own :class:`FrameRenderer` (routes/agent.py).
+That is the framing of ``/api/chat/stream`` (:class:`ChatFrames`), written by :func:`live_frames` for a turn
+the app runs (live.py): each event gets an ``id:`` (re-attach with ``Last-Event-ID``), a hang-up does not stop
+the turn, and a turn the user stopped ends with ``stopped``. ``/invocations`` streams the turn in the OpenAI
+Responses event shapes with its own :class:`FrameRenderer` through :func:`turn_frames` (a hang-up there still
+ends the turn, as an OpenAI client expects).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Protocol
 
 from ..assistant.turn import TurnEvent, TurnEvents, TurnFailed
 from .errors import people_message, turn_failed_body
+from .live import LiveTurn
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +172,29 @@ async def turn_frames(
                 yield frame
     finally:
         stop.set()
+
+
+async def live_frames(
+    turn: LiveTurn, after: int = 0, keepalive: float = KEEPALIVE_SECONDS, request_id: str | None = None
+) -> AsyncIterator[bytes]:
+    """The ``/api/chat/stream`` frames of a turn run by the app (live.py), each with its ``id:``, from the
+    event after ``after``. Leaving (the client hung up) does not stop the turn; ``stopped`` ends a turn the
+    user stopped: ``{session_id, user_message_id, message_id, reply, reason}`` (``message_id`` of the kept
+    partial reply, or null when nothing had been written)."""
+    render = ChatFrames(request_id)
+    first: TurnEvent | None = None
+    async for event_id, kind, value in turn.follow(after, keepalive):
+        if kind == "keepalive":
+            yield KEEPALIVE
+            continue
+        if kind == "event":
+            if value.type == "start":
+                first = value
+            frame = render.event(value)
+        elif kind == "failed":
+            frame = render.failed(value)
+        elif kind == "crashed":
+            frame = render.crashed(value, first or TurnEvent("start", turn.summary()))
+        else:
+            frame = sse("stopped", value)
+        yield f"id: {event_id}\n".encode() + frame

@@ -1,5 +1,8 @@
 """Sessions: ``GET/POST /api/sessions``, ``GET/PATCH/DELETE /api/sessions/{id}``,
-``GET /api/sessions/{id}/messages``. Another user's session answers 404, like one that does not exist."""
+``GET /api/sessions/{id}/messages``. Another user's session answers 404, like one that does not exist.
+
+The id is matched as a path (``{session_id:path}``), so an imported session whose id holds a ``/`` (sent as
+``%2F``) can be opened, renamed and deleted too; the messages route comes first for that reason."""
 
 from __future__ import annotations
 
@@ -31,13 +34,24 @@ def create_session(user: CurrentUser, body: NewSession, store: StoreDep) -> Any:
     return session_out(store.create_session(user, title=body.title.strip()))
 
 
-@router.get("/api/sessions/{session_id}", response_model=SessionOut, responses=errors(401, 404, 503))
+@router.get(
+    "/api/sessions/{session_id:path}/messages", response_model=SessionMessages, responses=errors(401, 404, 503)
+)
+def session_messages(session_id: str, user: CurrentUser, store: StoreDep) -> Any:
+    session = store.get_session(user, session_id)
+    return {
+        "session": session_out(session),
+        "messages": [message_out(m) for m in store.messages(user, session_id)],
+    }
+
+
+@router.get("/api/sessions/{session_id:path}", response_model=SessionOut, responses=errors(401, 404, 503))
 def get_session(session_id: str, user: CurrentUser, store: StoreDep) -> Any:
     return session_out(store.get_session(user, session_id))
 
 
 @router.patch(
-    "/api/sessions/{session_id}", response_model=SessionOut, responses=errors(401, 404, 413, 415, 422, 503)
+    "/api/sessions/{session_id:path}", response_model=SessionOut, responses=errors(401, 404, 413, 415, 422, 503)
 )
 def rename_session(session_id: str, user: CurrentUser, body: RenameSession, store: StoreDep) -> Any:
     title = body.title.strip()
@@ -46,17 +60,8 @@ def rename_session(session_id: str, user: CurrentUser, body: RenameSession, stor
     return session_out(store.rename_session(user, session_id, title))
 
 
-@router.delete("/api/sessions/{session_id}", status_code=204, responses=errors(401, 404, 503))
+@router.delete("/api/sessions/{session_id:path}", status_code=204, responses=errors(401, 404, 503))
 def delete_session(session_id: str, user: CurrentUser, store: StoreDep) -> Response:
     """Delete the session and all its messages."""
     store.delete_session(user, session_id)
     return Response(status_code=204)
-
-
-@router.get("/api/sessions/{session_id}/messages", response_model=SessionMessages, responses=errors(401, 404, 503))
-def session_messages(session_id: str, user: CurrentUser, store: StoreDep) -> Any:
-    session = store.get_session(user, session_id)
-    return {
-        "session": session_out(session),
-        "messages": [message_out(m) for m in store.messages(user, session_id)],
-    }

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 
 from ...storage.db import SchemaNotReady
-from ..deps import ChatModelDep, ConfigDep, IdentityDep, ServicesDep
+from ..deps import ChatModelDep, ConfigDep, IdentityDep, ServicesDep, State
 from ..models import Health, Me
 from .common import errors
 
@@ -37,12 +37,12 @@ def me(who: IdentityDep, config: ConfigDep, chat_model: ChatModelDep) -> Any:
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
-def health(services: ServicesDep) -> Any:
+def health(services: ServicesDep, state: State) -> Any:
     """200 when a database connection answers within web.health_timeout_seconds and the schema is ready for
     the app's role, else 503 saying why (a missing or behind schema names the job that sets it up)."""
     timeout = services.config.web.health_timeout_seconds
     try:
-        with services.database(timeout).connection(timeout=timeout) as conn:
+        with state.database_within(timeout).connection(timeout=timeout) as conn:
             conn.execute("SELECT 1").fetchone()
     except Exception as exc:
         where = getattr(services.opened_database(), "target", None)

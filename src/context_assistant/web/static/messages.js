@@ -194,7 +194,7 @@ function feedbackView(messageId, existing) {
 
 // An error under a message: what happened and what to do, the request id for the administrator, and Retry
 // when the stored message can be answered again: `onRetry(box)` (which removes the box when it retries).
-export function errorView(message, { requestId, onRetry } = {}) {
+export function errorView(message, { requestId, onRetry, retryLabel } = {}) {
   const box = el("div", { class: "msg-error", role: "alert" }, el("span", { class: "msg-error-text", text: message }));
   if (requestId) box.append(el("span", { class: "request-id", text: `Request id: ${requestId}` }));
   if (onRetry) {
@@ -202,7 +202,7 @@ export function errorView(message, { requestId, onRetry } = {}) {
       el("button", {
         type: "button",
         class: "retry",
-        text: "Retry",
+        text: retryLabel || "Retry",
         onclick: () => onRetry(box),
       }),
     );
@@ -288,6 +288,23 @@ export class AssistantView {
     scrollToEnd();
   }
 
+  // The user stopped the answer: what was written is kept (data.message_id) and marked; with nothing written
+  // the question can be answered again (options.onRetry).
+  stopped(data, options) {
+    if (data.message_id) {
+      this.text = data.reply;
+      this.finish(data.message_id, null);
+      this.markStopped();
+    } else {
+      this.fail("You stopped the answer before it began. Your question is saved.", options);
+    }
+  }
+
+  markStopped() {
+    this.root.classList.add("msg-stopped");
+    this.body.after(el("p", { class: "msg-note", text: "Stopped: this answer is incomplete." }));
+  }
+
   fail(message, options) {
     this.root.setAttribute("aria-busy", "false");
     this.status.remove();
@@ -296,6 +313,7 @@ export class AssistantView {
     this.extras.append(
       errorView(message, {
         requestId: options && options.requestId,
+        retryLabel: options && options.retryLabel,
         onRetry:
           options && options.onRetry
             ? (box) => {

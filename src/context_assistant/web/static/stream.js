@@ -1,10 +1,10 @@
 // The streaming client: one turn over POST /api/chat/stream (Server-Sent Events over a fetch body, since
-// EventSource cannot POST). Everything about the transport of a turn lives here, so that re-attaching to an
-// answer in progress (GET with Last-Event-ID) and stopping one can be added in this one module: the event
-// ids are already tracked (lastEventId) and the request takes an AbortSignal.
+// EventSource cannot POST), and re-attaching to an answer the app is still writing (GET
+// /api/chat/turns/{id}/events with Last-Event-ID). The app writes the answer whether or not anyone listens:
+// aborting a request (AbortSignal) only stops listening; stopping the answer is POST .../stop (app.js).
 //
-// streamTurn resolves to {outcome, ...}:
-//   "done" | "error"  the turn ended with that event (handlers were called for every event);
+// streamTurn and resumeTurn resolve to {outcome, ...}:
+//   "done" | "error" | "stopped"  the turn ended with that event (handlers were called for every event);
 //   "rejected"        the server refused before storing anything ({error: ApiError}; e.g. 404, 422);
 //   "dropped"         the connection broke ({started}: whether the message was stored, i.e. "start" came).
 
@@ -34,27 +34,10 @@ export async function* sseEvents(body) {
   }
 }
 
-// request: {message, sessionId, retryOf}; handlers: {start, sources, delta, done, error} (each optional).
-export async function streamTurn(request, handlers, { signal } = {}) {
-  let started = false;
-  let lastEventId = null;
-  let response;
-  try {
-    response = await fetch("/api/chat/stream", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-      body: JSON.stringify({
-        message: request.message || "",
-        session_id: request.sessionId || null,
-        retry_of: request.retryOf || null,
-      }),
-      signal,
-    });
-  } catch (err) {
-    return { outcome: "dropped", started, lastEventId, aborted: Boolean(signal && signal.aborted) };
-  }
-  if (!response.ok) return { outcome: "rejected", error: await errorFromResponse(response) };
+// Read a turn's events, calling handlers[event](data, id) for each; the end the stream came to.
+async function follow(response, handlers, signal, started) {
   const requestId = response.headers.get("X-Request-ID");
+  let lastEventId = null;
   const events = sseEvents(response.body);
   for (;;) {
     let next;
@@ -68,8 +51,48 @@ export async function streamTurn(request, handlers, { signal } = {}) {
     if (id !== null) lastEventId = id;
     if (event === "start") started = true;
     const handler = handlers[event];
-    if (handler) handler(data);
-    if (event === "done" || event === "error") return { outcome: event, data, requestId, lastEventId };
+    if (handler) handler(data, id);
+    if (event === "done" || event === "error" || event === "stopped") {
+      return { outcome: event, data, requestId, lastEventId };
+    }
   }
-  return { outcome: "dropped", started, lastEventId, requestId, aborted: false };
+  return { outcome: "dropped", started, lastEventId, requestId, aborted: Boolean(signal && signal.aborted) };
+}
+
+// request: {message, sessionId, retryOf}; handlers: {start, sources, delta, done, error, stopped} (optional).
+export async function streamTurn(request, handlers, { signal } = {}) {
+  let response;
+  try {
+    response = await fetch("/api/chat/stream", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify({
+        message: request.message || "",
+        session_id: request.sessionId || null,
+        retry_of: request.retryOf || null,
+      }),
+      signal,
+    });
+  } catch (err) {
+    return { outcome: "dropped", started: false, lastEventId: null, aborted: Boolean(signal && signal.aborted) };
+  }
+  if (!response.ok) return { outcome: "rejected", error: await errorFromResponse(response) };
+  return follow(response, handlers, signal, false);
+}
+
+// Re-attach to the answer to `userMessageId` that the app is writing: the events after `lastEventId` (all of
+// them when null), then the rest. "rejected" with status 404 when no such answer is being written.
+export async function resumeTurn(userMessageId, lastEventId, handlers, { signal } = {}) {
+  const headers = { Accept: "text/event-stream" };
+  if (lastEventId) headers["Last-Event-ID"] = String(lastEventId);
+  let response;
+  try {
+    response = await fetch(`/api/chat/turns/${encodeURIComponent(userMessageId)}/events`, { headers, signal });
+  } catch (err) {
+    return { outcome: "dropped", started: true, lastEventId, aborted: Boolean(signal && signal.aborted) };
+  }
+  if (!response.ok) return { outcome: "rejected", error: await errorFromResponse(response) };
+  const result = await follow(response, handlers, signal, true);
+  if (result.lastEventId === null) result.lastEventId = lastEventId;
+  return result;
 }
