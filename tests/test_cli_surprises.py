@@ -391,3 +391,22 @@ def test_make_mlflow_ui_serves_the_local_traces(tmp_path: Path) -> None:
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
+
+
+def test_output_piped_to_a_reader_that_stops_early_is_not_an_error() -> None:
+    """``context-assistant ... | head -1``: the reader closing the pipe ends the command quietly (exit 0, no
+    traceback), as it does for other command-line tools."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "context_assistant", "bundle", "validate", "--json"],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the command writes anything
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

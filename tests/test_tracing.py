@@ -29,6 +29,7 @@ from context_assistant.core.tracing import (
     DisabledTracer,
     FeedbackError,
     Tracer,
+    create_store_whole,
     make_tracer,
     tracking_uri_for,
 )
@@ -306,3 +307,30 @@ def test_services_builds_the_tracer_and_the_chat_model_from_config(tmp_path: Pat
     with Services(config, env={}) as services:
         assert services.chat_model.provider == "offline"
         assert isinstance(services.tracer, DisabledTracer)
+
+
+def test_a_new_local_trace_store_appears_only_once_fully_created(tmp_path: Path) -> None:
+    """A command that gives up waiting for a new store kills the setup thread mid-migration; the store is
+    created under a temporary name, so what is left is never a half-migrated ``mlflow.db`` (which no later run
+    could open) but nothing, and the next run creates it whole."""
+    from mlflow import MlflowClient
+
+    store = tmp_path / "mlflow.db"
+
+    class KilledMidway:
+        def __init__(self, tracking_uri: str) -> None:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+
+        def search_experiments(self, **kwargs: Any) -> Any:
+            self.client.search_experiments(**kwargs)  # the migrations ran: the temporary file is complete
+            raise SystemExit("the process ended here")  # ... but the command exits before it is moved
+
+    with pytest.raises(SystemExit):
+        create_store_whole(store, KilledMidway)
+    assert not store.exists()
+    left_by_the_killed_run = {path.name for path in tmp_path.iterdir()}  # (a later process removes it)
+
+    create_store_whole(store, MlflowClient)
+    assert store.stat().st_size > 0 and (store.stat().st_mode & 0o777) == 0o600
+    assert {path.name for path in tmp_path.iterdir()} - left_by_the_killed_run == {"mlflow.db"}
+    assert MlflowClient(tracking_uri=f"sqlite:///{store}").search_experiments()  # opens: the Default one

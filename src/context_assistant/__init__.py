@@ -6,4 +6,4 @@ from .core.tracing import disable_mlflow_telemetry
 # (MLFLOW_DISABLE_TELEMETRY=false is respected).
 disable_mlflow_telemetry()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

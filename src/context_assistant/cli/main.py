@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -288,7 +289,14 @@ def run(argv: Sequence[str] | None = None) -> None:
     """The ``context-assistant`` console script: :func:`main`, then a fast exit once heavy libraries (torch)
     were imported: interpreter teardown after torch takes seconds and does nothing for us (threads are
     joined, atexit handlers run and output is flushed first; see :func:`fast_exit`)."""
-    code = main(argv)
+    try:
+        code = main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`... | head`): what it wanted was printed. Quietly, as `head` users expect;
+        # stdout goes to /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     if any(name in sys.modules for name in HEAVY_MODULES):
         fast_exit(code)
     sys.exit(code)

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -316,7 +318,13 @@ class Tracer:
             self._started = True
         except Exception as exc:
             self._broken = True
-            log.warning("MLflow tracing is off: cannot use the trace store %s: %s", self.tracking_uri, exc)
+            hint = ""
+            if self._private_store is not None and "already exists" in str(exc):
+                hint = (
+                    f" — the store was left half-created (by a run stopped while creating it): delete "
+                    f"{self._private_store} and run again"
+                )
+            log.warning("MLflow tracing is off: cannot use the trace store %s: %s%s", self.tracking_uri, exc, hint)
 
     def _start(self) -> None:
         disable_mlflow_telemetry()
@@ -330,6 +338,8 @@ class Tracer:
         for logger in quiet:  # schema migrations on first use are not news for a CLI user
             logger.setLevel(logging.WARNING)
         try:
+            if self._private_store is not None:
+                create_store_whole(self._private_store, MlflowClient)
             client = MlflowClient(tracking_uri=self.tracking_uri)
             self.experiment_id = self._resolve_experiment(client)
         finally:
@@ -465,6 +475,51 @@ def make_tracer(config: Config, env: Mapping[str, str]) -> Tracer | DisabledTrac
         private_store=database,
         setup_timeout_seconds=config.tracing.setup_timeout_seconds,
     )
+
+
+def create_store_whole(store: Path, client_class: Any) -> None:
+    """Create a new local SQLite trace store under a temporary name and move it into place only once MLflow's
+    schema migrations are done. A command that gives up waiting for the store and exits kills the setup thread;
+    done in place, that left a half-migrated ``mlflow.db`` that no later run could open ("table ... already
+    exists"). An existing store is used as it is."""
+    if store.exists() and store.stat().st_size > 0:
+        return
+    for stale in store.parent.glob(f".{store.name}.*.creating"):  # left by a process killed while creating
+        pid = stale.name.split(".")[-3]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    # A new name each time: MLflow caches its store per URI, so a name must never be reused in a process.
+    partial = store.with_name(f".{store.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.creating")
+    private_file(partial)
+    client_class(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)  # runs the migrations
+    with contextlib.closing(sqlite3.connect(partial)) as conn:  # MLflow writes in WAL mode: fold the log in
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    try:
+        if store.exists():  # an empty file (made private before SQLite opened it): replace it
+            os.replace(partial, store)
+        else:
+            os.link(partial, store)  # never over a store another process finished meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        for leftover in (
+            partial,
+            partial.with_name(partial.name + "-wal"),
+            partial.with_name(partial.name + "-shm"),
+        ):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def disable_mlflow_telemetry(env: MutableMapping[str, str] | None = None) -> None:
