@@ -15,6 +15,7 @@ ARGS ?=
 
 run: setup
 	$(VENV)/bin/context-assistant ingest $(ARGS)
+	@echo 'Next: . $(VENV)/bin/activate, then context-assistant chat (or: context-assistant search "a question"); see the README.'
 
 test: setup chromium
 	$(VENV)/bin/python -m pytest $(ARGS)

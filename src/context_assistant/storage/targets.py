@@ -150,7 +150,7 @@ class EmbeddedPostgres:
         if not (self.pgdata / "PG_VERSION").exists():
             # Said every time, so that a command run from an unexpected folder never silently starts a second,
             # empty database somewhere (see core.config.find_project_root for how the folder is chosen).
-            log.warning("creating a new embedded Postgres in %s", self.pgdata)
+            log.warning("creating a new embedded Postgres in %s (normal on a first run here)", self.pgdata)
         self._use_data_dir_lock()
         self._forget_dead_server()
         try:
