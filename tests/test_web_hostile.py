@@ -51,8 +51,13 @@ def test_a_non_ascii_forwarded_email_is_read_as_utf8(start_app, make_config) -> 
 def test_a_session_id_with_a_slash_can_be_opened_renamed_and_deleted(start_app) -> None:  # type: ignore[no-untyped-def]
     app = start_app()
     user = app.services.config.default_user
-    session = app.services.store.create_session(user, "imported", session_id="team/2024/notes")
-    app.services.store.append(user, session.id, "user", "hello")
+    # New ids may not hold a slash any more (core/text.py); one stored before that rule is still reachable.
+    with app.services.db.connection() as conn:
+        conn.execute(
+            "INSERT INTO sessions (id, user_id, title, created_at, updated_at) VALUES (%s, %s, %s, now(), now())",
+            ("team/2024/notes", user, "imported"),
+        )
+    app.services.store.append(user, "team/2024/notes", "user", "hello")
     client = app.client()
     path = "/api/sessions/team%2F2024%2Fnotes"
     assert client.get(path).json()["id"] == "team/2024/notes"
