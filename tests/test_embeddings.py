@@ -179,7 +179,7 @@ def test_endpoint_not_found_and_forbidden(fake_databricks: Any, clock: Any) -> N
     )
     fake_databricks.on(
         "POST",
-        "/serving-endpoints/secret/invocations",
+        "/serving-endpoints/locked/invocations",
         Response(403, {"error_code": "PERMISSION_DENIED", "message": "no access"}),
     )
     workspace = fake_databricks.workspace_client()
@@ -188,9 +188,9 @@ def test_endpoint_not_found_and_forbidden(fake_databricks: Any, clock: Any) -> N
     ):
         ServingEndpointEmbedder("gone", workspace, clock=clock).embed(["x"])
     with pytest.raises(
-        EmbeddingError, match=r"no permission to use serving endpoint 'secret' \(403\) — it needs CAN_QUERY"
+        EmbeddingError, match=r"no permission to use serving endpoint 'locked' \(403\) — it needs CAN_QUERY"
     ):
-        ServingEndpointEmbedder("secret", workspace, clock=clock).embed(["x"])
+        ServingEndpointEmbedder("locked", workspace, clock=clock).embed(["x"])
 
 
 def test_endpoint_gives_up_after_repeated_5xx(fake_databricks: Any, clock: Any) -> None:
