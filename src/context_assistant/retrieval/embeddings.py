@@ -240,6 +240,31 @@ class LocalEmbedder:
 # Databricks model serving endpoints
 
 
+def invoke_serving_endpoint(
+    http: Any, workspace: Any, endpoint: str, body: Any, *, clock: Clock, error: type[Exception]
+) -> Any:
+    """POST ``body`` to a serving endpoint's invocations with the workspace's credentials (the embedding and
+    reranker clients share it) and return the response: :class:`EndpointHTTPError` for an HTTP error status,
+    ``error`` when there is no host or authentication fails."""
+    config = workspace.config
+    host = (config.host or "").rstrip("/")
+    if not host:
+        raise error("no Databricks host configured (DATABRICKS_HOST or a config profile)")
+    try:
+        headers = dict(config.authenticate())
+    except Exception as exc:
+        raise error(f"could not authenticate to Databricks for endpoint {endpoint!r}: {exc}") from exc
+    headers["Content-Type"] = "application/json"
+    response = http.post(f"{host}/serving-endpoints/{endpoint}/invocations", json=body, headers=headers)
+    if response.status_code >= 400:
+        raise EndpointHTTPError(
+            response.status_code,
+            endpoint_error_message(response),
+            retry_after_seconds(response.headers, clock.now()),
+        )
+    return response
+
+
 class EndpointHTTPError(Exception):
     """One failed HTTP exchange with a serving endpoint (kept internal; callers see EmbeddingError)."""
 
@@ -353,27 +378,10 @@ class ServingEndpointEmbedder:
         return self._http
 
     def _post(self, texts: list[str]) -> Any:
-        config = self.workspace.config
-        host = (config.host or "").rstrip("/")
-        if not host:
-            raise EmbeddingError("no Databricks host configured (DATABRICKS_HOST or a config profile)")
-        try:
-            headers = dict(config.authenticate())
-        except Exception as exc:
-            raise EmbeddingError(
-                f"could not authenticate to Databricks for endpoint {self.endpoint!r}: {exc}"
-            ) from exc
-        headers["Content-Type"] = "application/json"
         self.requests += 1
-        response = self._client().post(
-            f"{host}/serving-endpoints/{self.endpoint}/invocations", json={"input": texts}, headers=headers
+        response = invoke_serving_endpoint(
+            self._client(), self.workspace, self.endpoint, {"input": texts}, clock=self.clock, error=EmbeddingError
         )
-        if response.status_code >= 400:
-            raise EndpointHTTPError(
-                response.status_code,
-                endpoint_error_message(response),
-                retry_after_seconds(response.headers, self.clock.now()),
-            )
         try:
             return response.json()
         except ValueError:

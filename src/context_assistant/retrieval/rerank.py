@@ -44,14 +44,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..core.clock import REAL_CLOCK, Clock
-from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
+from ..core.retries import RetriesExhausted, retry_call
 from ..core.upstream import status_message
 from .base import Hit, RetrievalError, Retriever
 from .embeddings import (
     Embedder,
     EndpointHTTPError,
-    endpoint_error_message,
     endpoint_retry_after,
+    invoke_serving_endpoint,
     is_transient_http,
 )
 
@@ -199,27 +199,10 @@ class EndpointReranker:
         return self._http
 
     def _post(self, query: str, passages: list[str]) -> Any:
-        config = self.workspace.config
-        host = (config.host or "").rstrip("/")
-        if not host:
-            raise RerankError("no Databricks host configured (DATABRICKS_HOST or a config profile)")
-        try:
-            headers = dict(config.authenticate())
-        except Exception as exc:
-            raise RerankError(
-                f"could not authenticate to Databricks for endpoint {self.endpoint!r}: {exc}"
-            ) from exc
-        headers["Content-Type"] = "application/json"
         body = {"dataframe_split": {"columns": ["query", "text"], "data": [[query, p] for p in passages]}}
-        response = self._client().post(
-            f"{host}/serving-endpoints/{self.endpoint}/invocations", json=body, headers=headers
+        response = invoke_serving_endpoint(
+            self._client(), self.workspace, self.endpoint, body, clock=self.clock, error=RerankError
         )
-        if response.status_code >= 400:
-            raise EndpointHTTPError(
-                response.status_code,
-                endpoint_error_message(response),
-                retry_after_seconds(response.headers, self.clock.now()),
-            )
         try:
             return response.json()
         except ValueError:
