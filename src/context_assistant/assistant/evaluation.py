@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import os
 import re
 import sys
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.config import Config
+from ..core.console import json_lines
 from ..retrieval.evaluation import EvaluationError
 
 if TYPE_CHECKING:
@@ -124,14 +124,7 @@ def load_dataset(path: str | Path) -> list[EvalQuestion]:
         raise EvaluationError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     questions: list[EvalQuestion] = []
     errors: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
+    for number, item in json_lines(lines, errors):
         problem = _problem(item)
         if problem:
             errors.append(f"line {number}: {problem}")

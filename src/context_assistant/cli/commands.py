@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core.console import TerminalProgress, print_json
+from ..core.console import TerminalProgress, json_lines, print_json
 from ..core.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -239,14 +239,7 @@ def _read_batch(path: str, fields: tuple[str, ...], optional: tuple[str, ...] = 
         raise InvalidInput(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     items: list[dict[str, Any]] = []
     errors: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
+    for number, item in json_lines(lines, errors):
         if not isinstance(item, dict):
             errors.append(f"line {number}: expected a JSON object")
             continue

@@ -12,7 +12,7 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 Progress = Callable[[str], None]  # where a long step reports what it is doing, one line at a time
@@ -62,6 +62,18 @@ class TerminalProgress:
             self.stream.flush()
 
 
+def json_lines(lines: Iterable[str], errors: list[str]) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` for each non-blank line of a JSONL file; a line that is not JSON adds its
+    reason to ``errors`` (so a caller can list every bad line at once) and is skipped."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+
+
 def port_number(value: str) -> int:
     """argparse type for ``--port`` (also used by ``python app.py``)."""
     try:
@@ -73,4 +85,4 @@ def port_number(value: str) -> int:
     return port
 
 
-__all__ = ["Progress", "TerminalProgress", "port_number", "print_json", "quiet"]
+__all__ = ["Progress", "TerminalProgress", "json_lines", "port_number", "print_json", "quiet"]
