@@ -466,7 +466,8 @@ class Suite:
                     note=f"`Assistant.turn` with the offline model, time inside the model subtracted; {s.turns} traced "
                     f"turns per run in one session, alternated with {s.turns} untraced ones. Includes storing both "
                     "messages, history + rolling summary, recall over the user's other sessions, hybrid retrieval, "
-                    "the prompt, MLflow tracing (in-process, local sqlite store), and the local embedding model "
+                    "the prompt, MLflow tracing (recorded in the turn, exported by a separate process into a local "
+                    "sqlite store), and the local embedding model "
                     "behind the production cache: the question is embedded once for retrieval and recall. Recall "
                     "embeds the turn's messages on its background thread, waited for between turns (untimed; "
                     "offline replies are not embedded). The stored chunks/messages carry synthetic vectors.",
@@ -496,8 +497,9 @@ class Suite:
                     LOWER,
                     cost,
                     None,
-                    note="Traced and untraced turns alternate in each run; MLflow exports on its own threads in "
-                    "the serving process.",
+                    note="Traced and untraced turns alternate in each run; the traced turns are exported by a "
+                    "separate process (niced; `core.trace_export`) into the local sqlite store while the run goes "
+                    f"on. Traces written / traced turns: {bench.exported()}.",
                 )
             )
         finally:
@@ -551,7 +553,7 @@ class Suite:
                 rates,
                 None,
                 note=f"`benchmarks/web_load.py`: the app (uvicorn, one worker) with the offline model and all-MiniLM-L6-v2 "
-                f"embedding each question, tracing on (MLflow in the serving process, local sqlite store), "
+                f"embedding each question, tracing on (exported by a separate process into a local sqlite store), "
                 f"{s.web_requests} requests per run; afterwards every turn is looked up in the "
                 "database: " + ("nothing lost." if nothing_lost else f"LOST OR WRONG: {lost}."),
                 ours_ok=nothing_lost,

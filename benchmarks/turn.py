@@ -2,7 +2,8 @@
 
 A turn here is the real :meth:`Assistant.turn`: store the user message, load history (trimming and the rolling
 summary), recall from the user's other sessions, retrieve chunks (hybrid BM25 + HNSW), build the prompt, call
-the model, store the reply, and trace it all to a local MLflow store. The model is the offline one wrapped in
+the model, store the reply, and trace it all to a local MLflow store (the turn records its spans; a separate
+exporter process writes them, as in the app). The model is the offline one wrapped in
 :class:`TimedModel`; the time spent inside it is subtracted, so what remains is the overhead a real model's
 latency would add to.
 
@@ -138,6 +139,7 @@ class TurnBench:
             for traced in (True, False)
         }
         self.rng = random.Random(5)
+        self.traced_turns = 0
         session = 7 % self.sessions
         self.user, self.session = f"user{session % 1000}", f"s{session}"
         for i in range(warm_up):  # MLflow's first trace, the pool, the model's first calls
@@ -149,6 +151,7 @@ class TurnBench:
         started = time.perf_counter()
         result = self.assistants[traced].turn(self.user, question(self.rng), self.session)
         elapsed = time.perf_counter() - started
+        self.traced_turns += traced
         if not result.sources:
             raise AssertionError("a benchmark turn retrieved no sources")
         self.recall.wait_for_indexing(timeout=60)  # between turns, untimed (see the module docstring)
@@ -164,6 +167,16 @@ class TurnBench:
             traced = i % 2 == 0
             times[traced].append(self.turn(traced))
         return times
+
+    def exported(self) -> str:
+        """Once every queued trace is written: traces in the store / traced turns (and any dropped)."""
+        from mlflow import MlflowClient
+
+        self.tracer.flush()
+        client = MlflowClient(tracking_uri=self.tracer.tracking_uri)
+        written = len(client.search_traces(locations=[str(self.tracer.experiment_id)], max_results=100_000))
+        dropped = getattr(self.tracer, "dropped", 0)
+        return f"{written:,}/{self.traced_turns:,}" + (f" ({dropped} dropped: queue full)" if dropped else "")
 
     def close(self) -> None:
         self.recall.close()

@@ -15,6 +15,7 @@ for the initial index and for ``/refresh`` inside the chat process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,9 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +381,32 @@ def test_one_shot_json_answers_with_sources_and_continues_a_session(
     assert "\nSources:\n  [1] " in again.stdout
     assert again.stderr.strip() == f"(session {session}; continue it with --session)"
     assert [m.role for m in store.messages(os_user(), session)] == ["user", "assistant"] * 2
+
+
+def test_a_traced_one_shot_chat_exits_and_its_trace_arrives_afterwards(
+    config: Config, tmp_path: Path, env: dict[str, str], indexed: dict
+) -> None:
+    """The command hands its turn to a detached exporter process and exits without waiting for MLflow; the
+    exporter writes the trace after the command is gone. (Waits for the trace, asserts nothing about time.)"""
+    traced = save_config(config.replace(tracing=replace(config.tracing, enabled=True)), tmp_path / "traced.yaml")
+    done = run_chat(traced, env, "--message", "When are production deploys allowed?", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["trace_id"] and result["trace_id"].startswith("tr-")
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{config.data_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 900  # a generous bound on a loaded machine, not a speed check
+    trace = None
+    while trace is None and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            trace = client.get_trace(result["trace_id"])
+        if trace is None:
+            time.sleep(0.5)
+    assert trace is not None, "the exporter never wrote the one-shot chat's trace"
+    assert trace.info.trace_metadata["mlflow.trace.session"] == result["session_id"]
+    assert {"retrieval", "model_call", "memory_store"} <= {span.name for span in trace.data.spans}
 
 
 def test_one_shot_failure_exits_1_with_the_error_as_json_then_retry_succeeds(

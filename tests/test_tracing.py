@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -221,9 +225,10 @@ def test_a_broken_tracking_uri_never_breaks_a_turn(
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the store's folder should be")
     uri = f"sqlite:///{blocker}/mlflow.db" if kind == "unwritable sqlite path" else "nosuchstore://nowhere"
-    broken = Tracer(uri, experiment="ca-tests")
+    broken = Tracer(uri, experiment="ca-tests", setup_timeout_seconds=600)
 
     with caplog.at_level(logging.WARNING, logger="context_assistant.core.tracing"):
+        assert not broken.warm_up()  # the exporter said why it cannot use the store
         for _ in range(2):
             with broken.turn("gina", "session-broken", {"message": "hi"}) as turn:
                 with turn.span(SPAN_RETRIEVAL, {"query": "hi"}) as span:
@@ -233,10 +238,13 @@ def test_a_broken_tracking_uri_never_breaks_a_turn(
                 result = "the turn's own work still happens"
             assert turn.trace_id is None and result
         assert broken.feedback("tr-1", "gina", True) is None
+        broken.flush()  # returns at once: there is no exporter to wait for
 
     warnings = [r.getMessage() for r in caplog.records if r.name == "context_assistant.core.tracing"]
     assert len(warnings) == 1  # said once, not per turn
     assert warnings[0].startswith(f"MLflow tracing is off: cannot use the trace store {uri}: ")
+    assert broken.status().startswith(f"off: cannot use the trace store {uri}: ")
+    broken.close()
     # The shared, working tracer is unaffected.
     assert traced_turn(tracer, "gina", "session-after-broken", "still traced?")
 
@@ -244,13 +252,14 @@ def test_a_broken_tracking_uri_never_breaks_a_turn(
 def test_a_trace_store_that_does_not_answer_does_not_hold_up_turns(
     fake_databricks: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A loopback stand-in for a remote MLflow tracking server (its REST shape) that is slow, then refuses."""
+    """A loopback stand-in for a remote MLflow tracking server (its REST shape) that is slow, then refuses.
+    Turns never wait for the store: they are queued for the exporter while it is still opening it."""
     from fake_databricks import Request, Response
 
     answered = threading.Event()
 
     def slow_then_refuse(request: Request) -> Response:
-        answered.wait(10)  # held until the turn has gone ahead untraced
+        answered.wait(10)  # held until the turn has gone ahead
         return Response(400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "store is read-only"})
 
     fake_databricks.on("GET", r"/api/2\.0/mlflow/experiments/get-by-name", slow_then_refuse)
@@ -259,20 +268,107 @@ def test_a_trace_store_that_does_not_answer_does_not_hold_up_turns(
     with caplog.at_level(logging.WARNING, logger="context_assistant.core.tracing"):
         with slow.turn("ivan", "session-slow", {"message": "hi"}) as turn:
             pass
-        assert turn.trace_id is None
+        assert turn.trace_id is not None  # queued: written once the store opens, dropped if it never does
+        assert slow.status() == "starting"
         answered.set()
-        assert slow._setup_thread is not None
-        slow._setup_thread.join(10)
+        slow.flush()  # returns once the exporter has given up on the store
         with slow.turn("ivan", "session-slow", {"message": "again"}) as turn:
             pass
         assert turn.trace_id is None
 
     warnings = [r.getMessage() for r in caplog.records if r.name == "context_assistant.core.tracing"]
-    assert warnings[0] == (
-        f"MLflow trace store {fake_databricks.url} did not open within 0.1s; turns are not traced until it does"
+    assert warnings[0].startswith(f"MLflow tracing is off: cannot use the trace store {fake_databricks.url}: ")
+    assert "store is read-only" in warnings[0] and len(warnings) == 1
+    assert slow.status().startswith("off: ")
+    slow.close()
+
+
+def test_the_turns_process_never_imports_mlflow(tmp_path: Path) -> None:
+    """The serving side of tracing is plain data and a pipe; MLflow lives in the exporter process only."""
+    script = f"""
+import sys
+from context_assistant.core.config import load_config
+from context_assistant.core.tracing import make_tracer
+config = load_config(None, env={{}}, overrides={{"data_dir": {str(tmp_path)!r}, "tracing.experiment": "ca-tests"}})
+tracer = make_tracer(config, env={{}})
+with tracer.turn("kim", "session-import", {{"message": "hi"}}) as turn:
+    with turn.span("model_call") as span:
+        span.set_usage(3, 4)
+tracer.flush()
+tracer.close()
+print(turn.trace_id, "mlflow" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    trace_id, imported = done.stdout.split()
+    assert imported == "False"
+    from mlflow import MlflowClient
+
+    trace = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_trace(trace_id)
+    assert trace.info.trace_metadata["mlflow.trace.user"] == "kim"
+    assert (tmp_path / "mlflow.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_full_queue_drops_and_counts_traces_and_never_blocks_a_turn(tmp_path: Path) -> None:
+    """The exporter is stopped (SIGSTOP) so nothing drains: the pipe and the queue fill, later turns are dropped
+    and counted, and every turn still returns. Once the exporter runs again, what was queued is written."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    small = Tracer(uri, experiment="ca-tests", setup_timeout_seconds=600, queue_size=4)
+    assert small.warm_up()
+    assert small._process is not None
+    os.kill(small._process.pid, signal.SIGSTOP)
+    ids = []
+    try:
+        for n in range(300):
+            with small.turn("lee", "session-full", {"message": "x" * 2000 + str(n)}) as turn:
+                pass
+            ids.append(turn.trace_id)
+    finally:
+        os.kill(small._process.pid, signal.SIGCONT)
+    assert small.dropped > 0 and all(ids)
+    small.flush()
+    from mlflow import MlflowClient
+
+    found = MlflowClient(tracking_uri=uri).search_traces(
+        locations=[small.experiment_id], filter_string="metadata.`mlflow.trace.session` = 'session-full'",
+        max_results=500,
     )
-    assert warnings[1].startswith(f"MLflow tracing is off: cannot use the trace store {fake_databricks.url}: ")
-    assert "store is read-only" in warnings[1] and len(warnings) == 2
+    assert len(found) == 300 - small.dropped
+    small.close()
+
+
+def test_a_dead_exporter_is_restarted_once_then_tracing_is_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mortal = Tracer(uri, experiment="ca-tests", setup_timeout_seconds=600)
+    with caplog.at_level(logging.WARNING, logger="context_assistant.core.tracing"):
+        assert mortal.warm_up()
+        first = mortal._process
+        assert first is not None
+        first.kill()
+        first.wait()
+        while mortal._process is first:  # the reader notices and starts a new exporter
+            time.sleep(0.05)
+        assert mortal.warm_up()
+        with mortal.turn("max", "session-dead", {"message": "after a restart"}) as turn:
+            pass
+        mortal.flush()
+        assert turn.trace_id is not None
+        from mlflow import MlflowClient
+
+        assert MlflowClient(tracking_uri=uri).get_trace(turn.trace_id) is not None
+
+        second = mortal._process
+        assert second is not None and second is not first
+        second.kill()
+        second.wait()
+        while not mortal.status().startswith("off"):
+            time.sleep(0.05)
+        with mortal.turn("max", "session-dead", {"message": "untraced"}) as turn:
+            result = "answered"
+        assert turn.trace_id is None and result == "answered"
+    assert mortal.status().startswith("off: the trace exporter exited")
+    messages = [r.getMessage() for r in caplog.records if r.name == "context_assistant.core.tracing"]
+    assert any("starting it again" in m for m in messages) and any("tracing is off" in m for m in messages)
 
 
 def test_disabled_tracing_records_nothing(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from .assistant.turn import Assistant
 from .core.clock import REAL_CLOCK, Clock
 from .core.config import Config, load_config
 from .core.console import Progress, quiet
-from .core.tracing import DisabledTracer, Tracer, make_tracer
+from .core.tracing import AnyTracer, make_tracer
 from .core.workspace import WorkspaceFactory, workspace_client
 from .llm.factory import make_chat_model
 from .llm.interface import ChatModel
@@ -124,8 +124,8 @@ class Services:
         return make_chat_model(self.config.model, workspace=lambda: self.workspace, env=self.env, clock=self.clock)
 
     @part
-    def tracer(self) -> Tracer | DisabledTracer:
-        """MLflow tracing of turns (MLflow itself is imported on the first traced turn)."""
+    def tracer(self) -> AnyTracer:
+        """MLflow tracing of turns (exported by a separate process started on the first traced turn)."""
         tracer = make_tracer(self.config, self.env)
         self._closers.append(tracer.close)
         return tracer

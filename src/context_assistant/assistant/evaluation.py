@@ -51,7 +51,7 @@ from ..retrieval.evaluation import EvaluationError
 
 if TYPE_CHECKING:
     from ..core.clock import Clock
-    from ..core.tracing import DisabledTracer, Tracer
+    from ..core.tracing import AnyTracer
     from ..llm.interface import ChatModel
     from ..retrieval.embeddings import Embedder
     from ..storage.memory import ConversationStore
@@ -74,7 +74,7 @@ class EvaluationParts(Protocol):
     @property
     def config(self) -> Config: ...
     @property
-    def tracer(self) -> Tracer | DisabledTracer: ...
+    def tracer(self) -> AnyTracer: ...
     @property
     def assistant(self) -> Assistant: ...
     @property
@@ -90,9 +90,10 @@ class EvaluationParts(Protocol):
 def tracing_on(config: Config) -> Config:
     """``config`` with turn tracing enabled: each answer's trace is its row of the evaluation, so the parts
     an evaluation runs on are built from this (``Services(tracing_on(config))``)."""
-    if config.tracing.enabled:
+    if config.tracing.enabled and config.tracing.exporter == "in_process":
         return config
-    return config.replace(tracing=dataclasses.replace(config.tracing, enabled=True))
+    # In process: mlflow.genai.evaluate reads the traces of the answers its own process records.
+    return config.replace(tracing=dataclasses.replace(config.tracing, enabled=True, exporter="in_process"))
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ from ..core.tracing import (
     SPAN_PROMPT_BUILD,
     SPAN_RECALL,
     SPAN_RETRIEVAL,
+    AnyTracer,
     DisabledTracer,
-    Tracer,
     TurnTrace,
 )
 from ..llm.interface import ChatModel, Completion, ContextTurn, ModelError, PromptContext
@@ -123,7 +123,7 @@ class Assistant:
         *,
         retriever: Retriever | None = None,
         recall: Recaller | None = None,
-        tracer: Tracer | DisabledTracer | None = None,
+        tracer: AnyTracer | None = None,
         summarizer: Summarizer | None = None,
         clock: Clock = REAL_CLOCK,
     ) -> None:

@@ -389,7 +389,7 @@ def cmd_eval(args: argparse.Namespace, services: Services) -> int:
     from ..assistant.evaluation import evaluate_assistant, format_report, tracing_on
 
     traced = services
-    if not services.config.tracing.enabled:  # each answer's trace is its row: turn tracing on for this run
+    if tracing_on(services.config) != services.config:  # each answer's trace is its row: traced in process
         traced = Services(tracing_on(services.config), env=services.env, clock=services.clock)
     try:
         report = evaluate_assistant(

@@ -40,7 +40,7 @@ from .interrupts import end_process, report_interrupted
 from .passages import HEADING_SEPARATOR, chunk_body
 from .retries import RetriesExhausted, retry_after_seconds, retry_call
 from .tokens import estimate_tokens, message_tokens
-from .tracing import DisabledTracer, FeedbackError, Tracer, make_tracer
+from .tracing import AnyTracer, DisabledTracer, FeedbackError, Tracer, make_tracer
 from .upstream import error_detail, exception_line
 from .workspace import WorkspaceFactory, WorkspaceSource, workspace_client
 
@@ -62,6 +62,7 @@ __all__ = [
     "Conflict",
     "ContextAssistantError",
     "DatabaseConfig",
+    "AnyTracer",
     "DisabledTracer",
     "EvaluationConfig",
     "FakeClock",

@@ -6,34 +6,45 @@ running in a Databricks App or on Databricks compute; otherwise a SQLite store i
 ``tracing.experiment_id`` if set, else ``tracing.experiment`` (created if missing; on Databricks a relative name
 becomes ``/Shared/<name>``).
 
-Tracing must never break a turn: every MLflow call is guarded, the first failure is logged as a warning (later
-ones at debug level), and a store that cannot be opened turns tracing off for the process. Exceptions raised by
-the traced code itself always propagate unchanged (and are recorded on the span).
+The process that runs a turn does not import MLflow (issue 16: its export cost a turn 70–120 ms on 2 cores;
+importing it cost a command seconds). A turn records its spans as plain data with their real times and hands
+them to a bounded queue; an exporter process (:mod:`.trace_export`, started on the first turn, at a lower CPU
+priority) replays them with MLflow's public API. A turn never waits for it: a full queue drops the trace and
+counts it; a store that cannot be opened or an exporter that died twice turns tracing off (``status()``, shown
+by the web app's ``/health``). Exceptions raised by the traced code itself always propagate unchanged (and are
+recorded, redacted, on the span). The trace id is drawn by the turn (MLflow's ``tr-<OpenTelemetry trace id>``),
+so a reply stores it and feedback finds the trace. ``context-assistant eval`` traces in process
+(:mod:`.tracing_inprocess`), because ``mlflow.genai.evaluate`` reads the traces its own process records.
 
-Spans are created with ``mlflow.start_span_no_context`` and explicit parents rather than the context-managed
-``mlflow.start_span``: a streamed turn is a generator that a web server may advance from different threads,
-and context-attached spans (contextvars) lose their parent there. Session and user go into the trace metadata
-keys MLflow documents (``mlflow.trace.session``, ``mlflow.trace.user``); token usage goes on the model span as
-``mlflow.chat.tokenUsage``, which MLflow sums into the trace's ``mlflow.trace.tokenUsage``. MLflow is imported
-only when the first turn is traced, so commands that trace nothing do not pay for it.
+Session and user go into the trace metadata keys MLflow documents (``mlflow.trace.session``,
+``mlflow.trace.user``); token usage goes on the model span as ``mlflow.chat.tokenUsage``, which MLflow sums into
+the trace's ``mlflow.trace.tokenUsage``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import sqlite3
+import queue
+import secrets
+import subprocess
+import sys
 import threading
-import uuid
+import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from .config import Config
 from .errors import InvalidInput
-from .files import private_dir, private_file
+from .files import private_dir
 from .redact import redact_exception
+from .trace_export import create_store_whole, resolve_experiment
+
+if TYPE_CHECKING:
+    from .tracing_inprocess import InProcessTracer
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +75,18 @@ class FeedbackError(InvalidInput):
 
 
 class SpanHandle:
-    """One step of a turn. All methods are safe: a tracing failure is logged, never raised."""
+    """One step of a turn, recorded as plain data (no MLflow here). All methods are safe: never raise."""
 
-    def __init__(self, tracer: Tracer | None, span: Any) -> None:
-        self._tracer = tracer
+    def __init__(self, span: list[Any] | None) -> None:
         self._span = span
 
     def set_outputs(self, outputs: Any) -> None:
-        self._call("set outputs", lambda span: span.set_outputs(_jsonable(outputs)))
+        if self._span is not None:
+            self._span[_OUTPUTS] = _bounded(_jsonable(outputs))
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        self._call("set attributes", lambda span: span.set_attributes(_jsonable(dict(attributes))))
+        if self._span is not None:
+            self._span[_ATTRIBUTES].update(_bounded(_jsonable(dict(attributes))))
 
     def set_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Token usage of a model call, in the attribute MLflow aggregates into the trace's token usage."""
@@ -83,89 +95,119 @@ class SpanHandle:
             "output_tokens": int(completion_tokens),
             "total_tokens": int(prompt_tokens) + int(completion_tokens),
         }
-        self._call("set usage", lambda span: span.set_attribute(TOKEN_USAGE_ATTRIBUTE, usage))
+        self.set_attributes({TOKEN_USAGE_ATTRIBUTE: usage})
 
     def set_sources(self, sources: Sequence[Any]) -> None:
         """Retrieved passages as the span's outputs, in the document shape MLflow's retriever view shows."""
         self.set_outputs([source_document(source) for source in sources])
 
-    def _call(self, what: str, action: Any) -> None:
-        if self._span is None or self._tracer is None:
-            return
-        try:
-            action(self._span)
-        except Exception as exc:
-            self._tracer._failed(f"could not {what} on a span", exc)
+
+# A recorded span: [name, span type, parent index, start_ns, end_ns, inputs, outputs, attributes, error].
+_OUTPUTS, _ATTRIBUTES, _ERROR = 6, 7, 8
 
 
 class TurnTrace:
-    """The trace of one turn. ``trace_id`` is None when tracing is off or failed to start."""
+    """The trace of one turn. ``trace_id`` is None when tracing is off; otherwise it is known from the start
+    (drawn here, used by the exporter), so the turn can store it with its messages before the trace is written."""
 
-    def __init__(self, tracer: Tracer | None, root: Any) -> None:
+    def __init__(self, tracer: Tracer | None, user: str, session_id: str | None, inputs: Any) -> None:
         self._tracer = tracer
-        self._root = root
-        self.trace_id: str | None = getattr(root, "trace_id", None) if root is not None else None
+        self.trace_id: str | None = None
+        self._otel_id = ""
+        self._metadata: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+        self._spans: list[list[Any]] = []
+        if tracer is None:
+            return
+        otel_id = secrets.randbits(128) or 1
+        self._otel_id = f"{otel_id:032x}"
+        self.trace_id = f"tr-{self._otel_id}"  # MLflow's id of the trace whose OpenTelemetry id this is
+        self._metadata = {TRACE_USER_KEY: user, **({TRACE_SESSION_KEY: session_id} if session_id else {})}
+        self._spans.append(_new_span(TURN_SPAN, "CHAIN", None, _jsonable(dict(inputs))))
 
     @property
     def recording(self) -> bool:
-        return self._root is not None
+        return self._tracer is not None
 
     @contextlib.contextmanager
     def span(self, name: str, inputs: Any = None, *, span_type: str | None = None) -> Iterator[SpanHandle]:
         """A child span around one step; an exception from the step is recorded on it and re-raised."""
-        tracer = self._tracer
-        if tracer is None or self._root is None:
-            yield SpanHandle(None, None)
+        if self._tracer is None:
+            yield SpanHandle(None)
             return
-        span = tracer._guard(
-            f"start span {name}",
-            lambda: tracer._mlflow.start_span_no_context(
-                name,
-                span_type=span_type or SPAN_TYPES.get(name, "UNKNOWN"),
-                parent_span=self._root,
-                inputs=_jsonable(inputs) if inputs is not None else None,
-            ),
+        span = _new_span(
+            name, span_type or SPAN_TYPES.get(name, "UNKNOWN"), 0, _jsonable(inputs) if inputs is not None else None
         )
-        handle = SpanHandle(tracer, span)
+        self._spans.append(span)
         try:
-            yield handle
+            yield SpanHandle(span)
         except BaseException as exc:
-            tracer._end_span(span, exc)
+            _end(span, exc)
             raise
-        tracer._end_span(span, None)
+        _end(span, None)
 
     def set_outputs(self, outputs: Any) -> None:
-        SpanHandle(self._tracer, self._root).set_outputs(outputs)
+        SpanHandle(self._spans[0] if self._spans else None).set_outputs(outputs)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Trace tags (mutable later, e.g. from the UI); values are stored as strings."""
-        tracer = self._tracer
-        if tracer is None or self._root is None or self.trace_id is None:
-            return
-        trace_id = self.trace_id
-        for key, value in tags.items():
-            tracer._guard(
-                f"set tag {key}", lambda k=key, v=value: tracer._mlflow.set_trace_tag(trace_id, k, str(v))
-            )
+        if self._tracer is not None:
+            self._tags.update({str(key): str(value) for key, value in tags.items()})
 
     def set_session(self, session_id: str) -> None:
         """Record the session once it is known (a turn that starts a new session creates it mid-turn)."""
-        tracer = self._tracer
-        if tracer is None or self._root is None:
-            return
+        if self._tracer is not None:
+            self._metadata[TRACE_SESSION_KEY] = session_id
 
-        def update() -> None:
-            # update_current_trace works on the active span; make the root active just for this call.
-            from mlflow.tracing.provider import safe_set_span_in_context
+    def _finish(self, exc: BaseException | None) -> dict[str, Any] | None:
+        if self._tracer is None:
+            return None
+        _end(self._spans[0], exc)
+        return {
+            "op": "trace",
+            "trace_id": self.trace_id,
+            "otel_id": self._otel_id,
+            "metadata": self._metadata,
+            "tags": self._tags,
+            "spans": self._spans,
+        }
 
-            with safe_set_span_in_context(self._root):
-                tracer._mlflow.update_current_trace(metadata={TRACE_SESSION_KEY: session_id})
 
-        tracer._guard("set the session", update)
+def _new_span(name: str, span_type: str, parent: int | None, inputs: Any) -> list[Any]:
+    return [name, span_type, parent, time.time_ns(), None, _bounded(inputs), None, {}, None]
+
+
+def _end(span: list[Any], exc: BaseException | None) -> None:
+    span[4] = time.time_ns()
+    if exc is not None:
+        # Redacted: the raw message and traceback, chained causes included, may echo upstream text (a token).
+        message, stack = redact_exception(exc)
+        span[_ERROR] = {"message": message, "type": type(exc).__name__, "stacktrace": stack, "time_ns": span[4]}
+
+
+def _bounded(value: Any) -> Any:
+    """Any single text longer than MAX_FIELD_CHARS cut to it: a trace is for reading, not an archive."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_FIELD_CHARS else value[:MAX_FIELD_CHARS] + "…[cut]"
+    if isinstance(value, dict):
+        return {key: _bounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_bounded(item) for item in value]
+    return value
+
+
+MAX_FIELD_CHARS = 65536
 
 
 class Tracer:
-    """Traces turns into one MLflow experiment. Cheap to build: MLflow is set up on the first turn."""
+    """Traces turns into one MLflow experiment through an exporter process (:mod:`.trace_export`).
+
+    The turn only records plain data and hands it to a bounded queue (never blocking: a full queue drops the
+    trace and counts it in ``dropped``); a writer thread feeds the exporter's stdin. The exporter is started on
+    the first turn (or :meth:`warm_up`) at a lower CPU priority; if it dies it is restarted once, then tracing is
+    off (``status()`` says why; the turns go on). :meth:`close` hands what is queued to the exporter and returns:
+    the exporter writes it and exits by itself, so a command can exit right after its turn and lose nothing.
+    """
 
     enabled = True
 
@@ -178,246 +220,252 @@ class Tracer:
         artifact_location: str | None = None,
         setup_timeout_seconds: float = 30.0,
         private_store: Path | None = None,
+        queue_size: int = 1000,
+        nice: int = 10,
     ) -> None:
         self.tracking_uri = tracking_uri
-        self._private_store = private_store  # a local SQLite store: created 0600 (it holds every prompt)
         self.experiment_name = experiment
         self.experiment_id: str | None = experiment_id or None
-        self._given_experiment_id = bool(experiment_id)
-        self._artifact_location = artifact_location
+        self._settings = {
+            "tracking_uri": tracking_uri,
+            "experiment": experiment,
+            "experiment_id": experiment_id,
+            "artifact_location": artifact_location,
+            "private_store": str(private_store) if private_store is not None else None,
+            "nice": nice,
+        }
         self._setup_timeout = setup_timeout_seconds
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
-        self._setup_thread: threading.Thread | None = None
-        self._started = False
-        self._broken = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._writer: threading.Thread | None = None
+        self._ready = threading.Event()  # the exporter answered: ready or broken
+        self._answers: dict[int, tuple[threading.Event, dict[str, Any]]] = {}
+        self._next_id = 0
+        self._starts = 0
+        self._broken = ""
+        self._closed = False
+        self._warned_drop = False
         self._warned = False
-        self._warned_slow = False
-        self._mlflow: Any = None
-        self._no_op_trace_id = ""
+        self.dropped = 0
 
     # -- public
 
     def warm_up(self) -> bool:
-        """Open the store now (e.g. at app start-up) instead of on the first turn. True if tracing works."""
-        return self._ensure_started()
+        """Start the exporter now and wait (up to the setup timeout) for it to open the store. True if it did."""
+        if not self._ensure_exporter():
+            return False
+        self._ready.wait(self._setup_timeout)
+        if not self._ready.is_set():
+            log.warning(
+                "MLflow trace store %s did not open within %gs; turns are queued for it meanwhile",
+                self.tracking_uri,
+                self._setup_timeout,
+            )
+            return False
+        return not self._broken
+
+    def status(self) -> str:
+        """``on``, ``starting`` (the exporter is opening the store) or ``off: <why>``, for ``/health``."""
+        if self._broken:
+            return f"off: {self._broken}"
+        if self._process is None or not self._ready.is_set():
+            return "starting" if self._process is not None else "on"
+        return "on"
 
     @contextlib.contextmanager
     def turn(self, user: str, session_id: str | None, inputs: Mapping[str, Any]) -> Iterator[TurnTrace]:
         """Trace one turn. Exceptions from the body are recorded on the trace and re-raised unchanged."""
-        root = None
-        if self._ensure_started():
-            metadata = {TRACE_USER_KEY: user}
-            if session_id:
-                metadata[TRACE_SESSION_KEY] = session_id
-            root = self._guard(
-                "start a trace",
-                lambda: self._mlflow.start_span_no_context(
-                    TURN_SPAN,
-                    span_type="CHAIN",
-                    inputs=_jsonable(dict(inputs)),
-                    metadata=metadata,
-                    experiment_id=self.experiment_id,
-                ),
-            )
-            if root is not None and getattr(root, "trace_id", None) in (None, "", self._no_op_trace_id):
-                root = None  # MLflow handed back a no-op span: it failed (and logged why) or sampled this out
-        trace = TurnTrace(self if root is not None else None, root)
+        live = not self._broken and not self._closed
+        trace = TurnTrace(self if live else None, user, session_id, inputs)
         try:
             yield trace
         except BaseException as exc:
-            self._end_span(root, exc)
+            self._submit(trace, exc)
             raise
-        self._end_span(root, None)
+        self._submit(trace, None)
 
     def feedback(self, trace_id: str, user: str, value: bool, comment: str = "") -> str | None:
         """Record a thumbs up (True) or down (False) from ``user`` on a turn's trace, as an MLflow assessment.
 
         Returns the assessment id, or None if tracing is off or the store failed (logged). Raises
-        :class:`FeedbackError` if the trace does not exist.
-        """
+        :class:`FeedbackError` if the trace does not exist. Goes through the exporter after every trace queued
+        before it, so feedback on a turn that was just answered finds its trace."""
         if not trace_id:
             raise FeedbackError("no trace id given: this turn was not traced")
-        if not self._ensure_started():
+        request = {"op": "feedback", "trace_id": trace_id, "user": user, "value": bool(value)}
+        answer = self._ask({**request, "name": FEEDBACK_NAME, "comment": comment}, FEEDBACK_TIMEOUT_SECONDS)
+        if answer is None:
             return None
-        from mlflow.entities import AssessmentSource
-        from mlflow.exceptions import MlflowException
-
-        def log_feedback() -> Any:
-            return self._mlflow.log_feedback(
-                trace_id=trace_id,
-                name=FEEDBACK_NAME,
-                value=bool(value),
-                rationale=comment or None,
-                source=AssessmentSource(source_type="HUMAN", source_id=user),
-            )
-
-        def missing(exc: Exception) -> bool:
-            """Whether the failure is an unknown trace. Stores say so differently (MLflow 3.10's SQL store fails
-            on its foreign key instead), so when the error does not say, ask for the trace itself."""
-            if isinstance(exc, MlflowException) and (
-                exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
-            ):
-                return True
-            try:
-                return self._mlflow.get_trace(trace_id) is None
-            except Exception:
-                return False
-
-        for attempt in range(2):
-            try:
-                return log_feedback().assessment_id
-            except Exception as exc:
-                if not missing(exc):
-                    self._failed("could not record feedback", exc)
-                    return None
-                if attempt == 0:  # the trace may still be in the async export queue
-                    self._guard("flush traces", self._mlflow.flush_trace_async_logging)
-                    continue
-                raise FeedbackError(f"trace {trace_id!r} not found in {self.tracking_uri}") from None
-        return None
+        if answer.get("missing"):
+            raise FeedbackError(f"trace {trace_id!r} not found in {self.tracking_uri}")
+        if "assessment_id" not in answer:
+            self._failed("could not record feedback", answer.get("failed", "no answer"))
+            return None
+        return str(answer["assessment_id"])
 
     def flush(self) -> None:
-        """Wait for traces queued for asynchronous export to be written."""
-        if self._started and not self._broken:
-            self._guard("flush traces", self._mlflow.flush_trace_async_logging)
+        """Wait until every trace queued so far is written (or the exporter is gone)."""
+        self._ask({"op": "flush"}, None)
 
     def close(self) -> None:
-        self.flush()
+        """Hand every queued trace to the exporter and let it finish on its own; no new turns are traced."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            writer = self._writer
+        if writer is None:
+            return
+        self._queue.put(None)
+        writer.join(CLOSE_TIMEOUT_SECONDS)
 
     # -- internals
 
-    def _ensure_started(self) -> bool:
-        """Set MLflow up once. A store that does not answer holds a turn up for at most the setup timeout:
-        setup goes on in the background and later turns are traced once it is done."""
-        if self._broken:
-            return False
-        if self._started:
-            self._guard("point MLflow at the trace store", self._point_mlflow_here)
-            return True
-        with self._lock:
-            if self._setup_thread is None:
-                self._setup_thread = threading.Thread(
-                    target=self._set_up, name="mlflow-tracing-setup", daemon=True
-                )
-                self._setup_thread.start()
-        self._setup_thread.join(self._setup_timeout)
-        if self._started:
-            return True
-        if not self._broken and not self._warned_slow:
-            self._warned_slow = True
-            log.warning(
-                "MLflow trace store %s did not open within %gs; turns are not traced until it does",
-                self.tracking_uri,
-                self._setup_timeout,
-            )
-        return False
-
-    def _set_up(self) -> None:
+    def _submit(self, trace: TurnTrace, exc: BaseException | None) -> None:
         try:
-            self._start()
-            self._started = True
-        except Exception as exc:
-            self._broken = True
-            hint = ""
-            if self._private_store is not None and "already exists" in str(exc):
-                hint = (
-                    f" — the store was left half-created (by a run stopped while creating it): delete "
-                    f"{self._private_store} and run again"
-                )
-            log.warning("MLflow tracing is off: cannot use the trace store %s: %s%s", self.tracking_uri, exc, hint)
+            record = trace._finish(exc)
+            if record is None or not self._ensure_exporter():
+                return
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            if not self._warned_drop:
+                self._warned_drop = True
+                log.warning("tracing: the exporter is behind; traces are dropped (counted) until it catches up")
+        except Exception as exc:  # tracing never breaks a turn
+            self._failed("could not queue a trace", exc)
 
-    def _start(self) -> None:
-        disable_mlflow_telemetry()
-        if self._private_store is not None:
-            private_file(self._private_store)  # before SQLite creates it with the umask's mode (0644)
-        import mlflow
-        from mlflow import MlflowClient
-
-        quiet = [logging.getLogger(name) for name in ("alembic", "mlflow.store.db.utils")]
-        levels = [logger.level for logger in quiet]
-        for logger in quiet:  # schema migrations on first use are not news for a CLI user
-            logger.setLevel(logging.WARNING)
-        try:
-            if self._private_store is not None:
-                create_store_whole(self._private_store, MlflowClient)
-            client = MlflowClient(tracking_uri=self.tracking_uri)
-            self.experiment_id = self._resolve_experiment(client)
-        finally:
-            for logger, level in zip(quiet, levels, strict=True):
-                logger.setLevel(level)
-        # At exit MLflow announces it is flushing queued traces; that is not news for a CLI user either.
-        logging.getLogger("mlflow.tracing.export.async_export_queue").setLevel(logging.WARNING)
-        from mlflow.entities.span import NO_OP_SPAN_TRACE_ID
-
-        self._no_op_trace_id = NO_OP_SPAN_TRACE_ID
-        self._mlflow = mlflow
-        self._point_mlflow_here()
-
-    def _resolve_experiment(self, client: Any) -> str:
-        from mlflow.exceptions import MlflowException
-
-        if self._given_experiment_id:
-            experiment = client.get_experiment(self.experiment_id)
-            return str(experiment.experiment_id)
-        name = self.experiment_name
-        if self.tracking_uri.startswith("databricks") and not name.startswith("/"):
-            name = f"/Shared/{name}"
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return str(experiment.experiment_id)
-        try:
-            return str(client.create_experiment(name, artifact_location=self._artifact_location))
-        except MlflowException:
-            experiment = client.get_experiment_by_name(name)  # created concurrently by another process
-            if experiment is None:
-                raise
-            return str(experiment.experiment_id)
-
-    def _point_mlflow_here(self) -> None:
-        """Traces are exported to MLflow's global tracking URI; make sure it is ours (cheap when it is)."""
-        if self._mlflow.get_tracking_uri() != self.tracking_uri:
-            self._mlflow.set_tracking_uri(self.tracking_uri)
-
-    def _end_span(self, span: Any, exc: BaseException | None) -> None:
-        if span is None:
-            return
-
-        def end() -> None:
-            if exc is not None:
-                # Not span.record_exception(exc): its event keeps the raw message and traceback, chained
-                # causes included, where upstream text (an echoed token) would end up in the trace store.
-                from mlflow.entities import SpanEvent, SpanStatus, SpanStatusCode
-
-                message, stack = redact_exception(exc)
-                span.add_event(
-                    SpanEvent(  # type: ignore[abstract]
-                        name="exception",
-                        attributes={
-                            "exception.message": message,
-                            "exception.type": type(exc).__name__,
-                            "exception.stacktrace": stack,
-                        },
-                    )
-                )
-                span.end(status=SpanStatus(SpanStatusCode.ERROR, description=f"{type(exc).__name__}: {message}"))
-            else:
-                span.end()
-
-        self._guard("end a span", end)
-
-    def _guard(self, what: str, action: Any) -> Any:
-        try:
-            return action()
-        except Exception as exc:
-            self._failed(f"could not {what}", exc)
+    def _ask(self, request: dict[str, Any], timeout: float | None) -> dict[str, Any] | None:
+        """Send a request after everything queued and wait for its answer; None if the exporter is not there."""
+        if not self._ensure_exporter():
             return None
+        with self._lock:
+            self._next_id += 1
+            ident = self._next_id
+            waiter: tuple[threading.Event, dict[str, Any]] = (threading.Event(), {})
+            self._answers[ident] = waiter
+        try:
+            self._queue.put({**request, "id": ident}, timeout=timeout)
+            waited = 0.0
+            while not waiter[0].wait(1.0):
+                waited += 1.0
+                if self._broken or (timeout is not None and waited >= timeout):
+                    return None
+            return waiter[1] if not self._broken or waiter[1] else None
+        except queue.Full:
+            return None
+        finally:
+            with self._lock:
+                self._answers.pop(ident, None)
 
-    def _failed(self, what: str, exc: BaseException) -> None:
+    def _ensure_exporter(self) -> bool:
+        if self._broken or self._closed:
+            return False
+        with self._lock:
+            if self._process is None:
+                self._start_exporter()
+        return not self._broken
+
+    def _start_exporter(self) -> None:
+        """Start (or restart) the exporter process with its stdin writer and stdout reader (under the lock)."""
+        self._starts += 1
+        self._ready.clear()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "context_assistant.core.trace_export", json.dumps(self._settings)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C in the terminal stops the command, not the last traces
+            )
+        except OSError as exc:
+            self._off(f"cannot start the trace exporter: {exc}")
+            return
+        self._process = process
+        self._writer = threading.Thread(target=self._write, args=(process,), name="trace-export-writer", daemon=True)
+        self._writer.start()
+        threading.Thread(target=self._read, args=(process,), name="trace-export-reader", daemon=True).start()
+
+    def _write(self, process: subprocess.Popen[bytes]) -> None:
+        stdin = process.stdin
+        assert stdin is not None
+        while True:
+            item = self._queue.get()
+            if process is not self._process and item is not None:  # a restarted exporter has its own writer
+                with contextlib.suppress(queue.Full):
+                    self._queue.put_nowait(item)
+                return
+            try:
+                if item is None:
+                    stdin.close()
+                    return
+                stdin.write(json.dumps(item).encode() + b"\n")
+                stdin.flush()
+            except (OSError, ValueError):
+                if item is not None and item.get("op") == "trace":
+                    self.dropped += 1
+                return  # the reader sees the exporter go and restarts it
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        stdout = process.stdout
+        assert stdout is not None
+        for line in stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            op = message.get("op")
+            if op == "ready":
+                self.experiment_id = message.get("experiment_id") or self.experiment_id
+                self._ready.set()
+            elif op == "broken":
+                self._off(f"cannot use the trace store {self.tracking_uri}: {message.get('error')}", store=True)
+            elif op == "warning":
+                self._failed("the exporter", message.get("message", ""))
+            elif "id" in message:
+                with self._lock:
+                    waiter = self._answers.get(message["id"])
+                if waiter is not None:
+                    waiter[1].update(message)
+                    waiter[0].set()
+        code = process.wait()
+        if self._closed or self._broken:
+            return
+        with self._lock:
+            if self._starts < 2:
+                log.warning("tracing: the trace exporter exited (code %s); starting it again", code)
+                self._process = None
+                self._start_exporter()
+                return
+        self._off(f"the trace exporter exited (code {code})")
+
+    def _off(self, why: str, *, store: bool = False) -> None:
+        if not self._broken:
+            self._broken = why
+            hint = ""
+            private = self._settings["private_store"]
+            if store and private and "already exists" in why:
+                hint = (
+                    f" — the store was left half-created (by a run stopped while creating it): delete {private} "
+                    "and run again"
+                )
+            log.warning("MLflow tracing is off: %s%s", why, hint)
+        self._ready.set()
+        with self._lock:
+            for event, _ in self._answers.values():
+                event.set()
+
+    def _failed(self, what: str, exc: Any) -> None:
         if not self._warned:
             self._warned = True
             log.warning("tracing: %s: %s (the turn goes on; later tracing errors are logged at debug)", what, exc)
         else:
-            log.debug("tracing: %s: %s", what, exc, exc_info=exc)
+            log.debug("tracing: %s: %s", what, exc)
+
+
+FEEDBACK_TIMEOUT_SECONDS = 60.0
+CLOSE_TIMEOUT_SECONDS = 30.0
 
 
 class DisabledTracer:
@@ -430,9 +478,14 @@ class DisabledTracer:
     def warm_up(self) -> bool:
         return False
 
+    dropped = 0
+
+    def status(self) -> str:
+        return "off: tracing.enabled is false"
+
     @contextlib.contextmanager
     def turn(self, user: str, session_id: str | None, inputs: Mapping[str, Any]) -> Iterator[TurnTrace]:
-        yield TurnTrace(None, None)
+        yield TurnTrace(None, user, session_id, inputs)
 
     def feedback(self, trace_id: str, user: str, value: bool, comment: str = "") -> str | None:
         return None
@@ -444,6 +497,9 @@ class DisabledTracer:
         pass
 
 
+AnyTracer = Union[Tracer, "InProcessTracer", DisabledTracer]
+
+
 def tracking_uri_for(config: Config, env: Mapping[str, str]) -> str:
     """The configured tracking URI, else ``databricks`` on Databricks, else the SQLite store in data_dir."""
     if config.tracing.tracking_uri:
@@ -453,7 +509,9 @@ def tracking_uri_for(config: Config, env: Mapping[str, str]) -> str:
     return f"sqlite:///{config.data_path / 'mlflow.db'}"
 
 
-def make_tracer(config: Config, env: Mapping[str, str]) -> Tracer | DisabledTracer:
+def make_tracer(config: Config, env: Mapping[str, str]) -> AnyTracer:
+    """The tracer ``config`` asks for: exporting from a separate process, or (``tracing.exporter:
+    in_process``, what an evaluation needs) from this one."""
     if not config.tracing.enabled:
         return DisabledTracer()
     uri = tracking_uri_for(config, env)
@@ -467,7 +525,8 @@ def make_tracer(config: Config, env: Mapping[str, str]) -> Tracer | DisabledTrac
             private_dir(database.parent)
             private_dir(artifacts)
         artifact_location = artifacts.as_uri()
-    return Tracer(
+    kind = in_process_tracer() if config.tracing.exporter == "in_process" else Tracer
+    return kind(
         uri,
         experiment=config.tracing.experiment,
         experiment_id=config.tracing.experiment_id,
@@ -477,49 +536,10 @@ def make_tracer(config: Config, env: Mapping[str, str]) -> Tracer | DisabledTrac
     )
 
 
-def create_store_whole(store: Path, client_class: Any) -> None:
-    """Create a new local SQLite trace store under a temporary name and move it into place only once MLflow's
-    schema migrations are done. A command that gives up waiting for the store and exits kills the setup thread;
-    done in place, that left a half-migrated ``mlflow.db`` that no later run could open ("table ... already
-    exists"). An existing store is used as it is."""
-    if store.exists() and store.stat().st_size > 0:
-        return
-    for stale in store.parent.glob(f".{store.name}.*.creating"):  # left by a process killed while creating
-        pid = stale.name.split(".")[-3]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-    # A new name each time: MLflow caches its store per URI, so a name must never be reused in a process.
-    partial = store.with_name(f".{store.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.creating")
-    private_file(partial)
-    client_class(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)  # runs the migrations
-    with contextlib.closing(sqlite3.connect(partial)) as conn:  # MLflow writes in WAL mode: fold the log in
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    try:
-        if store.exists():  # an empty file (made private before SQLite opened it): replace it
-            os.replace(partial, store)
-        else:
-            os.link(partial, store)  # never over a store another process finished meanwhile
-    except FileExistsError:
-        pass
-    finally:
-        for leftover in (
-            partial,
-            partial.with_name(partial.name + "-wal"),
-            partial.with_name(partial.name + "-shm"),
-        ):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+def in_process_tracer() -> type[InProcessTracer]:
+    from .tracing_inprocess import InProcessTracer
 
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    return InProcessTracer
 
 
 def disable_mlflow_telemetry(env: MutableMapping[str, str] | None = None) -> None:

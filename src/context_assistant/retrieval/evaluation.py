@@ -342,10 +342,12 @@ def mlflow_experiment(config: Config, env: Mapping[str, str]) -> tuple[str, str]
     """
     import dataclasses
 
-    from ..core.tracing import Tracer, make_tracer
+    from ..core.tracing import make_tracer
+    from ..core.tracing_inprocess import InProcessTracer
 
-    tracer = make_tracer(config.replace(tracing=dataclasses.replace(config.tracing, enabled=True)), env)
-    assert isinstance(tracer, Tracer)
+    tracing = dataclasses.replace(config.tracing, enabled=True, exporter="in_process")  # MLflow is here anyway
+    tracer = make_tracer(config.replace(tracing=tracing), env)
+    assert isinstance(tracer, InProcessTracer)
     if not tracer.warm_up() or not tracer.experiment_id:
         raise EvaluationError(
             f"cannot open the MLflow experiment {config.tracing.experiment_id or config.tracing.experiment!r} "

@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from ..assistant.turn import Assistant, check_message
 from ..core.config import Config
 from ..core.console import Progress
-from ..core.tracing import DisabledTracer, Tracer
+from ..core.tracing import AnyTracer
 from ..llm.interface import ChatModel
 from ..refresh import refresh_documents
 from ..retrieval.base import ChunkIndex
@@ -87,6 +87,7 @@ class WebState:
             services.assistant  # noqa: B018  (builds it)
             if services.config.rag.enabled or services.config.memory.recall:
                 services.embedder.embed(["warm-up"])
+            services.tracer.warm_up()  # starts the trace exporter (it imports MLflow in its own process)
         except Exception as exc:  # the app still starts; /health and the requests report the problem
             log.warning("warm-up incomplete: %s", exc)
 
@@ -150,11 +151,11 @@ def chat_model(services: ServicesDep) -> ChatModel:
 ChatModelDep = Annotated[ChatModel, Depends(chat_model)]
 
 
-def tracer(services: ServicesDep) -> Tracer | DisabledTracer:
+def tracer(services: ServicesDep) -> AnyTracer:
     return services.tracer
 
 
-TracerDep = Annotated[Tracer | DisabledTracer, Depends(tracer)]
+TracerDep = Annotated[AnyTracer, Depends(tracer)]
 
 
 def chunk_index(services: ServicesDep) -> ChunkIndex:

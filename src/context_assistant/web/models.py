@@ -188,3 +188,7 @@ class Me(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: str = Field(description="ok, or what is wrong with the database connection.")
+    tracing: str = Field(
+        "off",
+        description="on, starting (the trace exporter is opening the store), or off: why (turns go on untraced).",
+    )

@@ -49,8 +49,10 @@ def health(services: ServicesDep, state: State) -> Any:
         detail = _one_line(exc)
         if where is not None and not isinstance(exc, SchemaNotReady):  # that one already names it
             detail += f" ({where.description})"
-        return JSONResponse({"status": "unavailable", "database": detail}, status_code=503)
-    return {"status": "ok", "database": "ok"}
+        return JSONResponse(
+            {"status": "unavailable", "database": detail, "tracing": services.tracer.status()}, status_code=503
+        )
+    return {"status": "ok", "database": "ok", "tracing": services.tracer.status()}
 
 
 router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # for HEAD probes
