@@ -49,7 +49,8 @@ SOURCES = [
 @pytest.fixture(scope="module")
 def tracer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracer]:
     data_dir = tmp_path_factory.mktemp("mlflow")
-    config = load_config(None, env={}, overrides={"data_dir": str(data_dir), "tracing.experiment": "ca-tests"})
+    overrides = {"data_dir": str(data_dir), "tracing.experiment": "ca-tests", "tracing.setup_timeout_seconds": 600}
+    config = load_config(None, env={}, overrides=overrides)  # (a loaded machine may take minutes to open it)
     tracer = make_tracer(config, env={})
     assert isinstance(tracer, Tracer)
     with pytest.MonkeyPatch.context() as patch:

@@ -317,7 +317,8 @@ class Tracer:
             writer = self._writer
         if writer is None:
             return
-        self._queue.put(None)
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=CLOSE_TIMEOUT_SECONDS)
         writer.join(CLOSE_TIMEOUT_SECONDS)
 
     # -- internals
@@ -346,15 +347,20 @@ class Tracer:
             waiter: tuple[threading.Event, dict[str, Any]] = (threading.Event(), {})
             self._answers[ident] = waiter
         try:
-            self._queue.put({**request, "id": ident}, timeout=timeout)
             waited = 0.0
+            while True:  # behind a full queue: wait while the exporter drains it (or is gone)
+                try:
+                    self._queue.put({**request, "id": ident}, timeout=1.0)
+                    break
+                except queue.Full:
+                    waited += 1.0
+                    if self._broken or (timeout is not None and waited >= timeout):
+                        return None
             while not waiter[0].wait(1.0):
                 waited += 1.0
                 if self._broken or (timeout is not None and waited >= timeout):
                     return None
             return waiter[1] if not self._broken or waiter[1] else None
-        except queue.Full:
-            return None
         finally:
             with self._lock:
                 self._answers.pop(ident, None)
@@ -382,23 +388,30 @@ class Tracer:
         except OSError as exc:
             self._off(f"cannot start the trace exporter: {exc}")
             return
+        if self._starts > 1:  # a restart: a new queue for the new writer, with what the old one left, in order
+            old, self._queue = self._queue, queue.Queue(maxsize=self._queue.maxsize)
+            with contextlib.suppress(queue.Empty, queue.Full):
+                while True:
+                    item = old.get_nowait()
+                    if item is not None:
+                        self._queue.put_nowait(item)
+            old.put_nowait(None)  # releases the old writer
         self._process = process
-        self._writer = threading.Thread(target=self._write, args=(process,), name="trace-export-writer", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write, args=(process, self._queue), name="trace-export-writer", daemon=True
+        )
         self._writer.start()
         threading.Thread(target=self._read, args=(process,), name="trace-export-reader", daemon=True).start()
 
-    def _write(self, process: subprocess.Popen[bytes]) -> None:
+    def _write(self, process: subprocess.Popen[bytes], items: queue.Queue[dict[str, Any] | None]) -> None:
         stdin = process.stdin
         assert stdin is not None
         while True:
-            item = self._queue.get()
-            if process is not self._process and item is not None:  # a restarted exporter has its own writer
-                with contextlib.suppress(queue.Full):
-                    self._queue.put_nowait(item)
-                return
+            item = items.get()
             try:
                 if item is None:
-                    stdin.close()
+                    with contextlib.suppress(OSError):
+                        stdin.close()
                     return
                 stdin.write(json.dumps(item).encode() + b"\n")
                 stdin.flush()
