@@ -51,7 +51,8 @@ except TurnFailed as failed:
     print(f"{failed.session_id} (message {failed.user_message_id}).")
     result = None
 finally:
-    services.close()  # also flushes the turn's trace to MLflow
+    services.tracer.flush()  # the trace is written (by the exporter process) before the link below is printed
+    services.close()
 
 if result is not None:
     print(result.reply)

@@ -3,6 +3,7 @@ subprocesses where the process boundary is the point, a real Postgres, real file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +298,17 @@ def test_chat_never_reaches_for_the_mlflow_telemetry_host(
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["trace_id"], done.stderr  # MLflow was in use
+    trace_id = json.loads(done.stdout)["trace_id"]
+    assert trace_id, done.stderr  # MLflow is in use (in the exporter process, which inherits the lookup hook)
+    from mlflow import MlflowClient
+
+    client, trace = MlflowClient(tracking_uri=f"sqlite:///{traced.data_path / 'mlflow.db'}"), None
+    deadline = time.monotonic() + 900  # the exporter writes the trace after the command exited; wait for it
+    while trace is None and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            trace = client.get_trace(trace_id)
+        time.sleep(0.5)
+    assert trace is not None, "the exporter never wrote the chat's trace"
     assert "telemetry client: None" in done.stderr
     hosts = lookups.read_text(encoding="utf-8").split() if lookups.exists() else []
     assert not [h for h in hosts if "mlflow" in h or "cloudfront" in h], hosts

@@ -9,6 +9,7 @@ through the real ``openai`` client, in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,7 +95,8 @@ def test_memory_export_is_0600(
 
 
 def test_the_trace_store_its_artifacts_and_the_chat_history_are_private(config: Config, umask_022: None) -> None:
-    traced = config.replace(tracing=config.tracing.__class__(enabled=True))
+    # (the exporter process runs niced: on a loaded machine opening the store may take minutes)
+    traced = config.replace(tracing=config.tracing.__class__(enabled=True, setup_timeout_seconds=900))
     tracer = make_tracer(traced, {})
     assert tracer.warm_up()  # MLflow creates its SQLite store
     with tracer.turn("ana", "s-1", {"message": "private words"}) as trace:
@@ -230,8 +233,7 @@ def test_an_echoed_token_reaches_no_output_no_stored_message_and_no_trace(
         )
         config_file = save_config(settings, tmp_path / "config.yaml")
         env = {**os.environ, **pg_env, "TEST_MODEL_KEY": API_KEY, "PGPASSWORD": DB_PASSWORD}
-        # Create the trace store first, however loaded the machine: the chat's tracer (which waits 30 s for a
-        # store before answering untraced) then opens it at once.
+        # Create the trace store first, however loaded the machine (the chat's exporter then opens it at once).
         store_file = private_dir(settings.data_path) / "mlflow.db"
         assert Tracer(f"sqlite:///{store_file}", setup_timeout_seconds=900, private_store=store_file).warm_up()
         done = subprocess.run(
@@ -269,6 +271,16 @@ def test_an_echoed_token_reaches_no_output_no_stored_message_and_no_trace(
     assert API_KEY not in json.dumps(message.metadata) and DB_PASSWORD not in json.dumps(message.metadata)
 
     database = settings.data_path / "mlflow.db"
+    # The command handed its trace to the exporter process and exited; wait for the exporter to write it.
+    from mlflow import MlflowClient
+
+    client, trace = MlflowClient(tracking_uri=f"sqlite:///{database}"), None
+    deadline = time.monotonic() + 900  # a bound for a loaded machine, not a speed check
+    while trace is None and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            trace = client.get_trace(message.metadata["trace_id"])
+        time.sleep(0.5)
+    assert trace is not None, "the exporter never wrote the failed turn's trace"
     with sqlite3.connect(database) as conn:
         rows = [
             str(value)
