@@ -151,8 +151,9 @@ class TracingConfig:
     tracking_uri: str = ""
     experiment: str = "context-assistant"
     experiment_id: str = ""
-    # How long the first traced turn of a process waits for the trace store to open (importing MLflow, creating
-    # or migrating the store); after that the turn goes on untraced and later turns are traced once it is open.
+    # How long a warm-up waits for the trace store to open (importing MLflow, creating or migrating the store).
+    # With the exporter process turns never wait; in process, the first turn waits this long, then goes on
+    # untraced and later turns are traced once the store is open.
     setup_timeout_seconds: float = _opt(30.0, min=0)
     # Who writes the traces: a separate exporter process ("process": the turn only queues plain data) or the
     # process running the turn ("in_process": what context-assistant eval uses; costs a turn tens of ms).
