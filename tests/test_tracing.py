@@ -331,14 +331,17 @@ def test_a_full_queue_drops_and_counts_traces_and_never_blocks_a_turn(tmp_path: 
     from mlflow import MlflowClient
 
     found = MlflowClient(tracking_uri=uri).search_traces(
-        locations=[small.experiment_id], filter_string="metadata.`mlflow.trace.session` = 'session-full'",
+        locations=[small.experiment_id],
+        filter_string="metadata.`mlflow.trace.session` = 'session-full'",
         max_results=500,
     )
     assert len(found) == 300 - small.dropped
     small.close()
 
 
-def test_a_dead_exporter_is_restarted_once_then_tracing_is_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_dead_exporter_is_restarted_once_then_tracing_is_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mortal = Tracer(uri, experiment="ca-tests", setup_timeout_seconds=600)
     with caplog.at_level(logging.WARNING, logger="context_assistant.core.tracing"):

@@ -41,7 +41,6 @@ from .config import Config
 from .errors import InvalidInput
 from .files import private_dir
 from .redact import redact_exception
-from .trace_export import create_store_whole, resolve_experiment
 
 if TYPE_CHECKING:
     from .tracing_inprocess import InProcessTracer
@@ -136,7 +135,10 @@ class TurnTrace:
             yield SpanHandle(None)
             return
         span = _new_span(
-            name, span_type or SPAN_TYPES.get(name, "UNKNOWN"), 0, _jsonable(inputs) if inputs is not None else None
+            name,
+            span_type or SPAN_TYPES.get(name, "UNKNOWN"),
+            0,
+            _jsonable(inputs) if inputs is not None else None,
         )
         self._spans.append(span)
         try:

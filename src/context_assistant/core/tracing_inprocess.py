@@ -14,6 +14,7 @@ from typing import Any
 
 from .files import private_file
 from .redact import redact_exception
+from .trace_export import create_store_whole, resolve_experiment
 from .tracing import (
     FEEDBACK_NAME,
     SPAN_TYPES,
@@ -22,16 +23,12 @@ from .tracing import (
     TRACE_USER_KEY,
     TURN_SPAN,
     FeedbackError,
+    _jsonable,
+    disable_mlflow_telemetry,
+    source_document,
 )
 from .tracing import SpanHandle as RecordedSpanHandle
 from .tracing import TurnTrace as RecordedTurnTrace
-from .tracing import (
-    _jsonable,
-    create_store_whole,
-    disable_mlflow_telemetry,
-    resolve_experiment,
-    source_document,
-)
 
 log = logging.getLogger("context_assistant.core.tracing")
 
@@ -40,7 +37,7 @@ class SpanHandle(RecordedSpanHandle):
     """One step of a turn. All methods are safe: a tracing failure is logged, never raised."""
 
     def __init__(self, tracer: InProcessTracer | None, span: Any) -> None:
-        self._tracer = tracer
+        self._owner = tracer
         self._span = span
 
     def set_outputs(self, outputs: Any) -> None:
@@ -63,19 +60,19 @@ class SpanHandle(RecordedSpanHandle):
         self.set_outputs([source_document(source) for source in sources])
 
     def _call(self, what: str, action: Any) -> None:
-        if self._span is None or self._tracer is None:
+        if self._span is None or self._owner is None:
             return
         try:
             action(self._span)
         except Exception as exc:
-            self._tracer._failed(f"could not {what} on a span", exc)
+            self._owner._failed(f"could not {what} on a span", exc)
 
 
 class TurnTrace(RecordedTurnTrace):
     """The trace of one turn. ``trace_id`` is None when tracing is off or failed to start."""
 
     def __init__(self, tracer: InProcessTracer | None, root: Any) -> None:
-        self._tracer = tracer
+        self._owner = tracer
         self._root = root
         self.trace_id: str | None = getattr(root, "trace_id", None) if root is not None else None
 
@@ -86,7 +83,7 @@ class TurnTrace(RecordedTurnTrace):
     @contextlib.contextmanager
     def span(self, name: str, inputs: Any = None, *, span_type: str | None = None) -> Iterator[SpanHandle]:
         """A child span around one step; an exception from the step is recorded on it and re-raised."""
-        tracer = self._tracer
+        tracer = self._owner
         if tracer is None or self._root is None:
             yield SpanHandle(None, None)
             return
@@ -108,11 +105,11 @@ class TurnTrace(RecordedTurnTrace):
         tracer._end_span(span, None)
 
     def set_outputs(self, outputs: Any) -> None:
-        SpanHandle(self._tracer, self._root).set_outputs(outputs)
+        SpanHandle(self._owner, self._root).set_outputs(outputs)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Trace tags (mutable later, e.g. from the UI); values are stored as strings."""
-        tracer = self._tracer
+        tracer = self._owner
         if tracer is None or self._root is None or self.trace_id is None:
             return
         trace_id = self.trace_id
@@ -123,7 +120,7 @@ class TurnTrace(RecordedTurnTrace):
 
     def set_session(self, session_id: str) -> None:
         """Record the session once it is known (a turn that starts a new session creates it mid-turn)."""
-        tracer = self._tracer
+        tracer = self._owner
         if tracer is None or self._root is None:
             return
 
@@ -323,7 +320,7 @@ class InProcessTracer:
                 client,
                 self.tracking_uri,
                 name=self.experiment_name,
-                experiment_id=self.experiment_id if self._given_experiment_id else "",
+                experiment_id=(self.experiment_id or "") if self._given_experiment_id else "",
                 artifact_location=self._artifact_location,
             )
         finally:
