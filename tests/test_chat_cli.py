@@ -396,12 +396,13 @@ def test_a_traced_one_shot_chat_exits_and_its_trace_arrives_afterwards(
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{config.data_path / 'mlflow.db'}")
+    store = config.data_path / "mlflow.db"  # created whole by the exporter: opened once it is there
     deadline = time.monotonic() + 900  # a generous bound on a loaded machine, not a speed check
     trace = None
     while trace is None and time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            trace = client.get_trace(result["trace_id"])
+        if store.exists() and store.stat().st_size > 0:
+            with contextlib.suppress(Exception):
+                trace = MlflowClient(tracking_uri=f"sqlite:///{store}").get_trace(result["trace_id"])
         if trace is None:
             time.sleep(0.5)
     assert trace is not None, "the exporter never wrote the one-shot chat's trace"

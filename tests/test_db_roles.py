@@ -243,7 +243,11 @@ def test_app_started_before_the_first_job_run_waits_then_works(
     assert jobs["sync"]["result"]["added"] > 0
 
     app.services.db.schema_recheck_seconds = 0  # the app looks again (every 5 s by default): no restart
-    assert app.client.get("/health").json() == {"status": "ok", "database": "ok"}
+    assert app.client.get("/health").json() == {
+        "status": "ok",
+        "database": "ok",
+        "tracing": "off: tracing.enabled is false",
+    }
     use_everything_as_the_app(app, app_config, tmp_path)
 
 

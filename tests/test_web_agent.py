@@ -441,6 +441,7 @@ def test_the_turns_mlflow_trace_id_is_returned(start_app, make_config, tmp_path,
     from mlflow import MlflowClient
 
     app.services.tracer.flush()  # the exporter process has written every trace queued so far
+    assert app.client().get("/health").json()["tracing"] == "on"
     trace = MlflowClient(tracking_uri=uri).get_trace(trace_id)
     assert trace.info.trace_metadata["mlflow.trace.session"] == outputs(response)["session_id"]
     assert any(span.span_type == "RETRIEVER" for span in trace.data.spans)

@@ -500,7 +500,11 @@ def test_health_is_503_while_the_database_is_gone_and_recovers(
 ) -> None:  # type: ignore[no-untyped-def]
     app = start_app(make_config(web__health_timeout_seconds=0.5, rag__enabled=False))
     client = app.client()
-    assert client.get("/health").json() == {"status": "ok", "database": "ok"}
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "database": "ok",
+        "tracing": "off: tracing.enabled is false",
+    }
 
     pg_server.drop_database(database_name)
     down = client.get("/health")
