@@ -119,6 +119,7 @@ class TurnBench:
             overrides={"data_dir": str(workdir), "model.provider": "offline", "tracing.enabled": True},
         )
         self.tracer = make_tracer(config, {})
+        self.tracer.warm_up()  # the exporter process opens the store first, as the web app's start-up does
         self.model = TimedModel(OfflineModel())
         self.embedder = TimedModel(embedder)
         cached = CachingEmbedder(self.embedder)  # what make_embedder gives the app
@@ -174,7 +175,7 @@ class TurnBench:
 
         self.tracer.flush()
         client = MlflowClient(tracking_uri=self.tracer.tracking_uri)
-        written = len(client.search_traces(locations=[str(self.tracer.experiment_id)], max_results=100_000))
+        written = len(client.search_traces(locations=[str(self.tracer.experiment_id)], max_results=50_000))
         dropped = getattr(self.tracer, "dropped", 0)
         return f"{written:,}/{self.traced_turns:,}" + (f" ({dropped} dropped: queue full)" if dropped else "")
 

@@ -102,7 +102,7 @@ class Exporter:
         self.mlflow: Any = None
 
     def set_up(self) -> None:
-        from .tracing import disable_mlflow_telemetry
+        from .trace_record import disable_mlflow_telemetry
 
         disable_mlflow_telemetry()
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")  # this process is the async part

@@ -15,7 +15,7 @@ from typing import Any
 from .files import private_file
 from .redact import redact_exception
 from .trace_export import create_store_whole, resolve_experiment
-from .tracing import (
+from .trace_record import (
     FEEDBACK_NAME,
     SPAN_TYPES,
     TOKEN_USAGE_ATTRIBUTE,
@@ -27,8 +27,8 @@ from .tracing import (
     disable_mlflow_telemetry,
     source_document,
 )
-from .tracing import SpanHandle as RecordedSpanHandle
-from .tracing import TurnTrace as RecordedTurnTrace
+from .trace_record import SpanHandle as RecordedSpanHandle
+from .trace_record import TurnTrace as RecordedTurnTrace
 
 log = logging.getLogger("context_assistant.core.tracing")
 
