@@ -327,6 +327,7 @@ def test_a_full_queue_drops_and_counts_traces_and_never_blocks_a_turn(tmp_path: 
     finally:
         os.kill(small._process.pid, signal.SIGCONT)
     assert small.dropped > 0 and all(ids)
+    assert small.status() == f"on ({small.dropped} traces dropped: the exporter fell behind)"
     small.flush()
     from mlflow import MlflowClient
 

@@ -169,12 +169,13 @@ class Tracer:
         return not self._broken
 
     def status(self) -> str:
-        """``on``, ``starting`` (the exporter is opening the store) or ``off: <why>``, for ``/health``."""
+        """``on`` (with how many traces were dropped, if any), ``starting`` (the exporter is opening the store) or
+        ``off: <why>``, for ``/health``."""
         if self._broken:
             return f"off: {self._broken}"
-        if self._process is None or not self._ready.is_set():
-            return "starting" if self._process is not None else "on"
-        return "on"
+        if self._process is not None and not self._ready.is_set():
+            return "starting"
+        return f"on ({self.dropped} traces dropped: the exporter fell behind)" if self.dropped else "on"
 
     @contextlib.contextmanager
     def turn(self, user: str, session_id: str | None, inputs: Mapping[str, Any]) -> Iterator[TurnTrace]:
