@@ -468,7 +468,7 @@ class _Run:
                 "f.page, f.content_hash, f.doc_hash, f.modified_us, "
                 "CASE WHEN f.chunk_id IS NULL THEN 'delete' WHEN o.chunk_id IS NULL THEN 'insert' "
                 "ELSE 'update' END AS op "
-                "FROM fresh f FULL OUTER JOIN old o ON f.chunk_id = o.chunk_id "
+                "FROM old o FULL OUTER JOIN fresh f ON f.chunk_id = o.chunk_id "  # the lean side is built
                 "WHERE f.chunk_id IS NULL OR o.chunk_id IS NULL OR NOT (f.content_hash <=> o.content_hash "
                 "AND f.heading <=> o.heading AND f.page <=> o.page AND f.chunk_index <=> o.chunk_index "
                 "AND f.path <=> o.path)"
