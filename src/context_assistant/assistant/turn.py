@@ -41,6 +41,7 @@ from ..core.tracing import (
 from ..llm.interface import ChatModel, Completion, ContextTurn, ModelError, PromptContext
 from ..retrieval.base import Hit, RecalledTurn, Recaller, Retriever
 from ..storage.memory import ConversationStore, Message, MessageNotFound, title_from
+from ..storage.targets import DatabaseError
 from ..storage.turn_records import TurnContext, load_context, store_question, store_reply
 from .prompt import ContextTooLong, NumberedSource, Prompt, TurnLike, build_prompt, source_json
 from .summary import Summarizer
@@ -61,7 +62,7 @@ class TurnFailed(UpstreamError):
         self.session_id = session_id
         self.user_message_id = user_message_id
         self.kind = kind
-        self.http_status = 422 if kind == "context_too_long" else 502
+        self.http_status = {"context_too_long": 422, "database": 503}.get(kind, 502)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -242,6 +243,10 @@ class Assistant:
                 raise self._fail(
                     user, session_id, user_message, str(exc), "context_too_long", False, trace
                 ) from exc
+            except DatabaseError as exc:
+                # The database went away mid-turn (the reply could not be stored): retryable, and the question
+                # is marked failed now or, if the database is still down, by the limbo sweep (storage/limbo.py).
+                raise self._fail(user, session_id, user_message, str(exc), "database", True, trace) from exc
             except (GeneratorExit, KeyboardInterrupt):
                 # The caller stopped listening (a closed browser tab, Ctrl-C in the terminal). Keep the message
                 # and say why there is no reply.
