@@ -17,7 +17,7 @@ import pytest
 
 from context_assistant.storage.pool_logs import OneLineLogs
 from context_assistant.storage.targets import DatabaseError, EmbeddedPostgres
-from live_support import HeldAnswer, held_model_config
+from live_support import HeldAnswer
 from web_support import read_events, start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 
 
@@ -107,19 +107,20 @@ def test_postgres_killed_mid_turn_leaves_nothing_half_written_and_a_retry_works(
     start_app, make_config, fake_databricks: Any, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """The server dies while the model is writing the answer: the caller gets a clear, retryable error (the
-    reply cannot be stored); after the restart no reply exists, the limbo sweep marks the question
-    interrupted, and retrying it answers it."""
+    reply cannot be stored); after the restart no reply exists, the question is marked interrupted (by the
+    limbo sweep, or at once by a retry in the same app), and retrying it answers it."""
     answer = HeldAnswer([f"word{i} " for i in range(6)], hold_after=2)
-    config = held_model_config(
-        lambda **o: make_config(
-            data_dir=str(tmp_path / "own"),
-            database__host="",
-            database__name="context_assistant",
-            web__health_timeout_seconds=2,
-            **o,
-        ),
-        fake_databricks,
-        answer,
+    answering = [answer]  # the model's current answer (one per kill)
+    fake_databricks.on("POST", "/v1/chat/completions", lambda request: answering[-1](request))
+    config = make_config(
+        data_dir=str(tmp_path / "own"),
+        database__host="",
+        database__name="context_assistant",
+        web__health_timeout_seconds=2,
+        model__provider="openai",
+        model__base_url=fake_databricks.url + "/v1",
+        model__max_retries=0,
+        model__endpoint="m",
         rag__enabled=False,
         memory__recall=False,
     )
@@ -132,54 +133,68 @@ def test_postgres_killed_mid_turn_leaves_nothing_half_written_and_a_retry_works(
         app.state.supervisor.stop()  # the outage lasts until the test restarts the server
         app.state.supervisor.join(30)
         session = client.post("/api/sessions", json={"title": "killed mid-turn"}).json()["id"]
-
-        def kill_while_held() -> None:
-            if answer.held.wait(60):
-                _kill_postmaster(server)  # while the model is writing the answer
-            answer.release.set()
-
-        killer = threading.Thread(target=kill_while_held, name="killer")
-        killer.start()
-        events: list[tuple[str, dict[str, Any]]] = []
-        with client.stream(
-            "POST", "/api/chat/stream", json={"message": "what is the rota?", "session_id": session}
-        ) as response:
-            assert response.status_code == 200
-            events.extend(read_events(response))
-        killer.join(60)
-        assert answer.held.is_set() and server.running_pid() is None, events
-        kind, body = events[-1]
-        assert kind == "error", events  # the reply could not be stored: said so, never a "done"
-        assert "database" in body["error"] and "\n" not in body["error"], body
-        assert body["retryable"] is True, body
-        assert body["user_message_id"] == events[0][1]["user_message_id"]
-
-        with contextlib.suppress(DatabaseError):  # pg_ctl's 10 s may not cover crash recovery on a busy machine
-            server.start(config.database.name)
-        wait_for(lambda: client.get("/health").status_code == 200, "the app to reconnect", 120)
         store = app.services.store
         user = config.default_user
-        messages = store.messages(user, session)
-        assert [m.role for m in messages] == ["user"], messages  # the question kept, no half-written reply
-        question = messages[0]
-        assert question.content == "what is the rota?"
-        assert "status" not in question.metadata  # in limbo: the turn could not record its end
 
-        assert app.state.turns.sweep(grace_seconds=0) == [question.id]
-        marked = store.get_message(user, question.id)
+        def ask_and_kill(held: HeldAnswer, text: str) -> int:
+            """Ask ``text``; kill the server while the model holds its answer; restart it; return the
+            question's id after checking the error the caller got and what was stored."""
+
+            def kill_while_held() -> None:
+                if held.held.wait(60):
+                    _kill_postmaster(server)  # while the model is writing the answer
+                held.release.set()
+
+            killer = threading.Thread(target=kill_while_held, name="killer")
+            killer.start()
+            with client.stream(
+                "POST", "/api/chat/stream", json={"message": text, "session_id": session}
+            ) as response:
+                assert response.status_code == 200
+                events = list(read_events(response))
+            killer.join(60)
+            assert held.held.is_set() and server.running_pid() is None, events
+            kind, body = events[-1]
+            assert kind == "error", events  # the reply could not be stored: said so, never a "done"
+            assert "database" in body["error"] and "\n" not in body["error"], body
+            assert body["retryable"] is True and body["kind"] == "database", body
+            question_id = int(events[0][1]["user_message_id"])
+            assert body["user_message_id"] == question_id
+
+            with contextlib.suppress(DatabaseError):  # pg_ctl's 10 s may not cover crash recovery under load
+                server.start(config.database.name)
+            wait_for(lambda: client.get("/health").status_code == 200, "the app to reconnect", 120)
+            question = store.get_message(user, question_id)
+            assert question.content == text and store.messages(user, session)[-1].id == question_id  # no reply
+            assert "status" not in question.metadata  # in limbo: the turn could not record its end
+            return question_id
+
+        def retry(question_id: int, held: HeldAnswer) -> None:
+            with client.stream("POST", "/api/chat/stream", json={"retry_of": question_id}) as response:
+                assert response.status_code == 200
+                again = list(read_events(response))
+            assert again[0][1]["user_message_id"] == question_id
+            assert again[-1][0] == "done", again
+            reply = store.get_message(user, again[-1][1]["message_id"])
+            assert reply.role == "assistant" and reply.content == held.text()
+            assert not store.get_message(user, question_id).failed
+
+        # The limbo sweep marks the question interrupted; the retry answers it.
+        first = ask_and_kill(answer, "what is the rota?")
+        assert app.state.turns.sweep(grace_seconds=0) == [first]
+        marked = store.get_message(user, first)
         assert marked.failed and marked.metadata["error_kind"] == "interrupted", marked.metadata
+        retry(first, answer)
 
-        with client.stream("POST", "/api/chat/stream", json={"retry_of": question.id}) as response:
-            assert response.status_code == 200
-            again = list(read_events(response))
-        assert again[0][1]["user_message_id"] == question.id
-        assert again[-1][0] == "done", again
-        reply = store.get_message(user, again[-1][1]["message_id"])
-        assert reply.role == "assistant" and reply.content == answer.text()
-        assert not store.get_message(user, question.id).failed
-        assert [m.role for m in store.messages(user, session)] == ["user", "assistant"]
+        # Or the retry comes first: this app knows it ended that turn, so it is retryable at once.
+        second_answer = HeldAnswer([f"again{i} " for i in range(6)], hold_after=2)
+        answering.append(second_answer)
+        second = ask_and_kill(second_answer, "and who is the backup?")
+        retry(second, second_answer)
+        assert [m.role for m in store.messages(user, session)] == ["user", "assistant"] * 2
     finally:
-        answer.release.set()
+        for held in answering:
+            held.release.set()
         server.stop()
 
 

@@ -40,6 +40,7 @@ from ..core.tracing import (
 )
 from ..llm.interface import ChatModel, Completion, ContextTurn, ModelError, PromptContext
 from ..retrieval.base import Hit, RecalledTurn, Recaller, Retriever
+from ..storage.limbo import mark_interrupted
 from ..storage.memory import ConversationStore, Message, MessageNotFound, title_from
 from ..storage.targets import DatabaseError
 from ..storage.turn_records import TurnContext, load_context, store_question, store_reply
@@ -136,6 +137,9 @@ class Assistant:
         self.tracer = tracer or DisabledTracer()
         self.summarizer = summarizer or Summarizer(chat_model)
         self.clock = clock
+        # Questions whose turn ended here but whose failure could not be written (the database was gone):
+        # not being answered anywhere, so a retry may mark them interrupted at once (storage/limbo.py).
+        self._unrecorded: set[int] = set()
 
     # -- public API -----------------------------------------------------------------------------------
 
@@ -267,6 +271,10 @@ class Assistant:
             stored = self.store.get_message(user, retry_of)
             if session_id is not None and stored.session_id != session_id:
                 raise MessageNotFound(retry_of)
+            if retry_of in self._unrecorded:
+                self._unrecorded.discard(retry_of)
+                if not stored.failed and mark_interrupted(self.store.db, self.clock.now(), message_id=retry_of):
+                    stored = self.store.get_message(user, retry_of)
             if stored.role != "user" or not stored.failed:
                 raise InvalidInput(f"message {retry_of} is not a failed user message; nothing to retry")
             return stored.session_id, stored
@@ -417,4 +425,5 @@ class Assistant:
             )
         except Exception as exc:  # the message itself is stored; only its status could not be written
             log.error("could not mark message %s as failed: %s", message.id, exc)
+            self._unrecorded.add(message.id)
         trace.set_outputs({"error": error, "kind": kind})
