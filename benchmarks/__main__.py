@@ -527,7 +527,7 @@ class Suite:
         finally:
             self.server.drop("bench_ours_import")
         note = (
-            f"`memory import` of {n:,} messages of one user (the command's own code), then that user's first ten "
+            f"`memory import` of {n:,} messages of one user (`context-assistant memory import FILE`, in-process), then that user's first ten "
             "turns in a new session: offline model, local all-MiniLM-L6-v2, recall and tracing on, retrieval off; "
             "one turn of another user warmed the process first. Recall embeds the import on its background "
             "thread while the turns run (same cores) and finds the pending messages by keyword meanwhile."

@@ -3,7 +3,7 @@
     python -m benchmarks --only import            # 10,000 messages (what the README reports)
     python -m benchmarks.import_turns --messages 2000
 
-The import goes through the command's own code (``cli.commands.cmd_memory_import`` → ``import_jsonl``), then
+The import is ``context-assistant memory import FILE`` (the CLI's ``main``, in this process), then
 the imported user asks ten questions in a new session through :attr:`Services.assistant` — the offline chat
 model, the local all-MiniLM-L6-v2 behind the production cache, recall on, tracing on, retrieval off (it is the
 same with or without an import). Recall must not embed the imported messages inside a turn: the first turn
@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.corpus import SYSTEMS, sentence
 from benchmarks.memory import BENCH_USER, START
-from benchmarks.scratch import ScratchServer, ours_database
+from benchmarks.scratch import ScratchServer
 from benchmarks.turn import question
 
 TURNS = 10
@@ -66,25 +66,34 @@ def export_lines(messages: int, per_session: int = 50) -> str:
 def first_turns_after_import(
     server: ScratchServer, dbname: str, messages: int, workdir: Path, turns: int = TURNS
 ) -> ImportTurns:
-    from context_assistant.cli.commands import cmd_memory_import
-    from context_assistant.core import load_config
+    import psycopg
+
+    from context_assistant.cli import main as cli
+    from context_assistant.core import load_config, save_config
     from context_assistant.services import Services
 
     workdir.mkdir(parents=True, exist_ok=True)
+    where = psycopg.conninfo.conninfo_to_dict(server.fresh(dbname))
     config = load_config(
         None,
         env={},
         overrides={
             "data_dir": str(workdir),
+            "database.host": str(where.get("host") or "localhost"),
+            "database.port": int(where.get("port") or 5432),
+            "database.user": str(where.get("user") or "postgres"),
+            "database.name": dbname,
+            "database.sslmode": "disable",
             "model.provider": "offline",
             "rag.enabled": False,
             "memory.recall": True,
             "tracing.enabled": True,
         },
     )
-    db = ours_database(server.fresh(dbname))
-    services = Services(config, env={})
-    services._provide("db", db)  # the scratch database instead of the data folder's embedded one
+    config_file = save_config(config, workdir / "config.yaml")
+    # A password makes it a plain Postgres target (the scratch server trusts local connections).
+    password = {"PGPASSWORD": str(where.get("password") or "unused-trust-auth")}
+    services = Services(config, env={**os.environ, **password})
     try:
         assistant = services.assistant
         rng = random.Random(13)
@@ -96,8 +105,18 @@ def first_turns_after_import(
         export = workdir / "import.jsonl"
         export.write_text(export_lines(messages), encoding="utf-8")
         started = time.perf_counter()
-        with contextlib.redirect_stdout(sys.stderr):  # the command's one-line summary, not the table
-            cmd_memory_import(argparse.Namespace(file=str(export), json=False), services)
+        previous = os.environ.get("PGPASSWORD")
+        os.environ.update(password)  # the command as a user runs it, in this process
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # its one-line summary, not the table
+                code = cli(["memory", "import", str(export), "--config", str(config_file)])
+        finally:
+            if previous is None:
+                os.environ.pop("PGPASSWORD", None)
+            else:
+                os.environ["PGPASSWORD"] = previous
+        if code != 0:
+            raise RuntimeError(f"memory import exited with {code}")
         imported = time.perf_counter() - started
 
         times: list[float] = []
@@ -113,8 +132,7 @@ def first_turns_after_import(
         pending = services.recall.pending_count(BENCH_USER)
         return ImportTurns(messages, imported, warm_up, times, recalled_first, pending)
     finally:
-        services.close()  # stops the background indexer between batches
-        db.close()
+        services.close()  # stops the background indexer between batches, then closes the pool
 
 
 def main(argv: list[str] | None = None) -> int:

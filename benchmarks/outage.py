@@ -41,7 +41,7 @@ def run(workdir: Path, requests: int) -> int:
     from context_assistant.core import load_config
     from context_assistant.services import Services
     from context_assistant.storage import EmbeddedPostgres
-    from context_assistant.web.app import create_app
+    from context_assistant.web import create_app
 
     config = load_config(
         None,
