@@ -140,7 +140,9 @@ def query_sets(vocab: list[str], weights: np.ndarray, zipf: int, n: int = 100) -
     tail = np.arange(1000, len(vocab))
     out["common"] = [" ".join(vocab[i] for i in r.choice(100, size=4, replace=False)) for _ in range(n)]
     out["mixed"] = [
-        " ".join([vocab[i] for i in r.choice(100, size=2, replace=False)] + [vocab[i] for i in r.choice(tail, size=2)])
+        " ".join(
+            [vocab[i] for i in r.choice(100, size=2, replace=False)] + [vocab[i] for i in r.choice(tail, size=2)]
+        )
         for _ in range(n)
     ]
     out["rare"] = [" ".join(vocab[i] for i in r.choice(tail, size=4, replace=False)) for _ in range(n)]
@@ -184,7 +186,9 @@ class ExactBM25:
                 continue
             docs, tf = self.postings[lexeme]
             idf = np.log(1 + (n - len(docs) + 0.5) / (len(docs) + 0.5))
-            score[docs] += idf * tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * self.dl[docs] / avgdl))
+            score[docs] += (
+                idf * tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * self.dl[docs] / avgdl))
+            )
         hit = np.nonzero(score)[0]
         order = sorted(hit, key=lambda i: (-score[i], self.ids[i]))[:k]
         return [(self.ids[i], float(score[i])) for i in order]

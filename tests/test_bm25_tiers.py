@@ -48,7 +48,9 @@ QUERIES = [
 ]
 
 
-def _exhaustive(conn: Any, query: str, where: str = "TRUE", params: dict[str, Any] | None = None) -> dict[str, float]:
+def _exhaustive(
+    conn: Any, query: str, where: str = "TRUE", params: dict[str, Any] | None = None
+) -> dict[str, float]:
     return dict(bm25_rank(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", where, params or {}, query, 100_000))
 
 

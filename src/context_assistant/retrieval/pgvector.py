@@ -40,8 +40,8 @@ from psycopg import sql
 from ..core.config import INDEX_TYPES, RagConfig
 from ..core.console import Progress, quiet
 from ..core.errors import ConfigError
-from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG
-from ..storage.bm25_tiers import bm25_top, ensure_tier_keys, keyed_tsv_sql, tier_params, written_reference
+from ..storage.bm25 import TEXT_SEARCH_CONFIG
+from ..storage.bm25_tiers import bm25_top, ensure_tier_keys, index_columns_sql, tier_params, written_reference
 from ..storage.db import Database, scalar
 from ..storage.vector_spaces import (
     IVFFLAT_MIN_ROWS,
@@ -407,21 +407,20 @@ class PgVectorChunkIndex:
                 f"to_tsvector('{TEXT_SEARCH_CONFIG}', CASE WHEN s.heading = '' OR starts_with(s.text, s.heading) "
                 "THEN s.text ELSE s.heading || E'\\n' || s.text END)"
             )
-            doc_len = DOC_LEN_SQL.format(tsv="v.tsv")
-            a0 = written_reference(conn, CHUNKS_SPACE, f"SELECT {doc_len} FROM ca_stage_chunks s, {tsv} v(tsv)")
+            a0 = written_reference(conn, CHUNKS_SPACE, "v.tsv", f"FROM ca_stage_chunks s, {tsv} v(tsv)")
             cur.execute(
                 sql.SQL(
                     "INSERT INTO {table} AS r (chunk_id, path, chunk_index, heading, page, text, content_hash, "
                     "tsv, doc_len, embedding, indexed_at) "
                     "SELECT s.chunk_id, s.path, s.chunk_index, s.heading, s.page, s.text, s.content_hash, "
-                    + keyed_tsv_sql("v.tsv", doc_len, "%(a0)s") + ", " + doc_len + ", s.embedding, now() "
+                    "{columns}, s.embedding, now() "
                     "FROM ca_stage_chunks s CROSS JOIN LATERAL (SELECT " + tsv + " AS tsv) v "
                     "ORDER BY s.chunk_id "
                     "ON CONFLICT (chunk_id) DO UPDATE SET path = EXCLUDED.path, chunk_index = EXCLUDED.chunk_index, "
                     "heading = EXCLUDED.heading, page = EXCLUDED.page, text = EXCLUDED.text, "
                     "content_hash = EXCLUDED.content_hash, tsv = EXCLUDED.tsv, doc_len = EXCLUDED.doc_len, "
                     "embedding = EXCLUDED.embedding, indexed_at = EXCLUDED.indexed_at"
-                ).format(table=sql.Identifier(CHUNKS_TABLE)),
+                ).format(table=sql.Identifier(CHUNKS_TABLE), columns=sql.SQL(index_columns_sql("v.tsv"))),
                 {**tier_params(), "a0": a0},
             )
             deletes = [chunk_id for change, _ in written for chunk_id in change.deletes]

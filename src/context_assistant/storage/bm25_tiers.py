@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from ..core.console import Progress, quiet
-from .bm25 import BM25_B, BM25_K1, TEXT_SEARCH_CONFIG, bm25_rank, idf, score_sql, tsquery_or
+from .bm25 import BM25_B, BM25_K1, DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank, idf, score_sql, tsquery_or
 
 # Lower edges of tiers 1..5 of the term-frequency part (in [0, k1 + 1)); tier 0 is below the first edge. With
 # k1 0.9 / b 0.4 a single occurrence in a row of average length scores 1.0: the edges split tf=1 postings by
@@ -44,8 +44,8 @@ MAX_ROUNDS = 4  # threshold rounds before the exhaustive query answers
 MAX_ENUMERATED_TERMS = 8  # weaker terms beyond these count as always present at their maximum
 MAX_CONJUNCTIONS = 4096  # more minimal assignments than this: the exhaustive query answers
 RARE_BUDGET = 300  # all query terms together in at most this many rows: score them all at once
-TARGET_CANDIDATES = 100  # the first θ expects this many rows to reach it ...
-MIN_EXPECTED = 10  # ... or this many, when that θ is tiny (rare words next to near-stop-words)
+TARGET_PER_RESULT = 10  # the first θ expects 10 rows per wanted result to reach it (bounds exceed scores) ...
+# ... or just the wanted number, when that θ is tiny (rare words next to near-stop-words)
 THETA_BINS = 256
 RETIER_DRIFT = (0.8, 1.25)  # re-key when current / reference average length leaves this range
 
@@ -97,7 +97,11 @@ def ensure_tier_keys(conn: psycopg.Connection, space: str, table: str, say: Prog
         return False
     say(
         f"writing BM25 impact-tier keys for {row[0]} rows of {table} (one-off: "
-        + ("written before tiers existed)" if row[2] is None else f"average length moved {row[2]:.1f} → {avgdl:.1f})")
+        + (
+            "written before tiers existed)"
+            if row[2] is None
+            else f"average length moved {row[2]:.1f} → {avgdl:.1f})"
+        )
     )
     conn.execute(
         sql.SQL("UPDATE {} c SET tsv = " + keyed_tsv_sql("c.tsv", "c.doc_len", "%(a0)s")).format(
@@ -172,7 +176,7 @@ def _minimal_assignments(terms: list[Levels], theta: float) -> list[tuple[tuple[
     return out if walk(0, 0.0, []) else None
 
 
-def _estimate_theta(terms: list[Levels], dfs: list[list[int]], n: float, target: float) -> float:
+def _estimate_theta(terms: list[Levels], dfs: list[list[int]], n: float, target: float, least: float) -> float:
     """The highest θ at which the expected number of rows whose bound reaches θ is ``target`` (terms treated
     as independent: a histogram convolution of each term's level probabilities from its tier frequencies)."""
     top = sum(lv[-1] for lv in terms)
@@ -192,9 +196,14 @@ def _estimate_theta(terms: list[Levels], dfs: list[list[int]], n: float, target:
     reach = np.nonzero(expected >= target)[0]
     theta = float(reach[-1] * step) if len(reach) else 0.0
     if theta < 0.05 * top:  # few rows can score high: aim at a handful rather than at "everything"
-        reach = np.nonzero(expected >= MIN_EXPECTED)[0]
+        reach = np.nonzero(expected >= least)[0]
         theta = float(reach[-1] * step) if len(reach) else 0.0
     return theta
+
+
+def _note(rounds: list[int] | None, used: int) -> None:
+    if rounds is not None:
+        rounds.append(used)
 
 
 def _quoted(lexeme: str, level: int) -> str:
@@ -221,7 +230,7 @@ def bm25_top(
         return []
     n, a0 = float(rows[0][0]), rows[0][2]
     if not n or a0 is None:
-        rounds is not None and rounds.append(0)
+        _note(rounds, 0)
         return bm25_rank(conn, space, table, key, where, params, query, limit)
     a = max(float(rows[0][1]) / n, 1.0)
     dfs: dict[str, list[int]] = {}
@@ -245,19 +254,22 @@ def bm25_top(
         match = " OR ".join(f"c.tsv @@ %(dnf{i})s::tsquery" for i in range(len(dnf)))
         # Never a prepared statement: the generic plan of `tsv @@ $1` is a sequential scan.
         got = conn.execute(
-            score_sql(table, key, where, match), {**scoring, **{f"dnf{i}": d for i, d in enumerate(dnf)}}, prepare=False
+            score_sql(table, key, where, match),
+            {**scoring, **{f"dnf{i}": d for i, d in enumerate(dnf)}},
+            prepare=False,
         ).fetchall()
         return [(row[0], float(row[1])) for row in got]
 
     if sum(dfs[lex][0] for lex in lexemes) <= RARE_BUDGET:  # every term rare: score them all, one round
-        rounds is not None and rounds.append(1)
+        _note(rounds, 1)
         return score([tsquery_or(lexemes)])
     order = sorted(range(len(terms)), key=lambda i: -terms[i][-1])
     essential = order[:MAX_ENUMERATED_TERMS]
     slack = sum(terms[i][-1] for i in order[MAX_ENUMERATED_TERMS:])
     ess_terms = [terms[i] for i in essential]
     ess_dfs = [dfs[lexemes[i]] for i in essential]
-    theta = _estimate_theta(ess_terms, ess_dfs, n, TARGET_CANDIDATES) + slack
+    target = TARGET_PER_RESULT * limit
+    theta = _estimate_theta(ess_terms, ess_dfs, n, target, limit) + slack
     for round_number in range(1, MAX_ROUNDS + 1):
         conjunctions = _minimal_assignments(ess_terms, theta - slack) if theta > slack else None
         if conjunctions is None:
@@ -265,23 +277,29 @@ def bm25_top(
         dnf = ["(" + " & ".join(_quoted(lexemes[essential[t]], j) for t, j in c) + ")" for c in conjunctions]
         ranked = score(dnf) if dnf else []
         if len(ranked) >= limit and ranked[limit - 1][1] >= theta:
-            rounds is not None and rounds.append(round_number)
+            _note(rounds, round_number)
             return ranked
         if len(ranked) >= limit:  # the k-th best seen: the next round is exact
             theta = ranked[limit - 1][1]
         else:
-            estimate = _estimate_theta(ess_terms, ess_dfs, n, TARGET_CANDIDATES * 8**round_number) + slack
+            estimate = _estimate_theta(ess_terms, ess_dfs, n, target * 8**round_number, limit) + slack
             theta = min(estimate, theta * 0.85)
-    rounds is not None and rounds.append(0)
+    _note(rounds, 0)
     return bm25_rank(conn, space, table, key, where, params, query, limit)
 
 
-def written_reference(conn: psycopg.Connection, space: str, batch_lengths_sql: str) -> float:
+def written_reference(conn: psycopg.Connection, space: str, tsv: str, from_sql: str) -> float:
     """The reference average length to key a batch of new rows with: the space's, or (first batch of an empty
-    space) the batch's mean length (``batch_lengths_sql`` selects each row's doc_len), recorded now."""
+    space) the batch's mean length (the rows' tsvector ``tsv`` over ``from_sql``), recorded now."""
     a0 = reference_avgdl(conn, space)
     if a0 is None:
-        mean = conn.execute(f"SELECT avg(dl) FROM ({batch_lengths_sql}) AS batch(dl)").fetchone()
+        mean = conn.execute(f"SELECT avg({DOC_LEN_SQL.format(tsv=tsv)}) {from_sql}").fetchone()
         a0 = max(float(mean[0] or 0.0), 1.0) if mean else 1.0
         set_reference_avgdl(conn, space, a0)
     return a0
+
+
+def index_columns_sql(tsv: str) -> str:
+    """``tsv`` (with its tier keys at ``%(a0)s``) and ``doc_len`` of a new row whose tsvector is ``tsv``."""
+    doc_len = DOC_LEN_SQL.format(tsv=tsv)
+    return f"{keyed_tsv_sql(tsv, doc_len, '%(a0)s')}, {doc_len}"
