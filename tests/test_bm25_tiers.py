@@ -45,6 +45,8 @@ QUERIES = [
     "w150x",
     "w000x w000x w000x",  # a repeated word counts once
     "unknownword w003x",
+    # more terms than are enumerated: the weakest count as always present at their maximum
+    "omnipresent w000x w001x w002x w003x w004x w005x w006x w007x w008x w009x w010x w150x",
 ]
 
 
