@@ -34,10 +34,14 @@ from typing import Any
 import numpy as np
 
 from context_assistant.ingest import content_hash, make_chunk_id
-from context_assistant.retrieval import InMemoryChunkSource, PgVectorChunkIndex, SourceChunk, embedding_text
-from context_assistant.retrieval.base import candidate_count
-from context_assistant.storage.bm25 import BM25_B, BM25_K1, bm25_rank
-from context_assistant.storage.bm25_tiers import bm25_top
+from context_assistant.retrieval import (
+    InMemoryChunkSource,
+    PgVectorChunkIndex,
+    SourceChunk,
+    candidate_count,
+    embedding_text,
+)
+from context_assistant.storage import BM25_B, BM25_K1, bm25_rank, bm25_top
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from retrieval_eval import fresh_database

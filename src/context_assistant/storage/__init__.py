@@ -3,7 +3,7 @@ schema only the database owner changes and its setup (db_schema, db_setup), conv
 pgvector/BM25 primitives that the document index and memory recall share (vector spaces, their ANN index,
 BM25 in SQL, exact top-k with impact tiers)."""
 
-from .bm25 import bm25_rank
+from .bm25 import BM25_B, BM25_K1, bm25_rank
 from .bm25_tiers import bm25_top
 from .db import Database, SchemaNotReady, open_database, scalar, wants_vector
 from .db_schema import SchemaState, SetupReport, inspect_schema
@@ -30,6 +30,8 @@ from .targets import (
 from .vector_spaces import SpaceInfo, ensure_ann_index, read_space, reset_space, table_exists
 
 __all__ = [
+    "BM25_B",
+    "BM25_K1",
     "LATEST_VERSION",
     "MIGRATIONS",
     "ConversationStore",
