@@ -172,7 +172,8 @@ class ExactBM25:
             cur.itersize = 100_000
             cur.execute(
                 """SELECT c.chunk_id, u.lexeme, array_length(u.positions, 1)
-                   FROM rag_chunks c, unnest(c.tsv) u WHERE u.positions IS NOT NULL AND u.lexeme = ANY(%s)""",
+                   FROM rag_chunks c, unnest(c.tsv) u JOIN unnest(%s::text[]) AS w(l) ON w.l = u.lexeme
+                   WHERE u.positions IS NOT NULL""",
                 (wanted,),
             )
             for chunk_id, lexeme, tf in cur:
@@ -194,6 +195,8 @@ class ExactBM25:
                 idf * tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * self.dl[docs] / avgdl))
             )
         hit = np.nonzero(score)[0]
+        if len(hit) > k:  # only rows scoring at least the k-th best can be in the top k (ties included)
+            hit = hit[score[hit] >= np.partition(score[hit], len(hit) - k)[len(hit) - k]]
         order = sorted(hit, key=lambda i: (-score[i], self.ids[i]))[:k]
         return [(self.ids[i], float(score[i])) for i in order]
 
