@@ -166,6 +166,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         requires_vector=True,
     ),
+    Migration(
+        5,
+        "BM25 impact tiers: the reference average document length",
+        """
+        -- The average document length the space's impact-tier keys were computed with (storage/bm25_tiers.py):
+        -- NULL until a sync writes (or re-keys) the space's rows with tier keys; keyword search is then exact
+        -- by scoring every matching row, as before.
+        ALTER TABLE bm25_stats ADD COLUMN ref_avgdl float8;
+        """,
+        requires_vector=True,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
