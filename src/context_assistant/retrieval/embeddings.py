@@ -33,6 +33,7 @@ from ..core.errors import UpstreamError
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
 from ..core.upstream import error_detail, status_message
 from ..core.workspace import WorkspaceSource
+from .batching import BatchingEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -494,10 +495,19 @@ def make_embedder(
 ) -> Embedder:
     """The embedder ``rag.embedding_model`` names; ``workspace`` (a WorkspaceClient or a factory for one)
     is only used, and only built, for a serving endpoint. ``notice`` hears, once, that a local model is being
-    loaded."""
+    loaded. A local model's concurrent small calls are micro-batched (retrieval/batching.py)."""
     spec = parse_model_spec(rag_config.embedding_model)
     if spec.provider == "endpoint":
         if workspace is None:
             raise EmbeddingError(f"serving endpoint {spec.name!r} needs a Databricks workspace client")
         return CachingEmbedder(ServingEndpointEmbedder(spec.name, workspace, clock=clock))
-    return CachingEmbedder(LocalEmbedder(spec.name, notice=notice))
+    local: Embedder = LocalEmbedder(spec.name, notice=notice)
+    if rag_config.embedding_batch_wait_ms > 0:
+        # Under the cache, so a question already embedded never queues. Local models only: an endpoint's
+        # requests run in parallel on the server and do not compete for this machine's cores.
+        local = BatchingEmbedder(
+            local,
+            max_wait=rag_config.embedding_batch_wait_ms / 1000,
+            max_texts=rag_config.embedding_batch_max_texts,
+        )
+    return CachingEmbedder(local)
