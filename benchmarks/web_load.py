@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ def serve(config: Config, port: int, embedder: str, ready: Any) -> None:
             "wait_ms": pool.get("requests_wait_ms", 0),
             "model_calls": getattr(batcher, "calls", None),
             "model_texts": getattr(batcher, "texts", None),
+            "model_seconds": getattr(batcher, "model_seconds", None),
+            "threads": threading.active_count(),
+            "cpu_seconds": time.process_time(),  # the app process, all its threads
         }
 
     ready.put(True)
@@ -150,6 +154,11 @@ async def run_load(url: str, clients: int, requests: int) -> dict[str, Any]:
         calls = after["model_calls"] - before["model_calls"]
         server["batched_model_calls"] = calls
         server["texts_per_batched_call"] = round((after["model_texts"] - before["model_texts"]) / max(1, calls), 2)
+        server["ms_per_batched_call"] = round(
+            1000 * (after["model_seconds"] - before["model_seconds"]) / max(1, calls)
+        )
+    server["server_threads"] = after["threads"]
+    server["app_cpu_ms_per_request"] = round(1000 * (after["cpu_seconds"] - before["cpu_seconds"]) / done, 1)
     return {
         "seconds": seconds,
         "latencies": latencies,

@@ -183,3 +183,23 @@ def test_minilm_vectors_of_a_batch_equal_the_unbatched_ones(minilm: LocalEmbedde
         np.testing.assert_allclose(vector, alone[question], atol=1e-5)
         assert float(np.dot(vector, alone[question])) > 0.99999
     batcher.close()
+
+
+def test_long_texts_bypass_the_queue_and_the_thread_setup_runs_on_the_batcher() -> None:
+    """A turn indexed for recall (hundreds of characters) would cost the questions queued behind it as much
+    as a batch of them: it goes straight to the model. The set-up hook (one torch thread) runs on the batcher."""
+    model = GatedModel(HashingEmbedder())
+    ran_on: list[str] = []
+    batcher = BatchingEmbedder(
+        model, max_wait=0.001, thread_setup=lambda: ran_on.append(threading.current_thread().name)
+    )
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(batcher.embed, ["first"])
+        assert model.entered.wait(60)
+        long_text = "an earlier turn with its neighbours " * 20
+        assert batcher.embed([long_text]) == HashingEmbedder().embed([long_text])
+        assert model.calls[1] == ([long_text], threading.current_thread().name)
+        model.release.set()
+        held.result(60)
+    assert ran_on == ["embed-batcher"]
+    batcher.close()
