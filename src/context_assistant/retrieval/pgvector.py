@@ -48,6 +48,8 @@ from ..storage.vector_spaces import (
     IVFFLAT_MIN_ROWS,
     SpaceInfo,
     ensure_ann_index,
+    finish_full_reembedding,
+    indexed_for_sync,
     like_prefix,
     pgvector_version,
     query_vector_sql,
@@ -215,15 +217,9 @@ class PgVectorChunkIndex:
                 result = SyncResult(model=model)
                 result.rebuilt, dimension = self._ensure_space(conn, say, embedder or self.embedder)
                 result.dimension = dimension
-                indexed = {
-                    chunk_id: (path, content_hash)
-                    for chunk_id, path, content_hash in conn.execute(
-                        sql.SQL("SELECT chunk_id, path, content_hash FROM {}").format(sql.Identifier(CHUNKS_TABLE))
-                    )
-                }
-                conn.commit()
+                indexed, full_since = indexed_for_sync(conn, CHUNKS_SPACE, CHUNKS_TABLE, full=full, say=say)
                 say(f"reading {source.label}")
-                plan = plan_sync(source.fingerprints(), indexed, full=full)
+                plan = plan_sync(source.fingerprints(), indexed)  # --full: the stale rows above
                 result.kept = plan.kept
                 say(
                     f"{plan.upsert_count} chunk(s) to embed in {len(plan.changes)} document(s), "
@@ -249,6 +245,8 @@ class PgVectorChunkIndex:
                     say=say,
                     rows_label="chunks",
                 )
+                if full_since is not None and not result.failed:
+                    finish_full_reembedding(conn, CHUNKS_SPACE)
                 conn.commit()
             finally:
                 conn.rollback()

@@ -155,6 +155,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         requires_vector=True,
     ),
+    Migration(
+        4,
+        "retrieval: a full re-embedding survives an interruption",
+        """
+        -- Set when a full re-embedding of the space (ingest --full) starts, cleared when one completes: rows
+        -- indexed before it are re-embedded by the next sync too, so an interrupted --full is resumed by a
+        -- plain run instead of leaving old vectors behind.
+        ALTER TABLE vector_spaces ADD COLUMN full_since timestamptz;
+        """,
+        requires_vector=True,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
