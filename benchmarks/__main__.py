@@ -585,7 +585,8 @@ class Suite:
                 rates,
                 None,
                 note=f"`benchmarks/web_load.py`: the app (uvicorn, one worker) with the offline model and all-MiniLM-L6-v2 "
-                f"embedding each question, tracing on (MLflow in the serving process, local sqlite store), "
+                f"embedding each question (concurrent questions micro-batched, rag.embedding_batch_wait_ms), tracing on "
+                f"(MLflow in the serving process, local sqlite store), "
                 f"{s.web_requests} requests per run; afterwards every turn is looked up in the "
                 "database: " + ("nothing lost." if nothing_lost else f"LOST OR WRONG: {lost}."),
                 ours_ok=nothing_lost,

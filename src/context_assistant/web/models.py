@@ -186,5 +186,8 @@ class Me(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "unavailable", "starting"]
     database: str = Field(description="ok, or what is wrong with the database connection.")
+    reason: str | None = Field(
+        default=None, description='While "starting": what start-up is doing (loading the embedding model).'
+    )
