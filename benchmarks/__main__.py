@@ -8,7 +8,8 @@ Run it from the benchmark virtualenv (``.venv-bench``, see README "Performance")
 (``--only`` picks some): ``memory`` (append throughput; last 20 messages among 1M), ``indexing`` (full index of
 ~5,000 documents, no-change re-run, 1% edited, 1% deleted; end states checked), ``retrieval`` (top-10 latency
 and recall@10 at 100k chunks, synthetic vectors), ``turn`` (assistant turn overhead without the model; ours
-only) and ``web`` (POST /api/chat under 32 clients, via ``benchmarks/web_load.py``; ours only).
+only), ``import`` (the first and the tenth turn after a ``memory import`` of 10,000 messages; ours only,
+via ``benchmarks/import_turns.py``) and ``web`` (POST /api/chat under 32 clients, via ``benchmarks/web_load.py``; ours only).
 
 The table (Markdown, ratios ours / theirs) goes to stdout; progress to stderr; every raw value to
 ``benchmarks/results/peers-<size>.json`` (or ``--json FILE``).
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("memory", "indexing", "retrieval", "turn", "web")
+SECTIONS = ("memory", "indexing", "retrieval", "turn", "import", "web")
 
 
 @dataclass(frozen=True)
@@ -55,24 +56,25 @@ class Sizes:
     turn_warm_up: int
     web_clients: int
     web_requests: int
+    import_messages: int  # messages imported before the first turns (issue 13: 10,000)
 
 
 SIZES = {
     "full": Sizes(
         "full", runs=3, index_runs=2, appends=2_000, batched=20_000, batch=100, history_rows=1_000_000,
         history_sessions=20_000, fetches=300, documents=5_000, spark_runs=1, ann_chunks=100_000, ann_queries=200,
-        turn_chunks=10_000, turn_messages=100_000, turns=20, turn_warm_up=3, web_clients=32, web_requests=640,
+        turn_chunks=10_000, turn_messages=100_000, turns=20, turn_warm_up=3, web_clients=32, web_requests=640, import_messages=10_000,
     ),
     "quick": Sizes(
         "quick", runs=3, index_runs=2, appends=300, batched=3_000, batch=100, history_rows=50_000,
         history_sessions=1_000, fetches=100, documents=100, spark_runs=2, ann_chunks=5_000, ann_queries=50,
-        turn_chunks=500, turn_messages=5_000, turns=5, turn_warm_up=3, web_clients=8, web_requests=64,
+        turn_chunks=500, turn_messages=5_000, turns=5, turn_warm_up=3, web_clients=8, web_requests=64, import_messages=2_000,
     ),
     # For the CI smoke test: proves every code path runs, measures nothing worth reading.
     "smoke": Sizes(
         "smoke", runs=1, index_runs=1, appends=20, batched=100, batch=10, history_rows=2_000,
         history_sessions=40, fetches=10, documents=8, spark_runs=0, ann_chunks=300, ann_queries=10,
-        turn_chunks=40, turn_messages=500, turns=2, turn_warm_up=1, web_clients=2, web_requests=4,
+        turn_chunks=40, turn_messages=500, turns=2, turn_warm_up=1, web_clients=2, web_requests=4, import_messages=100,
     ),
 }  # fmt: skip
 
@@ -506,6 +508,38 @@ class Suite:
             bench.close()
             self.server.drop("bench_ours_turn")
 
+    # -- import -----------------------------------------------------------------------------------------
+
+    def section_import(self) -> None:
+        from benchmarks.import_turns import first_turns_after_import
+        from benchmarks.report import LOWER, Measure
+
+        n = self.sizes.import_messages
+        first, tenth, gap = [], [], []
+        try:
+            for run in range(self.sizes.runs):
+                say(f"import run {run + 1}/{self.sizes.runs}: {n:,} messages, then 10 turns")
+                result = first_turns_after_import(self.server, "bench_ours_import", n, self.workdir / "import")
+                first.append(result.turn_seconds[0])
+                tenth.append(result.turn_seconds[-1])
+                gap.append(result.first_minus_tenth)
+                say(
+                    f"import: turns {', '.join(f'{t:.2f}' for t in result.turn_seconds)} s; {result.pending_after:,} still pending"
+                )
+        finally:
+            self.server.drop("bench_ours_import")
+        note = (
+            f"`memory import` of {n:,} messages of one user (`context-assistant memory import FILE`, in-process), then that user's first ten "
+            "turns in a new session: offline model, local all-MiniLM-L6-v2, recall and tracing on, retrieval off; "
+            "one turn of another user warmed the process first. Recall embeds the import on its background "
+            "thread while the turns run (same cores) and finds the pending messages by keyword meanwhile."
+        )
+        self.report.add(
+            Measure("import", f"first turn after importing {n:,} messages", "s", LOWER, first, None, note=note)
+        )
+        self.report.add(Measure("import", "tenth turn after the import", "s", LOWER, tenth, None))
+        self.report.add(Measure("import", "first - tenth (target: within 2 s)", "s", LOWER, gap, None))
+
     # -- web --------------------------------------------------------------------------------------------
 
     def section_web(self) -> None:
@@ -553,7 +587,8 @@ class Suite:
                 rates,
                 None,
                 note=f"`benchmarks/web_load.py`: the app (uvicorn, one worker) with the offline model and all-MiniLM-L6-v2 "
-                f"embedding each question, tracing on (exported by a separate process into a local sqlite store), "
+                f"embedding each question (concurrent questions micro-batched, rag.embedding_batch_wait_ms), tracing on "
+                f"(exported by a separate process into a local sqlite store), "
                 f"{s.web_requests} requests per run; afterwards every turn is looked up in the "
                 "database: " + ("nothing lost." if nothing_lost else f"LOST OR WRONG: {lost}."),
                 ours_ok=nothing_lost,

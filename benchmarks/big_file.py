@@ -1,6 +1,6 @@
 """A big text file through the parse + chunk side of ingest: peak memory and chunks per second.
 
-    python -m benchmarks.big_file [--mb 50] [--before-mb 5] [--units tokens|chars]
+    python -m benchmarks.big_file [--mb 50] [--before-mb 5] [--units tokens|chars] [--spark]
 
 Each measurement runs in a fresh Python process (what the ingest's parse child is), reading the file and
 calling :func:`context_assistant.ingest.worker.parse_and_chunk` with the production settings (256 tokens of
@@ -8,7 +8,12 @@ all-MiniLM-L6-v2, overlap 32). Peak RSS is that process's ``ru_maxrss``. The pee
 way, the whole file normalised and chunked as one piece (``chunking.WINDOW_CHARS`` and
 ``documents.NORMALIZE_BLOCK_CHARS`` set beyond the file size), run at
 ``--before-mb`` because at 50 MB it needs several GB (it runs under a 6 GiB address-space limit; a run over
-it is reported as such). The Spark/Delta side (staging write, MERGE) is not included: see ``benchmarks.ingest``.
+it is reported as such).
+
+``--spark`` measures the whole ingest instead (no embedding): a folder holding the big file and a small one,
+ingested by :func:`context_assistant.ingest.run_ingest` on a local Spark server of its own (listing, parse
+child, staging table, chunk and document MERGEs), then run again unchanged. Peak RSS there is the sum over
+the process tree (client, Spark server with its Python workers, parse child), sampled four times a second.
 """
 
 from __future__ import annotations
@@ -80,6 +85,82 @@ print(json.dumps({"status": status, "error": error, "chunks": len(chunks), "seco
                   "peak_rss_mib": peak / 1024, "before_read_mib": base / 1024}))
 """
 
+SPARK_CHILD = r"""
+import json, os, sys, threading, time
+from context_assistant.ingest import run_ingest, start_local_spark, stop_local_spark
+from context_assistant.retrieval.tokenizer import counter_for_model
+source, data, units = sys.argv[1], sys.argv[2], sys.argv[3]
+counter = counter_for_model("all-MiniLM-L6-v2") if units == "tokens" else None
+size, overlap = (256, 32) if counter else (1000, 100)
+
+def tree_rss(root):
+    # RSS (KiB) of root and every descendant, from /proc
+    children = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(pid))
+    total, biggest, stack = 0, 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            continue
+        total, biggest = total + rss, max(biggest, rss)
+    return total, biggest
+
+spark = start_local_spark(data)
+base_total, _ = tree_rss(os.getpid())
+peak = {"total": 0, "one": 0}
+stop = threading.Event()
+def sample():
+    while not stop.is_set():
+        total, one = tree_rss(os.getpid())
+        peak["total"], peak["one"] = max(peak["total"], total), max(peak["one"], one)
+        stop.wait(0.25)
+threading.Thread(target=sample, daemon=True).start()
+started = time.perf_counter()
+result = run_ingest(spark, source, os.path.join(data, "chunks"), os.path.join(data, "documents"),
+                    chunk_size=size, chunk_overlap=overlap, counter=counter)
+seconds = time.perf_counter() - started
+again = time.perf_counter()
+rerun = run_ingest(spark, source, os.path.join(data, "chunks"), os.path.join(data, "documents"),
+                   chunk_size=size, chunk_overlap=overlap, counter=counter)
+rerun_s = time.perf_counter() - again
+stop.set()
+stop_local_spark()
+print(json.dumps({"chunks": result.chunks.written, "seconds": seconds, "peak_tree_mib": peak["total"] / 1024,
+                  "peak_one_process_mib": peak["one"] / 1024, "idle_tree_mib": base_total / 1024,
+                  "rerun_written": rerun.chunks.written, "rerun_s": rerun_s}))
+"""
+
+
+def measure_spark(path: Path, units: str) -> dict[str, object]:
+    """The whole ingest of a folder holding ``path``: listing, parse child, staging table, chunk MERGE (no
+    embedding), in a fresh process with its own local Spark server; RSS of that process tree sampled 4×/s."""
+    with tempfile.TemporaryDirectory(prefix="ca-bench-big-spark-", dir=path.parent) as work:
+        source, data = Path(work) / "docs", Path(work) / "data"
+        source.mkdir()
+        os.link(path, source / path.name)
+        (source / "small.md").write_text("# Small\n\nA small document beside the big one.\n")
+        done = subprocess.run(
+            [sys.executable, "-c", SPARK_CHILD, str(source), str(data), units],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    if done.returncode != 0:
+        return {"status": "crashed", "error": done.stderr.strip().splitlines()[-3:] or [str(done.returncode)]}
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
 
 def write_text(path: Path, mb: float, seed: int = 7) -> int:
     """Plain prose, paragraphs of 3-8 sentences: one section of ``mb`` MiB, as a big .txt export is."""
@@ -116,6 +197,11 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=50.0)
     parser.add_argument("--before-mb", type=float, default=5.0)
     parser.add_argument("--units", choices=("tokens", "chars"), default="tokens")
+    parser.add_argument(
+        "--spark",
+        action="store_true",
+        help="instead, the whole ingest (Spark + Delta, no embedding) at both sizes",
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}; load: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="ca-bench-big-") as work:
@@ -125,6 +211,8 @@ def main() -> None:
             ("whole section (before)", args.before_mb, True),
             ("windowed (this version)", args.mb, False),
         ):
+            if args.spark:
+                break
             path = Path(work) / f"big-{mb:g}.txt"
             if not path.exists():
                 write_text(path, mb)
@@ -139,6 +227,22 @@ def main() -> None:
                 )
             else:
                 print(f"{label:26s} {mb:6g} MB: {result.get('status')}: {result.get('error')}")
+        for mb in sorted({args.before_mb, args.mb}) if args.spark else ():
+            path = Path(work) / f"big-{mb:g}.txt"
+            if not path.exists():
+                write_text(path, mb)
+            result = measure_spark(path, args.units)
+            if "chunks" not in result:
+                print(f"{'whole ingest (Spark)':26s} {mb:6g} MB: {result.get('status')}: {result.get('error')}")
+                continue
+            rate = float(result["chunks"]) / float(result["seconds"])  # type: ignore[arg-type]
+            print(
+                f"{'whole ingest (Spark)':26s} {mb:6g} MB: {result['chunks']:>7} chunks in {result['seconds']:.1f}s "
+                f"({rate:.0f} chunks/s), peak RSS of the process tree {result['peak_tree_mib']:.0f} MiB "
+                f"(largest process {result['peak_one_process_mib']:.0f} MiB; idle server and client "
+                f"{result['idle_tree_mib']:.0f} MiB); no-change re-run {result['rerun_s']:.1f}s, "
+                f"{result['rerun_written']} chunks written; load {os.getloadavg()[0]:.1f}"
+            )
 
 
 if __name__ == "__main__":

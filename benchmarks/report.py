@@ -24,7 +24,7 @@ SAME_WITHIN = 0.05  # ratios within 5% of 1 are called even
 
 @dataclass
 class Measure:
-    section: str  # memory | indexing | retrieval | turn | web
+    section: str  # memory | indexing | retrieval | turn | import | web
     label: str
     unit: str
     better: str  # LOWER or HIGHER

@@ -17,8 +17,10 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,23 @@ def serve(config: Config, port: int, embedder: str, ready: Any) -> None:
         print(f"server: indexed {result.embedded} chunks with {result.model}", flush=True)
     app = create_app(services, warm_up=False)
     services.assistant.turn("warm-up", "warm up")  # load the model and open the pool before timing
+
+    @app.get("/bench/stats", include_in_schema=False)
+    def stats() -> dict[str, Any]:
+        """The benchmark's own probe: pool checkouts and model calls so far (read before and after the load)."""
+        pool = services.db.pool.get_stats()
+        batcher = getattr(services.embedder, "inner", None)
+        return {
+            "checkouts": pool.get("requests_num", 0),
+            "queued": pool.get("requests_queued", 0),
+            "wait_ms": pool.get("requests_wait_ms", 0),
+            "model_calls": getattr(batcher, "calls", None),
+            "model_texts": getattr(batcher, "texts", None),
+            "model_seconds": getattr(batcher, "model_seconds", None),
+            "threads": threading.active_count(),
+            "cpu_seconds": time.process_time(),  # the app process, all its threads
+        }
+
     ready.put(True)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -116,12 +135,37 @@ async def run_load(url: str, clients: int, requests: int) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        before = (await client.get("/bench/stats")).json()
         started = time.perf_counter()
         errors = await asyncio.gather(
             *(client_loop(client, i, n, latencies, records) for i, n in enumerate(per_client))
         )
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "latencies": latencies, "records": records, "errors": sum(errors)}
+        after = (await client.get("/bench/stats")).json()
+    done = max(1, len(records))
+    server = {
+        "checkouts_per_request": round((after["checkouts"] - before["checkouts"]) / done, 2),
+        "checkouts_queued_pct": round(
+            100 * (after["queued"] - before["queued"]) / max(1, after["checkouts"] - before["checkouts"]), 1
+        ),
+        "pool_wait_ms_per_request": round((after["wait_ms"] - before["wait_ms"]) / done, 1),
+    }
+    if after["model_calls"] is not None:
+        calls = after["model_calls"] - before["model_calls"]
+        server["batched_model_calls"] = calls
+        server["texts_per_batched_call"] = round((after["model_texts"] - before["model_texts"]) / max(1, calls), 2)
+        server["ms_per_batched_call"] = round(
+            1000 * (after["model_seconds"] - before["model_seconds"]) / max(1, calls)
+        )
+    server["server_threads"] = after["threads"]
+    server["app_cpu_ms_per_request"] = round(1000 * (after["cpu_seconds"] - before["cpu_seconds"]) / done, 1)
+    return {
+        "seconds": seconds,
+        "latencies": latencies,
+        "records": records,
+        "errors": sum(errors),
+        "server": server,
+    }
 
 
 def verify(config: Config, records: list[dict[str, Any]]) -> dict[str, int]:
@@ -171,6 +215,12 @@ def main() -> None:
     parser.add_argument(
         "--tracing", choices=("on", "off"), default="on", help="MLflow tracing of every turn (local sqlite store)"
     )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=None,
+        help="rag.embedding_batch_wait_ms of the app (default: the config's; 0: no micro-batching)",
+    )
     args = parser.parse_args()
 
     rag = args.embedder != "none"
@@ -183,6 +233,7 @@ def main() -> None:
             "web.forwarded_identity": "trust",
             "database.pool_max_size": args.pool,
             "tracing.enabled": args.tracing == "on",
+            **({} if args.batch_wait_ms is None else {"rag.embedding_batch_wait_ms": args.batch_wait_ms}),
         },
     ) as config:
         admin = EmbeddedPostgres(config.data_path).start("postgres")
@@ -211,6 +262,9 @@ def main() -> None:
         "clients": args.clients,
         "requests": args.requests,
         "embedder": args.embedder,
+        "tracing": args.tracing,
+        "batch_wait_ms": config.rag.embedding_batch_wait_ms,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "ok": ok,
         "errors": result["errors"],
         "seconds": round(result["seconds"], 2),
@@ -221,13 +275,16 @@ def main() -> None:
             "max": round(latency.maximum * 1000, 1),
         },
         **checked,
+        **result["server"],
     }
     print(machine())
     print(
-        f"POST /api/chat, offline model, embedder {args.embedder}, {args.clients} concurrent clients: "
+        f"POST /api/chat, offline model, embedder {args.embedder}, tracing {args.tracing}, "
+        f"micro-batching {config.rag.embedding_batch_wait_ms:g} ms, {args.clients} concurrent clients: "
         f"{ok}/{args.requests} ok in {result['seconds']:.1f} s = {summary['requests_per_second']} req/s; "
         f"latency {latency.fmt()}"
     )
+    print(f"server: {json.dumps(result['server'])}; load average after {summary['load_average']}")
     print(
         f"database: {checked['stored_messages']} messages stored for {ok} turns, {checked['missing']} missing, "
         f"{checked['wrong']} wrong, {checked['failed_messages']} failed"

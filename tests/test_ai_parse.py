@@ -78,10 +78,11 @@ def test_the_batch_parser_chunks_the_answer_instead_of_the_bytes() -> None:
              "ai_parsed": json.dumps(ANSWER)},
         ]
     )  # fmt: skip
-    (out,) = list(make_batch_parser(256, 32)(iter([batch])))
-    row = out.to_pylist()[0]
-    assert row["status"] == "ok" and row["chunk_count"] == 4  # one per section
-    assert row["chunks"][1]["text"].startswith("Release checklist\n\nFreeze starts")
+    rows = [row for out in make_batch_parser(256, 32)(iter([batch])) for row in out.to_pylist()]
+    (summary,) = [row for row in rows if row["status"] is not None]
+    assert summary["status"] == "ok" and summary["chunk_count"] == 4  # one per section
+    chunks = [row for row in rows if row["chunk_id"] is not None]  # one row per chunk
+    assert len(chunks) == 4 and chunks[1]["text"].startswith("Release checklist\n\nFreeze starts")
 
 
 def test_the_sql_and_the_local_refusal(tmp_path: Path) -> None:

@@ -175,3 +175,17 @@ def test_unknown_section_is_refused_with_the_choices(capsys: pytest.CaptureFixtu
     assert (
         "unknown section(s) speed; choose from memory, indexing, retrieval, turn, web" in capsys.readouterr().err
     )
+
+
+@pytest.mark.slow
+def test_smoke_run_of_the_import_section(pg_server: Any, tmp_path: Path) -> None:
+    """The first turns after a ``memory import`` (issue 13, item 8), through the command's own code."""
+    code, table, raw = run_smoke(pg_server, tmp_path, "--ours-only", "--only", "import")
+    assert code == 0, raw["notes"]
+    labels = [m["label"] for m in raw["measures"] if m["section"] == "import"]
+    assert labels == [
+        "first turn after importing 100 messages",
+        "tenth turn after the import",
+        "first - tenth (target: within 2 s)",
+    ]
+    assert "first turn after importing 100 messages" in table

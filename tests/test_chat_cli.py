@@ -460,15 +460,11 @@ def test_bad_usage_and_bad_input_are_one_clear_line(
     assert code == 2 and err.strip() == "usage error: chat: --message and --retry cannot be combined"
     code, _, err = run("--session", "nope", "--message", "hi")
     assert code == 1 and err.strip() == "error: session not found: nope"
-    code, out, err = run("--message", "   ", "--json")
-    assert code == 1 and json.loads(out) == {  # a failed turn's shape, with nothing stored (README: Chat)
-        "error": "the message is empty",
-        "kind": "bad_input",
-        "retryable": False,
-        "session_id": None,
-        "user_message_id": None,
-    }
-    assert err.strip() == "error: the message is empty"
+    blank = "chat: --message is empty; give the question as TEXT, or '-' to read it from stdin"
+    for text in ("", "   "):  # a usage error like the others above, refused before the database is opened
+        code, out, err = run("--message", text, "--json")
+        assert code == 2 and json.loads(out) == {"error": blank, "kind": "usage", "retryable": False}
+        assert err.strip() == f"usage error: {blank}"
     code, out, err = run("--retry", "999999", "--json")
     assert code == 1 and json.loads(out) == {
         "error": "message not found: 999999",

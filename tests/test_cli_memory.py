@@ -170,7 +170,7 @@ def test_db_status(cli) -> None:  # type: ignore[no-untyped-def]
     assert status["schema"] == "context_assistant" and status["problem"] is None
     code, out, _ = cli("db", "status")
     assert "PostgreSQL 18" in out and "pgvector:  0.8" in out
-    assert "Schema:    context_assistant, version 3 (latest 3), owner postgres" in out and "Problem:" not in out
+    assert "Schema:    context_assistant, version 5 (latest 5), owner postgres" in out and "Problem:" not in out
 
 
 def test_module_entry_point_runs(config_file: Path) -> None:

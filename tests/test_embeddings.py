@@ -16,6 +16,7 @@ import pytest
 
 from context_assistant.core.config import load_config
 from context_assistant.core.retries import retry_after_seconds
+from context_assistant.retrieval.batching import BatchingEmbedder
 from context_assistant.retrieval.embeddings import (
     MINILM,
     CachingEmbedder,
@@ -49,7 +50,9 @@ def test_model_names_choose_local_or_endpoint() -> None:
 def test_make_embedder_builds_nothing_expensive_up_front() -> None:
     cached = make_embedder(load_config(None, env={}).rag)
     assert isinstance(cached, CachingEmbedder) and cached.model_name == MINILM
-    local = cached.inner
+    batcher = cached.inner  # concurrent calls of a local model are micro-batched (test_embed_batching.py)
+    assert isinstance(batcher, BatchingEmbedder) and batcher._thread is None  # no thread until a call
+    local = batcher.inner
     assert isinstance(local, LocalEmbedder) and local.model_name == MINILM and local._model is None
     rag = load_config(None, env={}, overrides={"rag.embedding_model": "databricks-gte-large-en"}).rag
     built: list[int] = []

@@ -23,7 +23,7 @@ from context_assistant.ingest.documents import parse_document
 from context_assistant.ingest.limits import ParseChild, ParseLimits
 from context_assistant.ingest.run import run_ingest
 from context_assistant.ingest.text import ParseError
-from context_assistant.ingest.worker import parse_and_chunk
+from context_assistant.ingest.worker import parse_in_groups
 from spark_support import local_spark  # noqa: F401  (the session-scoped `spark` fixture)
 
 MiB = 1024 * 1024
@@ -70,7 +70,7 @@ def test_an_expansion_bomb_is_refused_from_the_zip_directory_before_it_is_inflat
 
 def test_a_stalled_parser_is_killed_at_its_limit_and_the_next_file_still_parses() -> None:
     limits = ParseLimits(seconds=1.0, memory_bytes=1024 * MiB)
-    with ParseChild(200, 20, StubCounter(), limits, parse_and_chunk) as child:  # type: ignore[arg-type]
+    with ParseChild(200, 20, StubCounter(), limits, parse_in_groups) as child:  # type: ignore[arg-type]
         status, error, chunks = child.parse("stuck.txt", b"This text will STALL the parser.")
         assert (status, error, chunks) == (
             "failed",
@@ -83,7 +83,7 @@ def test_a_stalled_parser_is_killed_at_its_limit_and_the_next_file_still_parses(
 
 def test_a_parser_over_the_memory_limit_fails_that_file_only() -> None:
     limits = ParseLimits(seconds=120.0, memory_bytes=512 * MiB)
-    with ParseChild(200, 20, StubCounter(), limits, parse_and_chunk) as child:  # type: ignore[arg-type]
+    with ParseChild(200, 20, StubCounter(), limits, parse_in_groups) as child:  # type: ignore[arg-type]
         status, error, _ = child.parse("greedy.txt", b"This text makes the parser HOG memory.")
         assert status == "failed"
         assert "512 MiB parse memory limit" in (error or "")

@@ -18,6 +18,7 @@ from context_assistant.retrieval.rerank import (
     RerankError,
     RerankingRetriever,
     SentenceReranker,
+    SentenceVectorCache,
     blend,
     make_reranker,
     sentences,
@@ -25,7 +26,7 @@ from context_assistant.retrieval.rerank import (
 from context_assistant.retrieval.sync import InMemoryChunkSource
 from context_assistant.services import Services
 from fake_databricks import Response
-from retrieval_support import HashingEmbedder, document
+from retrieval_support import CountingEmbedder, HashingEmbedder, document
 
 ENDPOINT_PATH = r"/serving-endpoints/([^/]+)/invocations"
 
@@ -229,3 +230,42 @@ def test_sentence_reranker_failure_keeps_the_first_stage_order(db) -> None:  # t
     retriever = RerankingRetriever(index, SentenceReranker(lambda: Broken()), candidates=5)
     first = [h.chunk_id for h in index.search("alpha", top_k=2)]
     assert [h.chunk_id for h in retriever.search("alpha", top_k=2)] == first
+
+
+def test_sentence_vectors_are_embedded_once_per_passage_and_model() -> None:
+    counting = CountingEmbedder(HashingEmbedder())
+    reranker = SentenceReranker(lambda: counting)
+    passages = ["Pager rotation is weekly. It hands over on Monday.", "Backups run nightly. Restores are tested."]
+    first = reranker.score("when does the pager hand over", passages)
+    assert len(counting.texts) == 1 + 4  # the query, then the four sentences in one call
+    assert reranker.cache.held == 4 and len(reranker.cache) == 2
+
+    counting.texts.clear()
+    again = reranker.score("when does the pager hand over", [passages[1], passages[0], passages[0]])
+    assert counting.texts == ["when does the pager hand over"]  # every passage cached: only the query
+    assert again == [first[1], first[0], first[0]]
+
+    counting.texts.clear()
+    edited = passages[0].replace("Monday", "Tuesday")
+    reranker.score("pager", [edited, passages[1], edited])
+    assert counting.texts == ["pager", "Pager rotation is weekly.", "It hands over on Tuesday."]  # new text only
+
+    other = CountingEmbedder(HashingEmbedder(model_name="another-model"))
+    SentenceReranker(lambda: other, cache=reranker.cache).score("pager", passages[:1])
+    assert len(other.texts) == 1 + 2  # another model's vectors are never reused
+
+
+def test_sentence_vector_cache_is_bounded_by_sentences_and_evicts_the_least_recently_used() -> None:
+    import numpy as np
+
+    cache = SentenceVectorCache(rows=5)
+    a, b, c = (cache.key("m", text) for text in ("a", "b", "c"))
+    assert a != cache.key("n", "a")
+    cache.put(a, np.ones((2, 3), dtype=np.float32))
+    cache.put(b, np.ones((2, 3), dtype=np.float32))
+    assert cache.get(a) is not None  # a is now the most recently used
+    cache.put(c, np.ones((2, 3), dtype=np.float32))  # 6 rows > 5: b goes
+    assert cache.get(b) is None and cache.get(a) is not None and cache.get(c) is not None
+    assert cache.held == 4
+    cache.put(b, np.ones((6, 3), dtype=np.float32))  # bigger than the whole cache: not kept, nothing evicted
+    assert cache.get(b) is None and cache.held == 4 and len(cache) == 2

@@ -286,3 +286,29 @@ def test_spark_source_reads_the_same_table(tmp_path: Path, spark: Any) -> None:
     assert sorted(source.read(wanted), key=lambda c: c.chunk_id) == sorted(
         (memory.chunks[i] for i in wanted), key=lambda c: c.chunk_id
     )
+
+
+def test_an_interrupted_full_reembedding_is_resumed_by_the_next_plain_sync(db: Database) -> None:
+    """``ingest --full`` re-embeds every chunk (same model, e.g. after a change to what is embedded); stopped
+    half-way, the next plain ``ingest`` re-embeds the rest (and only the rest) instead of keeping old vectors."""
+    source = _library(docs=6, chunks=3)
+    PgVectorChunkIndex(db, HashingEmbedder(), batch_size=6).refresh(source)
+
+    crashing = CrashingEmbedder(HashingEmbedder(), batches=1)
+    with pytest.raises(SimulatedCrash):
+        PgVectorChunkIndex(db, crashing, batch_size=6).refresh(source, full=True)
+    done_before = len(crashing.texts)
+    assert 0 < done_before < 18
+
+    lines: list[str] = []
+    counting = CountingEmbedder(HashingEmbedder())
+    resumed = PgVectorChunkIndex(db, counting, batch_size=6).refresh(source, progress=lines.append)
+    assert any("resuming the full re-embedding (ingest --full)" in line for line in lines), lines
+    assert len(counting.texts) == 18 - done_before and resumed.updated == 18 - done_before
+    assert resumed.ok and resumed.kept == done_before
+
+    counting.texts.clear()
+    lines.clear()
+    again = PgVectorChunkIndex(db, counting).refresh(source, progress=lines.append)
+    assert counting.texts == [] and again.kept == 18  # finished: nothing left to resume
+    assert not any("resuming" in line for line in lines)

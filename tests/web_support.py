@@ -127,6 +127,7 @@ def start_app_fixture(make_config: Callable[..., Config]) -> Iterator[Callable[.
         services = web_services(config or make_config(), env=env, **parts)
         app = RunningApp(services, LiveServer(create_app(services, refresh=refresh)))
         running.append(app)
+        wait_for(lambda: app.state.readiness.ready, "the app's start-up (readiness.py)", timeout=600)
         return app
 
     yield start

@@ -40,7 +40,9 @@ from ..core.tracing import (
 )
 from ..llm.interface import ChatModel, Completion, ContextTurn, ModelError, PromptContext
 from ..retrieval.base import Hit, RecalledTurn, Recaller, Retriever
+from ..storage.limbo import mark_interrupted
 from ..storage.memory import ConversationStore, Message, MessageNotFound, title_from
+from ..storage.targets import DatabaseError
 from ..storage.turn_records import TurnContext, load_context, store_question, store_reply
 from .prompt import ContextTooLong, NumberedSource, Prompt, TurnLike, build_prompt, source_json
 from .summary import Summarizer
@@ -61,7 +63,7 @@ class TurnFailed(UpstreamError):
         self.session_id = session_id
         self.user_message_id = user_message_id
         self.kind = kind
-        self.http_status = 422 if kind == "context_too_long" else 502
+        self.http_status = {"context_too_long": 422, "database": 503}.get(kind, 502)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,6 +137,9 @@ class Assistant:
         self.tracer = tracer or DisabledTracer()
         self.summarizer = summarizer or Summarizer(chat_model)
         self.clock = clock
+        # Questions whose turn ended here but whose failure could not be written (the database was gone):
+        # not being answered anywhere, so a retry may mark them interrupted at once (storage/limbo.py).
+        self._unrecorded: set[int] = set()
 
     # -- public API -----------------------------------------------------------------------------------
 
@@ -242,6 +247,10 @@ class Assistant:
                 raise self._fail(
                     user, session_id, user_message, str(exc), "context_too_long", False, trace
                 ) from exc
+            except DatabaseError as exc:
+                # The database went away mid-turn (the reply could not be stored): retryable, and the question
+                # is marked failed now or, if the database is still down, by the limbo sweep (storage/limbo.py).
+                raise self._fail(user, session_id, user_message, str(exc), "database", True, trace) from exc
             except (GeneratorExit, KeyboardInterrupt):
                 # The caller stopped listening (a closed browser tab, Ctrl-C in the terminal). Keep the message
                 # and say why there is no reply.
@@ -262,6 +271,10 @@ class Assistant:
             stored = self.store.get_message(user, retry_of)
             if session_id is not None and stored.session_id != session_id:
                 raise MessageNotFound(retry_of)
+            if retry_of in self._unrecorded:
+                self._unrecorded.discard(retry_of)
+                if not stored.failed and mark_interrupted(self.store.db, self.clock.now(), message_id=retry_of):
+                    stored = self.store.get_message(user, retry_of)
             if stored.role != "user" or not stored.failed:
                 raise InvalidInput(f"message {retry_of} is not a failed user message; nothing to retry")
             return stored.session_id, stored
@@ -412,4 +425,5 @@ class Assistant:
             )
         except Exception as exc:  # the message itself is stored; only its status could not be written
             log.error("could not mark message %s as failed: %s", message.id, exc)
+            self._unrecorded.add(message.id)
         trace.set_outputs({"error": error, "kind": kind})

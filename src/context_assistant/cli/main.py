@@ -18,7 +18,7 @@ from typing import Any
 
 from ..core.config import load_config
 from ..core.console import port_number, print_json
-from ..core.errors import EXIT_INTERRUPTED, ContextAssistantError
+from ..core.errors import EXIT_INTERRUPTED, ContextAssistantError, UsageError
 from ..core.interrupts import end_process, fast_exit, report_interrupted
 from ..core.redact import install_log_redaction
 from ..core.text import check_text
@@ -260,6 +260,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     for name, value in vars(args).items():
         if isinstance(value, (str, list)) and name not in LOCAL_PATH_ARGUMENTS:
             check_text(_argument_name(name), value)
+    message = getattr(args, "message", None)
+    if args.command == "chat" and isinstance(message, str) and not message.strip():
+        raise UsageError("chat: --message is empty; give the question as TEXT, or '-' to read it from stdin")
 
 
 def _argument_name(dest: str) -> str:

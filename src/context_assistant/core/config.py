@@ -107,6 +107,11 @@ class RagConfig:
     # Short CLI commands (search, recall, chat) share a warm local embedding model for this long after their
     # last use (retrieval/embedding_service.py); 0: each loads the model itself.
     embedding_service_idle_seconds: float = _opt(900.0, min=0)
+    # Concurrent calls to a local model (the web app's questions) share one model call (retrieval/batching.py):
+    # the batcher waits this long after the first for more; 0 turns micro-batching off. Calls of more than
+    # embedding_batch_max_texts texts (the index sync) go straight to the model.
+    embedding_batch_wait_ms: float = _opt(3.0, min=0)
+    embedding_batch_max_texts: int = _opt(64, min=1)
     # How hybrid search fuses its two rankings (retrieval/fusion.py): convex (normalised scores) or rrf (ranks).
     fusion: str = _opt("convex", choices=FUSIONS)
     hybrid_weight: float = _opt(0.5, min=0)  # convex: the vector side's share
@@ -171,6 +176,8 @@ class WebConfig:
     forwarded_identity: str = _opt("auto", choices=("auto", "trust", "ignore"))
     max_body_bytes: int = _opt(262144, min=1024)
     health_timeout_seconds: float = _opt(5.0, min=0.1)
+    # Chat requests that arrive while the app is still loading its model wait this long for it, then get 503.
+    startup_wait_seconds: float = _opt(60.0, min=0)
     # Who may start a full re-index from the web app and see who started a refresh: comma-separated user
     # names (as the identity rule gives them, e.g. emails). Empty: only a local single-user app's user.
     admins: str = ""

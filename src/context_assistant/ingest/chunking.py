@@ -95,9 +95,26 @@ def chunk_document(
 ) -> list[Chunk]:
     """Chunk every section of ``doc`` in order; ``chunk_index`` runs across sections. Sizes are tokens of
     ``counter`` (special tokens included), or characters without one."""
+    return list(iter_chunks(doc, chunk_size, chunk_overlap, counter))
+
+
+def iter_chunks(
+    doc: ParsedDocument,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    counter: TokenCounter | None = None,
+) -> Iterator[Chunk]:
+    """:func:`chunk_document` one chunk at a time, so a big document's chunks can leave before the rest are
+    cut (the ingest streams them to Spark in bounded groups). Settings are checked before the first chunk."""
     validate_chunking(chunk_size, chunk_overlap)
+    return _iter_chunks(doc, chunk_size, chunk_overlap, counter)
+
+
+def _iter_chunks(
+    doc: ParsedDocument, chunk_size: int, chunk_overlap: int, counter: TokenCounter | None
+) -> Iterator[Chunk]:
     special = counter.special_tokens if counter is not None else 0
-    chunks: list[Chunk] = []
+    index = 0
     for section in doc.sections:
         header = fit_header(section.heading, max(1, (chunk_size - special) // MAX_HEADER_SHARE), counter)
         prefix = header + HEADER_SEPARATOR if header else ""
@@ -105,22 +122,19 @@ def chunk_document(
         budget = max(budget, 1)
         overlap = min(chunk_overlap, budget - 1)
         for piece in split_long_text(section.text, budget, overlap, counter=counter, window=WINDOW_CHARS):
-            index = len(chunks)
             text = prefix + piece.text
-            chunks.append(
-                Chunk(
-                    chunk_id=make_chunk_id(doc.path, index),
-                    path=doc.path,
-                    chunk_index=index,
-                    text=text,
-                    heading=section.heading,
-                    page=section.page,
-                    content_hash=content_hash(text),
-                    overlap_chars=piece.overlap_chars,
-                    header_chars=len(prefix),
-                )
+            yield Chunk(
+                chunk_id=make_chunk_id(doc.path, index),
+                path=doc.path,
+                chunk_index=index,
+                text=text,
+                heading=section.heading,
+                page=section.page,
+                content_hash=content_hash(text),
+                overlap_chars=piece.overlap_chars,
+                header_chars=len(prefix),
             )
-    return chunks
+            index += 1
 
 
 def _measure(text: str, counter: TokenCounter | None) -> int:

@@ -7,7 +7,9 @@ what they use from the declarations here, so a column added or retyped here is a
 * :data:`CHUNK_TABLE`: the chunk table, one row per chunk (``chunk_id`` is its key);
 * :data:`DOCUMENTS_TABLE`: the documents table, one row per file seen in the source (``path`` is its key);
 * :data:`CHUNK_FIELDS`: what a parser produces per chunk (the chunk's own columns, without its document's);
-* :data:`PARSED_FILE`: one row of the parser's output (a file's summary; its chunks come as an array);
+* :data:`PARSED_FILE`: a file's summary in the parser's output; :data:`STAGED_ROW`: a row of that output
+  (the staging table): a file's summary, or one of its chunks (one row per chunk, never an array, so a big
+  file's chunks stream through Spark in bounded batches);
 * :data:`INDEXED_COLUMNS`: what a search index reads of a chunk; :data:`HIT_COLUMNS`: what a hit shows.
 """
 
@@ -124,13 +126,20 @@ def merge_insert(table: Iterable[Column], *, values: Mapping[str, str] | None = 
     )
 
 
-def parsed_schema_ddl() -> str:
-    """The Spark schema of the parser's output (``mapInArrow``): a file's summary and its chunks."""
-    chunk = ", ".join(f"{column.name}: {column.type}" for column in CHUNK_FIELDS)
-    return f"{schema_ddl(PARSED_FILE)}, chunks ARRAY<STRUCT<{chunk}>>"
+# A row of the parser's output and the staging table: a summary row has ``status`` set and NULL chunk columns;
+# a chunk row has ``chunk_id`` set, NULL ``status``, and carries its file's ``path``, ``doc_hash`` and
+# ``modified_us`` (what the chunk MERGE needs), the other summary columns NULL.
+STAGED_ROW: tuple[Column, ...] = tuple(
+    Column(column.name, column.type, nullable=True) for column in (*PARSED_FILE, *CHUNK_FIELDS)
+)
 
 
-def parsed_arrow_schema() -> pa.Schema:
+def staged_schema_ddl() -> str:
+    """The Spark schema of the parser's output (``mapInArrow``) and the staging table."""
+    return schema_ddl(STAGED_ROW)
+
+
+def staged_arrow_schema() -> pa.Schema:
     """The same schema in Arrow, as the workers build their record batches."""
     import pyarrow as pa
 
@@ -142,8 +151,7 @@ def parsed_arrow_schema() -> pa.Schema:
             "TIMESTAMP": pa.timestamp("us", tz="UTC"),
         }[column.type]
 
-    chunk = pa.struct([(column.name, arrow(column)) for column in CHUNK_FIELDS])
-    return pa.schema([*((column.name, arrow(column)) for column in PARSED_FILE), ("chunks", pa.list_(chunk))])
+    return pa.schema([(column.name, arrow(column)) for column in STAGED_ROW])
 
 
 __all__ = [
@@ -154,13 +162,14 @@ __all__ = [
     "HIT_COLUMNS",
     "INDEXED_COLUMNS",
     "PARSED_FILE",
+    "STAGED_ROW",
     "Column",
     "columns",
     "merge_insert",
     "merge_update",
     "names",
-    "parsed_arrow_schema",
-    "parsed_schema_ddl",
     "schema_ddl",
+    "staged_arrow_schema",
+    "staged_schema_ddl",
     "table_ddl",
 ]

@@ -7,13 +7,16 @@ interpreter running :func:`main`: no fork of a threaded server) that:
 
 * caps its own address space with ``resource.setrlimit(RLIMIT_AS)`` (``rag.parse_memory_mb``): a parser that
   needs more gets a ``MemoryError`` (reported as the file's failure) or dies (ditto);
-* is killed by the parent when one file takes longer than ``rag.parse_timeout_seconds`` of wall time; the
-  file is reported as failed with that reason and a new child takes the remaining files, so a hostile file
-  delays the others by at most its limit.
+* is killed by the parent when one file takes longer than ``rag.parse_timeout_seconds`` of wall time spent
+  waiting for it (time Spark spends taking a group of chunks does not count); the file is reported as failed
+  with that reason and a new child takes the remaining files, so a hostile file delays the others by at most
+  its limit.
 
 One child serves a whole ``mapInArrow`` partition (started on its first file), one file at a time over its
-stdin/stdout (length-prefixed pickles). Where a child cannot be started (no ``resource`` module, a sandbox
-without ``fork``/``exec``) parsing degrades to the calling thread with the SIGALRM limit where that works;
+stdin/stdout (length-prefixed pickles). A file's chunks come back as they are cut, in groups of bounded size
+ending with the file's :class:`FileOutcome` (:meth:`ParseChild.stream`), so neither process ever holds all
+the chunks of a big file: the pipe's back-pressure keeps the child at most a group or two ahead of Spark.
+Where a child cannot be started (no ``resource`` module, a sandbox without ``fork``/``exec``) parsing degrades to the calling thread with the SIGALRM limit where that works;
 where ``RLIMIT_AS`` cannot be set, the wall-clock limit still holds. Pure standard library, so it behaves the
 same on Databricks' Linux workers as here.
 """
@@ -31,7 +34,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -57,14 +60,27 @@ class ParseLimits:
 
 
 FileResult = tuple[str, "str | None", list]
-# parse_and_chunk's signature: (path, data, chunk_size, chunk_overlap, timeout, counter, ai_parsed) -> result
-ParseFunction = Callable[..., FileResult]
 
 
-def _failed(error: str) -> FileResult:
+@dataclass(frozen=True)
+class FileOutcome:
+    """The last message about a file: ``status`` ok/failed, the reason, how many chunks were sent before it
+    (a failed file's earlier chunks are to be discarded)."""
+
+    status: str
+    error: str | None
+    chunk_count: int
+
+
+# What a file's stream yields: groups of chunks (lists), then exactly one FileOutcome.
+# worker.parse_in_groups: (path, data, chunk_size, chunk_overlap, timeout, counter, ai_parsed) -> events
+ParseFunction = Callable[..., Iterator[Any]]
+
+
+def _failed(error: str) -> FileOutcome:
     from .plan import FAILED
 
-    return FAILED, error, []
+    return FileOutcome(FAILED, error, 0)
 
 
 class ParseChild:
@@ -79,7 +95,7 @@ class ParseChild:
         limits: ParseLimits,
         parse: ParseFunction,
     ) -> None:
-        """``parse`` is :func:`context_assistant.ingest.worker.parse_and_chunk` (the child imports it by name)."""
+        """``parse`` is :func:`context_assistant.ingest.worker.parse_in_groups` (the child imports it by name)."""
         self.settings = (chunk_size, chunk_overlap, counter)
         self.parse_function = parse
         self.limits = limits
@@ -87,21 +103,45 @@ class ParseChild:
         self._unavailable = not limits.isolate
 
     def parse(self, path: str, data: bytes, ai_parsed: str | None = None) -> FileResult:
+        """The whole file at once, ``(status, error, chunks)``: :meth:`stream` gathered (small files, tests)."""
+        from .plan import OK
+
+        chunks: list[Any] = []
+        for event in self.stream(path, data, ai_parsed):
+            if isinstance(event, FileOutcome):
+                return event.status, event.error, chunks if event.status == OK else []
+            chunks.extend(event)
+        raise AssertionError("a file's stream ends with its outcome")  # pragma: no cover
+
+    def stream(self, path: str, data: bytes, ai_parsed: str | None = None) -> Iterator[Any]:
+        """Groups of the file's chunks as the child cuts them, then its :class:`FileOutcome` (always last)."""
         if not self._unavailable and self._proc is None:
             self._start()
         if self._unavailable or self._proc is None:
-            return self._in_process(path, data, ai_parsed)
+            yield from self._in_process(path, data, ai_parsed)
+            return
         proc = self._proc
+        budget = self.limits.seconds if self.limits.seconds > 0 else None
+        finished = False
         try:
             _send(proc.stdin, (path, data, ai_parsed))
-            answer = _receive(proc.stdout, self.limits.seconds)
+            del data  # the caller may drop its copy while the chunks stream
+            while not finished:
+                waited = time.monotonic()
+                event = _receive(proc.stdout, budget)
+                if budget is not None:
+                    budget = max(budget - (time.monotonic() - waited), 1e-3)
+                finished = isinstance(event, FileOutcome)
+                yield event
         except TimeoutError:
             self.close(kill=True)
-            return _failed(f"parsing took longer than {self.limits.seconds:g}s (a pathological or huge file?)")
+            yield _failed(f"parsing took longer than {self.limits.seconds:g}s (a pathological or huge file?)")
         except (OSError, EOFError, pickle.UnpicklingError):
             code = self.close(kill=True)
-            return _failed(self._death(code))
-        return answer
+            yield _failed(self._death(code))
+        finally:
+            if not finished and self._proc is proc:  # abandoned mid-file: the pipe holds the rest of it
+                self.close(kill=True)
 
     def close(self, kill: bool = False) -> int | None:
         """Stop the child (politely unless ``kill``); returns its exit code."""
@@ -169,7 +209,7 @@ class ParseChild:
             self.close(kill=True)
             self._unavailable = True
 
-    def _in_process(self, path: str, data: bytes, ai_parsed: str | None) -> FileResult:
+    def _in_process(self, path: str, data: bytes, ai_parsed: str | None) -> Iterator[Any]:
         chunk_size, chunk_overlap, counter = self.settings
         return self.parse_function(path, data, chunk_size, chunk_overlap, self.limits.seconds, counter, ai_parsed)
 
@@ -233,9 +273,10 @@ def _limit_memory(memory_bytes: int) -> None:
 
 def serve(memory_bytes: int, stdin: IO[bytes], stdout: IO[bytes], target: str) -> None:
     """The child's loop: settings, then one ``(path, data, ai_parsed)`` per request until ``None``, each
-    answered by the function ``target`` (``module:name``; imported before the memory limit applies)."""
+    answered by the events of the function ``target`` (``module:name``; imported before the memory limit
+    applies): groups of chunks, sent as they come, then the file's :class:`FileOutcome`."""
     module, name = target.split(":")
-    parse_and_chunk = getattr(importlib.import_module(module), name)
+    parse_in_groups = getattr(importlib.import_module(module), name)
 
     chunk_size, chunk_overlap, counter = _receive(stdin, None)
     _limit_memory(memory_bytes)
@@ -248,14 +289,21 @@ def serve(memory_bytes: int, stdin: IO[bytes], stdout: IO[bytes], target: str) -
         if request is None:
             return
         path, data, ai_parsed = request
+        del request
+        events = parse_in_groups(path, data, chunk_size, chunk_overlap, 0, counter, ai_parsed)
+        del data  # the parser holds what it still needs
         try:
-            answer = parse_and_chunk(path, data, chunk_size, chunk_overlap, 0, counter, ai_parsed)
+            for event in events:
+                _send(stdout, event)
+                if isinstance(event, FileOutcome):
+                    break
+                del event
         except MemoryError:
-            answer = _failed(
-                f"parsing needed more than the {memory_bytes // (1024 * 1024)} MiB parse memory limit"
+            _send(
+                stdout,
+                _failed(f"parsing needed more than the {memory_bytes // (1024 * 1024)} MiB parse memory limit"),
             )
-        del data, request
-        _send(stdout, answer)
+        del events
 
 
 def _exit_with_parent(parent: int) -> None:

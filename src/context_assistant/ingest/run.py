@@ -27,7 +27,9 @@ How one run works, and why each step is where it is:
    (``mapInArrow``) only files whose hash differs from the stored one: a file that was merely touched is
    hashed but never parsed, and its bytes never reach Python.
 4. Materialise the parser output in a staging Delta table (``<chunk table>__ingest_staging``), because
-   serverless compute cannot cache and both MERGEs below read it; parsing twice would double the cost.
+   serverless compute cannot cache and both MERGEs below read it; parsing twice would double the cost. The
+   parser streams: one row per chunk, in record batches of bounded size, then a summary row per file
+   (:mod:`.worker`), so a big file never travels as one row holding all its chunks.
 5. ``MERGE INTO`` the chunk table from a change set (insert / update / delete per ``chunk_id``) computed
    against the chunks of exactly the affected paths: a shortened document loses its tail chunks, chunks
    whose text did not change are not rewritten (so Change Data Feed and the embedding step only see real
@@ -54,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -70,8 +71,9 @@ from .contract import (
     FRESH_CHUNK,
     merge_insert,
     merge_update,
-    parsed_schema_ddl,
+    names,
     schema_ddl,
+    staged_schema_ddl,
     table_ddl,
 )
 from .limits import ParseLimits
@@ -94,6 +96,14 @@ from .plan import (
     removes_every_document,
     skipped_lines,
 )
+from .source_paths import (
+    GLOB_CHARS,
+    SCHEME,
+    normalize_root,
+    relative_path_sql,
+    still_present_but_empty,
+    supported_glob,
+)
 from .tables import TableRef, create_table, resolve_table, sql_string
 from .text import human_size
 from .worker import make_batch_parser, parse_and_chunk
@@ -111,39 +121,12 @@ DOCUMENT_COLUMNS = table_ddl(DOCUMENTS_TABLE)
 
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 
-_PARSED_SCHEMA = parsed_schema_ddl()
+_PARSED_SCHEMA = staged_schema_ddl()
 _FRESH_SCHEMA = schema_ddl(FRESH_CHUNK)
-_GLOB_CHARS = re.compile(r"[*?\[\]{}\\]")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 class IngestError(InvalidInput):
     """The run cannot proceed (bad source, bad settings); nothing was written. ``str()`` says why."""
-
-
-# --------------------------------------------------------------------------------------------- paths
-
-
-def normalize_root(source: str) -> str:
-    """The source as the path prefix ``binaryFile`` reports (scheme and leading/trailing slashes dropped).
-
-    Mirrors :func:`relative_path_sql`: Databricks reports ``dbfs:/Volumes/c/s/v/a.md``, pysail
-    ``tmp/docs/a.md`` (no leading slash); both normalise to a scheme-less, slash-less prefix.
-    """
-    return _SCHEME.sub("", source).strip("/")
-
-
-def relative_path_sql(column: str, root: str) -> str:
-    """SQL for the path relative to ``root`` (from :func:`normalize_root`); a single-file source yields
-    its file name."""
-    norm = f"regexp_replace(regexp_replace({column}, '^[A-Za-z][A-Za-z0-9+.-]+:', ''), '^/+', '')"
-    if not root:
-        return norm
-    prefix = sql_string(root + "/")
-    return (
-        f"CASE WHEN substr({norm}, 1, {len(root) + 1}) = {prefix} THEN substr({norm}, {len(root) + 2}) "
-        f"WHEN {norm} = {sql_string(root)} THEN regexp_extract({norm}, '[^/]+$', 0) ELSE {norm} END"
-    )
 
 
 def resolve_source(source: str) -> str:
@@ -151,50 +134,9 @@ def resolve_source(source: str) -> str:
     text = source.strip()
     if not text:
         raise IngestError("source is empty: give a folder (locally) or a Volume path (/Volumes/c/s/v/...)")
-    if _SCHEME.match(text) or text.startswith("/"):
+    if SCHEME.match(text) or text.startswith("/"):
         return text.rstrip("/") or "/"
     return os.path.abspath(os.path.expanduser(text))
-
-
-def local_path_of(source: str) -> str | None:
-    """Where the source can be seen by this Python process, if at all: a local folder, or a Volume through
-    its ``/Volumes`` mount on Databricks. ``None`` for object-store URLs (``s3://``, ``abfss://``...)."""
-    if source.startswith("dbfs:/Volumes/"):
-        return source[len("dbfs:") :]
-    if source.startswith("file:"):
-        return "/" + source[len("file:") :].lstrip("/")
-    return None if _SCHEME.match(source) else source
-
-
-def still_present_but_empty(source: str, paths: list[str]) -> list[SourceFile]:
-    """Those of ``paths`` (missing from the listing) that still exist as zero-byte files.
-
-    Spark's file sources (and pysail) leave empty files out of ``binaryFile`` listings, so a document
-    truncated to nothing would otherwise look deleted and lose its chunks; it is reported as failed
-    ("empty file") instead. Only known documents are checked, one ``stat`` each, never a folder walk.
-    """
-    root = local_path_of(source)
-    if root is None:
-        return []
-    found = []
-    for path in paths:
-        try:
-            stat = os.stat(os.path.join(root, *path.split("/")))
-        except OSError:
-            continue
-        if stat.st_size == 0 and not os.path.isdir(os.path.join(root, *path.split("/"))):
-            found.append(SourceFile(path, 0, stat.st_mtime_ns // 1000))
-    return found
-
-
-def _supported_glob() -> str:
-    """A case-insensitive ``pathGlobFilter`` for the parsed extensions (Hadoop and pysail globs agree)."""
-    from .documents import SUPPORTED_EXTENSIONS
-
-    def insensitive(ext: str) -> str:
-        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext.lstrip("."))
-
-    return "*.{" + ",".join(insensitive(e) for e in sorted(SUPPORTED_EXTENSIONS)) + "}"
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -471,7 +413,7 @@ class _Run:
         summary: dict[str, ParsedFile] = {}
         for r in self.spark.sql(
             "SELECT path, size_bytes, modified_us, doc_hash, status, error, chunk_count "
-            f"FROM {self.staging.sql_name}"
+            f"FROM {self.staging.sql_name} WHERE status IS NOT NULL"  # a file's summary row, not its chunks
         ).collect():
             summary[r.path] = ParsedFile(
                 r.path, int(r.size_bytes), int(r.modified_us), r.doc_hash, r.status, r.error, int(r.chunk_count)
@@ -490,13 +432,13 @@ class _Run:
         if single_file:
             return reader.load(self.source)
         paths = [c.path for c in candidates]
-        if len(paths) * 2 <= listed and not any(_GLOB_CHARS.search(p) for p in paths):
+        if len(paths) * 2 <= listed and not any(GLOB_CHARS.search(p) for p in paths):
             base = self.source.rstrip("/")
             return reader.load([f"{base}/{p}" for p in paths])
         # Spark checks the length filter before reading a file, so large unchanged files stay unread.
         return (
             reader.option("recursiveFileLookup", "true")
-            .option("pathGlobFilter", _supported_glob())
+            .option("pathGlobFilter", supported_glob())
             .load(self.source)
             .where(f"length <= {max(c.size_bytes for c in candidates)}")
         )
@@ -507,11 +449,12 @@ class _Run:
         if not replace_paths:
             return counts
         replace = self.view("replace", self.spark.createDataFrame([(p,) for p in replace_paths], "path STRING"))
-        if has_parsed:
+        if has_parsed:  # chunk rows of files parsed ok (a file that failed part way may have left some)
+            # A Spark listing may read a file twice (one row per split, see the module doc): DISTINCT there.
             fresh = (
-                "SELECT DISTINCT c.chunk_id, s.path, c.chunk_index, c.text, c.heading, c.page, c.content_hash, "
-                f"s.doc_hash, s.modified_us FROM {self.staging.sql_name} s LATERAL VIEW inline(s.chunks) c "
-                f"WHERE s.status = '{OK}'"
+                f"SELECT {'' if self.scan else 'DISTINCT '}c.{', c.'.join(names(FRESH_CHUNK))} FROM "
+                f"{self.staging.sql_name} c LEFT SEMI JOIN (SELECT path FROM {self.staging.sql_name} "
+                f"WHERE status = '{OK}') s ON c.path = s.path WHERE c.chunk_id IS NOT NULL"
             )
         else:  # only removals: nothing new to compare with (the staging table may be stale or absent)
             fresh = "SELECT * FROM " + self.view("no_chunks", self.spark.createDataFrame([], _FRESH_SCHEMA))
@@ -525,7 +468,7 @@ class _Run:
                 "f.page, f.content_hash, f.doc_hash, f.modified_us, "
                 "CASE WHEN f.chunk_id IS NULL THEN 'delete' WHEN o.chunk_id IS NULL THEN 'insert' "
                 "ELSE 'update' END AS op "
-                "FROM fresh f FULL OUTER JOIN old o ON f.chunk_id = o.chunk_id "
+                "FROM old o FULL OUTER JOIN fresh f ON f.chunk_id = o.chunk_id "  # the lean side is built
                 "WHERE f.chunk_id IS NULL OR o.chunk_id IS NULL OR NOT (f.content_hash <=> o.content_hash "
                 "AND f.heading <=> o.heading AND f.page <=> o.page AND f.chunk_index <=> o.chunk_index "
                 "AND f.path <=> o.path)"

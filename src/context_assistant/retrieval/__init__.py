@@ -16,6 +16,7 @@ from .base import (
     RetrievalError,
     RetrievalFailed,
     Retriever,
+    candidate_count,
     retrieve,
     rrf_fuse,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "VectorSearchSettings",
     "VectorSearchTimeout",
     "WorkerModel",
+    "candidate_count",
     "check_scratch_name",
     "chunking_from_config",
     "convex_fuse",

@@ -8,16 +8,14 @@ shared with memory recall):
   approximate-nearest-neighbour (ANN) index built on it. A different model (name or dimension) drops and
   recreates the space's table: vectors from two models are never mixed.
 * ``rag_chunks``: one row per indexed chunk: ``chunk_id`` (primary key), ``path``, ``chunk_index``,
-  ``heading``, ``page``, ``text``, ``content_hash``, ``tsv`` (english tsvector of heading + text),
-  ``doc_len`` (number of tokens in ``tsv``), ``embedding vector(dim)``, ``indexed_at``.
-* ``bm25_terms`` / ``bm25_stats``: document frequency per lexeme and document count/total length per
-  space, kept exact by statement-level triggers on the space's table (same transaction as the rows).
+  ``heading``, ``page``, ``text``, ``content_hash``, ``tsv`` (english tsvector of heading + text, plus BM25
+  impact-tier keys), ``doc_len`` (tokens in ``tsv``), ``embedding vector(dim)``, ``indexed_at``.
+* ``bm25_terms`` / ``bm25_stats``: df per lexeme and document count/total length per space (triggers).
 
-Keyword search is real BM25 (k1=0.9, b=0.4, Lucene's idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``) computed
-in plain SQL, so it runs on Lakebase where no BM25 extension can be assumed: candidates are the chunks whose
-``tsv`` matches the OR of the query's lexemes (a GIN index scan); term frequencies come from the tsvector's
-positions. Hybrid search fuses the vector and BM25 rankings (``rag.fusion``, :mod:`.fusion`): a convex
-combination of min-max normalised scores by default (per document: ``rag.document_fusion``), or RRF (k=60).
+Keyword search is real BM25 in plain SQL (runs on Lakebase, no extension needed), exact top-k scoring only the
+rows that can reach it (:mod:`context_assistant.storage.bm25_tiers`). Hybrid search fuses the vector and BM25
+rankings (``rag.fusion``, :mod:`.fusion`): a convex combination of min-max normalised scores by default (per
+document: ``rag.document_fusion``), or RRF (k=60).
 
 ANN index (``rag.index_type``): ``hnsw`` (default) is built after the first sync and maintained on every
 insert; ``ef_search`` is ``max(rag.hnsw_ef_search, candidates)`` per query (``SET LOCAL``). ``ivfflat`` is
@@ -42,12 +40,15 @@ from psycopg import sql
 from ..core.config import INDEX_TYPES, RagConfig
 from ..core.console import Progress, quiet
 from ..core.errors import ConfigError
-from ..storage.bm25 import DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank
+from ..storage.bm25 import TEXT_SEARCH_CONFIG
+from ..storage.bm25_tiers import bm25_top, ensure_tier_keys, index_columns_sql, tier_params, written_reference
 from ..storage.db import Database, scalar
 from ..storage.vector_spaces import (
     IVFFLAT_MIN_ROWS,
     SpaceInfo,
     ensure_ann_index,
+    finish_full_reembedding,
+    indexed_for_sync,
     like_prefix,
     pgvector_version,
     query_vector_sql,
@@ -92,8 +93,6 @@ SYNC_LOCK_KEY = 0x0C0A5518  # advisory lock: one refresh of the chunk index at a
 
 CHUNKS_SPACE = "chunks"
 CHUNKS_TABLE = "rag_chunks"
-
-
 PGVECTOR_DEFAULT_EF_SEARCH = 40  # hnsw.ef_search when nobody sets it
 
 
@@ -215,15 +214,10 @@ class PgVectorChunkIndex:
                 result = SyncResult(model=model)
                 result.rebuilt, dimension = self._ensure_space(conn, say, embedder or self.embedder)
                 result.dimension = dimension
-                indexed = {
-                    chunk_id: (path, content_hash)
-                    for chunk_id, path, content_hash in conn.execute(
-                        sql.SQL("SELECT chunk_id, path, content_hash FROM {}").format(sql.Identifier(CHUNKS_TABLE))
-                    )
-                }
-                conn.commit()
+                ensure_tier_keys(conn, CHUNKS_SPACE, CHUNKS_TABLE, say)  # an index written before tiers existed
+                indexed, full_since = indexed_for_sync(conn, CHUNKS_SPACE, CHUNKS_TABLE, full=full, say=say)
                 say(f"reading {source.label}")
-                plan = plan_sync(source.fingerprints(), indexed, full=full)
+                plan = plan_sync(source.fingerprints(), indexed)  # --full: the stale rows above
                 result.kept = plan.kept
                 say(
                     f"{plan.upsert_count} chunk(s) to embed in {len(plan.changes)} document(s), "
@@ -240,6 +234,7 @@ class PgVectorChunkIndex:
                     embedder or self.embedder,
                     batch_size or self.batch_size,
                 )
+                ensure_tier_keys(conn, CHUNKS_SPACE, CHUNKS_TABLE, say)  # the average length drifted
                 result.index = ensure_ann_index(
                     conn,
                     CHUNKS_SPACE,
@@ -249,6 +244,8 @@ class PgVectorChunkIndex:
                     say=say,
                     rows_label="chunks",
                 )
+                if full_since is not None and not result.failed:
+                    finish_full_reembedding(conn, CHUNKS_SPACE)
                 conn.commit()
             finally:
                 conn.rollback()
@@ -408,19 +405,21 @@ class PgVectorChunkIndex:
                 f"to_tsvector('{TEXT_SEARCH_CONFIG}', CASE WHEN s.heading = '' OR starts_with(s.text, s.heading) "
                 "THEN s.text ELSE s.heading || E'\\n' || s.text END)"
             )
+            a0 = written_reference(conn, CHUNKS_SPACE, "v.tsv", f"FROM ca_stage_chunks s, {tsv} v(tsv)")
             cur.execute(
                 sql.SQL(
                     "INSERT INTO {table} AS r (chunk_id, path, chunk_index, heading, page, text, content_hash, "
                     "tsv, doc_len, embedding, indexed_at) "
                     "SELECT s.chunk_id, s.path, s.chunk_index, s.heading, s.page, s.text, s.content_hash, "
-                    "v.tsv, " + DOC_LEN_SQL.format(tsv="v.tsv") + ", s.embedding, now() "
+                    "{columns}, s.embedding, now() "
                     "FROM ca_stage_chunks s CROSS JOIN LATERAL (SELECT " + tsv + " AS tsv) v "
                     "ORDER BY s.chunk_id "
                     "ON CONFLICT (chunk_id) DO UPDATE SET path = EXCLUDED.path, chunk_index = EXCLUDED.chunk_index, "
                     "heading = EXCLUDED.heading, page = EXCLUDED.page, text = EXCLUDED.text, "
                     "content_hash = EXCLUDED.content_hash, tsv = EXCLUDED.tsv, doc_len = EXCLUDED.doc_len, "
                     "embedding = EXCLUDED.embedding, indexed_at = EXCLUDED.indexed_at"
-                ).format(table=sql.Identifier(CHUNKS_TABLE))
+                ).format(table=sql.Identifier(CHUNKS_TABLE), columns=sql.SQL(index_columns_sql("v.tsv"))),
+                {**tier_params(), "a0": a0},
             )
             deletes = [chunk_id for change, _ in written for chunk_id in change.deletes]
             if deletes:
@@ -465,9 +464,7 @@ class PgVectorChunkIndex:
                     conn, info, qvec, where, dict(params), filtered=bool(path_prefix), rows=rows
                 )
             if mode != "vector":
-                keyword_ranked = bm25_rank(
-                    conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", where, params, query, pool
-                )
+                keyword_ranked = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", where, params, query, pool)
             if mode == "vector":
                 ranked = vector_ranked
             elif mode == "keyword":

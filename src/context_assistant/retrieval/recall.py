@@ -179,7 +179,7 @@ class TurnRecall:
         query = _PENDING.format(user_filter=user_filter)
         after = 0
         embedded = 0
-        while True:
+        while not self._closed:  # close() stops a long run (a big import) between batches
             with self.db.connection() as conn:
                 rows = conn.execute(query, {"user": user, "after": after, "limit": self.batch_size}).fetchall()
             if not rows:
@@ -197,6 +197,7 @@ class TurnRecall:
                 embedded += self._write(ids, documents, vectors)
             except psycopg.errors.ForeignKeyViolation:
                 log.info("recall: a session was deleted while its turns were embedded; skipping them")
+        return embedded
 
     def index_later(self, user: str | None) -> None:
         """Embed the user's pending turns on a background thread (one per process, started on demand), so no
@@ -216,7 +217,8 @@ class TurnRecall:
         return self._idle.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop taking background work and let the running batch finish (turns left pending stay pending)."""
+        """Stop taking background work and let the running batch finish (turns left pending stay pending,
+        for the next process or ``context-assistant sync``)."""
         with self._lock:
             self._closed = True
             self._waiting.clear()

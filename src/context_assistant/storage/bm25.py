@@ -24,6 +24,7 @@ BM25_B = 0.4
 TEXT_SEARCH_CONFIG = "english"
 NOMINAL_AVGDL = 32.0  # the average length assumed for an empty space (unknown_terms)
 BM25_CANDIDATE_BUDGET = 5000  # rows (by document frequency) scored in the first, pruned phase of BM25
+TF_SQL = "coalesce(array_length(u.positions, 1), 1)::float8"  # a term's frequency: its number of positions
 
 
 def tsquery_or(lexemes: Sequence[str]) -> str:
@@ -89,21 +90,34 @@ def bm25_rank(
     if not terms:
         return []
     lexemes = [lexeme for lexeme, _ in terms]
-    idfs = [math.log(1 + (n - df + 0.5) / (df + 0.5)) for _, df in terms]
+    idfs = [idf(n, df) for _, df in terms]
     essential = 1
     budget = terms[0][1]
     while essential < len(terms) and budget + terms[essential][1] <= BM25_CANDIDATE_BUDGET:
         budget += terms[essential][1]
         essential += 1
     scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": avgdl, "limit": limit}
-    tf_sql = "coalesce(array_length(u.positions, 1), 1)::float8"
+    tf_sql = TF_SQL
     if weights:
         scoring.update({f"w_{k}": float(weights.get(k, 1.0)) for k in "ABCD"})
         tf_sql = (
             "coalesce((SELECT sum(CASE w WHEN 'A' THEN %(w_A)s WHEN 'B' THEN %(w_B)s WHEN 'C' THEN %(w_C)s "
             "ELSE %(w_D)s END) FROM unnest(u.weights) AS w), 1)::float8"
         )
-    sql_text = f"""
+    sql_text = score_sql(table, key, where, "c.tsv @@ %(candidates)s::tsquery", tf_sql)
+    if essential < len(terms):
+        bound = (BM25_K1 + 1) * sum(idfs[essential:])
+        rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes[:essential])}).fetchall()
+        if len(rows) >= limit and rows[-1][1] >= bound:
+            return [(row[0], float(row[1])) for row in rows]
+    rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes)}).fetchall()
+    return [(row[0], float(row[1])) for row in rows]
+
+
+def score_sql(table: str, key: str, where: str, match: str, tf_sql: str = TF_SQL) -> str:
+    """The BM25 scoring statement (one formula for every caller): the rows of ``table`` (alias ``c``) matching
+    ``match`` and ``where``, best first, ``%(limit)s`` of them; parameters ``lexemes``, ``idfs``, ``avgdl``."""
+    return f"""
         SELECT c.{key}, sum(
                    t.idf * f.tf * ({BM25_K1} + 1)
                    / (f.tf + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * c.doc_len / %(avgdl)s))) AS score
@@ -114,17 +128,15 @@ def bm25_rank(
             AS u(lexeme, positions, weights)
         JOIN unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS t(lexeme, idf) ON t.lexeme = u.lexeme
         CROSS JOIN LATERAL (SELECT {tf_sql} AS tf) f
-        WHERE c.tsv @@ %(candidates)s::tsquery AND {where}
+        WHERE ({match}) AND {where}
         GROUP BY c.{key}
         ORDER BY score DESC, c.{key}
         LIMIT %(limit)s"""
-    if essential < len(terms):
-        bound = (BM25_K1 + 1) * sum(idfs[essential:])
-        rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes[:essential])}).fetchall()
-        if len(rows) >= limit and rows[-1][1] >= bound:
-            return [(row[0], float(row[1])) for row in rows]
-    rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes)}).fetchall()
-    return [(row[0], float(row[1])) for row in rows]
+
+
+def idf(n: float, df: int) -> float:
+    """Lucene's BM25 idf."""
+    return math.log(1 + (n - df + 0.5) / (df + 0.5))
 
 
 DOC_LEN_SQL = "(SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest({tsv}) u)::int"

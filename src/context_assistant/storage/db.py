@@ -29,6 +29,7 @@ from ..core.config import Config
 from ..core.workspace import workspace_client
 from .db_schema import DEFAULT_SCHEMA, SetupReport, grant_usage, inspect_schema, prepare_schema
 from .migrations import MIGRATIONS, Migration
+from .pool_logs import install_one_line_logs
 from .targets import DatabaseError, Target, resolve_target
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Database:
         self._schema_checked_at = 0.0
         self._schema_lock = threading.Lock()
         self.setup_report = SetupReport(schema)  # what this process created, moved, migrated and granted
+        install_one_line_logs()  # the pool's reconnect warnings: one line, one per outage (pool_logs.py)
         self.pool = ConnectionPool(
             target.conninfo,
             connection_class=connection_class,  # tests count statements and transactions with a subclass

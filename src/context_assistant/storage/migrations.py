@@ -155,6 +155,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         requires_vector=True,
     ),
+    Migration(
+        4,
+        "retrieval: a full re-embedding survives an interruption",
+        """
+        -- Set when a full re-embedding of the space (ingest --full) starts, cleared when one completes: rows
+        -- indexed before it are re-embedded by the next sync too, so an interrupted --full is resumed by a
+        -- plain run instead of leaving old vectors behind.
+        ALTER TABLE vector_spaces ADD COLUMN full_since timestamptz;
+        """,
+        requires_vector=True,
+    ),
+    Migration(
+        5,
+        "BM25 impact tiers: the reference average document length",
+        """
+        -- The average document length the space's impact-tier keys were computed with (storage/bm25_tiers.py):
+        -- NULL until a sync writes (or re-keys) the space's rows with tier keys; keyword search is then exact
+        -- by scoring every matching row, as before.
+        ALTER TABLE bm25_stats ADD COLUMN ref_avgdl float8;
+        """,
+        requires_vector=True,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -83,7 +84,8 @@ def reset_space(conn: psycopg.Connection, space: str, table: str, model: str, di
     conn.execute(
         """INSERT INTO vector_spaces (space, model, dimension) VALUES (%s, %s, %s)
            ON CONFLICT (space) DO UPDATE SET model = EXCLUDED.model, dimension = EXCLUDED.dimension,
-               index_type = NULL, index_lists = NULL, index_rows = NULL, created_at = now(), updated_at = now()""",
+               index_type = NULL, index_lists = NULL, index_rows = NULL, full_since = NULL, created_at = now(),
+               updated_at = now()""",
         (space, model, dimension),
     )
     log.info("created %s for %s (%d dims)", table, model, dimension)
@@ -231,3 +233,35 @@ def ivfflat_lists(rows: int) -> int:
     if rows > 1_000_000:
         return max(10, int(math.sqrt(rows)))
     return max(10, rows // 1000)
+
+
+def indexed_for_sync(
+    conn: psycopg.Connection, space: str, table: str, *, full: bool, say: Progress = quiet
+) -> tuple[dict[str, tuple[str, str]], datetime | None]:
+    """What a sync diffs against: ``chunk_id -> (path, content_hash)`` of ``table`` (the chunk index), and
+    when a full re-embedding started (None: none under way).
+
+    ``full`` starts one (``ingest --full``), or keeps the start of one an interruption left unfinished; a plain
+    sync resumes it. Either way the rows indexed before it started get an empty hash, so the sync re-embeds
+    them and only them. The start is committed at once (``vector_spaces.full_since``, migration 4), so it
+    outlives an interruption; :func:`finish_full_reembedding` clears it."""
+    if full:
+        conn.execute(
+            "UPDATE vector_spaces SET full_since = COALESCE(full_since, now()) WHERE space = %s", (space,)
+        )
+        conn.commit()
+    since = scalar(conn, "SELECT full_since FROM vector_spaces WHERE space = %s", (space,))
+    query = sql.SQL("SELECT chunk_id, path, content_hash, indexed_at FROM {}").format(sql.Identifier(table))
+    indexed = {
+        chunk_id: (path, "" if since is not None and indexed_at < since else content_hash)
+        for chunk_id, path, content_hash, indexed_at in conn.execute(query)
+    }
+    conn.commit()
+    if since is not None and not full:
+        say(f"resuming the full re-embedding (ingest --full) left unfinished since {since:%Y-%m-%d %H:%M %Z}")
+    return indexed, since
+
+
+def finish_full_reembedding(conn: psycopg.Connection, space: str) -> None:
+    """The full re-embedding of ``space`` completed: later syncs embed only what changed."""
+    conn.execute("UPDATE vector_spaces SET full_since = NULL WHERE space = %s", (space,))

@@ -23,8 +23,9 @@ Endpoints (the OpenAPI page at /docs documents them; the JSON schema is at /open
 * ``POST /api/feedback`` — thumbs up/down (+ comment) on a reply: message metadata and MLflow assessment;
 * ``GET /api/sources/{chunk_id}`` — a cited passage's text; ``GET /api/examples`` — questions for a new user;
 * ``POST /api/rag/refresh`` (start; 409 while one runs), ``GET /api/rag/refresh`` (status);
-* ``GET /api/me``; ``GET /health`` (200 when the database answers and its schema is ready for this role, else
-  503 with the reason, e.g. which job creates the schema);
+* ``GET /api/me``; ``GET /health`` (503 ``"starting"`` while start-up loads the embedding model, see
+  readiness.py; then 200 when the database answers and its schema is ready for this role, else 503 with the
+  reason, e.g. which job creates the schema);
 * ``POST /invocations`` (and ``/responses``), ``GET /agent/info`` — the assistant as an MLflow ResponsesAgent
   (routes/agent.py).
 """
@@ -71,6 +72,8 @@ def create_app(services: Services, *, refresh: RefreshCall | None = None, warm_u
     """
     install_log_redaction()  # the app log never holds a token an upstream error echoed (core.redact)
     state = WebState(services, refresh)
+    if not warm_up:
+        state.readiness.set_ready()  # nothing loads at start-up: requests need not wait (readiness.py)
     config = services.config
 
     @asynccontextmanager

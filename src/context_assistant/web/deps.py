@@ -29,10 +29,13 @@ from ..storage.targets import DatabaseError
 from .identity import Identity, IdentityResolver
 from .live import TurnHub
 from .models import ChatRequest
+from .readiness import Readiness
 from .refresh_runner import RefreshCall, RefreshRunner
 from .supervisor import EmbeddedSupervisor
 
 log = logging.getLogger(__name__)
+
+WARM_UP_USER = "context-assistant warm-up"  # recall searches as nobody: the user's turns are never read
 
 
 class WebState:
@@ -47,6 +50,7 @@ class WebState:
         self._opening: threading.Thread | None = None
         self._opening_lock = threading.Lock()
         self._open_error = ""
+        self.readiness = Readiness()  # set by warm_up (or at once by create_app when there is none)
 
     def _refresh_documents(self, full: bool, progress: Progress) -> Any:
         """What the refresh button does: ingest changed documents and sync the index (the ingestion job
@@ -80,16 +84,29 @@ class WebState:
             log.warning("could not open the database: %s", self._open_error)
 
     def warm_up(self) -> None:
-        """Connect, migrate and load the parts of a turn before the first request needs them."""
+        """Connect, migrate and load the parts of a turn before the first request needs them (the embedding
+        model, through the batcher; the trace store; the first searches' pages), then say the app is ready."""
         services = self.services
+        config = services.config
+        step = self.readiness.starting
         try:
+            step("connecting to the database")
             self._open()
             services.assistant  # noqa: B018  (builds it)
-            if services.config.rag.enabled or services.config.memory.recall:
+            if config.rag.enabled or config.memory.recall:
+                step(f"loading the embedding model {services.embedder.model_name}")
                 services.embedder.embed(["warm-up"])
-            services.tracer.warm_up()  # starts the trace exporter (it imports MLflow in its own process)
+            step("opening the trace store")
+            services.tracer.warm_up()
+            step("warming up search")
+            if config.rag.enabled:
+                services.retriever.search("warm-up", top_k=1)
+            if config.memory.recall:
+                services.recall.recall(WARM_UP_USER, "warm-up", top_k=1)
         except Exception as exc:  # the app still starts; /health and the requests report the problem
-            log.warning("warm-up incomplete: %s", exc)
+            log.warning("warm-up incomplete (%s): %s", self.readiness.step, exc)
+        finally:
+            self.readiness.set_ready()
 
 
 def web_state(request: Request) -> WebState:
@@ -177,6 +194,14 @@ def turn_hub(state: State) -> TurnHub:
 
 
 TurnHubDep = Annotated[TurnHub, Depends(turn_hub)]
+
+
+async def ready_for_turns(state: State) -> None:
+    """Wait (on the event loop) until start-up has loaded the model; 503 after web.startup_wait_seconds."""
+    await state.readiness.wait(state.services.config.web.startup_wait_seconds)
+
+
+ReadyForTurns = Depends(ready_for_turns)
 
 
 def chat_request(body: ChatRequest, config: ConfigDep) -> ChatRequest:

@@ -59,6 +59,7 @@ PEOPLE_MESSAGES = {
     "bad_response": f"The language model sent an answer the app could not read. Try again; {ASK_ADMIN}.",
     "interrupted": f"The answer stopped before it was complete (the page was closed or the connection dropped). "
     f"{_SAVED}: try again.",
+    "database": f"The app lost its database while answering. {_SAVED}: try again in a minute.",
     "internal": f"Something went wrong in the app while answering. {_SAVED}: try again; {ASK_ADMIN}.",
 }
 SERVER_ERROR = f"Something went wrong on the server. Try again; {ASK_ADMIN}."

@@ -186,9 +186,12 @@ class Me(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "unavailable", "starting"]
     database: str = Field(description="ok, or what is wrong with the database connection.")
     tracing: str = Field(
         "off",
         description="on, starting (the trace exporter is opening the store), or off: why (turns go on untraced).",
+    )
+    reason: str | None = Field(
+        default=None, description='While "starting": what start-up is doing (loading the embedding model).'
     )

@@ -28,6 +28,8 @@ class EmbeddedSupervisor:
         self.check_seconds = check_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.restarts = 0
+        # Until the server has run once, the app's first connection is starting it, not the supervisor.
+        self._seen_running = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -49,11 +51,17 @@ class EmbeddedSupervisor:
         failures = 0
         down = False
         while not self._stop.wait(self.check_seconds if failures == 0 else self._backoff(failures)):
-            if self._running():
+            running = self._running()
+            if running is None:  # starting (crash recovery can take a while): not down, not up yet
+                continue
+            if running:
+                self._seen_running = True
                 if down:  # started by us, or by pg_ctl still finishing a start we gave up waiting for
                     down, failures = False, 0
                     self.restarts += 1
                     log.warning("the embedded Postgres is running again (restart %d)", self.restarts)
+                continue
+            if not self._seen_running:  # two starts at once fail each other ("lock file ... already exists")
                 continue
             down = True
             attempt = failures + 1
@@ -74,12 +82,14 @@ class EmbeddedSupervisor:
                 continue
             failures = 0  # the next check (running) logs the recovery
 
-    def _running(self) -> bool:
+    def _running(self) -> bool | None:
+        """Whether the postmaster runs; None while its pid file is incomplete (a start under way: the file
+        gets its last lines only when the server is ready, after crash recovery on a slow machine)."""
         try:
             return self.server.running_pid() is not None
-        except Exception as exc:  # a pid file being rewritten: look again next time
-            log.debug("could not read the embedded Postgres pid file: %s", exc)
-            return False
+        except Exception as exc:
+            log.debug("the embedded Postgres pid file is not complete yet: %s", exc)
+            return None
 
     def _backoff(self, failures: int) -> float:
         return float(min(self.max_backoff_seconds, 2 ** (failures - 1)))

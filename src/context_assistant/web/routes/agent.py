@@ -164,6 +164,7 @@ async def _invoke(request: Request, state: State) -> Response:
     streaming = isinstance(body, dict) and body.get("stream", False)
     if not isinstance(streaming, bool):
         raise AgentError(400, "stream: Input should be a valid boolean", param="stream")
+    await state.readiness.wait(state.services.config.web.startup_wait_seconds)  # start-up: the model loads
     agent = await run_in_threadpool(_agent, state)
     if not streaming:
         return JSONResponse(await run_in_threadpool(agent.invoke, user, body))

@@ -15,7 +15,16 @@ from starlette.concurrency import run_in_threadpool
 
 from ...core.errors import InvalidInput, NotFound, Unavailable
 from ...core.tracing import FeedbackError
-from ..deps import AssistantDep, ChatBody, CurrentUser, ServicesDep, StoreDep, TracerDep, TurnHubDep
+from ..deps import (
+    AssistantDep,
+    ChatBody,
+    CurrentUser,
+    ReadyForTurns,
+    ServicesDep,
+    StoreDep,
+    TracerDep,
+    TurnHubDep,
+)
 from ..errors import request_id
 from ..models import ChatReply, FeedbackOut, FeedbackRequest, LiveTurnList, LiveTurnOut
 from ..stream import SSE_HEADERS, live_frames
@@ -29,6 +38,7 @@ router = APIRouter(tags=["chat"])
     response_model=ChatReply,
     responses=errors(401, 404, 413, 415, 422, 502, 503),
     summary="Send a message and get the whole answer",
+    dependencies=[ReadyForTurns],  # during start-up: wait for the model (readiness.py)
 )
 def chat(user: CurrentUser, body: ChatBody, assistant: AssistantDep, turns: TurnHubDep) -> Any:
     """One turn. A failed model call answers 502 (or 422 when the conversation no longer fits the model)
@@ -51,6 +61,7 @@ def chat(user: CurrentUser, body: ChatBody, assistant: AssistantDep, turns: Turn
         **errors(401, 404, 413, 415, 422, 503),
     },
     summary="Send a message and stream the answer (Server-Sent Events)",
+    dependencies=[ReadyForTurns],
 )
 async def chat_stream(
     user: CurrentUser, body: ChatBody, assistant: AssistantDep, turns: TurnHubDep, request: Request

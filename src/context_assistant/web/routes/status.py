@@ -1,5 +1,6 @@
-"""The app itself: ``GET /api/me`` (who the app thinks you are), ``GET/HEAD /health`` (200 when the database
-answers and its schema is ready for this role, else 503 with the reason) and the page."""
+"""The app itself: ``GET /api/me`` (who the app thinks you are), ``GET/HEAD /health`` (503 "starting" until
+start-up has loaded the model; then 200 when the database answers and its schema is ready for this role, else
+503 with the reason) and the page."""
 
 from __future__ import annotations
 
@@ -36,10 +37,18 @@ def me(who: IdentityDep, config: ConfigDep, chat_model: ChatModelDep) -> Any:
     }
 
 
-@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+@router.get("/health", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
 def health(services: ServicesDep, state: State) -> Any:
-    """200 when a database connection answers within web.health_timeout_seconds and the schema is ready for
-    the app's role, else 503 saying why (a missing or behind schema names the job that sets it up)."""
+    """503 ``"starting"`` (with the ``reason``) while start-up loads the embedding model; then 200 when a
+    database connection answers within web.health_timeout_seconds and the schema is ready for the app's role,
+    else 503 saying why (a missing or behind schema names the job that sets it up)."""
+    readiness = state.readiness
+    if not readiness.ready:
+        return JSONResponse(
+            {"status": "starting", "database": "not checked yet", "reason": readiness.step},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
     timeout = services.config.web.health_timeout_seconds
     try:
         with state.database_within(timeout).connection(timeout=timeout) as conn:

@@ -1,0 +1,183 @@
+"""Tiered exact BM25 top-k (storage/bm25_tiers.py) on a real Postgres: on a generated Zipf corpus it must return
+exactly what the exhaustive method returns (same rows, same scores, ties aside) for near-stop-word, common,
+mixed and all-rare queries, with and without path filters, after the average length drifts, and on an index
+written before tier keys existed (which the next sync re-keys)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from context_assistant.retrieval.pgvector import CHUNKS_SPACE, CHUNKS_TABLE, PgVectorChunkIndex
+from context_assistant.retrieval.sync import InMemoryChunkSource, SourceChunk
+from context_assistant.storage import bm25_tiers
+from context_assistant.storage.bm25 import BM25_B, BM25_K1, bm25_rank
+from context_assistant.storage.bm25_tiers import TIER_EDGES, TOP, _w_bound, bm25_top, reference_avgdl
+from context_assistant.storage.db import Database
+from retrieval_support import HashingEmbedder, bm25_stats_consistent, chunk
+
+WORDS = [f"w{i:03d}x" for i in range(400)]  # stemmer-stable pseudo-words; w000x is the most frequent
+
+
+def _corpus(n: int, seed: int, long: bool = False) -> list[SourceChunk]:
+    rng = random.Random(seed)
+    weights = [1 / (rank + 1) ** 1.07 for rank in range(len(WORDS))]
+    chunks = []
+    for i in range(n):
+        length = rng.randint(60, 160) if long else rng.choice((3, 8, 20, 40, 70))
+        words = rng.choices(WORDS, weights, k=length)
+        if rng.random() < 0.95:  # a near-stop-word: in ~95% of the rows
+            words.append("omnipresent")
+        chunks.append(chunk(f"{'long' if long else 'dir'}{i % 7}/doc{i // 10:04d}.md", i % 10, " ".join(words)))
+    return chunks
+
+
+QUERIES = [
+    "omnipresent",  # near-stop-word alone
+    "omnipresent w000x w001x w002x",  # all common
+    "w000x w001x w002x w003x",
+    "w004x w007x w009x w011x",
+    "omnipresent w000x w250x w333x",  # mixed: near-stop-words next to rare words
+    "w001x w005x w180x w390x",
+    "w200x w301x w377x w399x",  # all rare
+    "w150x",
+    "w000x w000x w000x",  # a repeated word counts once
+    "unknownword w003x",
+    # more terms than are enumerated: the weakest count as always present at their maximum
+    "omnipresent w000x w001x w002x w003x w004x w005x w006x w007x w008x w009x w010x w150x",
+]
+
+
+def _exhaustive(
+    conn: Any, query: str, where: str = "TRUE", params: dict[str, Any] | None = None
+) -> dict[str, float]:
+    return dict(bm25_rank(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", where, params or {}, query, 100_000))
+
+
+def _assert_same_top(got: list[tuple[str, float]], every: dict[str, float], k: int) -> None:
+    """``got`` is the exact top ``k``: the same scores as the exhaustive ranking, each row's score its own."""
+    expected = sorted(every.items(), key=lambda item: (-item[1], item[0]))[:k]
+    assert len(got) == len(expected)
+    for (chunk_id, score), (_, want) in zip(got, expected, strict=True):
+        assert score == pytest.approx(want, rel=1e-9)
+        assert every[chunk_id] == pytest.approx(score, rel=1e-9)
+    assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+
+
+def _check(db: Database, queries: list[str], ks: tuple[int, ...] = (1, 10, 50)) -> list[int]:
+    rounds: list[int] = []
+    with db.connection() as conn:
+        for query in queries:
+            every = _exhaustive(conn, query)
+            for k in ks:
+                got = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, query, k, rounds)
+                _assert_same_top(got, every, k)
+    return rounds
+
+
+@pytest.fixture
+def tiered(db: Database) -> tuple[PgVectorChunkIndex, InMemoryChunkSource]:
+    source = InMemoryChunkSource(_corpus(1200, seed=3))
+    index = PgVectorChunkIndex(db, HashingEmbedder(), batch_size=400)
+    index.refresh(source)
+    return index, source
+
+
+def test_tiered_top_k_equals_the_exhaustive_ranking(db: Database, tiered: Any) -> None:
+    rounds = _check(db, QUERIES)
+    assert sum(1 for r in rounds if r >= 1) >= len(rounds) // 2, f"the tiered path answered too rarely: {rounds}"
+
+
+def test_path_filters_stay_exact(db: Database, tiered: Any) -> None:
+    with db.connection() as conn:
+        for prefix in ("dir3/", "dir3/doc000", "nowhere/"):
+            where, params = "c.path LIKE %(prefix)s", {"prefix": prefix + "%"}
+            for query in QUERIES[:7]:
+                every = _exhaustive(conn, query, where, params)
+                for k in (1, 10):
+                    got = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", where, params, query, k)
+                    _assert_same_top(got, every, k)
+
+
+def test_search_uses_the_tiers_and_matches_the_exhaustive_scores(db: Database, tiered: Any) -> None:
+    index, _ = tiered
+    with db.connection() as conn:
+        every = _exhaustive(conn, QUERIES[1])
+    hits = index.search(QUERIES[1], top_k=10, mode="keyword")
+    _assert_same_top([(h.chunk_id, h.score) for h in hits], every, 10)
+    hits = index.search(QUERIES[4], top_k=5, mode="keyword", path_prefix="dir2/")
+    assert hits and all(h.path.startswith("dir2/") for h in hits)
+
+
+def test_exact_after_the_average_length_drifts_and_rekeyed_beyond_it(db: Database, tiered: Any) -> None:
+    index, source = tiered
+    before = reference_avgdl_of(db)
+    source.put(_corpus(80, seed=4, long=True))  # longer rows: the average moves, less than the re-key bound
+    index.refresh(source)
+    assert reference_avgdl_of(db) == before
+    _check(db, QUERIES, ks=(10,))
+    source.put(_corpus(900, seed=5, long=True))  # far longer: the sync re-keys every row
+    index.refresh(source)
+    after = reference_avgdl_of(db)
+    assert after is not None and before is not None and after > before * 1.25
+    _check(db, QUERIES, ks=(10,))
+    bm25_stats_consistent(db, CHUNKS_SPACE, CHUNKS_TABLE)
+
+
+def reference_avgdl_of(db: Database) -> float | None:
+    with db.connection() as conn:
+        return reference_avgdl(conn, CHUNKS_SPACE)
+
+
+def test_an_index_without_tier_keys_answers_exactly_and_the_next_sync_rekeys_it(db: Database, tiered: Any) -> None:
+    index, source = tiered
+    with db.connection() as conn:  # as an index written before the tiers existed
+        conn.execute(
+            f"""UPDATE {CHUNKS_TABLE} SET tsv = ts_delete(tsv, ARRAY(SELECT p.lexeme FROM unnest(tsv) p
+                WHERE p.positions IS NULL))"""
+        )
+        conn.execute("UPDATE bm25_stats SET ref_avgdl = NULL WHERE space = %s", (CHUNKS_SPACE,))
+    assert set(_check(db, QUERIES[:3], ks=(10,))) == {0}  # the exhaustive method answered
+    index.refresh(source)  # nothing changed in the documents: the sync only re-keys
+    assert reference_avgdl_of(db) is not None
+    assert any(r >= 1 for r in _check(db, QUERIES[:3], ks=(10,)))
+    bm25_stats_consistent(db, CHUNKS_SPACE, CHUNKS_TABLE)
+
+
+def test_rounds_run_out_into_the_exhaustive_method(
+    db: Database, tiered: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bm25_tiers, "MAX_ROUNDS", 0)
+    monkeypatch.setattr(bm25_tiers, "RARE_BUDGET", 0)
+    assert set(_check(db, QUERIES[:2], ks=(10,))) == {0}
+
+
+def test_tier_keys_never_change_what_is_scored(db: Database, tiered: Any) -> None:
+    """Keys have no positions and a space no lexeme holds: doc_len and every word's df stay the text's."""
+    with db.connection() as conn:
+        keys, words, bad_len = conn.execute(
+            f"""SELECT count(*) FILTER (WHERE u.positions IS NULL),
+                       count(*) FILTER (WHERE u.positions IS NOT NULL AND u.lexeme LIKE '%% %%'),
+                       (SELECT count(*) FROM {CHUNKS_TABLE} c WHERE c.doc_len <> (SELECT
+                            coalesce(sum(array_length(p.positions, 1)), 0) FROM unnest(c.tsv) p))
+                FROM {CHUNKS_TABLE}, unnest(tsv) u"""
+        ).fetchone()
+    assert keys > 0 and words == 0 and bad_len == 0
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.8, 1.0, 1.25, 2.0, 4.0])
+def test_the_drift_bound_holds_for_any_posting(ratio: float) -> None:
+    rng = random.Random(int(ratio * 100))
+    a0 = 30.0
+    a = a0 * ratio
+    edges = (0.0, *TIER_EDGES, TOP)
+
+    def w(tf: int, dl: float, avgdl: float) -> float:
+        return tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * dl / avgdl))
+
+    for _ in range(5000):
+        tf, dl = rng.randint(1, 20), rng.uniform(1, 400)
+        tier = max(j for j, edge in enumerate(edges[:-1]) if w(tf, dl, a0) >= edge)
+        assert w(tf, dl, a) <= _w_bound(edges[tier + 1], a0, a)
