@@ -168,6 +168,10 @@ class Tracer:
             return False
         return not self._broken
 
+    def start(self) -> None:
+        """Start the exporter now, without waiting for it (it imports MLflow while the caller goes on)."""
+        self._ensure_exporter()
+
     def status(self) -> str:
         """``on`` (with how many traces were dropped, if any), ``starting`` (the exporter is opening the store) or
         ``off: <why>``, for ``/health``."""
@@ -396,6 +400,9 @@ class DisabledTracer:
         return False
 
     dropped = 0
+
+    def start(self) -> None:
+        pass
 
     def status(self) -> str:
         return "off: tracing.enabled is false"

@@ -171,6 +171,16 @@ class InProcessTracer:
         """Open the store now (e.g. at app start-up) instead of on the first turn. True if tracing works."""
         return self._ensure_started()
 
+    def start(self) -> None:
+        """Begin opening the store in the background (:meth:`warm_up` later waits for it)."""
+        if not self._broken and not self._started:
+            with self._lock:
+                if self._setup_thread is None:
+                    self._setup_thread = threading.Thread(
+                        target=self._set_up, name="mlflow-tracing-setup", daemon=True
+                    )
+                    self._setup_thread.start()
+
     dropped = 0  # nothing is queued here: a turn waits for its own export
 
     def status(self) -> str:

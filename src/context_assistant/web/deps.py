@@ -90,6 +90,7 @@ class WebState:
         config = services.config
         step = self.readiness.starting
         try:
+            services.tracer.start()  # the trace exporter imports MLflow meanwhile, in its own process
             step("connecting to the database")
             self._open()
             services.assistant  # noqa: B018  (builds it)
