@@ -73,7 +73,7 @@ def serve(config: Config, port: int, embedder: str, ready: Any) -> None:
     from context_assistant.services import Services
     from context_assistant.web import create_app
 
-    services = Services(config, env={})
+    services = Services(config, env={}, serving=True)
     if embedder == "hashing":
         sys.path.insert(0, str(REPO / "tests"))
         from retrieval_support import HashingEmbedder

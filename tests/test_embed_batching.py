@@ -137,11 +137,12 @@ def test_close_embeds_what_is_queued_and_later_calls_go_straight_to_the_model() 
 
 
 def test_make_embedder_batches_a_local_model_under_the_cache() -> None:
-    embedder = make_embedder(RagConfig())
+    assert isinstance(make_embedder(RagConfig()).inner, LocalEmbedder)  # only a serving process batches
+    embedder = make_embedder(RagConfig(), serving=True)
     assert isinstance(embedder, CachingEmbedder) and isinstance(embedder.inner, BatchingEmbedder)
     assert isinstance(embedder.inner.inner, LocalEmbedder)
     assert embedder.inner.max_wait == pytest.approx(0.003) and embedder.inner.max_texts == 64
-    off = make_embedder(RagConfig(embedding_batch_wait_ms=0))
+    off = make_embedder(RagConfig(embedding_batch_wait_ms=0), serving=True)
     assert isinstance(off, CachingEmbedder) and isinstance(off.inner, LocalEmbedder)
 
 

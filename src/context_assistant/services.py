@@ -79,12 +79,15 @@ class Services:
         workspace_factory: WorkspaceFactory | None = None,
         notice: Progress = quiet,
         warm_embeddings: bool = False,
+        serving: bool = False,
     ) -> None:
         self._config = config
         # Where a part says what it is doing that takes a while (loading a model): the CLI prints it on stderr.
         self.notice = notice
         # A short command asks the shared warm embedding service instead of loading a local model itself.
         self.warm_embeddings = warm_embeddings
+        # A process answering many users at once (the web app): a local model's questions are micro-batched.
+        self.serving = serving
         self.env = os.environ if env is None else env
         self.clock = clock
         self._workspace_factory = workspace_factory or workspace_client
@@ -137,7 +140,9 @@ class Services:
         if self.warm_embeddings:  # a short CLI command: the shared warm model (retrieval/embedding_service.py)
             embedder = warm_embedder(self.config.rag, self.config.data_path, notice=self.notice)
         if embedder is None:
-            embedder = make_embedder(self.config.rag, lambda: self.workspace, clock=self.clock, notice=self.notice)
+            embedder = make_embedder(
+                self.config.rag, lambda: self.workspace, clock=self.clock, notice=self.notice, serving=self.serving
+            )
         closer = getattr(embedder, "close", None)
         if closer is not None:
             self._closers.append(closer)

@@ -189,7 +189,8 @@ def load_sentence_transformer(target: str) -> Any:
 
 
 def one_model_thread() -> None:
-    """Run torch's operators on one thread (the batcher's): on a small, busy machine a model call spread over
+    """Run torch's operators on one thread (set by the batcher's thread, but torch keeps the setting for the whole
+    process: hence batching only in a serving process): on a small, busy machine a model call spread over
     every core waits at each operator for a core that a request thread or Postgres holds (measured: a batch of
     ~10 questions 1.0 s with two threads, 0.13-0.2 s with one, the web app's CPU per request 50 ms -> 14 ms)."""
     import torch
@@ -501,17 +502,19 @@ def make_embedder(
     *,
     clock: Clock = REAL_CLOCK,
     notice: Callable[[str], None] | None = None,
+    serving: bool = False,
 ) -> Embedder:
     """The embedder ``rag.embedding_model`` names; ``workspace`` (a WorkspaceClient or a factory for one)
     is only used, and only built, for a serving endpoint. ``notice`` hears, once, that a local model is being
-    loaded. A local model's concurrent small calls are micro-batched (retrieval/batching.py)."""
+    loaded. In a ``serving`` process (the web app) a local model's concurrent small calls are micro-batched on one
+    model thread (retrieval/batching.py); elsewhere (jobs, notebooks, the CLI) torch keeps all its threads."""
     spec = parse_model_spec(rag_config.embedding_model)
     if spec.provider == "endpoint":
         if workspace is None:
             raise EmbeddingError(f"serving endpoint {spec.name!r} needs a Databricks workspace client")
         return CachingEmbedder(ServingEndpointEmbedder(spec.name, workspace, clock=clock))
     local: Embedder = LocalEmbedder(spec.name, notice=notice)
-    if rag_config.embedding_batch_wait_ms > 0:
+    if serving and rag_config.embedding_batch_wait_ms > 0:
         # Under the cache, so a question already embedded never queues. Local models only: an endpoint's
         # requests run in parallel on the server and do not compete for this machine's cores.
         local = BatchingEmbedder(

@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{exc.label}: {exc}", file=sys.stderr)
         return exc.exit_code
-    with Services(config, env=os.environ) as services:
+    with Services(config, env=os.environ, serving=True) as services:
         try:
             serve(services, args.host, args.port)
             return EXIT_OK
