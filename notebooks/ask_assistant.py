@@ -37,7 +37,9 @@ notebook_dbutils = dbutils if "dbutils" in globals() else None  # noqa: F821
 widget = Widgets(notebook_dbutils.widgets if notebook_dbutils else None).text
 services = Services(lakebase_from_widgets(load_config(), widget))
 # Who runs the notebook (their memory is theirs); off Databricks, the configured user.
-user = widget("user", notebook_user(notebook_dbutils, services.config.default_user, workspace_client), "User").strip()
+user = widget(
+    "user", notebook_user(notebook_dbutils, services.config.default_user, workspace_client), "User"
+).strip()
 question = widget("question", "How do I deploy the bundle to production?", "Question")
 session = widget("session", "", "Session id (empty: a new conversation)").strip() or None
 
@@ -51,7 +53,8 @@ except TurnFailed as failed:
     print(f"{failed.session_id} (message {failed.user_message_id}).")
     result = None
 finally:
-    services.tracer.flush()  # the trace is written (by the exporter process) before the link below is printed
+    traced = services.tracer.flush()  # the trace is written before the line below is printed (at most a minute)
+    tracing = services.tracer.status()
     services.close()
 
 if result is not None:
@@ -66,4 +69,7 @@ if result is not None:
     for warning in result.warnings:
         print(f"Note: {warning}")
     print(f"\nsession: {result.session_id}")
-    print(f"trace: {result.trace_id or '(not traced: tracing is off or its store is unavailable)'}")
+    if result.trace_id and traced:
+        print(f"trace: {result.trace_id}")
+    else:
+        print(f"trace: (not written: tracing is {tracing})")

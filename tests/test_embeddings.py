@@ -50,7 +50,9 @@ def test_model_names_choose_local_or_endpoint() -> None:
 def test_make_embedder_builds_nothing_expensive_up_front() -> None:
     cached = make_embedder(load_config(None, env={}).rag, serving=True)
     assert isinstance(cached, CachingEmbedder) and cached.model_name == MINILM
-    batcher = cached.inner  # the web app's concurrent calls of a local model are micro-batched (test_embed_batching)
+    batcher = (
+        cached.inner
+    )  # the web app's concurrent calls of a local model are micro-batched (test_embed_batching)
     assert isinstance(batcher, BatchingEmbedder) and batcher._thread is None  # no thread until a call
     local = batcher.inner
     assert isinstance(local, LocalEmbedder) and local.model_name == MINILM and local._model is None

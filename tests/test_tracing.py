@@ -34,6 +34,7 @@ from context_assistant.core.tracing import (
     FeedbackError,
     Tracer,
     create_store_whole,
+    exporter_for,
     make_tracer,
     tracking_uri_for,
 )
@@ -376,6 +377,26 @@ def test_a_dead_exporter_is_restarted_once_then_tracing_is_off(
     assert any("starting it again" in m for m in messages) and any("tracing is off" in m for m in messages)
 
 
+def test_the_exporter_imports_through_this_process_path_and_its_last_error_is_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Databricks App or in a notebook the package is on ``sys.path`` (put there by app.py or the notebook),
+    not installed: the exporter must get that path. A package shadowing ours first on this process's path proves
+    the child imports through it; the error it raises is what ``status()`` gives as the reason."""
+    shadow = tmp_path / "shadow" / "context_assistant"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise RuntimeError('imported through the parent process path')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "shadow"))
+    tracer = Tracer(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="ca-tests", setup_timeout_seconds=600)
+    tracer.start()
+    deadline = time.monotonic() + 600  # a safety net for a hung child, not a timing assertion
+    while not tracer.status().startswith("off") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracer.status().startswith("off: the trace exporter exited (code 1): RuntimeError: imported through")
+    assert tracer.flush() is False  # nothing can be confirmed written
+    tracer.close()
+
+
 def test_disabled_tracing_records_nothing(tmp_path: Path) -> None:
     config = load_config(None, env={}, overrides={"data_dir": str(tmp_path), "tracing.enabled": False})
     tracer = make_tracer(config, env={})
@@ -395,6 +416,12 @@ def test_where_traces_go(tmp_path: Path) -> None:
     assert tracking_uri_for(local, {}) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking_uri_for(local, {"DATABRICKS_APP_NAME": "context-assistant"}) == "databricks"
     assert tracking_uri_for(local, {"DATABRICKS_RUNTIME_VERSION": "17.3"}) == "databricks"
+    # A notebook's credentials live in its Python session, not in variables a child process inherits.
+    assert exporter_for(local, {"DATABRICKS_RUNTIME_VERSION": "17.3"}) == "in_process"
+    assert exporter_for(local, {"DATABRICKS_RUNTIME_VERSION": "17.3", "DATABRICKS_APP_NAME": "ca"}) == "process"
+    assert exporter_for(local, {}) == "process"
+    pinned = load_config(None, env={}, overrides={"tracing.exporter": "process"})
+    assert exporter_for(pinned, {"DATABRICKS_RUNTIME_VERSION": "17.3"}) == "process"
     configured = load_config(None, env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     assert tracking_uri_for(configured, {"DATABRICKS_APP_NAME": "x"}) == "http://mlflow:5000"
 

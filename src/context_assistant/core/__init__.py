@@ -38,6 +38,7 @@ from .errors import (
 )
 from .interrupts import end_process, report_interrupted
 from .passages import HEADING_SEPARATOR, chunk_body
+from .processes import child_python_env
 from .retries import RetriesExhausted, retry_after_seconds, retry_call
 from .tokens import estimate_tokens, message_tokens
 from .tracing import AnyTracer, DisabledTracer, FeedbackError, Tracer, make_tracer
@@ -85,6 +86,7 @@ __all__ = [
     "WebConfig",
     "WorkspaceFactory",
     "WorkspaceSource",
+    "child_python_env",
     "chunk_body",
     "end_process",
     "error_detail",

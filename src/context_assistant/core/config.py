@@ -162,7 +162,9 @@ class TracingConfig:
     setup_timeout_seconds: float = _opt(30.0, min=0)
     # Who writes the traces: a separate exporter process ("process": the turn only queues plain data) or the
     # process running the turn ("in_process": what context-assistant eval uses; costs a turn tens of ms).
-    exporter: str = _opt("process", choices=("process", "in_process"))
+    # "auto": in process in a Databricks notebook or job (a child process would not have the notebook's
+    # credentials), else the exporter process.
+    exporter: str = _opt("auto", choices=("auto", "process", "in_process"))
 
 
 @dataclass(frozen=True)

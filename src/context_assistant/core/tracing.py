@@ -36,6 +36,7 @@ from typing import Any
 
 from .config import Config
 from .files import private_dir
+from .processes import child_python_env
 from .trace_export import create_store_whole as create_store_whole  # (public here, as before)
 from .trace_record import (
     FEEDBACK_NAME as FEEDBACK_NAME,
@@ -101,6 +102,8 @@ from .tracing_inprocess import InProcessTracer
 
 log = logging.getLogger(__name__)
 
+FLUSH_TIMEOUT_SECONDS = 60.0  # a notebook cell waits at most this long for its turn's trace
+
 
 class Tracer:
     """Traces turns into one MLflow experiment through an exporter process (:mod:`.trace_export`).
@@ -147,6 +150,7 @@ class Tracer:
         self._next_id = 0
         self._starts = 0
         self._broken = ""
+        self._last_error = ""
         self._closed = False
         self._warned_drop = False
         self._warned = False
@@ -212,9 +216,10 @@ class Tracer:
             return None
         return str(answer["assessment_id"])
 
-    def flush(self) -> None:
-        """Wait until every trace queued so far is written (or the exporter is gone)."""
-        self._ask({"op": "flush"}, None)
+    def flush(self, timeout: float | None = FLUSH_TIMEOUT_SECONDS) -> bool:
+        """Wait (at most ``timeout`` seconds; None: as long as it takes) until every trace queued so far is
+        written. False if that could not be confirmed: tracing is off, or the store is slow to answer."""
+        return self._ask({"op": "flush"}, timeout) is not None
 
     def close(self) -> None:
         """Hand every queued trace to the exporter and let it finish on its own; no new turns are traced."""
@@ -290,7 +295,8 @@ class Tracer:
                 [sys.executable, "-m", "context_assistant.core.trace_export", json.dumps(self._settings)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # its last line says why, should it exit
+                env=child_python_env(),  # on an App or in a notebook the package is on sys.path, not installed
                 start_new_session=True,  # a Ctrl-C in the terminal stops the command, not the last traces
             )
         except OSError as exc:
@@ -310,6 +316,18 @@ class Tracer:
         )
         self._writer.start()
         threading.Thread(target=self._read, args=(process,), name="trace-export-reader", daemon=True).start()
+        threading.Thread(
+            target=self._read_errors, args=(process,), name="trace-export-errors", daemon=True
+        ).start()
+
+    def _read_errors(self, process: subprocess.Popen[bytes]) -> None:
+        """Keep the exporter's last line of standard error: the reason given if it exits."""
+        stderr = process.stderr
+        assert stderr is not None
+        for line in stderr:
+            text = line.decode(errors="replace").strip()
+            if text:
+                self._last_error = text[:500]
 
     def _write(self, process: subprocess.Popen[bytes], items: queue.Queue[dict[str, Any] | None]) -> None:
         stdin = process.stdin
@@ -355,11 +373,16 @@ class Tracer:
             return
         with self._lock:
             if self._starts < 2:
-                log.warning("tracing: the trace exporter exited (code %s); starting it again", code)
+                log.warning(
+                    "tracing: the trace exporter exited (code %s%s); starting it again",
+                    code,
+                    f": {self._last_error}" if self._last_error else "",
+                )
                 self._process = None
                 self._start_exporter()
                 return
-        self._off(f"the trace exporter exited (code {code})")
+        last = f": {self._last_error}" if self._last_error else ""
+        self._off(f"the trace exporter exited (code {code}){last}")
 
     def _off(self, why: str, *, store: bool = False) -> None:
         if not self._broken:
@@ -414,8 +437,8 @@ class DisabledTracer:
     def feedback(self, trace_id: str, user: str, value: bool, comment: str = "") -> str | None:
         return None
 
-    def flush(self) -> None:
-        pass
+    def flush(self, timeout: float | None = None) -> bool:
+        return False
 
     def close(self) -> None:
         pass
@@ -431,6 +454,17 @@ def tracking_uri_for(config: Config, env: Mapping[str, str]) -> str:
     if env.get("DATABRICKS_APP_NAME") or env.get("DATABRICKS_RUNTIME_VERSION"):
         return "databricks"
     return f"sqlite:///{config.data_path / 'mlflow.db'}"
+
+
+def exporter_for(config: Config, env: Mapping[str, str]) -> str:
+    """``tracing.exporter``, with ``auto`` resolved: in process in a Databricks notebook or job (its credentials
+    live in the notebook's Python session, not in environment variables a child process would inherit), else
+    through the exporter process (the web app, also as a Databricks App, and the CLI)."""
+    exporter = config.tracing.exporter
+    if exporter != "auto":
+        return exporter
+    on_databricks_compute = bool(env.get("DATABRICKS_RUNTIME_VERSION")) and not env.get("DATABRICKS_APP_NAME")
+    return "in_process" if on_databricks_compute else "process"
 
 
 def make_tracer(config: Config, env: Mapping[str, str]) -> AnyTracer:
@@ -449,7 +483,7 @@ def make_tracer(config: Config, env: Mapping[str, str]) -> AnyTracer:
             private_dir(database.parent)
             private_dir(artifacts)
         artifact_location = artifacts.as_uri()
-    kind = InProcessTracer if config.tracing.exporter == "in_process" else Tracer
+    kind = InProcessTracer if exporter_for(config, env) == "in_process" else Tracer
     return kind(
         uri,
         experiment=config.tracing.experiment,

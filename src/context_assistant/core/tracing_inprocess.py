@@ -261,10 +261,13 @@ class InProcessTracer:
                 raise FeedbackError(f"trace {trace_id!r} not found in {self.tracking_uri}") from None
         return None
 
-    def flush(self) -> None:
-        """Wait for traces queued for asynchronous export to be written."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for traces queued for asynchronous export to be written (MLflow's own wait: ``timeout`` is not
+        used). False if tracing is not working."""
         if self._started and not self._broken:
             self._guard("flush traces", self._mlflow.flush_trace_async_logging)
+            return not self._broken
+        return False
 
     def close(self) -> None:
         self.flush()

@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from ..core.processes import child_python_env
+
 if TYPE_CHECKING:
     from .tokenization import TokenCounter
 
@@ -178,8 +180,7 @@ class ParseChild:
         )
 
     def _start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # what this worker can import
+        env = child_python_env()  # what this worker can import
         try:
             proc = subprocess.Popen(
                 [

@@ -85,20 +85,21 @@ class WebState:
 
     def warm_up(self) -> None:
         """Connect, migrate and load the parts of a turn before the first request needs them (the embedding
-        model, through the batcher; the trace store; the first searches' pages), then say the app is ready."""
+        model, through the batcher; the first searches' pages), then say the app is ready; the trace store opens
+        alongside."""
         services = self.services
         config = services.config
         step = self.readiness.starting
         try:
-            services.tracer.start()  # the trace exporter imports MLflow meanwhile, in its own process
+            # The trace store opens meanwhile (in the exporter process, or in the background in process); turns
+            # never wait for it, so neither does readiness (/health shows `tracing: starting` until it is open).
+            services.tracer.start()
             step("connecting to the database")
             self._open()
             services.assistant  # noqa: B018  (builds it)
             if config.rag.enabled or config.memory.recall:
                 step(f"loading the embedding model {services.embedder.model_name}")
                 services.embedder.embed(["warm-up"])
-            step("opening the trace store")
-            services.tracer.warm_up()
             step("warming up search")
             if config.rag.enabled:
                 services.retriever.search("warm-up", top_k=1)
