@@ -123,8 +123,41 @@ def test_without_the_file_lock_delta_conflicts_end_in_one_line_and_the_next_run_
         assert outcome == "ok" or (
             outcome.startswith("another ingest wrote to ") and "run ingest again" in outcome
         )
+    # The next run repairs whatever the race left (a document whose chunk count no longer matches is re-cut,
+    # so it may count as updated); the run after it finds everything unchanged.
     final = run_module.run_ingest(spark, str(source), str(data / "chunks"), str(data / "documents"))
-    assert final.documents.added + final.documents.unchanged == 40
+    assert final.documents.failed == 0
+    assert final.documents.added + final.documents.updated + final.documents.unchanged == 40
+    settled = run_module.run_ingest(spark, str(source), str(data / "chunks"), str(data / "documents"))
+    assert settled.documents.unchanged == 40
     rows = DeltaTable(str(data / "chunks")).to_pyarrow_table().to_pylist()
     assert len({r["chunk_id"] for r in rows}) == len(rows)  # no chunk twice
     assert {r["path"] for r in rows} == {f"d{i}.md" for i in range(40)}
+
+
+def test_chunks_written_twice_are_repaired_by_the_next_run(spark: Any, tmp_path: Path) -> None:
+    """What a lost race can leave on a catalog table: every chunk of a document twice (both runs inserted
+    them). The next run sees the count disagree with the documents table, re-cuts that document and keeps one
+    copy of each chunk; the run after it finds everything unchanged. Real Delta tables, written by hand with
+    deltalake to stand in for the second run."""
+    from deltalake import write_deltalake
+
+    source, data = tmp_path / "docs", tmp_path / "data"
+    source.mkdir()
+    for i in range(3):
+        (source / f"d{i}.md").write_text(f"# Doc {i}\n\n" + "Some text about deploys. " * 100)
+    chunks, documents = str(data / "chunks"), str(data / "documents")
+    run_module.run_ingest(spark, str(source), chunks, documents)
+    table = DeltaTable(chunks).to_pyarrow_table()
+    one_doc = table.filter(table.column("path").to_numpy(zero_copy_only=False) == "d1.md")
+    write_deltalake(chunks, one_doc, mode="append")
+
+    said: list[str] = []
+    repaired = run_module.run_ingest(spark, str(source), chunks, documents, progress=said.append)
+    assert (repaired.documents.updated, repaired.documents.unchanged) == (1, 2)
+    assert any("repairing 1 documents whose chunks were written twice" in line for line in said), said
+    rows = DeltaTable(chunks).to_pyarrow_table().to_pylist()
+    assert len({r["chunk_id"] for r in rows}) == len(rows)
+    assert sum(r["path"] == "d1.md" for r in rows) == one_doc.num_rows
+    settled = run_module.run_ingest(spark, str(source), chunks, documents)
+    assert settled.documents.unchanged == 3

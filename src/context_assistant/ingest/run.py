@@ -202,7 +202,7 @@ def run_ingest(
         if concurrent_write_error(error):
             raise IngestError(
                 f"another ingest wrote to {run.chunks.label} or {run.documents.label} at the same time, so this run "
-                "stopped (nothing is half done); run ingest again to pick up the rest"
+                "stopped; run ingest again to pick up the rest (it also repairs what this run left half written)"
             ) from error
         raise
     run.drop_views()
@@ -449,6 +449,7 @@ class _Run:
         if not replace_paths:
             return counts
         replace = self.view("replace", self.spark.createDataFrame([(p,) for p in replace_paths], "path STRING"))
+        self.drop_doubled_chunks(replace)
         if has_parsed:  # chunk rows of files parsed ok (a file that failed part way may have left some)
             # A Spark listing may read a file twice (one row per split, see the module doc): DISTINCT there.
             fresh = (
@@ -492,6 +493,27 @@ class _Run:
             f"WHEN NOT MATCHED AND s.op = 'insert' THEN {merge_insert(CHUNK_TABLE, values=stamps)}"
         ).collect()
         return counts
+
+    def drop_doubled_chunks(self, replace: str) -> None:
+        """Delete every chunk row of the paths in ``replace`` that hold a chunk id twice, so the merge that
+        follows inserts them afresh. Two runs racing on a catalog table (no lock file) can both insert the same
+        new chunks when Delta lets both commits through; the documents table's chunk count then disagrees and
+        the path is re-cut, but a merge keyed on chunk id alone would keep both copies forever."""
+        doubled = self.view(
+            "doubled",
+            self.spark.sql(
+                f"SELECT DISTINCT path FROM (SELECT t.path, t.chunk_id, count(*) AS n FROM {self.chunks.sql_name} t "
+                f"LEFT SEMI JOIN {replace} r ON t.path = r.path GROUP BY t.path, t.chunk_id) WHERE n > 1"
+            ),
+        )
+        paths = [r.path for r in self.spark.sql(f"SELECT path FROM {doubled}").collect()]
+        if not paths:
+            return
+        self.say(f"repairing {len(paths)} documents whose chunks were written twice (by two runs at once)")
+        self.spark.sql(
+            f"MERGE INTO {self.chunks.sql_name} AS t USING {doubled} AS s ON t.path = s.path "
+            "WHEN MATCHED THEN DELETE"
+        ).collect()
 
     def merge_documents(self, rows: list[DocumentRow]) -> None:
         """Mirror the source inventory: upsert changed rows, touch re-hashed ones, delete departed files."""

@@ -34,8 +34,10 @@ class EmbeddedSupervisor:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if not self.config.database.embedded or self._thread is not None:
+        """Start watching (again, after :meth:`stop` and :meth:`join`: the watcher is one thread at a time)."""
+        if not self.config.database.embedded or (self._thread is not None and self._thread.is_alive()):
             return
+        self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="postgres-supervisor", daemon=True)
         self._thread.start()
 
