@@ -173,7 +173,8 @@ def test_unknown_section_is_refused_with_the_choices(capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         parse_args(["--only", "memory,speed"])
     assert (
-        "unknown section(s) speed; choose from memory, indexing, retrieval, turn, import, web" in capsys.readouterr().err
+        "unknown section(s) speed; choose from memory, indexing, retrieval, turn, import, web"
+        in capsys.readouterr().err
     )
 
 

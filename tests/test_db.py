@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -17,7 +19,7 @@ from context_assistant.core.clock import FakeClock
 from context_assistant.core.config import load_config
 from context_assistant.core.errors import ConfigError
 from context_assistant.storage.db import CONNECTION_MAX_LIFETIME, Database, open_database
-from context_assistant.storage.migrations import LATEST_VERSION, MIGRATIONS
+from context_assistant.storage.migrations import LATEST_VERSION, MIGRATIONS, Migration
 from context_assistant.storage.targets import (
     CachedToken,
     DatabaseError,
@@ -361,3 +363,82 @@ def test_embedded_server_starts_as_a_normal_user() -> None:
         assert (base / "state" / "postgres").stat().st_uid != 0  # the user's own server, not root's
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def _with_extra_migration(monkeypatch: pytest.MonkeyPatch) -> Migration:
+    """A pending migration that needs an exclusive lock on ``sessions`` (as an ALTER TABLE does)."""
+    import context_assistant.storage.db as db_module
+    import context_assistant.storage.db_schema as schema_module
+
+    extra = Migration(LATEST_VERSION + 1, "test: a column on sessions", "ALTER TABLE sessions ADD COLUMN x int")
+    for module in (db_module, schema_module):
+        monkeypatch.setattr(module, "MIGRATIONS", (*MIGRATIONS, extra))
+    monkeypatch.setattr(db_module, "MIGRATION_LOCK_TIMEOUT_SECONDS", 0.2)
+    return extra
+
+
+class _ReleasingClock(FakeClock):
+    """Sleeps instantly; the first sleep (the first retry's backoff) ends the other transaction."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        super().__init__()
+        self.release = release
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self.release()
+
+
+def test_a_migration_waits_for_a_busy_table_then_applies(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A serving app's open transaction holds a lock on a table the migration alters: the migration gives up
+    after its lock timeout instead of queueing every later query behind its DDL, logs one line, and tries
+    again after a backoff; once the transaction ends it applies. Real Postgres, two real sessions."""
+    with fresh_db(pg_server, "migrate_busy") as db:
+        db.migrate(vector=False)
+        extra = _with_extra_migration(monkeypatch)
+        holder = psycopg.connect(pg_server.uri("migrate_busy"))
+        holder.execute("SELECT count(*) FROM context_assistant.sessions")  # an open transaction: ACCESS SHARE
+        clock = _ReleasingClock(holder.rollback)
+        busy = Database(Target("postgres", pg_server.uri("migrate_busy"), "busy"), max_size=2, clock=clock)
+        try:
+            with caplog.at_level(logging.WARNING):
+                applied = busy.migrate(vector=False)
+        finally:
+            busy.close()
+            holder.close()
+        assert [m.version for m in applied] == [extra.version]
+        assert len(clock.sleeps) == 1
+        assert [r.getMessage() for r in caplog.records if "in use by another transaction" in r.getMessage()]
+    pg_server.drop_database("migrate_busy")
+
+
+def test_a_table_that_stays_busy_is_a_clear_error_and_changes_nothing(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fresh_db(pg_server, "migrate_stuck") as db:
+        db.migrate(vector=False)
+        before = db.status()["schema_version"]
+        _with_extra_migration(monkeypatch)
+        holder = psycopg.connect(pg_server.uri("migrate_stuck"))
+        holder.execute("SELECT count(*) FROM context_assistant.sessions")
+        stuck = Database(
+            Target("postgres", pg_server.uri("migrate_stuck"), "stuck"), max_size=2, clock=FakeClock()
+        )
+        try:
+            with pytest.raises(DatabaseError, match="stayed in use by other transactions") as info:
+                stuck.migrate(vector=False)
+            assert "pg_stat_activity" in str(info.value) and "nothing was changed" in str(info.value)
+        finally:
+            stuck.close()
+            holder.close()
+        assert db.status()["schema_version"] == before
+        with db.connection() as conn:  # the column was not added
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM information_schema.columns WHERE table_name = 'sessions' AND column_name = 'x'"
+                ).fetchone()[0]
+                == 0
+            )
+    pg_server.drop_database("migrate_stuck")

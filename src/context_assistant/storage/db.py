@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..core.clock import REAL_CLOCK, Clock
 from ..core.config import Config
+from ..core.retries import RetriesExhausted, retry_call
 from ..core.workspace import workspace_client
 from .db_schema import DEFAULT_SCHEMA, SetupReport, grant_usage, inspect_schema, prepare_schema
 from .migrations import MIGRATIONS, Migration
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 # Lakebase tokens expire after an hour; retire connections after 45 minutes (the pool adds up to 5% jitter).
 CONNECTION_MAX_LIFETIME = 45 * 60
 MIGRATION_LOCK_KEY = 0x0C0A5517  # advisory lock id shared by every process migrating this schema
+MIGRATION_LOCK_TIMEOUT_SECONDS = 5.0  # how long one migration attempt waits for a table lock
+MIGRATION_LOCK_ATTEMPTS = 6  # then a clear error (about a minute in all, with the backoff)
 
 # A pooled connection idle longer than this is health-checked before it is handed out.
 IDLE_CHECK_SECONDS = 5.0
@@ -284,9 +287,14 @@ class Database:
             )
         ledger = sql.Identifier(self.schema, "schema_migrations")
         wanted = [m for m in MIGRATIONS if vector or not m.requires_vector]
-        with self._pooled() as conn:
-            try:
+
+        def apply_pending() -> list[Migration]:
+            with self._pooled() as conn:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                # A migration's DDL waits for every open transaction on its table, and every query after it
+                # waits for the DDL: on a serving app's database, give up after a few seconds and try again
+                # rather than stall every request behind a long transaction (a sync, a notebook).
+                conn.execute(f"SET LOCAL lock_timeout = '{int(MIGRATION_LOCK_TIMEOUT_SECONDS * 1000)}ms'")
                 prepare_schema(conn, self.schema, report)
                 applied = {row[0] for row in conn.execute(sql.SQL("SELECT version FROM {}").format(ledger))}
                 pending = [m for m in wanted if m.version not in applied]
@@ -299,13 +307,40 @@ class Database:
                         (migration.version, migration.name),
                     )
                     log.info("applied migration %s: %s", migration.version, migration.name)
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise DatabaseError(
-                    f"role {state.role} may not create or migrate schema {self.schema} in "
-                    f"{self.target.description} ({str(exc).strip().splitlines()[0]}): run "
-                    "`context-assistant db setup` as the database owner, or the bundle's ingest job "
-                    "(databricks bundle run ingest_job), whose first task does it"
-                ) from None
+                return pending
+
+        def waited(attempt: int, exc: BaseException, delay: float) -> None:
+            log.warning(
+                "migrating schema %s: a table is in use by another transaction (attempt %d); trying again in %.0fs",
+                self.schema,
+                attempt,
+                delay,
+            )
+
+        try:
+            pending = retry_call(
+                apply_pending,
+                is_transient=lambda exc: isinstance(exc.__cause__, psycopg.errors.LockNotAvailable),  # via _pooled
+                attempts=MIGRATION_LOCK_ATTEMPTS,
+                base_delay=2.0,
+                max_delay=15.0,
+                clock=self._clock,
+                on_retry=waited,
+            )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise DatabaseError(
+                f"role {state.role} may not create or migrate schema {self.schema} in "
+                f"{self.target.description} ({str(exc).strip().splitlines()[0]}): run "
+                "`context-assistant db setup` as the database owner, or the bundle's ingest job "
+                "(databricks bundle run ingest_job), whose first task does it"
+            ) from None
+        except RetriesExhausted:
+            raise DatabaseError(
+                f"could not migrate schema {self.schema} in {self.target.description}: its tables stayed in use "
+                f"by other transactions through {MIGRATION_LOCK_ATTEMPTS} attempts (nothing was changed). Find "
+                "them in pg_stat_activity (a long sync, an idle-in-transaction session), let them finish, and "
+                "run the setup again"
+            ) from None
         if report.moved_from_public:
             log.warning("moved %s from schema public into %s", ", ".join(report.moved_from_public), self.schema)
         report.applied.extend(m.version for m in pending)
