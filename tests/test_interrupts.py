@@ -453,3 +453,54 @@ print("restarted", again.sql("SELECT 3 AS three").collect()[0].three)
     seconds = float(failed.split()[2])
     assert seconds < 5.0, failed  # pyspark's default policy retried for ~10 minutes
     assert restarted == "restarted 3"
+
+
+LOST = """
+import sys, time
+from context_assistant.core.interrupts import guard_lost_interrupts, report_interrupted
+
+guard_lost_interrupts("Interrupted: caught by the guard.", seconds=1.0)
+
+
+class Freed:
+    def __del__(self):  # a library's finalizer: a KeyboardInterrupt raised in here is printed and dropped
+        print("finalizing", flush=True)
+        time.sleep(8)
+
+
+if sys.argv[1] == "lost":
+    item = Freed()
+    del item  # Ctrl-C arrives during the finalizer
+    time.sleep(30)  # ...and the command would run on
+else:
+    try:
+        print("finalizing", flush=True)
+        time.sleep(30)
+    except KeyboardInterrupt:
+        report_interrupted("Interrupted: reported by the entry point.")
+        time.sleep(30)  # clean-up that outlives the deadline
+"""
+
+
+@pytest.mark.parametrize("case", ["lost", "reported"])
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_ends_the_command(tmp_path: Path, case: str) -> None:
+    """Seen by a new user: Ctrl-C while the embedding model loaded landed in a library's ``__del__``, Python
+    printed "Exception ignored ... KeyboardInterrupt" and the ingest ran on to the end. The guard the CLI
+    installs ends the process anyway; when the entry point reports the interrupt itself, only its line shows.
+    A real process and a real SIGINT."""
+    script = tmp_path / "lost.py"
+    script.write_text(LOST)
+    process = subprocess.Popen(
+        [sys.executable, str(script), case], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "finalizing"
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 130, err
+    assert time.monotonic() - started < EXIT_SECONDS
+    if case == "lost":
+        assert "Exception ignored" in err and err.rstrip().endswith("Interrupted: caught by the guard.")
+    else:
+        assert err.strip() == "Interrupted: reported by the entry point."

@@ -55,6 +55,7 @@ def test_an_outage_logs_one_line_per_attempt_without_pool_spam(
         wait_for(lambda: client.get("/health").status_code == 200, "the app's own Postgres to start", 120)
         assert client.post("/api/chat", json={"message": "before"}).status_code == 200
         supervisor = app.state.supervisor
+        wait_for(lambda: supervisor.seen_running, "the supervisor's first look at the server", 60)
         supervisor.stop()  # an outage the supervisor does not end by itself (until it is started again)
         supervisor.join(30)
         caplog.set_level(logging.INFO)

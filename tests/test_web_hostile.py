@@ -37,6 +37,18 @@ def test_nul_and_lone_surrogates_are_a_422_naming_the_field_and_nothing_is_writt
     assert app.services.store.messages(user, session.id) == []
 
 
+def test_a_misspelt_chat_field_is_a_422_naming_it_and_nothing_is_written(start_app) -> None:  # type: ignore[no-untyped-def]
+    """Seen by a new user: {"mesage": "hi"} answered "the message is empty", which hides the typo."""
+    app = start_app()
+    client = app.client()
+    for path in ("/api/chat", "/api/chat/stream"):
+        response = client.post(path, json={"mesage": "hi"})
+        assert response.status_code == 422, response.text
+        data = response.json()
+        assert data["field"] == "mesage" and "mesage" in data["error"], data
+    assert app.services.store.list_sessions(app.services.config.default_user) == []
+
+
 def test_a_non_ascii_forwarded_email_is_read_as_utf8(start_app, make_config) -> None:  # type: ignore[no-untyped-def]
     app = start_app(make_config(web__forwarded_identity="trust"))
     client = app.client(headers={"X-Forwarded-Email": "jörg.müller@example.com".encode()})

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from context_assistant.storage.limbo import TURN_QUESTION
 from fake_databricks import FakeDatabricks
 from live_support import HeldAnswer, held_model_config
 from web_support import start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
@@ -229,26 +230,31 @@ def test_shutdown_marks_an_answer_being_written_interrupted_and_retry_answers_it
 
 
 def test_questions_left_in_limbo_are_marked_interrupted_and_can_be_retried(start_app) -> None:  # type: ignore[no-untyped-def]
-    """What a SIGKILL or a killed database leaves behind: a stored question with no reply and no status."""
+    """What a SIGKILL or a killed database leaves behind: a question a turn stored, with no reply and no
+    status. Imported messages are records, not turns: an unanswered imported question is never marked."""
     app = start_app()
     store = app.services.store
     user = app.services.config.default_user
     old = store.create_session(user, "killed mid-turn")
-    limbo = store.append(user, old.id, "user", QUESTION)  # the process died here
+    limbo = store.append(user, old.id, "user", QUESTION, dict(TURN_QUESTION))  # the process died here
     answered = store.create_session(user, "imported")
     store.append(user, answered.id, "user", "imported question")  # imported pairs have no status
     store.append(user, answered.id, "assistant", "imported answer")
+    unanswered = store.create_session(user, "imported, ends with a question")
+    store.append(user, unanswered.id, "user", "an imported question nobody answered")
+    lone = store.append(user, unanswered.id, "user", "and another one")
     recent = store.create_session(user, "being answered elsewhere")
-    young = store.append(user, recent.id, "user", "still within the grace period")
+    young = store.append(user, recent.id, "user", "still within the grace period", dict(TURN_QUESTION))
     with app.services.db.connection() as conn:
         conn.execute(
             "UPDATE conversations SET timestamp = timestamp - interval '1 hour' WHERE session_id = ANY(%s)",
-            ([old.id, answered.id],),
+            ([old.id, answered.id, unanswered.id],),
         )
     assert app.state.turns.sweep() == [limbo.id]
     marked = store.get_message(user, limbo.id)
     assert marked.failed and marked.metadata["error_kind"] == "interrupted"
     assert not store.get_message(user, young.id).failed
+    assert store.get_message(user, lone.id).metadata == {}
 
     client = app.client()
     again = client.post("/api/chat", json={"retry_of": limbo.id})

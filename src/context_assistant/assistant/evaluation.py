@@ -565,8 +565,9 @@ def format_report(report: EvalReport) -> str:
     lines.append(f"MLflow run {report.run_id} in experiment {report.experiment_id} at {report.tracking_uri}")
     if report.tracking_uri.startswith("sqlite:"):
         lines.append(
-            f"Read it with: mlflow ui --backend-store-uri {report.tracking_uri}  (the run's Traces tab shows each "
-            "question's answer, spans and scores with their rationales)"
+            "Read it with: make mlflow-ui in the project folder, then http://127.0.0.1:5000 (the run's Traces tab "
+            "shows each question's answer, spans and scores with their rationales); elsewhere, with the full "
+            f"mlflow package (mlflow-skinny has no UI): mlflow ui --backend-store-uri {report.tracking_uri}"
         )
     else:
         lines.append("Read it in the experiment's Evaluations tab (or the run's Traces tab) in the MLflow UI.")

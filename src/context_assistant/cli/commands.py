@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core.console import TerminalProgress, json_lines, print_json
+from ..core.console import TerminalProgress, counted, json_lines, print_json
 from ..core.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -109,8 +109,8 @@ def cmd_memory_import(args: argparse.Namespace, services: Services) -> int:
         print_json(result.to_json())
     else:
         print(
-            f"Imported {result.messages} messages ({result.skipped} already present), "
-            f"{result.sessions_created} new sessions."
+            f"Imported {counted(result.messages, 'message')} ({result.skipped} already present), "
+            f"{counted(result.sessions_created, 'new session')}."
         )
     return EXIT_OK
 

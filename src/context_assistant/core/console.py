@@ -74,6 +74,11 @@ def json_lines(lines: Iterable[str], errors: list[str]) -> Iterator[tuple[int, A
             errors.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 message``, ``2 messages``: a count in a sentence people read."""
+    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
+
+
 def port_number(value: str) -> int:
     """argparse type for ``--port`` (also used by ``python app.py``)."""
     try:
@@ -85,4 +90,4 @@ def port_number(value: str) -> int:
     return port
 
 
-__all__ = ["Progress", "TerminalProgress", "json_lines", "port_number", "print_json", "quiet"]
+__all__ = ["Progress", "TerminalProgress", "counted", "json_lines", "port_number", "print_json", "quiet"]

@@ -23,6 +23,38 @@ from .errors import EXIT_INTERRUPTED  # 128 + SIGINT, what shells report for a p
 CLEANUP_SECONDS = 1.5
 
 
+_reported = threading.Event()  # an entry point has reported the interrupt (see guard_lost_interrupts)
+
+
+def guard_lost_interrupts(message: str, seconds: float = CLEANUP_SECONDS) -> None:
+    """Make Ctrl-C end the command even when its KeyboardInterrupt is lost.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be; inside a finalizer (``__del__``,
+    as when a library frees objects while the embedding model loads) it is printed as "Exception ignored"
+    and dropped, and the command runs on to the end. With this handler each Ctrl-C still raises it, and if no
+    entry point has reported it (:func:`report_interrupted`) ``seconds`` later, ``message`` is printed and the
+    process ends with 130. Not for a REPL, which catches Ctrl-C on purpose and goes on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(*_: Any) -> None:
+        watchdog = threading.Timer(seconds, _unless_reported, args=(message,))
+        watchdog.daemon = True
+        watchdog.start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+
+
+def _unless_reported(message: str) -> None:
+    if _reported.is_set():
+        return
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr, flush=True)
+    _exit_now()
+
+
 def report_interrupted(
     message: str, stream: TextIO | None = None, cleanup_seconds: float = CLEANUP_SECONDS
 ) -> int:
@@ -30,6 +62,7 @@ def report_interrupted(
 
     Call it from the ``except KeyboardInterrupt`` of a command's entry point, before its clean-up runs.
     """
+    _reported.set()
     stream = stream or sys.stderr
     with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to tell
         print(message, file=stream, flush=True)
@@ -86,4 +119,4 @@ def _flush() -> None:
             stream.flush()
 
 
-__all__ = ["CLEANUP_SECONDS", "end_process", "fast_exit", "report_interrupted"]
+__all__ = ["CLEANUP_SECONDS", "end_process", "fast_exit", "guard_lost_interrupts", "report_interrupted"]

@@ -505,7 +505,10 @@ class PgVectorChunkIndex:
             (CHUNKS_SPACE, CHUNKS_TABLE),
         ).fetchone()
         if row is None:
-            raise IndexNotReady("the chunk index is empty: run `context-assistant ingest` (or `sync`) first")
+            raise IndexNotReady(
+                f"no documents are indexed in {self.db.target.description}: run `context-assistant ingest` (or "
+                "`sync`) there first, or pass --config to use another project's data folder"
+            )
         return SpaceInfo(*row)
 
     def _vector_search(

@@ -5,6 +5,10 @@ container, a database that went away at the wrong moment) leaves the question wi
 ``retry_of`` refuses a message that is not failed. :func:`mark_interrupted` gives such questions the state
 they deserve — failed, kind ``interrupted``, retryable — once they are older than a grace period (a turn
 still running elsewhere is younger than that) and not answered by the message after them.
+
+Only questions a turn stored (metadata ``{"via": "turn"}``) are swept: a user message that came in through
+``memory import`` or ``ConversationStore.append`` with no reply after it is a record, not a turn in limbo.
+One named question (a retry of it) is marked whatever stored it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from .db import Database
 
 INTERRUPTED = "the reply was interrupted before it completed"
 PATCH = {"status": "failed", "error": INTERRUPTED, "error_kind": "interrupted"}
+# What a turn stores its question with (and what marks a question the sweep may mark interrupted).
+TURN_QUESTION = {"via": "turn"}
 
 
 def mark_interrupted(
@@ -28,7 +34,7 @@ def mark_interrupted(
     message_id: int | None = None,
     running: Collection[int] = (),
 ) -> list[int]:
-    """Mark user messages stored before ``older_than`` without a status, and not followed by a reply,
+    """Mark questions a turn stored before ``older_than`` without a status, and not followed by a reply,
     as interrupted (optionally only ``user``'s, or only ``message_id``); skip the ids in ``running``.
     Returns the ids marked."""
     with db.connection() as conn:
@@ -39,6 +45,7 @@ def mark_interrupted(
                  AND m.timestamp < %(before)s
                  AND (%(user)s::text IS NULL OR m.user_id = %(user)s)
                  AND (%(id)s::bigint IS NULL OR m.id = %(id)s)
+                 AND (%(id)s::bigint IS NOT NULL OR m.metadata @> %(turn)s)
                  AND m.id <> ALL(%(running)s::bigint[])
                  AND COALESCE((SELECT n.role FROM conversations n
                                WHERE n.session_id = m.session_id AND n.id > m.id
@@ -46,6 +53,7 @@ def mark_interrupted(
                RETURNING m.id""",
             {
                 "patch": Jsonb(PATCH),
+                "turn": Jsonb(TURN_QUESTION),
                 "before": older_than,
                 "user": user,
                 "id": message_id,

@@ -30,7 +30,9 @@ class SessionNotFound(NotFound):
     """No session with this id belongs to the user (whether it exists for someone else is never said)."""
 
     def __init__(self, session_id: str) -> None:
-        super().__init__(f"session not found: {session_id}")
+        super().__init__(
+            f"session not found: {session_id}" if session_id.strip() else "session not found: the id is empty"
+        )
         self.session_id = session_id
 
 

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from ..core.errors import InvalidInput
 from ..core.text import check_session_id
 from ..core.tokens import message_tokens
+from .limbo import TURN_QUESTION
 from .memory import _MESSAGE_COLUMNS, ConversationStore, Message, SessionNotFound, fit_turns
 
 # Unsummarised messages read with the context beyond the history window: enough for the turns that fell out
@@ -31,7 +32,7 @@ _NEW_SESSION_QUESTION = """
         VALUES (%(sid)s, %(uid)s, %(title)s, %(ts)s, %(ts)s) ON CONFLICT (id) DO NOTHING
         RETURNING s.id, s.user_id)
     INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
-    SELECT s.id, s.user_id, 'user', %(content)s, %(ts)s, '{}'::jsonb FROM s
+    SELECT s.id, s.user_id, 'user', %(content)s, %(ts)s, %(meta)s FROM s
     RETURNING id"""
 
 # One UPDATE of the session row (two in one statement would silently keep only one): the activity time moves
@@ -44,7 +45,7 @@ _QUESTION = """
             title = CASE WHEN title = '' THEN %(title)s ELSE title END
         WHERE id = (SELECT id FROM s) AND (updated_at <= %(ts)s - interval '1 second' OR title = ''))
     INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
-    SELECT s.id, s.user_id, 'user', %(content)s, %(ts)s, '{}'::jsonb FROM s
+    SELECT s.id, s.user_id, 'user', %(content)s, %(ts)s, %(meta)s FROM s
     RETURNING id"""
 
 # The session's summary and its messages not yet folded into it, newest first, up to a limit.
@@ -102,14 +103,21 @@ def store_question(
     new = session_id is None
     sid = store.new_session_id() if session_id is None else session_id
     check_session_id(sid)
-    params = {"sid": sid, "uid": user, "title": title, "ts": timestamp, "content": content}
+    params = {
+        "sid": sid,
+        "uid": user,
+        "title": title,
+        "ts": timestamp,
+        "content": content,
+        "meta": Jsonb(TURN_QUESTION),
+    }
     with store.db.autocommit() as conn:
         row = conn.execute(_NEW_SESSION_QUESTION if new else _QUESTION, params).fetchone()
     if row is None:
         if new:
             raise InvalidInput(f"session id already in use: {sid}")
         raise SessionNotFound(sid)
-    return Message(row[0], sid, user, "user", content, timestamp, {})
+    return Message(row[0], sid, user, "user", content, timestamp, dict(TURN_QUESTION))
 
 
 def load_context(

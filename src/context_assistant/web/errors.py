@@ -121,6 +121,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = []
+        fields = []
         for error in exc.errors():
             location = [str(part) for part in error.get("loc", ())]
             if error.get("type") == "json_invalid":
@@ -128,8 +129,11 @@ def install_error_handlers(app: FastAPI) -> None:
                 problems.append(f"the request body is not valid JSON ({reason} at character {location[-1]})")
                 continue
             where = ".".join(part for part in location if part != "body") or "body"
+            fields.append(where)
             problems.append(f"{where}: {error.get('msg')}")
         body = {"error": "; ".join(problems) or "invalid request", "request_id": request_id(request)}
+        if len(fields) == 1 and len(problems) == 1:  # as for text refused by core.text: the one field at fault
+            body["field"] = fields[0]
         return JSONResponse(body, status_code=422)
 
     app.add_exception_handler(ContextAssistantError, known_error)

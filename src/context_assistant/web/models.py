@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 TITLE_MAX_CHARS = 200
 COMMENT_MAX_CHARS = 2000
@@ -31,6 +31,9 @@ class ErrorBody(BaseModel):
 
 
 class ChatRequest(BaseModel):
+    # A misspelt field ({"mesage": ...}) is named in the 422, not read as an empty message.
+    model_config = ConfigDict(extra="forbid")
+
     message: str = Field(
         "",
         description="The user's message (at most web.max_message_chars characters). Ignored with retry_of.",

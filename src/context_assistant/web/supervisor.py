@@ -41,6 +41,11 @@ class EmbeddedSupervisor:
         self._thread = threading.Thread(target=self._watch, name="postgres-supervisor", daemon=True)
         self._thread.start()
 
+    @property
+    def seen_running(self) -> bool:
+        """Whether the watcher has seen the server run: it restarts only a server it saw running."""
+        return self._seen_running
+
     def stop(self) -> None:
         self._stop.set()
 
