@@ -102,8 +102,12 @@ def test_two_searches_share_one_warm_service_and_the_second_imports_no_model_lib
         assert "Loading" not in second.stderr
         assert not {"torch", "sentence_transformers", "transformers"} & set(heavy_modules(second.stderr))
         assert json.loads(second.stdout)["hits"] == json.loads(first.stdout)["hits"]
+        stopped = run_probe(config_file, warm, "db", "stop")  # the service goes with the database
+        assert stopped.returncode == 0, stopped.stderr
+        assert "Stopped the embedding service." in stopped.stdout
+        assert heavy_modules(stopped.stderr) == []
     finally:
-        assert EmbeddingServiceClient("all-MiniLM-L6-v2", config.data_path, idle_seconds=120).stop()
+        assert not EmbeddingServiceClient("all-MiniLM-L6-v2", config.data_path, idle_seconds=120).stop()
 
 
 @pytest.mark.slow

@@ -163,9 +163,18 @@ def cmd_db_setup(args: argparse.Namespace, services: Services) -> int:
 
 
 def cmd_db_stop(args: argparse.Namespace, services: Services) -> int:
+    """Stop what runs in the background for this data folder: the embedded Postgres and the warm embedding
+    service (which would otherwise hold its ~700 MB until it has been idle for 15 minutes)."""
+    from ..retrieval.embedding_service import stop_embedding_service
     from ..storage.targets import EmbeddedPostgres
 
+    service_stopped = stop_embedding_service(services.config.rag, services.config.data_path)
+    if service_stopped:
+        print("Stopped the embedding service.")
     if not services.config.database.embedded:
+        if service_stopped:
+            print("The database is an external server: not stopped.")
+            return EXIT_OK
         raise Conflict("db stop only stops the embedded Postgres; this config points at an external server")
     stopped = EmbeddedPostgres(services.config.data_path).stop()
     print("Stopped the embedded Postgres." if stopped else "The embedded Postgres was not running.")

@@ -87,6 +87,25 @@ def warm_embedder(
     return CachingEmbedder(client)
 
 
+def stop_embedding_service(rag_config: RagConfig, data_dir: Path) -> bool:
+    """Ask this data folder's warm service (if any runs) to exit; True if one did. Loads no model."""
+    if parse_model_spec(rag_config.embedding_model).provider == "endpoint" or os.name != "posix":
+        return False
+    try:
+        path = socket_path(data_dir, rag_config.embedding_model)
+    except Exception:  # a model that cannot be resolved here never had a service
+        return False
+    if not path.exists():
+        return False
+    client = EmbeddingServiceClient(rag_config.embedding_model, data_dir, idle_seconds=0)
+    if not client.stop():
+        return False
+    deadline = time.monotonic() + 2 * TICK_SECONDS  # it notices within one tick, then removes its socket
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
 def _private_temp_dir(folder: Path) -> Path:
     private_dir(folder)
     info = folder.lstat()
