@@ -235,7 +235,7 @@ def test_sessions_can_be_created_listed_renamed_read_and_deleted(start_app) -> N
     assert blank.status_code == 422 and error_body(blank) == {"error": "the title is blank"}
     too_long = client.patch(f"/api/sessions/{session['id']}", json={"title": "x" * 201})
     assert too_long.status_code == 422
-    assert error_body(too_long) == {"error": "title: String should have at most 200 characters"}
+    assert error_body(too_long) == {"error": "title: String should have at most 200 characters", "field": "title"}
 
     assert client.delete(f"/api/sessions/{session['id']}").status_code == 204
     assert client.get(f"/api/sessions/{session['id']}").status_code == 404
@@ -334,10 +334,14 @@ def test_input_limits_are_clear_errors_and_store_nothing(start_app, make_config)
     assert broken.status_code == 422
     assert error_body(broken) == {"error": "the request body is not valid JSON (Expecting value at character 12)"}
     missing = client.post("/api/feedback", json={"value": "up"})
-    assert missing.status_code == 422 and error_body(missing) == {"error": "message_id: Field required"}
+    assert missing.status_code == 422 and error_body(missing) == {
+        "error": "message_id: Field required",
+        "field": "message_id",
+    }
     wrong_type = client.post("/api/chat", json={"message": ["a"]})
     assert wrong_type.status_code == 422 and error_body(wrong_type) == {
-        "error": "message: Input should be a valid string"
+        "error": "message: Input should be a valid string",
+        "field": "message",
     }
 
     assert client.get("/api/sessions").json()["sessions"] == []
@@ -375,7 +379,8 @@ def test_feedback_is_stored_with_the_reply(start_app) -> None:  # type: ignore[n
     }
     bad_value = client.post("/api/feedback", json={"message_id": turn["message_id"], "value": "meh"})
     assert bad_value.status_code == 422 and error_body(bad_value) == {
-        "error": "value: Input should be 'up' or 'down'"
+        "error": "value: Input should be 'up' or 'down'",
+        "field": "value",
     }
     unknown = client.post("/api/feedback", json={"message_id": 999999, "value": "up"})
     assert unknown.status_code == 404 and error_body(unknown) == {"error": "message not found: 999999"}
