@@ -78,7 +78,10 @@ def _check(db: Database, queries: list[str], ks: tuple[int, ...] = (1, 10, 50)) 
 
 
 @pytest.fixture
-def tiered(db: Database) -> tuple[PgVectorChunkIndex, InMemoryChunkSource]:
+def tiered(db: Database, monkeypatch: pytest.MonkeyPatch) -> tuple[PgVectorChunkIndex, InMemoryChunkSource]:
+    # A small corpus: every query's postings fit the all-at-once budget, which would leave the tier rounds
+    # untested; a small budget (the rounds' own cut-off) makes these queries take them.
+    monkeypatch.setattr(bm25_tiers, "RARE_BUDGET", 300)
     source = InMemoryChunkSource(_corpus(1200, seed=3))
     index = PgVectorChunkIndex(db, HashingEmbedder(), batch_size=400)
     index.refresh(source)

@@ -42,8 +42,16 @@ TIERS = len(TIER_EDGES)
 TOP = BM25_K1 + 1  # the supremum of the term-frequency part
 MAX_ROUNDS = 4  # threshold rounds before the exhaustive query answers
 MAX_ENUMERATED_TERMS = 8  # weaker terms beyond these count as always present at their maximum
-MAX_CONJUNCTIONS = 4096  # more minimal assignments than this: the exhaustive query answers
-RARE_BUDGET = 300  # all query terms together in at most this many rows: score them all at once
+# More minimal assignments than this: the exhaustive query answers. A round's statement ORs one GIN
+# intersection per conjunction, and enumerating them is a walk over up to 6^8 tier choices: past a few dozen
+# both cost more than scoring every row with a query word (measured on SciFact's claims at 10k chunks: with a
+# limit of 4096, queries of 40-150 conjunctions took 0.6-5 s where the exhaustive query took 50-150 ms).
+MAX_CONJUNCTIONS = 16
+# All query terms together in at most this many rows: score them all at once. Scoring costs ~20 µs a posting on
+# 2 cores (~100 ms at 5,000); a query of many words (a sentence: 8-15 lexemes) can need tier rounds with
+# dozens of conjunctions that cost more than that — measured on SciFact's claims at 10k chunks, p50 493 ms
+# tiered against 99 ms scored at once — so only queries whose postings exceed it take the tiered path.
+RARE_BUDGET = 5_000
 TARGET_PER_RESULT = 10  # the first θ expects 10 rows per wanted result to reach it (bounds exceed scores) ...
 # ... or just the wanted number, when that θ is tiny (rare words next to near-stop-words)
 THETA_BINS = 256
