@@ -184,3 +184,85 @@ def test_the_drift_bound_holds_for_any_posting(ratio: float) -> None:
         tf, dl = rng.randint(1, 20), rng.uniform(1, 400)
         tier = max(j for j, edge in enumerate(edges[:-1]) if w(tf, dl, a0) >= edge)
         assert w(tf, dl, a) <= _w_bound(edges[tier + 1], a0, a)
+
+
+def _brute_force_minimal(terms: list[list[float]], theta: float) -> set[tuple[tuple[int, int], ...]]:
+    """Every assignment (term → level or absent) reaching θ from which lowering any chosen term by one level
+    (level 0: dropping it) falls below θ — by trying all of them."""
+    import itertools
+
+    found = set()
+    for levels in itertools.product(*[range(-1, len(t)) for t in terms]):
+        chosen = tuple((i, j) for i, j in enumerate(levels) if j >= 0)
+        total = sum(terms[i][j] for i, j in chosen)
+        if total < theta:
+            continue
+        if all(total - terms[i][j] + (terms[i][j - 1] if j > 0 else 0.0) < theta for i, j in chosen):
+            found.add(chosen)
+    return found
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_enumeration_finds_exactly_the_minimal_conjunctions(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk stops at the first level that reaches θ (everything past it is not minimal); it must still
+    find every minimal conjunction, each once."""
+    monkeypatch.setattr(bm25_tiers, "MAX_CONJUNCTIONS", 10_000)
+    rng = random.Random(seed)
+    terms = [sorted(rng.uniform(0.1, 3.0) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 5))]
+    theta = rng.uniform(0.2, 0.8) * sum(t[-1] for t in terms)
+    got = bm25_tiers._minimal_assignments(terms, theta)
+    assert got is not None
+    assert len(got) == len(set(got))
+    assert set(got) == _brute_force_minimal(terms, theta)
+
+
+def test_the_enumeration_gives_up_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bm25_tiers, "MAX_CONJUNCTIONS", 3)
+    terms = [[1.0, 2.0, 3.0]] * 6
+    assert bm25_tiers._minimal_assignments(terms, 6.0) is None
+
+
+@pytest.mark.parametrize("in_transaction", [True, False])
+def test_the_tier_rounds_leave_the_planner_settings_as_they_were(
+    db: Database, tiered: Any, in_transaction: bool
+) -> None:
+    """A round rules out the sequential scan for its own statement only: inside a caller's transaction the
+    setting is back afterwards, and outside one it never outlives the search."""
+    with db.connection() as conn:
+        conn.autocommit = not in_transaction
+        try:
+            rounds: list[int] = []
+            bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, QUERIES[2], 10, rounds)
+            assert rounds[0] >= 1, "the query must take the tier rounds for this test to mean anything"
+            assert conn.execute(
+                "SELECT current_setting('enable_seqscan'), current_setting('enable_indexscan')"
+            ).fetchone() == ("on", "on")
+        finally:
+            if not in_transaction:
+                conn.autocommit = False
+
+
+def test_a_long_dnf_is_answered_through_the_index(db: Database, tiered: Any) -> None:
+    """Many conjunctions make the planner's estimate favour evaluating them all on every row (seconds on a
+    real corpus); the round's statement must use the GIN index however long its DNF is."""
+    plans: list[str] = []
+    conjunctions: list[int] = []
+    with db.connection() as conn:
+        real_execute = conn.execute
+
+        def explaining(query: Any, params: Any = None, **kwargs: Any) -> Any:
+            if isinstance(query, str) and "%(dnf0)s" in query:
+                plan = real_execute("EXPLAIN " + query, params, **kwargs).fetchall()
+                plans.append("\n".join(row[0] for row in plan))
+                conjunctions.append(query.count("%(dnf"))
+            return real_execute(query, params, **kwargs)
+
+        conn.execute = explaining  # type: ignore[method-assign]
+        for query in QUERIES:
+            bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, query, 10, [])
+    assert plans, "the query must take the tier rounds for this test to mean anything"
+    assert max(conjunctions) >= 5, conjunctions  # a long one among them
+    for plan in plans:
+        assert "Seq Scan" not in plan and "Bitmap Index Scan" in plan, plan

@@ -24,7 +24,8 @@ run by every sync) fixes when the average length moved by more than :data:`RETIE
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,15 +44,13 @@ TOP = BM25_K1 + 1  # the supremum of the term-frequency part
 MAX_ROUNDS = 4  # threshold rounds before the exhaustive query answers
 MAX_ENUMERATED_TERMS = 8  # weaker terms beyond these count as always present at their maximum
 # More minimal assignments than this: the exhaustive query answers. A round's statement ORs one GIN
-# intersection per conjunction, and enumerating them is a walk over up to 6^8 tier choices: past a few dozen
-# both cost more than scoring every row with a query word (measured on SciFact's claims at 10k chunks: with a
-# limit of 4096, queries of 40-150 conjunctions took 0.6-5 s where the exhaustive query took 50-150 ms).
-MAX_CONJUNCTIONS = 16
-# All query terms together in at most this many rows: score them all at once. Scoring costs ~20 µs a posting on
-# 2 cores (~100 ms at 5,000); a query of many words (a sentence: 8-15 lexemes) can need tier rounds with
-# dozens of conjunctions that cost more than that — measured on SciFact's claims at 10k chunks, p50 493 ms
-# tiered against 99 ms scored at once — so only queries whose postings exceed it take the tiered path.
-RARE_BUDGET = 5_000
+# intersection per conjunction (through the index, see :func:`_bitmap_scan_only`); past a
+# hundred or so the bitmap OR costs more than scoring every row with a query word. Measured 2026-12-02 on
+# SciFact's first 300 claims at 10k chunks (8-15 lexemes each; top 10, idle 2 cores): p50 / p95 12 / 87 ms
+# with 128 or 256, 11 / 3,019 ms with 512; on 4-word queries at 100k chunks 128 and 512 are alike.
+MAX_CONJUNCTIONS = 128
+# All query terms together in at most this many rows: score them all at once (~20 µs a posting on 2 cores).
+RARE_BUDGET = 1_000
 TARGET_PER_RESULT = 10  # the first θ expects 10 rows per wanted result to reach it (bounds exceed scores) ...
 # ... or just the wanted number, when that θ is tiny (rare words next to near-stop-words)
 THETA_BINS = 256
@@ -168,18 +167,23 @@ def _minimal_assignments(terms: list[Levels], theta: float) -> list[tuple[tuple[
     out: list[tuple[tuple[int, int], ...]] = []
 
     def walk(i: int, acc: float, chosen: list[tuple[int, int]]) -> bool:
-        if acc + suffix[i] < theta:
-            return True
-        if i == n:
+        if acc >= theta:  # reached: any further term would make the conjunction non-minimal
             for ti, j in chosen:  # minimal: lowering any chosen term by one level falls below θ
                 lower = terms[ti][j - 1] if j > 0 else 0.0
                 if acc - terms[ti][j] + lower >= theta:
                     return True
             out.append(tuple(chosen))
             return len(out) <= MAX_CONJUNCTIONS
+        if i == n or acc + suffix[i] < theta:
+            return True
         if not walk(i + 1, acc, chosen):
             return False
-        return all(walk(i + 1, acc + u, [*chosen, (i, j)]) for j, u in enumerate(terms[i]))
+        for j, u in enumerate(terms[i]):
+            if not walk(i + 1, acc + u, [*chosen, (i, j)]):
+                return False
+            if acc + u >= theta:  # this term's higher levels reach θ too: not minimal
+                break
+        return True
 
     return out if walk(0, 0.0, []) else None
 
@@ -216,6 +220,26 @@ def _note(rounds: list[int] | None, used: int) -> None:
 
 def _quoted(lexeme: str, level: int) -> str:
     return tsquery_or([lexeme if level == 0 else f"{lexeme} {level}"])
+
+
+@contextlib.contextmanager
+def _bitmap_scan_only(conn: psycopg.Connection) -> Iterator[None]:
+    """Sequential and plain index scans off for the statements inside (what is left is the GIN bitmap scan; a
+    plain index scan would be the primary key's, reading every row in key order), then the settings as they
+    were: in a transaction of its own when the connection is outside one, so nothing outlives the block;
+    after an error the caller's rollback restores them."""
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with conn.transaction() if idle else contextlib.nullcontext():
+        row = conn.execute(
+            "SELECT current_setting('enable_seqscan'), current_setting('enable_indexscan'), "
+            "set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true)"
+        ).fetchone()
+        yield
+        seqscan, indexscan = (row[0], row[1]) if row else ("on", "on")
+        conn.execute(
+            "SELECT set_config('enable_seqscan', %s, true), set_config('enable_indexscan', %s, true)",
+            (seqscan, indexscan),
+        )
 
 
 def bm25_top(
@@ -259,13 +283,17 @@ def bm25_top(
     scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": a, "limit": limit}
 
     def score(dnf: Sequence[str]) -> list[tuple[Any, float]]:
-        match = " OR ".join(f"c.tsv @@ %(dnf{i})s::tsquery" for i in range(len(dnf)))
-        # Never a prepared statement: the generic plan of `tsv @@ $1` is a sequential scan.
-        got = conn.execute(
-            score_sql(table, key, where, match),
-            {**scoring, **{f"dnf{i}": d for i, d in enumerate(dnf)}},
-            prepare=False,
-        ).fetchall()
+        # One GIN intersection per conjunction, ORed as bitmaps. The planner's estimate for many ORed `@@`s
+        # favours evaluating them all on every row: SciFact's claims at 10k chunks took 1,067 ms that way for
+        # 183 conjunctions, 19 ms through the index. Never a prepared statement: the generic plan of
+        # `tsv @@ $1` is a sequential scan too.
+        with _bitmap_scan_only(conn):
+            match = " OR ".join(f"c.tsv @@ %(dnf{i})s::tsquery" for i in range(len(dnf)))
+            got = conn.execute(
+                score_sql(table, key, where, match),
+                {**scoring, **{f"dnf{i}": d for i, d in enumerate(dnf)}},
+                prepare=False,
+            ).fetchall()
         return [(row[0], float(row[1])) for row in got]
 
     if sum(dfs[lex][0] for lex in lexemes) <= RARE_BUDGET:  # every term rare: score them all, one round
