@@ -162,6 +162,22 @@ def test_sessions_show_takes_an_id_prefix_as_chat_session_does(cli: Any, store: 
     assert code == 1 and err.strip() == "error: session not found: a1b2"
 
 
+def test_sessions_delete_takes_a_unique_prefix_and_names_what_it_deleted(
+    cli: Any, store: ConversationStore
+) -> None:
+    keep = store.create_session("ana", title="Keep", session_id="a1ffff")
+    gone = store.create_session("ana", title="Deploys", session_id="a1b2c3d4e5f6")
+    store.append("ana", gone.id, "user", "When can we deploy?")
+    code, _, err = cli("sessions", "delete", "a1", "--user", "ana")  # ambiguous: nothing deleted
+    assert code == 1 and "matches more than one session" in err
+    code, _, err = cli("sessions", "delete", "a1b2", "--user", "eve")  # never another user's
+    assert code == 1 and "session not found: a1b2" in err
+    assert {s.id for s in store.list_sessions("ana")} == {keep.id, gone.id}
+    code, out, _ = cli("sessions", "delete", "a1b2", "--user", "ana", "--json")
+    assert code == 0 and json.loads(out) == {"deleted": "a1b2c3d4e5f6"}
+    assert [s.id for s in store.list_sessions("ana")] == [keep.id]
+
+
 def test_chat_with_an_unknown_session_prints_a_json_error(config_file: Path, pg_env: dict[str, str]) -> None:
     done = subprocess.run(
         [*CLI, "chat", "--session", "BAD", "--json", "--message", "hello", "--config", str(config_file)],
@@ -422,3 +438,18 @@ def test_output_piped_to_a_reader_that_stops_early_is_not_an_error() -> None:
     err = process.stderr.read()
     assert process.wait(timeout=300) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_mistyped_option_is_answered_with_the_one_it_resembles(capsys: Any) -> None:
+    """Python 3.11's argparse only says "unrecognized arguments"; a newcomer typed --topk for --top-k."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "deploys", "--topk", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --topk 3 (did you mean --top-k?)" in err
+    with pytest.raises(SystemExit):
+        main(["sessions", "list", "--jsn", "--debg"])
+    assert "(did you mean --json for --jsn, --debug for --debg?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["search", "deploys", "--frobnicate"])
+    assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --frobnicate")

@@ -83,11 +83,12 @@ def cmd_sessions_show(args: argparse.Namespace, services: Services) -> int:
 
 def cmd_sessions_delete(args: argparse.Namespace, services: Services) -> int:
     user = _user(args, services)
-    services.store.delete_session(user, args.session_id)
+    session = services.store.find_session(user, args.session_id)  # an id, or a unique prefix of one (as `show`)
+    services.store.delete_session(user, session.id)
     if args.json:
-        print_json({"deleted": args.session_id})
+        print_json({"deleted": session.id})
     else:
-        print(f"Deleted session {args.session_id}.")
+        print(f"Deleted session {session.id}.")
     return EXIT_OK
 
 

@@ -10,11 +10,12 @@ document on stdout. ``--config`` and ``--debug`` go before or after the command.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ..core.config import load_config
 from ..core.console import port_number, print_json
@@ -54,8 +55,40 @@ INTERRUPTED = {
 # parser
 
 
+class SuggestingParser(argparse.ArgumentParser):
+    """argparse that answers a mistyped option with the one it resembles (``--topk`` → ``--top-k``): Python
+    3.11's argparse only says the option is unrecognized. Sub-commands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            known = sorted(option_strings(self))
+            hints: list[tuple[str, str]] = []
+            for word in message[len(prefix) :].split():
+                name = word.split("=", 1)[0]
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.75) if name.startswith("-") else []
+                if close:
+                    hints.append((close[0], name))
+            if len(hints) == 1:
+                message += f" (did you mean {hints[0][0]}?)"
+            elif hints:
+                message += f" (did you mean {', '.join(f'{good} for {bad}' for good, bad in hints)}?)"
+        super().error(message)
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long option of ``parser`` and its sub-commands (argparse keeps them in ``_actions`` only)."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= option_strings(sub)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="context-assistant",
         description="An assistant that remembers conversations and answers from your documents.",
     )
@@ -85,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session_id", help="the session's id, or a unique prefix of it")
     p.add_argument("--user")
     p = add(sessions_cmds, "delete", cmd_sessions_delete, "delete a session and its messages")
-    p.add_argument("session_id")
+    p.add_argument("session_id", help="the session's id, or a unique prefix of it")
     p.add_argument("--user")
 
     memory = group_parser("memory", "import or export conversation memory as JSON lines")
