@@ -371,7 +371,7 @@ class Suite:
     # -- retrieval --------------------------------------------------------------------------------------
 
     def section_retrieval(self) -> None:
-        from benchmarks.ann import Dataset, OursAnn, TheirsAnn, measure
+        from benchmarks.ann import Dataset, OursAnn, TheirsAnn, measure, settle
         from benchmarks.report import HIGHER, LOWER, Measure
 
         s, server = self.sizes, self.server
@@ -386,12 +386,18 @@ class Suite:
             if self.with_peers:
                 say("retrieval: loading LangChain's PGVectorStore")
                 theirs = TheirsAnn(server, "bench_lc_ann", data)
+            say("retrieval: VACUUM ANALYZE on each side's database (what autovacuum does after a load)")
+            for side in (ours, theirs):
+                if side is not None:
+                    settle(side.url)
             results: dict[str, list[dict[str, float]]] = {"ours": [], "theirs": []}
             for run in range(s.runs):
                 say(f"retrieval run {run + 1}/{s.runs}")
-                results["ours"].append(measure(ours, data))
-                if theirs is not None:
-                    results["theirs"].append(measure(theirs, data))
+                # Interleaved, alternating who goes first (ABBA), as the memory lines are.
+                order = [("ours", ours), ("theirs", theirs)]
+                for name, side in order if run % 2 == 0 else order[::-1]:
+                    if side is not None:
+                        results[name].append(measure(side, data))
             what = f"{s.ann_chunks:,} chunks"
             for key, label, unit, better in (
                 ("p50_ms", f"top-10 vector query at {what}, p50", "ms", LOWER),
@@ -420,12 +426,50 @@ class Suite:
                         else "",
                     )
                 )
+            self.keyword_lines(ours, what)
         finally:
             ours.close()
             if theirs is not None:
                 theirs.close()
             server.drop("bench_ours_ann")
             server.drop("bench_lc_ann")
+
+    def keyword_lines(self, ours: Any, what: str) -> None:
+        """Keyword (BM25) and hybrid p95 on our side of the same index, per query set of
+        ``benchmarks.retrieval_scale`` (the peer's store has no BM25)."""
+        from benchmarks.ann import percentile, timed_queries
+        from benchmarks.report import LOWER, Measure
+        from benchmarks.retrieval_scale import make_chunks, query_sets
+
+        s = self.sizes
+        _, vocab, weights = make_chunks(1)  # the vocabulary and its Zipf weights (seeded as the dataset's)
+        sets = query_sets(vocab, weights, s.ann_queries, s.ann_queries)
+        for mode in ("keyword", "hybrid"):
+            for name, queries in sets.items():
+                runs = []
+                for _ in range(s.runs):
+                    latencies, _ = timed_queries(lambda q: ours.index.search(q, top_k=10, mode=mode), queries)
+                    runs.append(1000 * percentile(latencies, 95))
+                self.report.add(
+                    Measure(
+                        "retrieval",
+                        f"top-10 {mode} query at {what}, p95, {name} queries",
+                        "ms",
+                        LOWER,
+                        runs,
+                        None,
+                        note=(
+                            "Ours only (`PGVectorStore` has no BM25). The same index, after the VACUUM ANALYZE; "
+                            f"{s.ann_queries} queries per set: zipf (4 words drawn from the corpus's Zipf "
+                            "distribution), common (4 of the 100 most frequent words), mixed (2 of those + 2 of rank "
+                            "1000+), rare (4 of rank 1000+). Exact BM25 top 10 (impact tiers; checked against a numpy "
+                            "BM25 by `python -m benchmarks.retrieval_scale`); hybrid's keyword side asks for 50, query "
+                            "vectors are a hash lookup. Targets: keyword p95 ≤ 50 ms, hybrid ≤ 60 ms."
+                        )
+                        if mode == "keyword" and name == "zipf"
+                        else "",
+                    )
+                )
 
     # -- turn -------------------------------------------------------------------------------------------
 

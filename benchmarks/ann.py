@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psycopg
 
 from benchmarks.retrieval_scale import ClusteredEmbedder, exact_top, make_chunks, recall_at_k
 from benchmarks.scratch import ScratchServer, ours_database
@@ -68,7 +69,8 @@ class OursAnn:
     """Our pgvector index filled with the dataset (the normal sync path, synthetic vectors)."""
 
     def __init__(self, server: ScratchServer, dbname: str, data: Dataset) -> None:
-        self.db: Database = ours_database(server.fresh(dbname))
+        self.url = server.fresh(dbname)
+        self.db: Database = ours_database(self.url)
         self.index = PgVectorChunkIndex(self.db, data.embedder, index_type="hnsw", hnsw_ef_search=HNSW_EF_SEARCH)
         started = time.perf_counter()
         result = self.index.refresh(InMemoryChunkSource(data.chunks))
@@ -90,9 +92,8 @@ class TheirsAnn:
         from benchmarks.peers import LangChainVectorStore
         from context_assistant.retrieval import embedding_text
 
-        self.vs = LangChainVectorStore(
-            server.fresh(dbname), data.embedder, data.embedder.dimension, record_manager=False
-        )
+        self.url = server.fresh(dbname)
+        self.vs = LangChainVectorStore(self.url, data.embedder, data.embedder.dimension, record_manager=False)
         texts = [embedding_text(c.heading, c.text) for c in data.chunks]
         started = time.perf_counter()
         vectors = [data.embedder.vector(t).tolist() for t in texts]
@@ -106,6 +107,15 @@ class TheirsAnn:
 
     def close(self) -> None:
         self.vs.close()
+
+
+def settle(url: str) -> float:
+    """VACUUM ANALYZE a side's database after its load, so neither side is measured beside autovacuum working
+    through the fresh rows and index (which moved single runs' p95 from ~3 to ~10 ms); returns the seconds."""
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+    return time.perf_counter() - started
 
 
 def measure(side: Any, data: Dataset) -> dict[str, float]:

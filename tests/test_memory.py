@@ -325,3 +325,26 @@ def test_session_activity_moves_at_a_second_granularity(store: ConversationStore
     clock.advance(5)
     store.append("alice", session.id, "user", "later")
     assert store.get_session("alice", session.id).updated_at == clock.now()
+
+
+def test_appended_text_and_metadata_come_back_byte_for_byte(store: ConversationStore) -> None:
+    """append_many sends its arrays in Postgres's binary format (no text-array quoting): whatever array syntax
+    or escapes a message holds is stored as written."""
+    session = store.create_session("alice")
+    tricky = [
+        'quotes " and \\" and \\\\ backslashes',
+        "{braces, commas}, NULL, and 'single quotes'",
+        "",
+        "tabs\tand\nnewlines\r\n",
+        "unicode: ünïcödé — 日本語 — 🙂",
+        "NULL",
+    ]
+    metas = [{"k": value} for value in tricky]
+    written = store.append_many(
+        "alice",
+        session.id,
+        [("user" if i % 2 == 0 else "assistant", t, m) for i, (t, m) in enumerate(zip(tricky, metas))],
+    )
+    stored = store.messages("alice", session.id)
+    assert [m.content for m in stored] == tricky == [m.content for m in written]
+    assert [m.metadata for m in stored] == metas

@@ -277,7 +277,7 @@ class ConversationStore:
                        inserted AS (
                            INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
                            SELECT s.id, s.user_id, m.role, m.content, %(ts)s, m.metadata
-                           FROM s, unnest(%(roles)s::text[], %(contents)s::text[], %(metas)s::jsonb[])
+                           FROM s, unnest(%(roles)b::text[], %(contents)b::text[], %(metas)b::jsonb[])
                                 WITH ORDINALITY AS m(role, content, metadata, n)
                            ORDER BY m.n
                            RETURNING id)
