@@ -452,7 +452,7 @@ class Suite:
             for name, queries in sets.items():
                 runs = []
                 for _ in range(s.runs):
-                    latencies, _ = timed_queries(lambda q: ours.index.search(q, top_k=10, mode=mode), queries)
+                    latencies, _ = timed_queries(lambda q, m=mode: ours.index.search(q, top_k=10, mode=m), queries)
                     runs.append(1000 * percentile(latencies, 95))
                 self.report.add(
                     Measure(
