@@ -1,6 +1,6 @@
 """Benchmarks against peers, in one run: this project vs LangChain's Postgres stack, on the same server and data.
 
-    python -m benchmarks                # full size (what the README reports; about an hour on 2 cores)
+    python -m benchmarks                # full size (what the README reports; 16 min on 2 idle cores)
     python -m benchmarks --quick        # a few minutes: every line, small sizes
     python -m benchmarks --ours-only    # skip the LangChain side (also automatic when it is not installed)
 
