@@ -343,7 +343,10 @@ def test_appended_text_and_metadata_come_back_byte_for_byte(store: ConversationS
     written = store.append_many(
         "alice",
         session.id,
-        [("user" if i % 2 == 0 else "assistant", t, m) for i, (t, m) in enumerate(zip(tricky, metas))],
+        [
+            ("user" if i % 2 == 0 else "assistant", t, m)
+            for i, (t, m) in enumerate(zip(tricky, metas, strict=True))
+        ],
     )
     stored = store.messages("alice", session.id)
     assert [m.content for m in stored] == tricky == [m.content for m in written]

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, default=None)
     # The same options after the command (`context-assistant search "q" --debug`): SUPPRESS keeps a value given
     # before the command when it is not repeated after it.
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common = SuggestingParser(add_help=False, argument_default=argparse.SUPPRESS)
     _global_options(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
