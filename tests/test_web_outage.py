@@ -48,6 +48,8 @@ def test_a_killed_embedded_postgres_is_restarted_and_requests_meanwhile_get_a_50
         wait_for(lambda: client.get("/health").status_code == 200, "the app's own Postgres to start", 120)
         assert client.post("/api/chat", json={"message": "before"}).status_code == 200
         app.state.supervisor.check_seconds = 0.2
+        # It restarts only a server it has seen run (never racing the app's own start).
+        wait_for(lambda: app.state.supervisor.seen_running, "the supervisor's first look at the server", 60)
 
         pid = server.running_pid()
         assert pid is not None

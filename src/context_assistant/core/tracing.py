@@ -315,9 +315,12 @@ class Tracer:
             target=self._write, args=(process, self._queue), name="trace-export-writer", daemon=True
         )
         self._writer.start()
-        threading.Thread(target=self._read, args=(process,), name="trace-export-reader", daemon=True).start()
-        threading.Thread(
+        errors = threading.Thread(
             target=self._read_errors, args=(process,), name="trace-export-errors", daemon=True
+        )
+        errors.start()
+        threading.Thread(
+            target=self._read, args=(process, errors), name="trace-export-reader", daemon=True
         ).start()
 
     def _read_errors(self, process: subprocess.Popen[bytes]) -> None:
@@ -346,7 +349,7 @@ class Tracer:
                     self.dropped += 1
                 return  # the reader sees the exporter go and restarts it
 
-    def _read(self, process: subprocess.Popen[bytes]) -> None:
+    def _read(self, process: subprocess.Popen[bytes], errors: threading.Thread) -> None:
         stdout = process.stdout
         assert stdout is not None
         for line in stdout:
@@ -369,6 +372,7 @@ class Tracer:
                     waiter[1].update(message)
                     waiter[0].set()
         code = process.wait()
+        errors.join(timeout=5)  # its standard error read to the end: the last line is the reason, not one before
         if self._closed or self._broken:
             return
         with self._lock:

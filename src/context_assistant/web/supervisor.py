@@ -55,39 +55,41 @@ class EmbeddedSupervisor:
             self._thread.join(timeout)
 
     def _watch(self) -> None:
-        failures = 0
-        down = False
-        while not self._stop.wait(self.check_seconds if failures == 0 else self._backoff(failures)):
-            running = self._running()
-            if running is None:  # starting (crash recovery can take a while): not down, not up yet
-                continue
-            if running:
-                self._seen_running = True
-                if down:  # started by us, or by pg_ctl still finishing a start we gave up waiting for
-                    down, failures = False, 0
-                    self.restarts += 1
-                    log.warning("the embedded Postgres is running again (restart %d)", self.restarts)
-                continue
-            if not self._seen_running:  # two starts at once fail each other ("lock file ... already exists")
-                continue
-            down = True
-            attempt = failures + 1
-            log.warning(
-                "the embedded Postgres in %s is not running: starting it (attempt %d)", self.server.pgdata, attempt
+        failures, down = 0, False
+        delay = 0.0  # the first look at once: a server that dies soon after start-up must count as seen running
+        while not self._stop.wait(delay):
+            failures, down = self._check(failures, down)
+            delay = self.check_seconds if failures == 0 else self._backoff(failures)
+
+    def _check(self, failures: int, down: bool) -> tuple[int, bool]:
+        """One look at the server, starting it when it is down; returns the new ``(failures, down)``."""
+        running = self._running()
+        if running is None:  # starting (crash recovery can take a while): not down, not up yet
+            return failures, down
+        if running:
+            self._seen_running = True
+            if down:  # started by us, or by pg_ctl still finishing a start we gave up waiting for
+                self.restarts += 1
+                log.warning("the embedded Postgres is running again (restart %d)", self.restarts)
+            return 0, False
+        if not self._seen_running:  # two starts at once fail each other ("lock file ... already exists")
+            return failures, down
+        attempt = failures + 1
+        log.warning(
+            "the embedded Postgres in %s is not running: starting it (attempt %d)", self.server.pgdata, attempt
+        )
+        try:
+            self.server.start(self.config.database.name)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.error(
+                "could not start the embedded Postgres (attempt %d; next in %gs): %s",
+                attempt,
+                self._backoff(attempt),
+                first[:300],
             )
-            try:
-                self.server.start(self.config.database.name)
-            except Exception as exc:
-                failures = attempt
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                log.error(
-                    "could not start the embedded Postgres (attempt %d; next in %gs): %s",
-                    attempt,
-                    self._backoff(failures),
-                    first[:300],
-                )
-                continue
-            failures = 0  # the next check (running) logs the recovery
+            return attempt, True
+        return 0, True  # the next check (running) logs the recovery
 
     def _running(self) -> bool | None:
         """Whether the postmaster runs; None while its pid file is incomplete (a start under way: the file
