@@ -371,8 +371,9 @@ class Suite:
     # -- retrieval --------------------------------------------------------------------------------------
 
     def section_retrieval(self) -> None:
-        from benchmarks.ann import Dataset, OursAnn, TheirsAnn, measure, settle
+        from benchmarks.ann import Dataset, OursAnn, TheirsAnn, measure
         from benchmarks.report import HIGHER, LOWER, Measure
+        from benchmarks.scratch import settle
 
         s, server = self.sizes, self.server
         say(

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import psycopg
 
 from benchmarks.retrieval_scale import ClusteredEmbedder, exact_top, make_chunks, recall_at_k
 from benchmarks.scratch import ScratchServer, ours_database
@@ -107,16 +106,6 @@ class TheirsAnn:
 
     def close(self) -> None:
         self.vs.close()
-
-
-def settle(url: str) -> float:
-    """VACUUM ANALYZE (then CHECKPOINT) a side's database after its load, so neither side is measured beside autovacuum working
-    through the fresh rows and index (which moved single runs' p95 from ~3 to ~10 ms); returns the seconds."""
-    started = time.perf_counter()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE)")
-        conn.execute("CHECKPOINT")  # the VACUUM's dirty pages written now, not during the measured queries
-    return time.perf_counter() - started
 
 
 def measure(side: Any, data: Dataset) -> dict[str, float]:

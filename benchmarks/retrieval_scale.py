@@ -45,6 +45,7 @@ from context_assistant.storage import BM25_B, BM25_K1, bm25_rank, bm25_top
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from retrieval_eval import fresh_database
+from scratch import settle
 
 DIM = 384
 CLUSTERS = 1000
@@ -285,15 +286,6 @@ def minilm_rate(chunks: list[SourceChunk], sample: int = 128) -> float | None:
         return None
 
 
-def settle(db: Any) -> float:
-    """VACUUM ANALYZE the chunk table and the BM25 term counts; returns the seconds it took."""
-    started = time.monotonic()
-    with db.autocommit() as conn:
-        for table in ("rag_chunks", "bm25_terms"):
-            conn.execute(f"VACUUM (ANALYZE) {table}")
-    return time.monotonic() - started
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=100_000)
@@ -348,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         # autovacuum (HNSW and GIN clean-up included) works through for a minute or two on 2 cores, and
         # searches measured meanwhile share the cores with it (common-word keyword p50 50 vs 17 ms, same code).
         say("VACUUM ANALYZE (what autovacuum does after a sync, done now so searches do not overlap it)")
-        report["vacuum_analyze_seconds"] = settle(db)
+        report["vacuum_analyze_seconds"] = settle(db.target.conninfo)
         say("exact neighbours with numpy")
         exact = exact_top(embedder, chunks, queries, 10)
         for mode in ("vector", "keyword", "hybrid"):

@@ -44,10 +44,10 @@ TOP = BM25_K1 + 1  # the supremum of the term-frequency part
 MAX_ROUNDS = 4  # threshold rounds before the exhaustive query answers
 MAX_ENUMERATED_TERMS = 8  # weaker terms beyond these count as always present at their maximum
 # More minimal assignments than this: the exhaustive query answers. A round's statement ORs one GIN
-# intersection per conjunction (through the index, see :func:`_bitmap_scan_only`); past a
-# hundred or so the bitmap OR costs more than scoring every row with a query word. Measured 2026-12-02 on
-# SciFact's first 300 claims at 10k chunks (8-15 lexemes each; top 10, idle 2 cores): p50 / p95 12 / 87 ms
-# with 128 or 256, 11 / 3,019 ms with 512; on 4-word queries at 100k chunks 128 and 512 are alike.
+# intersection per conjunction (through the index, see :func:`_bitmap_scan_only`); past a hundred or so the
+# bitmap OR costs more than scoring every row with a query word. Measured 2026-12-02 on SciFact's first 300
+# claims at 10k chunks (8-15 lexemes each; top 10, idle 2 cores): p50 / p95 12 / 87 ms with 128 or 256,
+# 11 / 3,019 ms with 512; on 4-word queries at 100k chunks 128 and 512 are alike.
 MAX_CONJUNCTIONS = 128
 # All query terms together in at most this many rows: score them all at once (~20 µs a posting on 2 cores).
 RARE_BUDGET = 1_000
@@ -225,21 +225,25 @@ def _quoted(lexeme: str, level: int) -> str:
 @contextlib.contextmanager
 def _bitmap_scan_only(conn: psycopg.Connection) -> Iterator[None]:
     """Sequential and plain index scans off for the statements inside (what is left is the GIN bitmap scan; a
-    plain index scan would be the primary key's, reading every row in key order), then the settings as they
-    were: in a transaction of its own when the connection is outside one, so nothing outlives the block;
-    after an error the caller's rollback restores them."""
-    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    with conn.transaction() if idle else contextlib.nullcontext():
-        row = conn.execute(
-            "SELECT current_setting('enable_seqscan'), current_setting('enable_indexscan'), "
-            "set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true)"
-        ).fetchone()
-        yield
-        seqscan, indexscan = (row[0], row[1]) if row else ("on", "on")
-        conn.execute(
-            "SELECT set_config('enable_seqscan', %s, true), set_config('enable_indexscan', %s, true)",
-            (seqscan, indexscan),
-        )
+    plain index scan would be the primary key's, reading every row in key order). Outside a transaction the
+    block is one, whose end undoes the settings; inside the caller's, they are set back as they were (after
+    an error the caller's rollback does it)."""
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        with conn.transaction():
+            conn.execute(
+                "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true)"
+            )
+            yield
+        return
+    row = conn.execute(
+        "SELECT current_setting('enable_seqscan'), current_setting('enable_indexscan'), "
+        "set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true)"
+    ).fetchone()
+    yield
+    conn.execute(
+        "SELECT set_config('enable_seqscan', %s, true), set_config('enable_indexscan', %s, true)",
+        (row[0], row[1]) if row else ("on", "on"),
+    )
 
 
 def bm25_top(
