@@ -12,7 +12,8 @@ it is reported as such).
 
 ``--spark`` measures the whole ingest instead (no embedding): a folder holding the big file and a small one,
 ingested by :func:`context_assistant.ingest.run_ingest` on a local Spark server of its own (listing, parse
-child, staging table, chunk and document MERGEs), then run again unchanged. Peak RSS there is the sum over
+child, staging table, chunk and document writes), then run again unchanged, then again after a paragraph is
+added at the top of the big file (every chunk after it changes: the edit's peak is reported on its own). Peak RSS there is the sum over
 the process tree (client, Spark server with its Python workers, parse child), sampled four times a second.
 """
 
@@ -134,11 +135,25 @@ again = time.perf_counter()
 rerun = run_ingest(spark, source, os.path.join(data, "chunks"), os.path.join(data, "documents"),
                    chunk_size=size, chunk_overlap=overlap, counter=counter)
 rerun_s = time.perf_counter() - again
+first_peak = dict(peak)
+peak["total"] = peak["one"] = 0
+big = max((os.path.join(source, n) for n in os.listdir(source)), key=os.path.getsize)
+with open(big, "rb") as f:
+    body = f.read()
+with open(big + ".new", "wb") as f:  # a new first paragraph: every chunk boundary after it moves
+    f.write(b"A new first paragraph, added by an edit at the top of the file.\n\n" + body)
+del body
+os.replace(big + ".new", big)
+edited_at = time.perf_counter()
+edit = run_ingest(spark, source, os.path.join(data, "chunks"), os.path.join(data, "documents"),
+                  chunk_size=size, chunk_overlap=overlap, counter=counter)
+edit_s = time.perf_counter() - edited_at
 stop.set()
 stop_local_spark()
-print(json.dumps({"chunks": result.chunks.written, "seconds": seconds, "peak_tree_mib": peak["total"] / 1024,
-                  "peak_one_process_mib": peak["one"] / 1024, "idle_tree_mib": base_total / 1024,
-                  "rerun_written": rerun.chunks.written, "rerun_s": rerun_s}))
+print(json.dumps({"chunks": result.chunks.written, "seconds": seconds, "peak_tree_mib": first_peak["total"] / 1024,
+                  "peak_one_process_mib": first_peak["one"] / 1024, "idle_tree_mib": base_total / 1024,
+                  "rerun_written": rerun.chunks.written, "rerun_s": rerun_s, "edit_written": edit.chunks.written,
+                  "edit_s": edit_s, "edit_peak_tree_mib": peak["total"] / 1024}))
 """
 
 
@@ -241,7 +256,9 @@ def main() -> None:
                 f"({rate:.0f} chunks/s), peak RSS of the process tree {result['peak_tree_mib']:.0f} MiB "
                 f"(largest process {result['peak_one_process_mib']:.0f} MiB; idle server and client "
                 f"{result['idle_tree_mib']:.0f} MiB); no-change re-run {result['rerun_s']:.1f}s, "
-                f"{result['rerun_written']} chunks written; load {os.getloadavg()[0]:.1f}"
+                f"{result['rerun_written']} chunks written; an edit at the top: {result['edit_written']} chunks "
+                f"rewritten in {result['edit_s']:.1f}s, peak RSS {result['edit_peak_tree_mib']:.0f} MiB; "
+                f"load {os.getloadavg()[0]:.1f}"
             )
 
 

@@ -59,3 +59,19 @@ def test_the_merge_statements_name_every_column_of_the_contract() -> None:
     assert insert.startswith(
         "INSERT (" + ", ".join(contract.names(contract.DOCUMENTS_TABLE)) + ") VALUES (s.path, "
     )
+
+
+def test_the_chunk_insert_selects_every_column_and_the_null_check_covers_every_required_one() -> None:
+    """``insert_select`` wraps required columns in ``coalesce`` only to satisfy the local engine's static
+    NOT NULL check; ``null_check`` is what the ingest runs first so that fallback never applies."""
+    stamps = {"ingested_at": "timestamp_micros(7)"}
+    select = contract.insert_select(contract.CHUNK_TABLE, values=stamps)
+    assert (
+        select.startswith("coalesce(s.chunk_id, '')") and "s.page, " in select and "coalesce(s.page" not in select
+    )
+    assert "coalesce(timestamp_micros(7), timestamp_micros(0))" in select
+    assert all(f"s.{c.name}" in select for c in contract.CHUNK_TABLE if c.name != "ingested_at")
+    check = contract.null_check(contract.FRESH_CHUNK)
+    required = [c.name for c in contract.FRESH_CHUNK if not c.nullable]
+    assert check == " OR ".join(f"{name} IS NULL" for name in required)
+    assert "page" not in required and "chunk_id" in required and "modified_us" in required

@@ -335,6 +335,34 @@ def test_editing_one_file_changes_only_its_changed_chunks(
     }
 
 
+def test_an_edit_that_shifts_every_chunk_deletes_the_changed_ids_then_appends_their_new_rows(
+    spark: Any, source: Path, data: Path, clock: FakeClock
+) -> None:
+    """The chunk writes are a delete by id and an append, never a MERGE that carries chunk text (the local
+    engine holds such a MERGE's whole source in memory: several times a big file's text)."""
+    runbook = source / "oncall-runbook.txt"
+    runbook.write_text("\n\n".join(f"Step {n}: check the {n}th dashboard and page the owner." for n in range(60)))
+    ingest(spark, source, data, clock)
+    before = chunk_table(data)
+    runbook.write_text("A new first line that moves every chunk boundary.\n\n" + runbook.read_text())
+    versions = len(DeltaTable(str(data / "chunks")).history())
+
+    result = ingest(spark, source, data, clock)
+
+    after = chunk_table(data)
+    assert stored_chunks(after, "oncall-runbook.txt") == expected_chunks(source, "oncall-runbook.txt")
+    changed = {cid for cid in after if after[cid] != before.get(cid)}
+    gone = before.keys() - after.keys()
+    assert len(changed) > 3 and result.chunks.written == len(changed)
+    assert result.chunks.deleted == len(gone)
+    assert all(after[cid]["path"] == "oncall-runbook.txt" for cid in changed)
+    assert {cid: row for cid, row in after.items() if cid not in changed} == {
+        cid: row for cid, row in before.items() if cid in after and cid not in changed
+    }
+    operations = [h["operation"] for h in DeltaTable(str(data / "chunks")).history()[: -versions or None]]
+    assert [op.split()[0].upper() for op in operations] == ["WRITE", "MERGE"], operations  # newest first
+
+
 def test_shortened_file_loses_its_tail_chunks(spark: Any, source: Path, data: Path, clock: FakeClock) -> None:
     ingest(spark, source, data, clock)
     old_count = len(stored_chunks(chunk_table(data), "deployment-guide.md"))

@@ -126,6 +126,24 @@ def merge_insert(table: Iterable[Column], *, values: Mapping[str, str] | None = 
     )
 
 
+def insert_select(table: Iterable[Column], *, values: Mapping[str, str] | None = None) -> str:
+    """An ``INSERT INTO ... SELECT``'s select list for every column of ``table``, sources as in
+    :func:`merge_update`. A required column's value is wrapped in ``coalesce`` for one reason: the local
+    engine (pysail) refuses to insert any expression that *could* be NULL into a NOT NULL column, whatever the
+    rows hold. Callers check the rows with :func:`null_check` first, so the fallback never applies."""
+    values = values or {}
+    blank = {"STRING": "''", "INT": "0", "BIGINT": "0", "TIMESTAMP": "timestamp_micros(0)"}
+    selected = ((column, values.get(column.name, "s." + column.name)) for column in table)
+    return ", ".join(
+        value if column.nullable else f"coalesce({value}, {blank[column.type]})" for column, value in selected
+    )
+
+
+def null_check(table: Iterable[Column]) -> str:
+    """A SQL condition true for a row in which one of ``table``'s required columns is NULL."""
+    return " OR ".join(f"{column.name} IS NULL" for column in table if not column.nullable)
+
+
 # A row of the parser's output and the staging table: a summary row has ``status`` set and NULL chunk columns;
 # a chunk row has ``chunk_id`` set, NULL ``status``, and carries its file's ``path``, ``doc_hash`` and
 # ``modified_us`` (what the chunk MERGE needs), the other summary columns NULL.
