@@ -49,7 +49,8 @@ class Sizes:
     documents: int
     spark_runs: int  # repetitions of the Spark ingest path (0: skip it)
     ann_chunks: int
-    ann_queries: int
+    ann_queries: int  # vector queries per run: enough that each run's p95 rests on dozens of samples
+    keyword_queries: int  # keyword / hybrid queries per query set
     turn_chunks: int
     turn_messages: int
     turns: int  # turns per run
@@ -62,18 +63,18 @@ class Sizes:
 SIZES = {
     "full": Sizes(
         "full", runs=3, index_runs=2, appends=2_000, batched=20_000, batch=100, history_rows=1_000_000,
-        history_sessions=20_000, fetches=300, documents=5_000, spark_runs=1, ann_chunks=100_000, ann_queries=200,
+        history_sessions=20_000, fetches=300, documents=5_000, spark_runs=1, ann_chunks=100_000, ann_queries=1_000, keyword_queries=200,
         turn_chunks=10_000, turn_messages=100_000, turns=20, turn_warm_up=3, web_clients=32, web_requests=640, import_messages=10_000,
     ),
     "quick": Sizes(
         "quick", runs=3, index_runs=2, appends=300, batched=3_000, batch=100, history_rows=50_000,
-        history_sessions=1_000, fetches=100, documents=100, spark_runs=2, ann_chunks=5_000, ann_queries=50,
+        history_sessions=1_000, fetches=100, documents=100, spark_runs=2, ann_chunks=5_000, ann_queries=200, keyword_queries=50,
         turn_chunks=500, turn_messages=5_000, turns=5, turn_warm_up=3, web_clients=8, web_requests=64, import_messages=2_000,
     ),
     # For the CI smoke test: proves every code path runs, measures nothing worth reading.
     "smoke": Sizes(
         "smoke", runs=1, index_runs=1, appends=20, batched=100, batch=10, history_rows=2_000,
-        history_sessions=40, fetches=10, documents=8, spark_runs=0, ann_chunks=300, ann_queries=10,
+        history_sessions=40, fetches=10, documents=8, spark_runs=0, ann_chunks=300, ann_queries=10, keyword_queries=10,
         turn_chunks=40, turn_messages=500, turns=2, turn_warm_up=1, web_clients=2, web_requests=4, import_messages=100,
     ),
 }  # fmt: skip
@@ -448,7 +449,7 @@ class Suite:
 
         s = self.sizes
         _, vocab, weights = make_chunks(1)  # the vocabulary and its Zipf weights (seeded as the dataset's)
-        sets = query_sets(vocab, weights, s.ann_queries, s.ann_queries)
+        sets = query_sets(vocab, weights, s.keyword_queries, s.keyword_queries)
         for mode in ("keyword", "hybrid"):
             for name, queries in sets.items():
                 runs = []
@@ -465,7 +466,7 @@ class Suite:
                         None,
                         note=(
                             "Ours only (`PGVectorStore` has no BM25). The same index, after the VACUUM ANALYZE; "
-                            f"{s.ann_queries} queries per set: zipf (4 words drawn from the corpus's Zipf "
+                            f"{s.keyword_queries} queries per set: zipf (4 words drawn from the corpus's Zipf "
                             "distribution), common (4 of the 100 most frequent words), mixed (2 of those + 2 of rank "
                             "1000+), rare (4 of rank 1000+). Exact BM25 top 10 (impact tiers; checked against a numpy "
                             "BM25 by `python -m benchmarks.retrieval_scale`); hybrid's keyword side asks for 50, query "
