@@ -37,8 +37,10 @@ How one run works, and why each step is where it is:
    ``INSERT`` of every fresh chunk the table lacks (the new and the changed). A ``MERGE`` that also inserted
    would carry every new chunk's text through the join; the local engine holds that whole source in memory,
    which for a big new or edited file was several times its text (at 50 MB, the ingest's peak 1.24 GiB; now
-   0.74). If the run dies between the two, the documents table still holds the old hash and the next run
-   writes the missing chunks.
+   0.74). The price is atomicity: a reader between the two (another job's index sync) misses the changed
+   chunks until the insert commits, and if the run dies between them the documents table still holds the
+   old hash, so the next run writes the missing chunks. On Databricks, Change Data Feed shows a changed
+   chunk as a delete and then an insert of its id, which Delta Sync applies in order.
 6. ``MERGE INTO`` the documents table from the full current inventory, with ``WHEN NOT MATCHED BY SOURCE
    THEN DELETE`` removing files that left the source. It runs last: if the job dies before it, the next
    run sees the old hashes and redoes the work, so a partial run never leaves chunks marked done.
