@@ -40,7 +40,8 @@ How one run works, and why each step is where it is:
    0.74). The price is atomicity: a reader between the two (another job's index sync) misses the changed
    chunks until the insert commits, and if the run dies between them the documents table still holds the
    old hash, so the next run writes the missing chunks. On Databricks, Change Data Feed shows a changed
-   chunk as a delete and then an insert of its id, which Delta Sync applies in order.
+   chunk as a delete and then an insert of its id (two versions) rather than an update; Vector Search's docs
+   do not spell out how one sync applies both, so this is worth a check on a workspace.
 6. ``MERGE INTO`` the documents table from the full current inventory, with ``WHEN NOT MATCHED BY SOURCE
    THEN DELETE`` removing files that left the source. It runs last: if the job dies before it, the next
    run sees the old hashes and redoes the work, so a partial run never leaves chunks marked done.
