@@ -31,7 +31,7 @@ import pexpect
 import psycopg
 import pytest
 
-from context_assistant.core.config import Config
+from context_assistant.core.config import Config, save_config
 from fake_databricks import FakeDatabricks, Request
 from retrieval_support import HashingEmbedder
 
@@ -306,6 +306,37 @@ def test_ctrl_c_while_embedding_keeps_finished_batches_and_the_next_run_embeds_t
     assert finishing["documents"]["unchanged"] == 6  # the Spark part had finished before the interrupt
     total = finishing["sync"]["embedded"] + finishing["sync"]["kept"]
     assert 0 < finishing["sync"]["kept"] < total  # the first batch was kept; only the rest re-embedded
+
+
+def test_ctrl_c_while_spark_embeds_ends_the_command_and_its_spark_server_at_once(
+    make_config: Callable[..., Config],
+    docs: Path,
+    embeddings: Embeddings,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The Spark embedding path: a round runs inside the local Spark server (its ``mapInArrow`` calls the
+    loopback serving endpoint, which holds the request). After Ctrl-C nobody will read that round's result,
+    so the server must not finish it first: it ends with the command instead of minutes later."""
+    config = make_config(
+        rag__source=str(docs), rag__embedding_model=f"endpoint:{EMBEDDINGS}", rag__embed_on="spark"
+    )
+    config_file = save_config(config, tmp_path / "spark-embedding.yaml")
+    write_docs(docs, count=2, paragraphs=10)
+    embeddings.hold_when = lambda: True
+    run = Interrupted([*cli(config_file), "ingest"], env)
+    assert embeddings.held.wait(240), "no embedding request reached the endpoint"
+    run.interrupt()
+    code, elapsed, rest, _ = run.finish()
+    stderr = "".join(run.lines) + rest
+    assert code == 130, stderr
+    assert "on Spark" in stderr and stderr.strip().splitlines()[-1] == INTERRUPTED_LINE
+    assert elapsed < EXIT_SECONDS, f"took {elapsed:.1f}s to stop"
+    assert_spark_server_gone(config)  # the held request would keep a waiting server busy for 60 s
+
+    embeddings.hold_when = lambda: False
+    embeddings.release.set()
+    assert_converged(config_file, env, files=2)
 
 
 def test_ctrl_c_stops_the_bundle_job_entry_point_too(config: Config, env: dict[str, str], docs: Path) -> None:

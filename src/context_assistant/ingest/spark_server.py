@@ -6,7 +6,8 @@ the chat prompt after ``/refresh``) then left the Spark Connect client retrying 
 Here the server runs as ``python -m <this module>`` with ``start_new_session``: a terminal's
 Ctrl-C reaches the CLI only, which interrupts its Spark operations and exits (or, in the chat, goes on using
 the same server). The server lives exactly as long as the process that started it: it reads its stdin, a
-pipe from the parent, and stops when that pipe closes — on a normal exit, a Ctrl-C or a ``kill -9`` alike.
+pipe from the parent, and stops when that pipe closes — on a normal exit, a Ctrl-C or a ``kill -9`` alike —
+within :data:`STOP_SECONDS`, even when a task is still running in it (an abandoned embedding round).
 
 Protocol: the child prints one JSON line ``{"host", "port", "pid"}`` on stdout once it listens (on
 127.0.0.1, a free port), then waits for EOF on stdin. Its log (pysail's, at ``RUST_LOG=error`` unless set)
@@ -22,6 +23,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -142,7 +144,11 @@ def serve(stdin: Any = None, stdout: Any = None) -> int:
     stdout.flush()
     while stdin.read(65536):  # the parent never writes: this returns b"" when it closes the pipe or dies
         pass
-    server.stop()
+    # pysail's stop waits for running tasks; one the parent abandoned (a Ctrl-C in an embedding round) can run
+    # for minutes, and its result has no reader any more. Give a graceful stop STOP_SECONDS, then exit anyway.
+    stopping = threading.Thread(target=server.stop, name="spark-server-stop", daemon=True)
+    stopping.start()
+    stopping.join(STOP_SECONDS)
     return 0
 
 
