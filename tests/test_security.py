@@ -115,6 +115,31 @@ def test_the_trace_store_its_artifacts_and_the_chat_history_are_private(config: 
     assert mode(history) == 0o600
 
 
+def test_the_local_spark_servers_tables_and_log_are_private(tmp_path: Path, umask_022: None) -> None:
+    """The real local Spark server (pysail, a child process) writes a Delta table of chunk text: its files
+    are 0600 and its folders 0700 whatever this process's umask, and so is the server's log."""
+    from pyspark.sql import SparkSession
+
+    from context_assistant.ingest.spark_server import LocalSparkServer
+
+    server = LocalSparkServer(tmp_path / "spark-server.log")
+    server.start()
+    try:
+        spark = SparkSession.builder.remote(server.url).getOrCreate()
+        table = tmp_path / "chunks"
+        spark.createDataFrame([("a.md", "private text")], "path STRING, text STRING").write.format("delta").save(
+            str(table)
+        )
+        spark.stop()
+    finally:
+        server.stop()
+    written = [p for p in table.rglob("*")]
+    assert any(p.suffix == ".parquet" for p in written)
+    assert {mode(p) for p in written if p.is_file()} == {0o600}
+    assert {mode(p) for p in [table, *written] if p.is_dir()} == {0o700}
+    assert mode(tmp_path / "spark-server.log") == 0o600
+
+
 # ---------------------------------------------------------------------------------------------- redaction
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..core.errors import Unavailable
+from ..core.files import private_file
 
 START_SECONDS = 120.0  # a loaded 2-core machine can take a while to import pysail and bind
 STOP_SECONDS = 2.0
@@ -61,6 +62,7 @@ class LocalSparkServer:
         env.setdefault("RUST_LOG", "error")  # pysail warns about aborted tasks on every clean shutdown
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         env.setdefault("PYSPARK_PYTHON", sys.executable)  # UDFs must be able to import context_assistant
+        private_file(self.log_path)  # it may quote what a query held
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", __name__],  # this module, wherever the package puts it
@@ -70,6 +72,7 @@ class LocalSparkServer:
                 env=env,
                 start_new_session=True,  # not in the terminal's foreground job: Ctrl-C does not reach it
                 close_fds=True,
+                umask=0o077,  # the Delta tables it writes hold the documents' text: 0600 files, 0700 folders
             )
         assert self.process.stdout is not None
         line = _read_line(self.process.stdout, timeout)
