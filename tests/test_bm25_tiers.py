@@ -122,7 +122,10 @@ def test_exact_after_the_average_length_drifts_and_rekeyed_beyond_it(db: Databas
     assert reference_avgdl_of(db) == before
     _check(db, QUERIES, ks=(10,))
     source.put(_corpus(900, seed=5, long=True))  # far longer: the sync re-keys every row
-    index.refresh(source)
+    lines: list[str] = []
+    index.refresh(source, progress=lines.append)
+    (line,) = [line for line in lines if line.startswith("writing BM25 impact-tier keys")]
+    assert "the average chunk length moved" in line and "0.8–1.25×" in line and "once" not in line
     after = reference_avgdl_of(db)
     assert after is not None and before is not None and after > before * 1.25
     _check(db, QUERIES, ks=(10,))
@@ -143,7 +146,9 @@ def test_an_index_without_tier_keys_answers_exactly_and_the_next_sync_rekeys_it(
         )
         conn.execute("UPDATE bm25_stats SET ref_avgdl = NULL WHERE space = %s", (CHUNKS_SPACE,))
     assert set(_check(db, QUERIES[:3], ks=(10,))) == {0}  # the exhaustive method answered
-    index.refresh(source)  # nothing changed in the documents: the sync only re-keys
+    lines: list[str] = []
+    index.refresh(source, progress=lines.append)  # nothing changed in the documents: the sync only re-keys
+    assert any("(once: the index was written before tiers existed)" in line for line in lines)
     assert reference_avgdl_of(db) is not None
     assert any(r >= 1 for r in _check(db, QUERIES[:3], ks=(10,)))
     bm25_stats_consistent(db, CHUNKS_SPACE, CHUNKS_TABLE)

@@ -226,6 +226,7 @@ def test_refresh_index_on_spark_then_copies_vectors_only(
         embedding = result.to_json()["embedding"]
         assert embedding["embed_on"] == "spark"
         assert embedding["spark"]["embedded"] == 100
+        assert result.to_json()["seconds"] >= embedding["spark"]["seconds"]  # the sync's time includes Spark's
         assert embedding["vectors_computed_on_driver"] == 0 and embedding["vectors_reused"] == 100
         # Spark sent each text once; the sync copied, after one probe for the new index's dimension.
         assert sorted(_inputs(fake_databricks)) == sorted(

@@ -221,6 +221,7 @@ def refresh_index(
     else:
         index = services.chunk_index
         source = services.chunk_source if index.needs_source else None
+        started = REAL_CLOCK.monotonic()
         vectors = sync_vectors(services, index, source, full, progress, spark_factory)
         if vectors is None:
             result = index.refresh(source, full=full, progress=progress)
@@ -234,6 +235,7 @@ def refresh_index(
                 batch_size=COPY_BATCH_SIZE if vectors.embed_on == "spark" else None,
             )
             sync.embedding = vectors.to_json()
+            sync.seconds = REAL_CLOCK.monotonic() - started  # the whole sync: the Spark embedding before it too
             result = sync
     if config.memory.recall and isinstance(result, SyncResult):
         result.turns_embedded = services.recall.index_pending()

@@ -103,11 +103,12 @@ def ensure_tier_keys(conn: psycopg.Connection, space: str, table: str, say: Prog
     if row[2] is not None and RETIER_DRIFT[0] <= avgdl / float(row[2]) <= RETIER_DRIFT[1]:
         return False
     say(
-        f"writing BM25 impact-tier keys for {row[0]} rows of {table} (one-off: "
+        f"writing BM25 impact-tier keys for {row[0]} rows of {table} ("
         + (
-            "written before tiers existed)"
+            "once: the index was written before tiers existed)"
             if row[2] is None
-            else f"average length moved {row[2]:.1f} → {avgdl:.1f})"
+            else f"the average chunk length moved {row[2]:.1f} → {avgdl:.1f} tokens since they were written; "
+            f"they are rewritten when it moves out of {RETIER_DRIFT[0]:g}–{RETIER_DRIFT[1]:g}× of that)"
         )
     )
     conn.execute(
