@@ -20,9 +20,11 @@ import pytest
 from context_assistant.core.config import Config
 from context_assistant.ingest.tables import local_table
 from context_assistant.refresh import refresh_index
+from context_assistant.retrieval import embed_spark
 from context_assistant.retrieval.embed_spark import (
     choose_embed_on,
     embed_on_spark,
+    next_round_size,
     worker_model,
 )
 from context_assistant.retrieval.embed_table import (
@@ -103,6 +105,42 @@ def test_auto_picks_spark_from_the_threshold_on() -> None:
     assert choose_embed_on("auto", lambda: 10**6, 5000, False) == "driver"
     assert choose_embed_on("driver", lambda: 10**6, 0, True) == "driver"
     assert choose_embed_on("spark", lambda: 0, 5000, True) == "spark"
+
+
+def test_a_round_is_sized_to_take_about_a_minute_at_the_last_rounds_rate() -> None:
+    assert next_round_size(500, 12.5, 10_000) == 2_400  # 40 texts/s (MiniLM on a laptop): a line a minute
+    assert next_round_size(500, 0.5, 10_000) == 10_000  # a fast endpoint: rag.embed_round_chunks caps it
+    assert next_round_size(10, 600.0, 10_000) == embed_spark.FIRST_ROUND_CHUNKS  # never below the first size
+    assert next_round_size(5, 600.0, 64) == 64  # ... unless the cap is smaller
+    assert next_round_size(500, 0.0, 10_000) == 10_000  # an instant round (a clock that did not move)
+
+
+def test_slow_rounds_stay_small_and_fast_ones_grow_to_the_cap(
+    spark: Any, fake_databricks: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real Spark and Delta, the loopback endpoint; only the clock differs: one where every reading is 100 s
+    after the last (a slow model) keeps rounds at the first size, the real one (a fast endpoint) lets the
+    second round take everything left."""
+    fake_databricks.on("POST", ENDPOINT_PATH, _answer)
+    monkeypatch.setattr(embed_spark, "FIRST_ROUND_CHUNKS", 50)
+    client = fake_databricks.workspace_client()
+    spec = worker_model(ServingEndpointEmbedder("emb-a", client), "endpoint:emb-a", client, concurrency=3)
+    ticks = iter(range(0, 10**6, 100))
+    for clock, rounds in (((lambda: float(next(ticks))), 4), (None, 2)):
+        chunks_dir, emb_dir = tmp_path / f"chunks-{rounds}", tmp_path / f"embeddings-{rounds}"
+        write_chunk_table(chunks_dir, _corpus())  # 200 texts
+        lines: list[str] = []
+        report = embed_on_spark(
+            spark,
+            local_table(chunks_dir),
+            local_table(emb_dir),
+            spec,
+            round_chunks=1000,
+            progress=lines.append,
+            **({"clock": clock} if clock else {}),
+        )
+        assert (report.embedded, report.rounds) == (200, rounds)
+        assert sum(line.startswith("round ") for line in lines) == rounds
 
 
 def test_spark_endpoint_calls_for_no_change_one_percent_change_and_a_new_model(

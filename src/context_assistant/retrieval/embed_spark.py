@@ -4,8 +4,11 @@
 yet (an anti-join with the embeddings table, see :mod:`.embed_table`) are embedded by ``mapInArrow`` over
 ``rag.embed_partitions`` partitions, each partition keeping ``rag.embed_concurrency`` requests to a serving
 endpoint in flight (a local model embeds in the worker itself: pysail locally runs exactly this code with
-MiniLM). Work goes in rounds of ``rag.embed_round_chunks`` texts, smallest documents first, one Delta append
-per round, with a progress line (chunks/s, ETA) after each.
+MiniLM). Work goes in rounds, smallest documents first, one Delta append per round, with a progress line
+(chunks/s, ETA) after each. A round is sized to take about :data:`ROUND_SECONDS` at the rate the previous one
+reached (the first is :data:`FIRST_ROUND_CHUNKS` texts), at most ``rag.embed_round_chunks``: a fast endpoint
+gets big rounds, a laptop's CPU model small ones, so progress shows and an interruption keeps all but about a
+minute of the work.
 
 :func:`prepare_sync_vectors` is called by the index sync: ``rag.embed_on`` ``spark`` runs the above and
 hands the sync an embedder that copies stored vectors; ``driver`` embeds in this process (through the same
@@ -187,6 +190,18 @@ def _key_batches(batches: Iterator[Any]) -> Iterator[Any]:
         )
 
 
+ROUND_SECONDS = 60.0  # the time a round should take, at the rate the previous round reached
+FIRST_ROUND_CHUNKS = 500  # the first round's size, before any rate is known
+
+
+def next_round_size(done: int, seconds: float, most: int) -> int:
+    """Texts for the next round: what the last one's rate (``done`` in ``seconds``) embeds in
+    :data:`ROUND_SECONDS`, between :data:`FIRST_ROUND_CHUNKS` (or ``most``, if smaller) and ``most``."""
+    rate = done / max(seconds, 1e-3)
+    least = min(FIRST_ROUND_CHUNKS, most)
+    return max(least, min(most, int(rate * ROUND_SECONDS)))
+
+
 @dataclass
 class SparkEmbedReport:
     """What :func:`embed_on_spark` did; ``to_json()`` goes into ``sync --json`` as ``spark_embedding``."""
@@ -225,13 +240,14 @@ def embed_on_spark(
     """Embed, on Spark, every chunk text that has no vector under ``spec.model`` in the embeddings table.
 
     The texts to embed are listed once, in a staging table next to the embeddings table (``<name>_pending``),
-    numbered into rounds of at most ``round_chunks`` texts, smallest documents first; each round is one append
-    (one Delta commit), so an interruption keeps the finished rounds and the next run starts where this one
-    stopped. A text that fails is kept as a row without a vector (``error`` says why) and tried again by the
+    numbered smallest documents first, and taken in rounds of at most ``round_chunks`` texts, each sized by
+    :func:`next_round_size`; each round is one append (one Delta commit), so an interruption keeps the finished
+    rounds and the next run starts where this one stopped. A text that fails is kept as a row without a vector (``error`` says why) and tried again by the
     next run.
     """
     say = progress or quiet
     started = clock()
+    most = max(1, int(round_chunks))
     run_id = uuid.uuid4().hex[:12]
     report = SparkEmbedReport(partitions=max(1, partitions))
     ensure_embeddings_table(spark, embeddings_table)
@@ -258,8 +274,8 @@ def embed_on_spark(
         "pending AS (SELECT t.* FROM todo t "
         f"LEFT ANTI JOIN (SELECT content_hash FROM {embeddings_table.sql_name} WHERE model = {model} "
         "AND embedding IS NOT NULL) e ON t.content_hash = e.content_hash) "
-        "SELECT content_hash, input, CAST(floor((row_number() OVER (ORDER BY doc_chunks, path, chunk_index) - 1) "
-        f"/ {max(1, int(round_chunks))}) AS INT) AS round FROM pending"
+        "SELECT content_hash, input, "
+        "row_number() OVER (ORDER BY doc_chunks, path, chunk_index) - 1 AS position FROM pending"
     )
     # The work list is written once per run (the chunk table is scanned and keyed once); each round then reads
     # its slice of it.
@@ -270,21 +286,23 @@ def embed_on_spark(
         create_table(spark, staging, None)
     else:
         writer.saveAsTable(staging.sql_name)
-    totals = spark.sql(f"SELECT count(*) AS n, max(round) AS last FROM {staging.sql_name}").collect()[0]
-    report.pending = int(totals.n)
+    report.pending = int(spark.sql(f"SELECT count(*) AS n FROM {staging.sql_name}").collect()[0].n)
     if not report.pending:
         report.seconds = clock() - started
         return report
     say(
         f"embedding {report.pending} chunk text(s) on Spark ({report.partitions} partition(s), "
-        f"{spec.concurrency} request(s) in flight each, rounds of {round_chunks})"
+        f"{spec.concurrency} request(s) in flight each, rounds of about a minute, at most {most})"
     )
     embed = make_partition_embedder(spec)
-    for number in range(int(totals.last) + 1):
+    start, size = 0, min(FIRST_ROUND_CHUNKS, most)
+    while start < report.pending:
         report.rounds += 1
         round_id = f"{run_id}-{report.rounds}"
+        round_started = clock()
         batch = spark.sql(
-            f"SELECT content_hash, input FROM {staging.sql_name} WHERE round = {number}"
+            f"SELECT content_hash, input FROM {staging.sql_name} "
+            f"WHERE position >= {start} AND position < {start + size}"
         ).repartition(report.partitions)
         out = batch.mapInArrow(embed, _UDF_SCHEMA).selectExpr(
             "*", f"{sql_string(round_id)} AS run_id", "current_timestamp() AS embedded_at"
@@ -302,6 +320,9 @@ def embed_on_spark(
                 report.errors.append(error)
         done = report.embedded + report.failed
         say(f"round {report.rounds}: {rate_line(done, report.pending, started, clock())}")
+        taken = min(size, report.pending - start)
+        start += size
+        size = next_round_size(taken, clock() - round_started, most)
     report.seconds = clock() - started
     return report
 
