@@ -61,9 +61,10 @@ def test_config_and_debug_work_before_or_after_the_command(
     assert code == 0 and "First" in out
     code = main(["--config", str(config_file), "--debug", "sessions", "list", "--user", "ana", "--json"])
     assert code == 0
-    # --debug after the command shows the traceback instead of the one-line error, as before it.
-    with pytest.raises(Exception, match="session not found"):
-        main(["sessions", "show", "nope", "--user", "ana", "--config", str(config_file), "--debug"])
+    # --debug after the command shows the traceback too, as before it; the line and exit code stay the same.
+    code, _, err = cli("sessions", "show", "nope", "--user", "ana", "--debug")
+    assert code == 1 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1] == "error: session not found: nope"
 
 
 # ------------------------------------------------------------------------------------- the data folder
@@ -230,12 +231,12 @@ def test_ingest_source_that_is_a_file_says_exactly_that(cli: Any, tmp_path: Path
     document = tmp_path / "notes.md"
     document.write_text("# Notes\n", encoding="utf-8")
     code, out, err = cli("ingest", "--source", str(document))
-    assert code == 1 and out == ""
-    assert err.startswith(f"error: {document} is a file, not a folder: the source (rag.source or --source)")
+    assert code == 2 and out == ""  # a usage error: the source must change
+    assert err.startswith(f"usage error: {document} is a file, not a folder: the source (rag.source or --source)")
     assert "folder does not exist" not in err
     code, _, err = cli("ingest", "--source", str(tmp_path / "missing"))
-    assert code == 1 and err.strip() == (
-        f"error: the documents folder does not exist: {tmp_path / 'missing'} (rag.source or --source)"
+    assert code == 2 and err.strip() == (
+        f"usage error: the documents folder does not exist: {tmp_path / 'missing'} (rag.source or --source)"
     )
 
 

@@ -26,7 +26,7 @@ from context_assistant.core.errors import (
 from context_assistant.core.retries import RetriesExhausted
 from context_assistant.core.upstream import error_detail, exception_line
 from context_assistant.ingest.documents import ParseError, UnsupportedFormat
-from context_assistant.ingest.run import IngestError
+from context_assistant.ingest.run import IngestError, IngestFailed
 from context_assistant.llm.interface import ModelError
 from context_assistant.refresh import RefreshDisabled, RefreshError
 from context_assistant.retrieval.base import IndexNotReady, RetrievalError, RetrievalFailed
@@ -56,7 +56,8 @@ from context_assistant.web.refresh_runner import RefreshAlreadyRunning
         (DatabaseError("down"), 503, EXIT_FAILED, "unavailable", True),
         (ParseError("x"), 422, EXIT_FAILED, "bad_input", False),
         (UnsupportedFormat("x"), 422, EXIT_FAILED, "bad_input", False),
-        (IngestError("x"), 422, EXIT_FAILED, "bad_input", False),
+        (IngestError("x"), 422, EXIT_USAGE, "usage", False),
+        (IngestFailed("x"), 500, EXIT_FAILED, "error", False),
         (RetrievalError("the query is empty"), 422, EXIT_FAILED, "bad_input", False),
         (IndexNotReady("run sync"), 503, EXIT_FAILED, "unavailable", False),
         (RetrievalFailed("x"), 502, EXIT_FAILED, "upstream", False),

@@ -45,7 +45,7 @@ def test_another_source_needs_the_flag_and_empty_files_and_links_are_listed(inge
     assert result["skipped"][0]["reason"].startswith("symbolic link, not followed")
 
     code, result, err = ingest(second)  # with --json the error is one JSON object on stdout
-    assert code == 1 and "Traceback" not in err and result["kind"] == "bad_input"
+    assert code == 2 and "Traceback" not in err and result["kind"] == "usage"  # the source must change
     assert "none of the 1 ingested document(s) is under" in result["error"]
     assert "--allow-replace-source" in result["error"]
 

@@ -18,7 +18,7 @@ from deltalake import DeltaTable
 
 import context_assistant.ingest.run as run_module
 from context_assistant.ingest.lock import concurrent_write_error, lock_path
-from context_assistant.ingest.run import IngestError
+from context_assistant.ingest.run import IngestFailed
 from context_assistant.ingest.tables import local_table
 from spark_support import local_spark  # noqa: F401  (the session-scoped `spark` fixture)
 
@@ -110,7 +110,7 @@ def test_without_the_file_lock_delta_conflicts_end_in_one_line_and_the_next_run_
         try:
             run_module.run_ingest(spark, str(source), str(data / "chunks"), str(data / "documents"))
             outcomes.append("ok")
-        except IngestError as error:
+        except IngestFailed as error:
             outcomes.append(str(error))
 
     threads = [threading.Thread(target=ingest) for _ in range(2)]

@@ -14,6 +14,7 @@ import difflib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -273,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ContextAssistantError as exc:
         if args.debug:
-            raise
+            traceback.print_exc()  # then the same line and exit code as without --debug
         print(f"{exc.label}: {exc}", file=sys.stderr)
         if getattr(args, "json", False):  # a script asked for JSON: it gets one document on stdout, always
             print_json(error_json(exc))

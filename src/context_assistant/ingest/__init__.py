@@ -9,7 +9,7 @@ from .chunking import Chunk, chunk_document, content_hash, fit_header, make_chun
 from .contract import CHUNK_TABLE, DOCUMENTS_TABLE, HIT_COLUMNS, INDEXED_COLUMNS
 from .documents import SUPPORTED_EXTENSIONS, ParsedDocument, UnsupportedFormat, parse_document
 from .plan import IngestPlan, IngestResult, chunking_signature, plan_ingest
-from .run import IngestError, ensure_tables, run_ingest
+from .run import IngestError, IngestFailed, ensure_tables, run_ingest
 from .spark import get_spark, start_local_spark, stop_local_spark
 from .tables import TableRef, resolve_table
 from .text import ParseError, Section
@@ -33,6 +33,7 @@ __all__ = [
     "ChunkingConfigError",
     "EstimatedCounter",
     "IngestError",
+    "IngestFailed",
     "IngestPlan",
     "IngestResult",
     "ParseError",

@@ -10,7 +10,7 @@ Two ``ingest`` runs at once used to both MERGE their chunks, and the loser died 
   never leaves a stale lock behind.
 * **Catalog tables on Databricks**: there is no shared file system between a job, a notebook and the app,
   so Delta's own optimistic concurrency is the guard: a run whose MERGE conflicts with another's commit gets
-  Delta's conflict error, which :func:`concurrent_write_error` turns into one :class:`IngestError` line.
+  Delta's conflict error, which :func:`concurrent_write_error` turns into one :class:`IngestFailed` line.
   Nothing is half done: the documents table is written last, so the stopped run's work is redone (and
   converges) on the next run.
 """

@@ -70,7 +70,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ..core.clock import REAL_CLOCK, Clock
-from ..core.errors import InvalidInput
+from ..core.errors import ContextAssistantError, InvalidInput, UsageError
 from .ai_parse import ai_parse_column, check_pdf_parser
 from .boundary import SourceScan, check_symlink_policy, is_local_source, read_scanned, scan_source
 from .contract import (
@@ -135,8 +135,14 @@ _PARSED_SCHEMA = staged_schema_ddl()
 _FRESH_SCHEMA = schema_ddl(FRESH_CHUNK)
 
 
-class IngestError(InvalidInput):
-    """The run cannot proceed (bad source, bad settings); nothing was written. ``str()`` says why."""
+class IngestError(UsageError):
+    """The run cannot proceed (bad source, bad settings); nothing was written. ``str()`` says why. A usage
+    error (exit code 2): the source or the settings must change, running again as is does the same."""
+
+
+class IngestFailed(ContextAssistantError):
+    """The run stopped part way (another writer, a parser that broke its contract); ``str()`` says why. What
+    it wrote is repaired by the next run."""
 
 
 def resolve_source(source: str) -> str:
@@ -210,7 +216,7 @@ def run_ingest(
     except Exception as error:
         run.drop_views()
         if concurrent_write_error(error):
-            raise IngestError(
+            raise IngestFailed(
                 f"another ingest wrote to {run.chunks.label} or {run.documents.label} at the same time, so this run "
                 "stopped; run ingest again to pick up the rest (it also repairs what this run left half written)"
             ) from error
@@ -494,7 +500,7 @@ class _Run:
         ).collect():
             by_op[r.op], incomplete = int(r.n), incomplete + int(r.incomplete)
         if incomplete:  # the parser's contract broken: stop before writing anything
-            raise IngestError(f"the parser produced {incomplete} chunk row(s) with a required column empty")
+            raise IngestFailed(f"the parser produced {incomplete} chunk row(s) with a required column empty")
         counts.written = by_op.get("insert", 0) + by_op.get("update", 0)
         counts.deleted = by_op.get("delete", 0)
         if not by_op:
