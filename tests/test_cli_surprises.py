@@ -455,3 +455,13 @@ def test_a_mistyped_option_is_answered_with_the_one_it_resembles(capsys: Any) ->
     with pytest.raises(SystemExit):
         main(["search", "deploys", "--frobnicate"])
     assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --frobnicate")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serch", "deploys"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'serch'" in (err := capsys.readouterr().err) and "(did you mean 'search'?)" in err
+    with pytest.raises(SystemExit):
+        main(["sessions", "lsit"])
+    assert "(did you mean 'list'?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
+    assert "did you mean" not in capsys.readouterr().err

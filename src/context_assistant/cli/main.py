@@ -13,6 +13,7 @@ import argparse
 import difflib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -57,8 +58,8 @@ INTERRUPTED = {
 
 
 class SuggestingParser(argparse.ArgumentParser):
-    """argparse that answers a mistyped option with the one it resembles (``--topk`` → ``--top-k``): Python
-    3.11's argparse only says the option is unrecognized. Sub-commands' parsers are of this class too."""
+    """argparse that answers a mistyped option or command with the one it resembles (``--topk`` → ``--top-k``,
+    ``serch`` → ``search``): Python 3.11's argparse only says it is unrecognized. Sub-commands' parsers are of this class too."""
 
     def error(self, message: str) -> NoReturn:
         prefix = "unrecognized arguments: "
@@ -74,6 +75,12 @@ class SuggestingParser(argparse.ArgumentParser):
                 message += f" (did you mean {hints[0][0]}?)"
             elif hints:
                 message += f" (did you mean {', '.join(f'{good} for {bad}' for good, bad in hints)}?)"
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:  # a mistyped command: `serch` → `search`
+            options = [option.strip(" '") for option in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]!r}?)"
         super().error(message)
 
 
