@@ -134,3 +134,22 @@ def test_the_shared_text_checks() -> None:
 def test_a_session_cannot_be_created_with_an_unroutable_id(store: ConversationStore) -> None:
     with pytest.raises(InvalidInput, match="slash"):
         store.create_session("ana", session_id="a/b")
+
+
+def test_a_line_with_several_problems_lists_them_all_and_the_count_is_of_problems(
+    cli: Any, tmp_path: Path, store: ConversationStore
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        line("fine")
+        + json.dumps({"session_id": "a/b", "user_id": "ana", "role": "bot", "content": "hi", "timestamp": "soon"})
+        + "\n"
+        + line("also fine", role="narrator"),
+        encoding="utf-8",
+    )
+    code, _, err = cli("memory", "import", str(path))
+    assert code == 1 and "nothing imported: 4 problem(s) on 2 line(s)" in err
+    (two,) = [row for row in err.splitlines() if row.startswith("line 2: ")]
+    assert "'session_id' 'a/b'" in two and "'role' 'bot' is not one of" in two and "'timestamp' 'soon'" in two
+    assert "line 3: 'role' 'narrator' is not one of" in err
+    assert store.list_sessions("ana") == []

@@ -42,7 +42,9 @@ class ImportRejected(InvalidInput):
         self.errors = errors
         shown = errors[: self.MAX_SHOWN]
         more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-        super().__init__(f"nothing imported: {len(errors)} problem(s)\n" + "\n".join(shown) + more)
+        problems = sum(getattr(error, "problems", 1) for error in errors)  # a line lists all of its problems
+        lines = f" on {len(errors)} line(s)" if problems != len(errors) else ""
+        super().__init__(f"nothing imported: {problems} problem(s){lines}\n" + "\n".join(shown) + more)
 
 
 def parse_import(
@@ -57,8 +59,11 @@ def parse_import(
             continue
         try:
             row = parse_line(line, max_message_chars)
+        except LineRejected as exc:
+            errors.append(LineError(f"line {number}: {exc}", len(exc.problems)))
+            continue
         except ValueError as exc:
-            errors.append(f"line {number}: {exc}")
+            errors.append(LineError(f"line {number}: {exc}"))
             continue
         session_id, user_id = row[0], row[1]
         owner = owners.setdefault(session_id, (user_id, number))
@@ -71,6 +76,28 @@ def parse_import(
     return rows, errors
 
 
+REQUIRED_KEYS = ("session_id", "user_id", "role", "content", "timestamp")
+
+
+class LineRejected(ValueError):
+    """Every problem of one line, so the user fixes them in one go."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class LineError(str):
+    """``line N: problem; problem`` that remembers how many problems it lists."""
+
+    problems: int
+
+    def __new__(cls, text: str, problems: int = 1) -> LineError:
+        error = super().__new__(cls, text)
+        error.problems = problems
+        return error
+
+
 def parse_line(line: str, max_message_chars: int | None = None) -> tuple[Any, ...]:
     """One line as ``(session_id, user_id, role, content, timestamp, metadata)``; ValueError says what is wrong."""
     try:
@@ -81,32 +108,41 @@ def parse_line(line: str, max_message_chars: int | None = None) -> tuple[Any, ..
         raise ValueError("not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object")
-    for key in ("session_id", "user_id", "role", "content", "timestamp"):
-        if key not in obj:
-            raise ValueError(f"missing {key!r}")
+    problems: list[str] = [f"missing {key!r}" for key in REQUIRED_KEYS if key not in obj]
+    if problems:
+        raise LineRejected(problems)
     session_id, user_id, role, content = obj["session_id"], obj["user_id"], obj["role"], obj["content"]
-    if not isinstance(session_id, str) or not session_id:
-        raise ValueError("'session_id' must be a non-empty string")
-    problem = session_id_problem(session_id)
-    if problem:
-        raise ValueError(f"'session_id' {_short(session_id)} {problem}")
-    if not isinstance(user_id, str) or not user_id:
-        raise ValueError("'user_id' must be a non-empty string")
-    if role not in ROLES:
-        raise ValueError(f"'role' {_short(role)} is not one of {', '.join(ROLES)}")
-    if not isinstance(content, str):
-        raise ValueError("'content' must be a string")
     metadata = obj.get("metadata") or {}
+    # Every field is checked, so a line with several problems lists them all at once.
+    if not isinstance(session_id, str) or not session_id:
+        problems.append("'session_id' must be a non-empty string")
+    elif problem := session_id_problem(session_id):
+        problems.append(f"'session_id' {_short(session_id)} {problem}")
+    if not isinstance(user_id, str) or not user_id:
+        problems.append("'user_id' must be a non-empty string")
+    if role not in ROLES:
+        problems.append(f"'role' {_short(role)} is not one of {', '.join(ROLES)}")
+    if not isinstance(content, str):
+        problems.append("'content' must be a string")
     if not isinstance(metadata, dict):
-        raise ValueError("'metadata' must be an object")
+        problems.append("'metadata' must be an object")
     for field, value in (("user_id", user_id), ("content", content), ("metadata", metadata)):
-        check_text(field, value)  # an InvalidText is a ValueError: reported with its line number
-    if role == "user" and max_message_chars is not None:
+        if isinstance(value, (str, dict)):
+            try:
+                check_text(field, value)
+            except ValueError as exc:  # an InvalidText is a ValueError: reported with its line number
+                problems.append(str(exc))
+    if role == "user" and max_message_chars is not None and isinstance(content, str):
         try:
             check_message_length(content, max_message_chars)
         except InvalidInput as exc:
-            raise ValueError(f"'content': {exc}; longer than a user can send, so not imported") from None
-    timestamp = parse_timestamp(obj["timestamp"])
+            problems.append(f"'content': {exc}; longer than a user can send, so not imported")
+    try:
+        timestamp = parse_timestamp(obj["timestamp"])
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise LineRejected(problems)
     return session_id, user_id, role, content, timestamp, Jsonb(metadata)
 
 
