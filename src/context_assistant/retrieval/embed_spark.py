@@ -242,8 +242,8 @@ def embed_on_spark(
     The texts to embed are listed once, in a staging table next to the embeddings table (``<name>_pending``),
     numbered smallest documents first, and taken in rounds of at most ``round_chunks`` texts, each sized by
     :func:`next_round_size`; each round is one append (one Delta commit), so an interruption keeps the finished
-    rounds and the next run starts where this one stopped. A text that fails is kept as a row without a vector (``error`` says why) and tried again by the
-    next run.
+    rounds and the next run starts where this one stopped. A text that fails is kept as a row without a vector
+    (``error`` says why) and tried again by the next run.
     """
     say = progress or quiet
     started = clock()
