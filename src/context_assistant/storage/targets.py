@@ -154,9 +154,9 @@ class EmbeddedPostgres:
             # Said every time, so that a command run from an unexpected folder never silently starts a second,
             # empty database somewhere (see core.config.find_project_root for how the folder is chosen).
             log.warning(
-                "creating a new embedded Postgres in %s: no project data folder here or above (normal on a first "
-                "run; if you meant another project, run from its folder or pass --config, and `context-assistant "
-                "db stop` here stops this one)",
+                "creating a new embedded Postgres in %s (normal on a first run; if you expected an existing "
+                "project's data, run from that project's folder or pass --config, and `context-assistant db stop` "
+                "here stops this one)",
                 self.pgdata,
             )
         self._use_data_dir_lock()
