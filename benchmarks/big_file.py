@@ -1,6 +1,6 @@
 """A big text file through the parse + chunk side of ingest: peak memory and chunks per second.
 
-    python -m benchmarks.big_file [--mb 50] [--before-mb 5] [--units tokens|chars] [--spark]
+    python -m benchmarks.big_file [--mb 50] [--before-mb 5] [--units tokens|chars] [--spark | --embed]
 
 Each measurement runs in a fresh Python process (what the ingest's parse child is), reading the file and
 calling :func:`context_assistant.ingest.worker.parse_and_chunk` with the production settings (256 tokens of
@@ -13,7 +13,11 @@ it is reported as such).
 ``--spark`` measures the whole ingest instead (no embedding): a folder holding the big file and a small one,
 ingested by :func:`context_assistant.ingest.run_ingest` on a local Spark server of its own (listing, parse
 child, staging table, chunk and document writes), then run again unchanged, then again after a paragraph is
-added at the top of the big file (every chunk after it changes: the edit's peak is reported on its own). Peak RSS there is the sum over
+added at the top of the big file (every chunk after it changes: the edit's peak is reported on its own).
+
+``--embed`` runs ``context-assistant ingest`` itself, embedding included (local MiniLM, ``rag.embed_on:
+auto``, so Spark embeds past 5,000 chunks), at both sizes: the peak RSS of the command's process tree shows
+whether embedding memory grows with the file. Peak RSS there is the sum over
 the process tree (client, Spark server with its Python workers, parse child), sampled four times a second.
 """
 
@@ -26,6 +30,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.common import machine
@@ -177,6 +182,64 @@ def measure_spark(path: Path, units: str) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def process_tree_kib(root: int) -> int:
+    """RSS (KiB) of ``root`` and every descendant, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def measure_embedding(path: Path) -> dict[str, object]:
+    """``context-assistant ingest`` of a folder holding ``path``, the way a user runs it (its own data folder,
+    the local MiniLM model, ``rag.embed_on: auto``), with the RSS of the command's process tree (the CLI, its
+    local Spark server, the parse child) sampled 4×/s. The embedded Postgres is a daemon, not counted."""
+    with tempfile.TemporaryDirectory(prefix="ca-bench-big-embed-", dir=path.parent) as work:
+        source, config = Path(work) / "docs", Path(work) / "config.yaml"
+        source.mkdir()
+        os.link(path, source / path.name)
+        config.write_text(
+            f"data_dir: {Path(work) / 'data'}\nrag:\n  source: {source}\nmemory:\n  recall: false\n"
+            "tracing:\n  enabled: false\n"
+        )
+        command = [sys.executable, "-m", "context_assistant", "--config", str(config)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        peak, started = 0, time.monotonic()
+        run = subprocess.Popen(
+            [*command, "ingest", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+        )
+        while run.poll() is None:
+            peak = max(peak, process_tree_kib(run.pid))
+            time.sleep(0.25)
+        seconds = time.monotonic() - started
+        out = run.stdout.read() if run.stdout else b""
+        subprocess.run([*command, "db", "stop"], capture_output=True, env=env, check=False)
+    if run.returncode != 0:
+        return {"status": "crashed", "error": [f"exit {run.returncode}"]}
+    result = json.loads(out)
+    return {
+        "chunks": result["sync"]["embedded"],
+        "seconds": seconds,
+        "peak_tree_mib": peak / 1024,
+        "embed_on": (result["sync"].get("embedding") or {}).get("embed_on", "driver"),
+    }
+
+
 def write_text(path: Path, mb: float, seed: int = 7) -> int:
     """Plain prose, paragraphs of 3-8 sentences: one section of ``mb`` MiB, as a big .txt export is."""
     rng = random.Random(seed)
@@ -217,6 +280,11 @@ def main() -> None:
         action="store_true",
         help="instead, the whole ingest (Spark + Delta, no embedding) at both sizes",
     )
+    parser.add_argument(
+        "--embed",
+        action="store_true",
+        help="instead, `context-assistant ingest` with embedding (local MiniLM) at both sizes: peak RSS, chunks/s",
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}; load: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="ca-bench-big-") as work:
@@ -226,7 +294,7 @@ def main() -> None:
             ("whole section (before)", args.before_mb, True),
             ("windowed (this version)", args.mb, False),
         ):
-            if args.spark:
+            if args.spark or args.embed:
                 break
             path = Path(work) / f"big-{mb:g}.txt"
             if not path.exists():
@@ -242,6 +310,20 @@ def main() -> None:
                 )
             else:
                 print(f"{label:26s} {mb:6g} MB: {result.get('status')}: {result.get('error')}")
+        for mb in sorted({args.before_mb, args.mb}) if args.embed else ():
+            path = Path(work) / f"big-{mb:g}.txt"
+            if not path.exists():
+                write_text(path, mb)
+            result = measure_embedding(path)
+            if "chunks" not in result:
+                print(f"{'ingest with embedding':26s} {mb:6g} MB: {result.get('status')}: {result.get('error')}")
+                continue
+            rate = float(result["chunks"]) / float(result["seconds"])  # type: ignore[arg-type]
+            print(
+                f"{'ingest with embedding':26s} {mb:6g} MB: {result['chunks']:>7} chunks embedded "
+                f"(on {result['embed_on']}) in {result['seconds']:.0f}s ({rate:.1f} chunks/s), peak RSS of the "
+                f"command's process tree {result['peak_tree_mib']:.0f} MiB; load {os.getloadavg()[0]:.1f}"
+            )
         for mb in sorted({args.before_mb, args.mb}) if args.spark else ():
             path = Path(work) / f"big-{mb:g}.txt"
             if not path.exists():
