@@ -293,7 +293,7 @@ def test_driver_path_keeps_finished_steps_of_an_interrupted_big_document(db: Dat
     crashing = CrashingEmbedder(HashingEmbedder(), batches=3)  # the big document's 4th step dies
     lines: list[str] = []
     stored = StoredVectorsEmbedder(crashing, DeltaLakeEmbeddingStore(emb), commit_every=25, progress=lines.append)
-    index = PgVectorChunkIndex(db, HashingEmbedder(), batch_size=50)
+    index = PgVectorChunkIndex(db, HashingEmbedder(), batch_size=100)  # the big document in one slice
     with pytest.raises(SimulatedCrash):
         index.refresh(source, embedder=stored)
     # The small document went first (smallest documents first) and is searchable; the big one is not there yet.

@@ -83,10 +83,10 @@ def test_ingest_of_a_missing_source_is_one_clear_line(
     monkeypatch.setenv("PGPASSWORD", "unused-trust-auth")
     code = main(["--config", str(config_file), "ingest", "--source", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
-    assert code == 1 and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err  # a usage error: the source must change
     assert (
         err.strip()
-        == f"error: the documents folder does not exist: {tmp_path / 'nowhere'} (rag.source or --source)"
+        == f"usage error: the documents folder does not exist: {tmp_path / 'nowhere'} (rag.source or --source)"
     )
 
 

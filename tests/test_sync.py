@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from context_assistant.retrieval.embeddings import LocalEmbedder
-from context_assistant.retrieval.pgvector import CHUNKS_TABLE, SYNC_LOCK_KEY, PgVectorChunkIndex
+from context_assistant.retrieval.pgvector import CHUNKS_SPACE, CHUNKS_TABLE, SYNC_LOCK_KEY, PgVectorChunkIndex
 from context_assistant.retrieval.sync import (
     DeltaLakeChunkSource,
     Fingerprint,
@@ -312,3 +312,38 @@ def test_an_interrupted_full_reembedding_is_resumed_by_the_next_plain_sync(db: D
     again = PgVectorChunkIndex(db, counting).refresh(source, progress=lines.append)
     assert counting.texts == [] and again.kept == 18  # finished: nothing left to resume
     assert not any("resuming" in line for line in lines)
+
+
+def test_a_document_bigger_than_a_batch_is_written_in_slices_and_still_all_or_nothing(db: Database) -> None:
+    """A big document's vectors are never all in memory: it is embedded and written a batch at a time in one
+    transaction, so a slice that fails leaves the whole previous version, and one that succeeds is all there."""
+    source = InMemoryChunkSource()
+    source.replace_document("big.md", document("big.md", *(f"part {n} of a long manual" for n in range(25))))
+    source.replace_document("small.md", document("small.md", "a small note"))
+    counting = CountingEmbedder(HashingEmbedder())
+    lines: list[str] = []
+    result = PgVectorChunkIndex(db, counting, batch_size=10).refresh(source, progress=lines.append)
+    assert result.ok and result.added == 26
+    index = PgVectorChunkIndex(db, HashingEmbedder())
+    assert index.fingerprints() == _table(source)
+    assert counting.calls == 4  # small.md, then big.md in slices of 10, 10 and 5
+    assert [line for line in lines if line.startswith("big.md: ")] == [
+        "big.md: 10/25 chunks written (committed when all are)",
+        "big.md: 20/25 chunks written (committed when all are)",
+    ]
+    before = index.fingerprints()
+
+    texts = [f"part {n} revised" for n in range(22)]
+    texts[15] = "POISON in the second slice"
+    source.replace_document("big.md", document("big.md", *texts))  # shorter, and the second slice fails
+    failed = PgVectorChunkIndex(db, PoisonEmbedder(HashingEmbedder(), "POISON"), batch_size=10).refresh(source)
+    assert [(f.path, f.chunks) for f in failed.failed] == [("big.md", 22)]
+    assert index.fingerprints() == before  # the first slice was rolled back with it; the tail is still there
+    assert (failed.added, failed.updated, failed.deleted) == (0, 0, 0)
+
+    texts[15] = "part 15 revised"
+    source.replace_document("big.md", document("big.md", *texts))
+    fixed = PgVectorChunkIndex(db, HashingEmbedder(), batch_size=10).refresh(source)
+    assert fixed.ok and (fixed.updated, fixed.deleted) == (22, 3)
+    assert index.fingerprints() == _table(source)
+    bm25_stats_consistent(db, CHUNKS_SPACE, CHUNKS_TABLE)

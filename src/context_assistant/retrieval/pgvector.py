@@ -309,9 +309,15 @@ class PgVectorChunkIndex:
                 for change in batch:
                     result.failed.append(DocumentFailure(change.path, reason, len(change.upserts)))
                 continue
-            written, failures = self._embed_batch(batch, by_id, dimension, embedder)
+            if len(batch) == 1 and len(batch[0].upserts) > batch_size:
+                written, failures = self._write_in_slices(
+                    conn, batch[0], by_id, dimension, embedder, batch_size, say
+                )
+            else:
+                written, failures = self._embed_batch(batch, by_id, dimension, embedder)
+                if written:
+                    self._write(conn, written, by_id)
             if written:
-                self._write(conn, written, by_id)
                 conn.commit()
             for change, _ in written:
                 result.added += change.added
@@ -323,6 +329,36 @@ class PgVectorChunkIndex:
                 consecutive_failures += 1
             done += sum(len(change.upserts) for change in batch)
             say(f"batch {number}/{len(batches)}: {rate_line(done, plan.upsert_count, started, time.monotonic())}")
+
+    def _write_in_slices(
+        self,
+        conn: psycopg.Connection,
+        change: DocumentChange,
+        by_id: dict[str, SourceChunk],
+        dimension: int,
+        embedder: Embedder,
+        slice_size: int,
+        say: Progress,
+    ) -> tuple[list[tuple[DocumentChange, list[list[float]]]], list[DocumentFailure]]:
+        """A document bigger than a batch, embedded and written ``slice_size`` chunks at a time in one
+        transaction: still all or nothing (a failed slice rolls the earlier ones back), but its vectors are never
+        all in memory at once. Returns it as written (with no vectors: they are in the table) or its failure."""
+        conn.commit()  # what the sync did before (a re-key) is complete: a failed slice must not undo it
+        total = len(change.upserts)
+        for start in range(0, total, slice_size):
+            last = start + slice_size >= len(change.upserts)
+            part = DocumentChange(
+                change.path, change.upserts[start : start + slice_size], change.deletes if last else []
+            )
+            written, failures = self._embed_batch([part], by_id, dimension, embedder)
+            if failures:
+                conn.rollback()
+                (failure,) = failures
+                return [], [DocumentFailure(change.path, failure.error, len(change.upserts))]
+            self._write(conn, written, by_id)
+            if not last:
+                say(f"{change.path}: {start + slice_size}/{total} chunks written (committed when all are)")
+        return [(change, [])], []
 
     def _embed_batch(
         self, batch: list[DocumentChange], by_id: dict[str, SourceChunk], dimension: int, embedder: Embedder
@@ -380,6 +416,7 @@ class PgVectorChunkIndex:
                    chunk_id text, path text, chunk_index int, heading text, page int, text text,
                    content_hash text, embedding vector) ON COMMIT DELETE ROWS"""
         )
+        conn.execute("TRUNCATE ca_stage_chunks")  # a big document writes several slices in one transaction
         with conn.cursor() as cur:
             with cur.copy(
                 f"COPY ca_stage_chunks ({', '.join(_STAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
