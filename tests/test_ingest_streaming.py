@@ -9,6 +9,7 @@ parse child, like the model's tokenizer), so a file fails part way through where
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -193,3 +194,19 @@ def test_a_big_file_streams_into_delta_and_one_failing_part_way_keeps_its_last_g
     assert fixed.failures == [] and stored(data, "big.txt") == many_chunks("big.txt", v3)
     again = ingest()
     assert (again.parsed, again.chunks.written, again.chunks.deleted) == (0, 0, 0)
+
+
+def test_the_local_spark_server_runs_with_few_malloc_arenas(tmp_path: Path) -> None:
+    """The server embeds inside itself (torch and pysail's threads); glibc's per-thread arenas kept ~1 GB more
+    there (benchmarks/big_file.py --embed). Its environment says MALLOC_ARENA_MAX=2 unless the user set one."""
+    from context_assistant.ingest.spark_server import LocalSparkServer
+
+    server = LocalSparkServer(tmp_path / "spark-server.log")
+    server.start()
+    try:
+        assert server.process is not None
+        environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        server.stop()
+    expected = os.environ.get("MALLOC_ARENA_MAX", "2")  # a value the user set is kept
+    assert f"MALLOC_ARENA_MAX={expected}".encode() in environ

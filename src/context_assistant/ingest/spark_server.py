@@ -62,6 +62,10 @@ class LocalSparkServer:
         env.setdefault("RUST_LOG", "error")  # pysail warns about aborted tasks on every clean shutdown
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         env.setdefault("PYSPARK_PYTHON", sys.executable)  # UDFs must be able to import context_assistant
+        # glibc gives each thread that allocates its own arena and keeps freed memory in it: with pysail's
+        # threads and torch's embedding inside one process that held ~1 GB more at the same speed
+        # (benchmarks/big_file.py --embed: 6 MB file, peak 2.9-3.4 GiB -> 2.0 GiB).
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         private_file(self.log_path)  # it may quote what a query held
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
