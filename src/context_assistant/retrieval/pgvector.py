@@ -40,8 +40,7 @@ from psycopg import sql
 from ..core.config import INDEX_TYPES, RagConfig
 from ..core.console import Progress, quiet
 from ..core.errors import ConfigError
-from ..storage.bm25 import TEXT_SEARCH_CONFIG
-from ..storage.bm25_tiers import bm25_top, ensure_tier_keys, index_columns_sql, tier_params, written_reference
+from ..storage.bm25_tiers import bm25_top, ensure_tier_keys
 from ..storage.db import Database, scalar
 from ..storage.vector_spaces import (
     IVFFLAT_MIN_ROWS,
@@ -68,6 +67,7 @@ from .base import (
     check_mode,
     check_query,
 )
+from .chunk_rows import write_chunk_rows
 from .embed_table import rate_line
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 from .fusion import fuse_chunks
@@ -117,9 +117,6 @@ CHUNKS_DDL = """
     CREATE INDEX rag_chunks_tsv ON {table} USING gin (tsv);
     CREATE INDEX rag_chunks_path ON {table} (path text_pattern_ops);
 """
-
-_STAGE_COLUMNS = ("chunk_id", "path", "chunk_index", "heading", "page", "text", "content_hash", "embedding")
-_STAGE_TYPES = ("text", "text", "int4", "text", "int4", "text", "text", "vector")
 
 
 class PgVectorChunkIndex:
@@ -316,7 +313,7 @@ class PgVectorChunkIndex:
             else:
                 written, failures = self._embed_batch(batch, by_id, dimension, embedder)
                 if written:
-                    self._write(conn, written, by_id)
+                    write_chunk_rows(conn, CHUNKS_SPACE, CHUNKS_TABLE, written, by_id)
             if written:
                 conn.commit()
             for change, _ in written:
@@ -355,7 +352,7 @@ class PgVectorChunkIndex:
                 conn.rollback()
                 (failure,) = failures
                 return [], [DocumentFailure(change.path, failure.error, len(change.upserts))]
-            self._write(conn, written, by_id)
+            write_chunk_rows(conn, CHUNKS_SPACE, CHUNKS_TABLE, written, by_id)
             if not last:
                 say(f"{change.path}: {start + slice_size}/{total} chunks written (committed when all are)")
         return [(change, [])], []
@@ -401,69 +398,6 @@ class PgVectorChunkIndex:
             out.append((change, vectors[offset : offset + len(change.upserts)]))
             offset += len(change.upserts)
         return out, failures
-
-    def _write(
-        self,
-        conn: psycopg.Connection,
-        written: list[tuple[DocumentChange, list[list[float]]]],
-        by_id: dict[str, SourceChunk],
-    ) -> None:
-        """Upsert the documents' embedded chunks and delete their dropped ones, in the open transaction."""
-        import numpy as np
-
-        conn.execute(
-            """CREATE TEMP TABLE IF NOT EXISTS ca_stage_chunks (
-                   chunk_id text, path text, chunk_index int, heading text, page int, text text,
-                   content_hash text, embedding vector) ON COMMIT DELETE ROWS"""
-        )
-        conn.execute("TRUNCATE ca_stage_chunks")  # a big document writes several slices in one transaction
-        with conn.cursor() as cur:
-            with cur.copy(
-                f"COPY ca_stage_chunks ({', '.join(_STAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(list(_STAGE_TYPES))
-                for change, vectors in written:
-                    for chunk_id, vector in zip(change.upserts, vectors, strict=True):
-                        c = by_id[chunk_id]
-                        copy.write_row(
-                            (
-                                c.chunk_id,
-                                c.path,
-                                c.chunk_index,
-                                c.heading or "",
-                                c.page,
-                                c.text,
-                                c.content_hash,
-                                np.asarray(vector, dtype=np.float32),
-                            )
-                        )
-            # The same text that is embedded: a chunk that starts with its heading path is not given it twice.
-            tsv = (
-                f"to_tsvector('{TEXT_SEARCH_CONFIG}', CASE WHEN s.heading = '' OR starts_with(s.text, s.heading) "
-                "THEN s.text ELSE s.heading || E'\\n' || s.text END)"
-            )
-            a0 = written_reference(conn, CHUNKS_SPACE, "v.tsv", f"FROM ca_stage_chunks s, {tsv} v(tsv)")
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {table} AS r (chunk_id, path, chunk_index, heading, page, text, content_hash, "
-                    "tsv, doc_len, embedding, indexed_at) "
-                    "SELECT s.chunk_id, s.path, s.chunk_index, s.heading, s.page, s.text, s.content_hash, "
-                    "{columns}, s.embedding, now() "
-                    "FROM ca_stage_chunks s CROSS JOIN LATERAL (SELECT " + tsv + " AS tsv) v "
-                    "ORDER BY s.chunk_id "
-                    "ON CONFLICT (chunk_id) DO UPDATE SET path = EXCLUDED.path, chunk_index = EXCLUDED.chunk_index, "
-                    "heading = EXCLUDED.heading, page = EXCLUDED.page, text = EXCLUDED.text, "
-                    "content_hash = EXCLUDED.content_hash, tsv = EXCLUDED.tsv, doc_len = EXCLUDED.doc_len, "
-                    "embedding = EXCLUDED.embedding, indexed_at = EXCLUDED.indexed_at"
-                ).format(table=sql.Identifier(CHUNKS_TABLE), columns=sql.SQL(index_columns_sql("v.tsv"))),
-                {**tier_params(), "a0": a0},
-            )
-            deletes = [chunk_id for change, _ in written for chunk_id in change.deletes]
-            if deletes:
-                cur.execute(
-                    sql.SQL("DELETE FROM {} WHERE chunk_id = ANY(%s)").format(sql.Identifier(CHUNKS_TABLE)),
-                    (deletes,),
-                )
 
     # -- search ---------------------------------------------------------------------------------------
 
