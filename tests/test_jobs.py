@@ -84,12 +84,12 @@ def test_ingest_then_sync_end_to_end_on_the_fixtures(spark, job_config, pg_env, 
     assert code == 0 and summary["result"]["embedded"] == 0 and summary["result"]["kept"] == written
 
 
-def test_ingest_that_cannot_run_exits_1_with_the_reason(spark, job_config, pg_env, tmp_path):
+def test_ingest_that_cannot_run_exits_2_with_the_reason(spark, job_config, pg_env, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     argv = ["--config", str(job_config), "--source", str(empty), "--chunk-table", str(tmp_path / "c")]
     code, summary = run(run_ingest_job, argv, env=pg_env, spark_factory=lambda config: spark)
-    assert code == 1
+    assert code == 2  # the source (its configuration) must change: a usage error, as on the command line
     assert summary["ok"] is False and "empty" in summary["error"]
 
 

@@ -125,7 +125,7 @@ def test_the_local_spark_servers_tables_and_log_are_private(tmp_path: Path, umas
     server = LocalSparkServer(tmp_path / "spark-server.log")
     server.start()
     try:
-        spark = SparkSession.builder.remote(server.url).getOrCreate()
+        spark = SparkSession.builder.remote(server.url).create()  # its own session: the shared one stays
         table = tmp_path / "chunks"
         spark.createDataFrame([("a.md", "private text")], "path STRING, text STRING").write.format("delta").save(
             str(table)
