@@ -535,3 +535,21 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_ends_the_command(tmp_path: Path
         assert "Exception ignored" in err and err.rstrip().endswith("Interrupted: caught by the guard.")
     else:
         assert err.strip() == "Interrupted: reported by the entry point."
+
+
+def test_threads_started_by_the_cli_leave_sigint_to_the_main_thread() -> None:
+    """A SIGINT that lands on a helper thread does not cut short the main thread's blocking read (a held
+    embedding request), so Ctrl-C waited for it (60 s in CI). Threads started after the CLI's set-up block
+    SIGINT, so the kernel delivers it to the main thread; the main thread itself still takes it."""
+    from context_assistant.core.interrupts import interrupts_reach_the_main_thread
+
+    seen: list[set[int]] = []
+    try:
+        interrupts_reach_the_main_thread()
+        helper = threading.Thread(target=lambda: seen.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, []))))
+        helper.start()
+        helper.join()
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]  # this process is the test runner: undo it
+    assert signal.SIGINT in seen[0]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])

@@ -22,7 +22,13 @@ from typing import Any, NoReturn
 from ..core.config import load_config
 from ..core.console import port_number, print_json
 from ..core.errors import EXIT_INTERRUPTED, ContextAssistantError, UsageError
-from ..core.interrupts import end_process, fast_exit, guard_lost_interrupts, report_interrupted
+from ..core.interrupts import (
+    end_process,
+    fast_exit,
+    guard_lost_interrupts,
+    interrupts_reach_the_main_thread,
+    report_interrupted,
+)
 from ..core.redact import install_log_redaction
 from ..core.text import check_text
 from ..services import Services
@@ -267,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     install_log_redaction()
+    interrupts_reach_the_main_thread()  # before any helper thread starts: Ctrl-C must cut the main thread's wait
     if not (args.command == "chat" and getattr(args, "message", None) is None):  # the REPL handles Ctrl-C itself
         guard_lost_interrupts(INTERRUPTED.get(args.command, "Interrupted."))
     services: Services | None = None

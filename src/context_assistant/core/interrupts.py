@@ -26,6 +26,22 @@ CLEANUP_SECONDS = 1.5
 _reported = threading.Event()  # an entry point has reported the interrupt (see guard_lost_interrupts)
 
 
+def interrupts_reach_the_main_thread() -> None:
+    """Make the kernel deliver Ctrl-C's SIGINT to the main thread: every thread started from now on through
+    :mod:`threading` blocks SIGINT first. Python runs signal handlers in the main thread, but a blocking call
+    there (an HTTP read of a held embedding request) is only cut short when the signal lands on that thread;
+    landing on a helper thread (a pool's, the recall indexer's), it left Ctrl-C waiting for the call to end.
+    Idempotent; a no-op where ``pthread_sigmask`` does not exist."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return
+
+    def block_in_this_thread(*_: Any) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        sys.setprofile(None)  # runs once, at the thread's first event, then gets out of the way
+
+    threading.setprofile(block_in_this_thread)
+
+
 def guard_lost_interrupts(message: str, seconds: float = CLEANUP_SECONDS) -> None:
     """Make Ctrl-C end the command even when its KeyboardInterrupt is lost.
 
