@@ -51,7 +51,7 @@ SELECT = [
     "not spark and not browser",
     # test_jobs' ingest tests need Spark (not marked: the spark fixture starts it)
     "--deselect=tests/test_jobs.py::test_ingest_then_sync_end_to_end_on_the_fixtures",
-    "--deselect=tests/test_jobs.py::test_ingest_that_cannot_run_exits_1_with_the_reason",
+    "--deselect=tests/test_jobs.py::test_ingest_that_cannot_run_exits_2_with_the_reason",
 ]
 
 
