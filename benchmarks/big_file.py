@@ -95,32 +95,10 @@ SPARK_CHILD = r"""
 import json, os, sys, threading, time
 from context_assistant.ingest import run_ingest, start_local_spark, stop_local_spark
 from context_assistant.retrieval.tokenizer import counter_for_model
+from benchmarks.big_file import process_tree_kib as tree_rss
 source, data, units = sys.argv[1], sys.argv[2], sys.argv[3]
 counter = counter_for_model("all-MiniLM-L6-v2") if units == "tokens" else None
 size, overlap = (256, 32) if counter else (1000, 100)
-
-def tree_rss(root):
-    # RSS (KiB) of root and every descendant, from /proc
-    children = {}
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(pid))
-    total, biggest, stack = 0, 0, [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
-        except (OSError, StopIteration):
-            continue
-        total, biggest = total + rss, max(biggest, rss)
-    return total, biggest
 
 spark = start_local_spark(data)
 base_total, _ = tree_rss(os.getpid())
@@ -172,6 +150,7 @@ def measure_spark(path: Path, units: str) -> dict[str, object]:
         (source / "small.md").write_text("# Small\n\nA small document beside the big one.\n")
         done = subprocess.run(
             [sys.executable, "-c", SPARK_CHILD, str(source), str(data), units],
+            cwd=Path(__file__).resolve().parent.parent,  # the child imports benchmarks.big_file
             capture_output=True,
             text=True,
             check=False,
@@ -182,8 +161,8 @@ def measure_spark(path: Path, units: str) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def process_tree_kib(root: int) -> int:
-    """RSS (KiB) of ``root`` and every descendant, from /proc."""
+def process_tree_kib(root: int) -> tuple[int, int]:
+    """RSS (KiB) of ``root`` and every descendant, from /proc, and of the largest of them."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -193,16 +172,17 @@ def process_tree_kib(root: int) -> int:
             except OSError:
                 continue
             children.setdefault(parent, []).append(int(entry))
-    total, stack = 0, [root]
+    total, largest, stack = 0, 0, [root]
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
         try:
             with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+                rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
         except (OSError, StopIteration):
             continue
-    return total
+        total, largest = total + rss, max(largest, rss)
+    return total, largest
 
 
 def measure_embedding(path: Path) -> dict[str, object]:
@@ -224,7 +204,7 @@ def measure_embedding(path: Path) -> dict[str, object]:
             [*command, "ingest", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
         )
         while run.poll() is None:
-            peak = max(peak, process_tree_kib(run.pid))
+            peak = max(peak, process_tree_kib(run.pid)[0])
             time.sleep(0.25)
         seconds = time.monotonic() - started
         out = run.stdout.read() if run.stdout else b""
