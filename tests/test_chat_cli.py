@@ -399,13 +399,20 @@ def test_a_traced_one_shot_chat_exits_and_its_trace_arrives_afterwards(
     store = config.data_path / "mlflow.db"  # created whole by the exporter: opened once it is there
     deadline = time.monotonic() + 900  # a generous bound on a loaded machine, not a speed check
     trace = None
-    while trace is None and time.monotonic() < deadline:
+
+    def complete(found: Any) -> bool:
+        """MLflow's SQL store writes each span as it ends (the trace shows as IN_PROGRESS, without its metadata)
+        and the trace's info and metadata once the root ends: only then is the trace whole."""
+        return found is not None and "mlflow.trace.session" in found.info.trace_metadata
+
+    while not complete(trace) and time.monotonic() < deadline:
         if store.exists() and store.stat().st_size > 0:
             with contextlib.suppress(Exception):
                 trace = MlflowClient(tracking_uri=f"sqlite:///{store}").get_trace(result["trace_id"])
-        if trace is None:
+        if not complete(trace):
             time.sleep(0.5)
-    assert trace is not None, "the exporter never wrote the one-shot chat's trace"
+    assert complete(trace), f"the exporter never finished the one-shot chat's trace: {trace}"
+    assert trace is not None
     assert trace.info.trace_metadata["mlflow.trace.session"] == result["session_id"]
     assert {"retrieval", "model_call", "memory_store"} <= {span.name for span in trace.data.spans}
 
