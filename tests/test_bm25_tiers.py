@@ -271,3 +271,35 @@ def test_a_long_dnf_is_answered_through_the_index(db: Database, tiered: Any) -> 
     assert max(conjunctions) >= 5, conjunctions  # a long one among them
     for plan in plans:
         assert "Seq Scan" not in plan and "Bitmap Index Scan" in plan, plan
+
+
+def test_a_later_round_scores_only_rows_no_earlier_round_scored(db: Database, tiered: Any) -> None:
+    """Each round's statement returns every row it scored; across one query's rounds they never overlap (a row's
+    tsvector is read and scored once), and the answer is still the exhaustive top k."""
+    multi_round = 0
+    with db.connection() as conn:
+        real_execute = conn.execute
+        scored: list[list[str]] = []
+
+        def recording(query: Any, params: Any = None, **kwargs: Any) -> Any:
+            cursor = real_execute(query, params, **kwargs)
+            if isinstance(query, str) and "%(dnf0)s" in query:
+                rows = cursor.fetchall()
+                scored.append([row[0] for row in rows])
+                cursor = real_execute(
+                    "SELECT * FROM unnest(%s::text[], %s::float8[])", ([r[0] for r in rows], [r[1] for r in rows])
+                )
+            return cursor
+
+        conn.execute = recording  # type: ignore[method-assign]
+        for query in QUERIES:
+            every = _exhaustive(conn, query)
+            for k in (10, 50):
+                scored.clear()
+                rounds: list[int] = []
+                got = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, query, k, rounds)
+                _assert_same_top(got, every, k)
+                keys = [key for round_keys in scored for key in round_keys]
+                assert len(keys) == len(set(keys)), f"a row was scored twice for {query!r} (k={k})"
+                multi_round += len(scored) >= 2
+    assert multi_round, "some query must take two rounds for this test to mean anything"

@@ -51,8 +51,13 @@ MAX_ENUMERATED_TERMS = 8  # weaker terms beyond these count as always present at
 MAX_CONJUNCTIONS = 128
 # All query terms together in at most this many rows: score them all at once (~20 µs a posting on 2 cores).
 RARE_BUDGET = 1_000
-TARGET_PER_RESULT = 10  # the first θ expects 10 rows per wanted result to reach it (bounds exceed scores) ...
-# ... or just the wanted number, when that θ is tiny (rare words next to near-stop-words)
+# The first θ expects max(TARGET_ROWS, TARGET_PER_RESULT × wanted) rows to reach it (bounds exceed scores) ...
+# ... or just the wanted number, when that θ is tiny (rare words next to near-stop-words). A second round scores
+# only rows the first did not, so a low first guess costs little: at 100k chunks (retrieval_scale's query sets,
+# idle 2 cores, 2026-12-02) the top 50 of hybrid's keyword side had p95 41 / 46 / 20 ms (zipf / common / mixed)
+# with 3 per result against 49 / 49 / 53 with 10, while the top 10 was best near 100 rows.
+TARGET_ROWS = 100
+TARGET_PER_RESULT = 3
 THETA_BINS = 256
 RETIER_DRIFT = (0.8, 1.25)  # re-key when current / reference average length leaves this range
 
@@ -285,21 +290,31 @@ def bm25_top(
         _levels(i, max(j for j, d in enumerate(dfs[lex]) if d > 0), float(a0), a)
         for i, lex in zip(idfs, lexemes, strict=True)
     ]
-    scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": a, "limit": limit}
+    scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": a, "limit": None}
+    scored: dict[Any, float] = {}  # every row scored so far: a later round scores only rows it has not seen
+
+    def best() -> list[tuple[Any, float]]:
+        """The top ``limit`` scored so far, in the statement's order (score, then key) continued across rounds:
+        keys are hex ids, which sort the same in Python as in any collation."""
+        return sorted(scored.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
     def score(dnf: Sequence[str]) -> list[tuple[Any, float]]:
         # One GIN intersection per conjunction, ORed as bitmaps. The planner's estimate for many ORed `@@`s
         # favours evaluating them all on every row: SciFact's claims at 10k chunks took 1,067 ms that way for
         # 183 conjunctions, 19 ms through the index. Never a prepared statement: the generic plan of
-        # `tsv @@ $1` is a sequential scan too.
+        # `tsv @@ $1` is a sequential scan too. Rows an earlier round scored are filtered out by key before
+        # scoring (reading a row's tsvector, often out of line, is most of a row's cost).
+        match = "(" + " OR ".join(f"c.tsv @@ %(dnf{i})s::tsquery" for i in range(len(dnf))) + ")"
+        if scored:
+            match += f" AND NOT (c.{key} = ANY(%(scored)s))"
         with _bitmap_scan_only(conn):
-            match = " OR ".join(f"c.tsv @@ %(dnf{i})s::tsquery" for i in range(len(dnf)))
             got = conn.execute(
                 score_sql(table, key, where, match),
-                {**scoring, **{f"dnf{i}": d for i, d in enumerate(dnf)}},
+                {**scoring, **{f"dnf{i}": d for i, d in enumerate(dnf)}, "scored": list(scored)},
                 prepare=False,
             ).fetchall()
-        return [(row[0], float(row[1])) for row in got]
+        scored.update((row[0], float(row[1])) for row in got)
+        return best()
 
     if sum(dfs[lex][0] for lex in lexemes) <= RARE_BUDGET:  # every term rare: score them all, one round
         _note(rounds, 1)
@@ -309,14 +324,14 @@ def bm25_top(
     slack = sum(terms[i][-1] for i in order[MAX_ENUMERATED_TERMS:])
     ess_terms = [terms[i] for i in essential]
     ess_dfs = [dfs[lexemes[i]] for i in essential]
-    target = TARGET_PER_RESULT * limit
+    target = max(TARGET_ROWS, TARGET_PER_RESULT * limit)
     theta = _estimate_theta(ess_terms, ess_dfs, n, target, limit) + slack
     for round_number in range(1, MAX_ROUNDS + 1):
         conjunctions = _minimal_assignments(ess_terms, theta - slack) if theta > slack else None
         if conjunctions is None:
             break
         dnf = ["(" + " & ".join(_quoted(lexemes[essential[t]], j) for t, j in c) + ")" for c in conjunctions]
-        ranked = score(dnf) if dnf else []
+        ranked = score(dnf) if dnf else best()
         if len(ranked) >= limit and ranked[limit - 1][1] >= theta:
             _note(rounds, round_number)
             return ranked
