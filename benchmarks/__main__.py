@@ -117,7 +117,12 @@ class Suite:
         return self._embedder
 
     def run(self, sections: list[str]) -> int:
+        from benchmarks.common import bench_dir, wait_for_trace_exporters
+
         for name in sections:
+            waited = wait_for_trace_exporters(self.workdir, bench_dir())  # an earlier section's traces
+            if waited >= 1:
+                say(f"waited {waited:.0f} s for trace exporters still draining")
             load = os.getloadavg()[0]
             say(f"== {name} (load average {load:.2f})")
             started = time.perf_counter()
@@ -599,7 +604,7 @@ class Suite:
         script = REPO / "benchmarks" / "web_load.py"
         if not script.exists():
             raise RuntimeError("benchmarks/web_load.py is missing")
-        rates, p95s, lost = [], [], []
+        rates, p95s, lost, drains = [], [], [], []
         for run in range(s.runs):
             say(f"web run {run + 1}/{s.runs}: {s.web_requests} requests, {s.web_clients} clients")
             result = REPO / "benchmarks" / "results" / "web_load_minilm.json"
@@ -622,6 +627,7 @@ class Suite:
             if not result.exists():
                 raise RuntimeError(f"web_load gave no result (exit {done.returncode}): {done.stderr[-800:]}")
             data = json.loads(result.read_text())
+            drains.append(data["trace_export_drain_seconds"])
             rates.append(data["requests_per_second"])
             p95s.append(data["latency_ms"]["p95"])
             lost.append(
@@ -638,7 +644,9 @@ class Suite:
                 None,
                 note=f"`benchmarks/web_load.py`: the app (uvicorn, one worker) with the offline model and all-MiniLM-L6-v2 "
                 f"embedding each question (concurrent questions micro-batched, rag.embedding_batch_wait_ms), tracing on "
-                f"(exported by a separate process into a local sqlite store), "
+                f"(exported by a separate process into a local sqlite store, at low priority: it went on writing the "
+                f"run's traces for {min(drains):.0f}–{max(drains):.0f} s after the load, and each run starts once "
+                "it has finished), "
                 f"{s.web_requests} requests per run; afterwards every turn is looked up in the "
                 "database: " + ("nothing lost." if nothing_lost else f"LOST OR WRONG: {lost}."),
                 ours_ok=nothing_lost,

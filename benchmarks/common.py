@@ -7,7 +7,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +59,48 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cores} cores, {mem}, Python {platform.python_version()}"
 
 
+TRACE_EXPORTER_MODULE = "context_assistant.core.trace_export"
+
+
+def running_trace_exporters(folders: Sequence[Path], proc: Path = Path("/proc")) -> list[int]:
+    """Pids of trace exporters writing under one of ``folders`` (their settings name the store). One outlives
+    the process it serves by design (it drains that process's traces, at low priority), so a benchmark started
+    right after a traced one shares the cores with it."""
+    wanted = [str(folder).encode() for folder in folders]
+    pids = []
+    for entry in proc.glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if TRACE_EXPORTER_MODULE.encode() in argv and any(w in arg for arg in argv for w in wanted):
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_for_trace_exporters(
+    *folders: Path,
+    timeout: float = 900.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Wait until no trace exporter is still draining traces into ``folders`` (at most ``timeout`` s); the
+    seconds waited."""
+    started = clock()
+    while running_trace_exporters(folders) and clock() - started < timeout:
+        sleep(0.5)
+    return clock() - started
+
+
+def bench_dir() -> Path:
+    """Where the benchmarks' scratch configs keep their data (``$BENCH_DIR`` or the temp folder)."""
+    return Path(os.environ.get("BENCH_DIR", tempfile.gettempdir())) / "context-assistant-bench"
+
+
 @contextmanager
 def scratch_config(name: str, **overrides: object) -> Iterator[Config]:
     """A Config on a fresh embedded Postgres database in a scratch data directory (kept outside /root)."""
-    base = Path(os.environ.get("BENCH_DIR", tempfile.gettempdir())) / "context-assistant-bench"
+    base = bench_dir()
     base.mkdir(parents=True, exist_ok=True)
     values: dict[str, object] = {"data_dir": str(base), "database.name": name, "tracing.enabled": False}
     values.update(overrides)

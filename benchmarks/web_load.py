@@ -29,7 +29,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from benchmarks.common import Stats, machine, scratch_config
+from benchmarks.common import Stats, machine, scratch_config, wait_for_trace_exporters
 from context_assistant.core import Config
 from context_assistant.storage import EmbeddedPostgres
 
@@ -254,6 +254,9 @@ def main() -> None:
                 server.kill()
                 server.join(5)
         checked = verify(config, result["records"])
+        drained = wait_for_trace_exporters(
+            config.data_path
+        )  # the run's traces, written after the load: not in its timings
 
     latency = Stats.of(result["latencies"])
     ok = len(result["records"])
@@ -276,6 +279,7 @@ def main() -> None:
         },
         **checked,
         **result["server"],
+        "trace_export_drain_seconds": round(drained, 1),
     }
     print(machine())
     print(

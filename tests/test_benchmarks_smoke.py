@@ -194,3 +194,31 @@ def test_smoke_run_of_the_import_section(pg_server: Any, tmp_path: Path) -> None
         "first - tenth (target: within 2 s)",
     ]
     assert "first turn after importing 100 messages" in table
+
+
+def test_benchmarks_wait_only_for_the_trace_exporters_of_their_own_folders(tmp_path: Path) -> None:
+    """An exporter outlives its server by design; the next run waits for the one writing into its folders."""
+    import subprocess
+    import time
+
+    from benchmarks.common import TRACE_EXPORTER_MODULE, running_trace_exporters, wait_for_trace_exporters
+
+    settings = json.dumps({"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", TRACE_EXPORTER_MODULE, settings]
+    )
+    try:
+        for _ in range(100):  # its command line is readable once it has started
+            if stand_in.pid in running_trace_exporters([tmp_path]):
+                break
+            time.sleep(0.05)
+        assert stand_in.pid in running_trace_exporters([tmp_path])
+        assert stand_in.pid not in running_trace_exporters([tmp_path / "elsewhere"])
+        ticks = iter(range(1000))
+        waited = wait_for_trace_exporters(tmp_path, timeout=3, clock=lambda: next(ticks), sleep=lambda _: None)
+        assert waited >= 3  # gave up at the timeout while it ran
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert stand_in.pid not in running_trace_exporters([tmp_path])
+    assert wait_for_trace_exporters(tmp_path) < 1

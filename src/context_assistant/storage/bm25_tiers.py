@@ -290,7 +290,7 @@ def bm25_top(
         _levels(i, max(j for j, d in enumerate(dfs[lex]) if d > 0), float(a0), a)
         for i, lex in zip(idfs, lexemes, strict=True)
     ]
-    scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": a, "limit": None}
+    scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": a}
     scored: dict[Any, float] = {}  # every row scored so far: a later round scores only rows it has not seen
 
     def best() -> list[tuple[Any, float]]:
@@ -298,19 +298,26 @@ def bm25_top(
         keys are hex ids, which sort the same in Python as in any collation."""
         return sorted(scored.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
-    def score(dnf: Sequence[str]) -> list[tuple[Any, float]]:
+    def score(dnf: Sequence[str], last: bool = False) -> list[tuple[Any, float]]:
+        """Score the rows matching ``dnf`` that no earlier round scored; all of them (a later round must know
+        them), or only the top ``limit`` when no round can follow (``last``)."""
         # One GIN intersection per conjunction, ORed as bitmaps. The planner's estimate for many ORed `@@`s
         # favours evaluating them all on every row: SciFact's claims at 10k chunks took 1,067 ms that way for
         # 183 conjunctions, 19 ms through the index. Never a prepared statement: the generic plan of
         # `tsv @@ $1` is a sequential scan too. Rows an earlier round scored are filtered out by key before
-        # scoring (reading a row's tsvector, often out of line, is most of a row's cost).
+        # scoring (reading and unpacking a row's tsvector is most of what a row costs).
         match = "(" + " OR ".join(f"c.tsv @@ %(dnf{i})s::tsquery" for i in range(len(dnf))) + ")"
         if scored:
             match += f" AND NOT (c.{key} = ANY(%(scored)s))"
         with _bitmap_scan_only(conn):
             got = conn.execute(
                 score_sql(table, key, where, match),
-                {**scoring, **{f"dnf{i}": d for i, d in enumerate(dnf)}, "scored": list(scored)},
+                {
+                    **scoring,
+                    **{f"dnf{i}": d for i, d in enumerate(dnf)},
+                    "scored": list(scored),
+                    "limit": limit if last else None,
+                },
                 prepare=False,
             ).fetchall()
         scored.update((row[0], float(row[1])) for row in got)
@@ -318,7 +325,7 @@ def bm25_top(
 
     if sum(dfs[lex][0] for lex in lexemes) <= RARE_BUDGET:  # every term rare: score them all, one round
         _note(rounds, 1)
-        return score([tsquery_or(lexemes)])
+        return score([tsquery_or(lexemes)], last=True)
     order = sorted(range(len(terms)), key=lambda i: -terms[i][-1])
     essential = order[:MAX_ENUMERATED_TERMS]
     slack = sum(terms[i][-1] for i in order[MAX_ENUMERATED_TERMS:])
