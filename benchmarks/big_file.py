@@ -250,6 +250,22 @@ def measure(path: Path, units: str, whole: bool) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def text_file(work: str, mb: float) -> Path:
+    """The generated ``mb`` MB text file in ``work``, written on first use (the modes share it)."""
+    path = Path(work) / f"big-{mb:g}.txt"
+    if not path.exists():
+        write_text(path, mb)
+    return path
+
+
+def failed(label: str, mb: float, result: dict[str, object]) -> bool:
+    """Print a measurement that gave no chunk count (its status and error); whether it did."""
+    if "chunks" in result and result.get("status", "ok") == "ok":
+        return False
+    print(f"{label:26s} {mb:6g} MB: {result.get('status')}: {result.get('error')}")
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mb", type=float, default=50.0)
@@ -276,27 +292,18 @@ def main() -> None:
         ):
             if args.spark or args.embed:
                 break
-            path = Path(work) / f"big-{mb:g}.txt"
-            if not path.exists():
-                write_text(path, mb)
-            result = measure(path, args.units, whole)
+            result = measure(text_file(work, mb), args.units, whole)
             rows.append((label, mb, result))
-            if result.get("status") == "ok":
+            if not failed(label, mb, result):
                 rate = float(result["chunks"]) / float(result["seconds"])  # type: ignore[arg-type]
                 print(
                     f"{label:26s} {mb:6g} MB: {result['chunks']:>7} chunks in {result['seconds']:.1f}s "
                     f"({rate:.0f} chunks/s), peak RSS {result['peak_rss_mib']:.0f} MiB "
                     f"(interpreter + tokenizer before reading: {result['before_read_mib']:.0f} MiB)"
                 )
-            else:
-                print(f"{label:26s} {mb:6g} MB: {result.get('status')}: {result.get('error')}")
         for mb in sorted({args.before_mb, args.mb}) if args.embed else ():
-            path = Path(work) / f"big-{mb:g}.txt"
-            if not path.exists():
-                write_text(path, mb)
-            result = measure_embedding(path)
-            if "chunks" not in result:
-                print(f"{'ingest with embedding':26s} {mb:6g} MB: {result.get('status')}: {result.get('error')}")
+            result = measure_embedding(text_file(work, mb))
+            if failed("ingest with embedding", mb, result):
                 continue
             rate = float(result["chunks"]) / float(result["seconds"])  # type: ignore[arg-type]
             print(
@@ -305,12 +312,8 @@ def main() -> None:
                 f"command's process tree {result['peak_tree_mib']:.0f} MiB; load {os.getloadavg()[0]:.1f}"
             )
         for mb in sorted({args.before_mb, args.mb}) if args.spark else ():
-            path = Path(work) / f"big-{mb:g}.txt"
-            if not path.exists():
-                write_text(path, mb)
-            result = measure_spark(path, args.units)
-            if "chunks" not in result:
-                print(f"{'whole ingest (Spark)':26s} {mb:6g} MB: {result.get('status')}: {result.get('error')}")
+            result = measure_spark(text_file(work, mb), args.units)
+            if failed("whole ingest (Spark)", mb, result):
                 continue
             rate = float(result["chunks"]) / float(result["seconds"])  # type: ignore[arg-type]
             print(
