@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -325,6 +325,35 @@ def test_session_activity_moves_at_a_second_granularity(store: ConversationStore
     clock.advance(5)
     store.append("alice", session.id, "user", "later")
     assert store.get_session("alice", session.id).updated_at == clock.now()
+
+
+def test_a_single_append_has_the_batch_rules_in_its_own_statement(
+    store: ConversationStore, clock: FakeClock
+) -> None:
+    """``append`` has a statement of its own (scalar parameters): the same user scoping, role check, stored
+    text and activity rule as ``append_many``, and an updated_at a concurrent writer moved later is never
+    moved back by an append stamped earlier."""
+    session = store.create_session("alice")
+    with pytest.raises(SessionNotFound):
+        store.append("bob", session.id, "user", "sneaky")
+    with pytest.raises(ValueError, match="'robot' is not one of"):
+        store.append("alice", session.id, "robot", "x")
+    assert store.messages("alice", session.id) == []
+    tricky = "{a, \"b\"}, NULL, 'q' \\ ünï 🙂\r\n"
+    added = store.append("alice", session.id, "assistant", tricky, {"k": tricky})
+    (stored,) = store.messages("alice", session.id)
+    assert (stored.id, stored.role, stored.content, stored.metadata) == (
+        added.id,
+        "assistant",
+        tricky,
+        {"k": tricky},
+    )
+    later = clock.now() + timedelta(hours=1)
+    with store.db.connection() as conn:  # another writer (a clock ahead of ours) touched the session
+        conn.execute("UPDATE sessions SET updated_at = %s WHERE id = %s", (later, session.id))
+    clock.advance(5)
+    store.append("alice", session.id, "user", "stamped earlier")
+    assert store.get_session("alice", session.id).updated_at == later
 
 
 def test_appended_text_and_metadata_come_back_byte_for_byte(store: ConversationStore) -> None:
