@@ -18,6 +18,7 @@ import pytest
 from context_assistant.core.config import RagConfig
 from context_assistant.retrieval.batching import BatchingEmbedder
 from context_assistant.retrieval.embeddings import CachingEmbedder, EmbeddingError, LocalEmbedder, make_embedder
+from context_assistant.retrieval.model_process import ModelProcessEmbedder
 from retrieval_support import HashingEmbedder, minilm  # noqa: F401
 from web_support import wait_for
 
@@ -140,10 +141,10 @@ def test_make_embedder_batches_a_local_model_under_the_cache() -> None:
     assert isinstance(make_embedder(RagConfig()).inner, LocalEmbedder)  # only a serving process batches
     embedder = make_embedder(RagConfig(), serving=True)
     assert isinstance(embedder, CachingEmbedder) and isinstance(embedder.inner, BatchingEmbedder)
-    assert isinstance(embedder.inner.inner, LocalEmbedder)
+    assert isinstance(embedder.inner.inner, ModelProcessEmbedder)  # test_model_process
     assert embedder.inner.max_wait == pytest.approx(0.003) and embedder.inner.max_texts == 64
     off = make_embedder(RagConfig(embedding_batch_wait_ms=0), serving=True)
-    assert isinstance(off, CachingEmbedder) and isinstance(off.inner, LocalEmbedder)
+    assert isinstance(off, CachingEmbedder) and isinstance(off.inner, ModelProcessEmbedder)
 
 
 def test_a_cached_question_never_reaches_the_batcher() -> None:

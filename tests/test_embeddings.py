@@ -27,6 +27,7 @@ from context_assistant.retrieval.embeddings import (
     parse_model_spec,
     validate_vectors,
 )
+from context_assistant.retrieval.model_process import ModelProcessEmbedder
 from fake_databricks import Response
 from retrieval_support import minilm  # noqa: F401  (session fixture)
 
@@ -54,7 +55,9 @@ def test_make_embedder_builds_nothing_expensive_up_front() -> None:
         cached.inner
     )  # the web app's concurrent calls of a local model are micro-batched (test_embed_batching)
     assert isinstance(batcher, BatchingEmbedder) and batcher._thread is None  # no thread until a call
-    local = batcher.inner
+    child = batcher.inner  # the model runs in a child process (test_model_process), started on the first call
+    assert isinstance(child, ModelProcessEmbedder) and child.model_name == MINILM and child.starts == 0
+    local = make_embedder(load_config(None, env={}).rag).inner
     assert isinstance(local, LocalEmbedder) and local.model_name == MINILM and local._model is None
     rag = load_config(None, env={}, overrides={"rag.embedding_model": "databricks-gte-large-en"}).rag
     built: list[int] = []

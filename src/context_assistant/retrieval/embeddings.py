@@ -189,8 +189,8 @@ def load_sentence_transformer(target: str) -> Any:
 
 
 def one_model_thread() -> None:
-    """Run torch's operators on one thread (set by the batcher's thread, but torch keeps the setting for the whole
-    process: hence batching only in a serving process): on a small, busy machine a model call spread over
+    """Run torch's operators on one thread (torch keeps the setting for the whole process: hence only where a
+    serving process runs its model in process, model_process.py's fallback): on a small, busy machine a model call spread over
     every core waits at each operator for a core that a request thread or Postgres holds (measured: a batch of
     ~10 questions 1.0 s with two threads, 0.13-0.2 s with one, the web app's CPU per request 50 ms -> 14 ms)."""
     import torch
@@ -507,20 +507,25 @@ def make_embedder(
     """The embedder ``rag.embedding_model`` names; ``workspace`` (a WorkspaceClient or a factory for one)
     is only used, and only built, for a serving endpoint. ``notice`` hears, once, that a local model is being
     loaded. In a ``serving`` process (the web app) a local model's concurrent small calls are micro-batched on one
-    model thread (retrieval/batching.py); elsewhere (jobs, notebooks, the CLI) torch keeps all its threads."""
+    model thread (retrieval/batching.py) in a child process (retrieval/model_process.py); elsewhere (jobs,
+    notebooks, the CLI) the model runs in the process with all of torch's threads."""
     spec = parse_model_spec(rag_config.embedding_model)
     if spec.provider == "endpoint":
         if workspace is None:
             raise EmbeddingError(f"serving endpoint {spec.name!r} needs a Databricks workspace client")
         return CachingEmbedder(ServingEndpointEmbedder(spec.name, workspace, clock=clock))
-    local: Embedder = LocalEmbedder(spec.name, notice=notice)
-    if serving and rag_config.embedding_batch_wait_ms > 0:
+    if not serving:
+        return CachingEmbedder(LocalEmbedder(spec.name, notice=notice))
+    # A serving process: the model runs in a child process, out of the requests' GIL (model_process.py).
+    from .model_process import ModelProcessEmbedder
+
+    local: Embedder = ModelProcessEmbedder(spec.name, notice=notice)
+    if rag_config.embedding_batch_wait_ms > 0:
         # Under the cache, so a question already embedded never queues. Local models only: an endpoint's
         # requests run in parallel on the server and do not compete for this machine's cores.
         local = BatchingEmbedder(
             local,
             max_wait=rag_config.embedding_batch_wait_ms / 1000,
             max_texts=rag_config.embedding_batch_max_texts,
-            thread_setup=one_model_thread,
         )
     return CachingEmbedder(local)

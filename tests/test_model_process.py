@@ -1,0 +1,183 @@
+"""The web app's local model in a child process (retrieval/model_process.py).
+
+Real child processes running the real all-MiniLM-L6-v2; their vectors are compared with the same model's in this
+process. Failures are real too: a child killed mid-life, a command that exits or hangs instead of starting, a
+parent that dies without closing anything.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from context_assistant.core.config import RagConfig
+from context_assistant.retrieval.batching import BatchingEmbedder
+from context_assistant.retrieval.embeddings import CachingEmbedder, EmbeddingError, LocalEmbedder, make_embedder
+from context_assistant.retrieval.model_process import SMALL_CALL, ModelProcessEmbedder, serve
+from retrieval_support import minilm  # noqa: F401  (session fixture)
+from web_support import wait_for
+
+TEXTS = ["When does the on-call rotation hand over?", "How long is data retained?", "déjà vu — naïve café"]
+
+
+@pytest.fixture(scope="module")
+def child_model() -> Iterator[ModelProcessEmbedder]:
+    notices: list[str] = []
+    embedder = ModelProcessEmbedder("all-MiniLM-L6-v2", notice=notices.append)
+    assert embedder.dimension == 384  # starts the child and waits for its hello
+    assert notices == [
+        "Loading the embedding model sentence-transformers/all-MiniLM-L6-v2 (in a child process)..."
+    ]
+    yield embedder
+    embedder.close()
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[None]:
+    """The in-process fallback sets torch to one thread for the whole process: put it back for later tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_child_gives_the_vectors_the_model_gives_in_process(
+    child_model: ModelProcessEmbedder,
+    minilm: LocalEmbedder,  # noqa: F811
+) -> None:
+    np.testing.assert_allclose(child_model.embed(TEXTS), minilm.embed(TEXTS), atol=1e-6)
+    many = [f"question number {i} about retention" for i in range(SMALL_CALL + 6)]  # torch's default threads
+    np.testing.assert_allclose(child_model.embed(many), minilm.embed(many), atol=1e-6)
+    assert child_model.embed([]) == []
+    assert child_model._child is not None and child_model._child.poll() is None
+
+
+def test_a_killed_child_is_started_again_for_the_next_call(
+    child_model: ModelProcessEmbedder,
+    minilm: LocalEmbedder,  # noqa: F811
+) -> None:
+    child = child_model._child
+    assert child is not None
+    starts = child_model.starts
+    child.kill()
+    child.wait(10)
+    np.testing.assert_allclose(child_model.embed(TEXTS[:1]), minilm.embed(TEXTS[:1]), atol=1e-6)
+    assert child_model.starts == starts + 1 and child_model._fallback is None
+
+
+def test_the_child_loop_answers_a_bad_call_with_an_error_and_goes_on() -> None:
+    """The child's own loop (``serve``), fed in memory: a malformed line and a line of non-strings each get an
+    error, and the good call after them still gets its vector."""
+    lines = [
+        b"not json\n",
+        json.dumps({"texts": [1, 2]}).encode() + b"\n",
+        json.dumps({"texts": TEXTS[:1]}).encode(),
+    ]
+    sink = io.BytesIO()
+    serve("all-MiniLM-L6-v2", io.BytesIO(b"".join(lines)), sink)
+    hello, bad_json, not_strings, good = (json.loads(line) for line in sink.getvalue().splitlines())
+    assert hello["dimension"] == 384 and hello["pid"] == os.getpid()
+    assert "JSONDecodeError" in bad_json["error"]
+    assert not_strings == {"error": "ValueError: 'texts' must be a list of strings"}
+    assert len(good["vectors"]) == 1 and len(good["vectors"][0]) == 384
+
+
+def test_an_error_answer_is_an_embedding_error_and_the_child_stays() -> None:
+    """A child that answers with an error (here a stand-in speaking the protocol) makes the call fail with the
+    child's reason; the next call goes to the same child."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        print(json.dumps({"model_name": "m", "dimension": 2, "pid": 0}), flush=True)
+        for n, line in enumerate(sys.stdin):
+            answer = {"error": "ValueError: no"} if n == 0 else {"vectors": [[0.6, 0.8]]}
+            print(json.dumps(answer), flush=True)
+        """
+    )
+    embedder = ModelProcessEmbedder("all-MiniLM-L6-v2", command=[sys.executable, "-c", script])
+    try:
+        with pytest.raises(EmbeddingError, match=r"all-MiniLM-L6-v2.*failed: ValueError: no"):
+            embedder.embed(["x"])
+        assert embedder.embed(["y"]) == [[0.6, 0.8]]
+        assert embedder.starts == 1
+    finally:
+        embedder.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        ("import sys; sys.exit(3)", "exited with code 3 while loading the model"),
+        ("import time; time.sleep(60)", "no answer within 1 s while loading the model"),
+    ],
+)
+def test_a_child_that_cannot_start_leaves_the_model_in_process(
+    script: str,
+    why: str,
+    minilm: LocalEmbedder,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    torch_threads: None,
+) -> None:
+    embedder = ModelProcessEmbedder("all-MiniLM-L6-v2", start_timeout=1, command=[sys.executable, "-c", script])
+    try:
+        np.testing.assert_allclose(embedder.embed(TEXTS), minilm.embed(TEXTS), atol=1e-6)
+        assert embedder.dimension == 384
+        assert embedder._fallback is not None and embedder._child is None  # the hung one was ended
+        assert (
+            why in caplog.text and "loading sentence-transformers/all-MiniLM-L6-v2 in this process" in caplog.text
+        )
+    finally:
+        embedder.close()
+
+
+def test_the_child_ends_when_its_parent_dies_without_closing_anything(tmp_path: object) -> None:
+    parent = textwrap.dedent(
+        """
+        import os, sys
+        from context_assistant.retrieval.model_process import ModelProcessEmbedder
+        embedder = ModelProcessEmbedder("all-MiniLM-L6-v2")
+        embedder.embed(["hello"])
+        print(embedder._child.pid, flush=True)
+        os._exit(9)  # no close(), no interpreter teardown: as if killed
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr
+    child_pid = int(done.stdout.split()[-1])
+    wait_for(lambda: not _alive(child_pid), "the orphaned child to end", timeout=30)
+
+
+def test_close_ends_the_child() -> None:
+    embedder = ModelProcessEmbedder("all-MiniLM-L6-v2")
+    embedder.embed(["hello"])
+    child = embedder._child
+    assert child is not None
+    embedder.close()
+    assert child.poll() == 0 and embedder._child is None
+
+
+def test_a_serving_process_batches_into_the_child_and_others_keep_the_model_in_process() -> None:
+    served = make_embedder(RagConfig(), serving=True)
+    assert isinstance(served, CachingEmbedder) and isinstance(served.inner, BatchingEmbedder)
+    assert isinstance(served.inner.inner, ModelProcessEmbedder) and served.inner.inner.starts == 0
+    unbatched = make_embedder(RagConfig(embedding_batch_wait_ms=0), serving=True)
+    assert isinstance(unbatched.inner, ModelProcessEmbedder)
+    assert isinstance(make_embedder(RagConfig()).inner, LocalEmbedder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") if os.path.exists(f"/proc/{pid}/stat") else io.StringIO("x (x) Z") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
