@@ -17,13 +17,13 @@ import pytest
 from context_assistant.core.config import load_config
 from context_assistant.core.retries import retry_after_seconds
 from context_assistant.retrieval.batching import BatchingEmbedder
+from context_assistant.retrieval.embedder_choice import make_embedder
 from context_assistant.retrieval.embeddings import (
     MINILM,
     CachingEmbedder,
     EmbeddingError,
     LocalEmbedder,
     ServingEndpointEmbedder,
-    make_embedder,
     parse_model_spec,
     validate_vectors,
 )

@@ -20,7 +20,8 @@ import pytest
 
 from context_assistant.core.config import RagConfig
 from context_assistant.retrieval.batching import BatchingEmbedder
-from context_assistant.retrieval.embeddings import CachingEmbedder, EmbeddingError, LocalEmbedder, make_embedder
+from context_assistant.retrieval.embedder_choice import make_embedder
+from context_assistant.retrieval.embeddings import CachingEmbedder, EmbeddingError, LocalEmbedder
 from context_assistant.retrieval.model_process import SMALL_CALL, ModelProcessEmbedder, serve
 from retrieval_support import minilm  # noqa: F401  (session fixture)
 from web_support import wait_for

@@ -26,8 +26,9 @@ from .core.workspace import WorkspaceFactory, workspace_client
 from .llm.factory import make_chat_model
 from .llm.interface import ChatModel
 from .retrieval.base import ChunkIndex, Retriever
+from .retrieval.embedder_choice import make_embedder
 from .retrieval.embedding_service import warm_embedder
-from .retrieval.embeddings import Embedder, make_embedder
+from .retrieval.embeddings import Embedder
 from .retrieval.pgvector import PgVectorChunkIndex
 from .retrieval.recall import TurnRecall
 from .retrieval.sync import ChunkSource, make_chunk_source

@@ -22,6 +22,7 @@ from .base import (
 )
 from .embed_spark import SparkEmbedReport, SyncVectors, WorkerModel, embed_on_spark, worker_model
 from .embed_table import DeltaLakeEmbeddingStore, SparkEmbeddingStore, StoredVectorsEmbedder, embedding_key
+from .embedder_choice import make_embedder
 from .embedding_service import EmbeddingServiceClient, warm_embedder
 from .embeddings import (
     CachingEmbedder,
@@ -29,7 +30,6 @@ from .embeddings import (
     EmbeddingError,
     LocalEmbedder,
     ServingEndpointEmbedder,
-    make_embedder,
 )
 from .evaluation import (
     DEFAULT_K,

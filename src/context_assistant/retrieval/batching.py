@@ -10,7 +10,9 @@ length) and hands every caller its own vectors. A failed call fails every caller
 with the model's error (each caller's texts were in it). Calls of more than ``max_texts`` texts (the index
 sync, bulk re-embedding) go straight to the model: they are batches already; so do calls with a text longer
 than ``max_chars`` (the turns recall indexes in the background, with their neighbours): one of them costs as
-much as a batch of questions, and the questions queued behind it would wait for it.
+much as a batch of questions, and the questions queued behind it would wait for it. (In the web app the model
+is a child process answering one call at a time, retrieval/model_process.py: there such a call still waits
+for the batch before it, and the next batch for it.)
 
 It sits under :class:`~context_assistant.retrieval.embeddings.CachingEmbedder`, so a question already embedded
 (retrieval and recall of the same turn, the next turn's recall indexing) never queues.
@@ -29,7 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # embeddings.py wires this module in (make_embedder); no import cycle at run time
+if TYPE_CHECKING:  # embedder_choice.py wires this module in (make_embedder); no import cycle at run time
     from .embeddings import Embedder
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ Loading all-MiniLM-L6-v2 in a new process costs ~5-15 s on 2 cores (importing se
 is most of it); embedding one question then takes milliseconds. So ``search``, ``recall`` and ``chat`` ask a
 small service for their vectors: the first such command starts it (and says so on stderr), later ones reuse it,
 and it exits by itself after ``rag.embedding_service_idle_seconds`` without a request (0 turns it off: every
-command then loads the model itself, as ``ingest``/``sync`` and the web app always do).
+command then loads the model itself, as ``ingest``/``sync`` always do; the web app runs its own in a child
+process, model_process.py).
 
 * Where: a Unix socket in the data folder (``embedding-<digest>.sock``; the digest names the model, so a
   changed ``rag.embedding_model`` gets a service of its own), ``0600`` inside the private data folder, and the
@@ -73,7 +74,7 @@ def warm_embedder(
     rag_config: RagConfig, data_dir: Path, notice: Callable[[str], None] | None = None
 ) -> Embedder | None:
     """The embedder a short CLI command uses: the shared warm service for a local ``rag.embedding_model``;
-    None (load it the usual way, :func:`~.embeddings.make_embedder`) for a serving endpoint, when
+    None (load it the usual way, :func:`~.embedder_choice.make_embedder`) for a serving endpoint, when
     ``rag.embedding_service_idle_seconds`` is 0, or where there are no Unix sockets."""
     if (
         parse_model_spec(rag_config.embedding_model).provider == "endpoint"

@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..core.clock import REAL_CLOCK, Clock
-from ..core.config import RagConfig
 from ..core.errors import UpstreamError
 from ..core.retries import RetriesExhausted, retry_after_seconds, retry_call
 from ..core.upstream import error_detail, status_message
 from ..core.workspace import WorkspaceSource
-from .batching import BatchingEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -491,41 +489,3 @@ class CachingEmbedder:
         closer = getattr(self.inner, "close", None)
         if closer is not None:
             closer()
-
-
-# ---------------------------------------------------------------------------------------------------------
-
-
-def make_embedder(
-    rag_config: RagConfig,
-    workspace: WorkspaceSource | None = None,
-    *,
-    clock: Clock = REAL_CLOCK,
-    notice: Callable[[str], None] | None = None,
-    serving: bool = False,
-) -> Embedder:
-    """The embedder ``rag.embedding_model`` names; ``workspace`` (a WorkspaceClient or a factory for one)
-    is only used, and only built, for a serving endpoint. ``notice`` hears, once, that a local model is being
-    loaded. In a ``serving`` process (the web app) a local model's concurrent small calls are micro-batched on one
-    model thread (retrieval/batching.py) in a child process (retrieval/model_process.py); elsewhere (jobs,
-    notebooks, the CLI) the model runs in the process with all of torch's threads."""
-    spec = parse_model_spec(rag_config.embedding_model)
-    if spec.provider == "endpoint":
-        if workspace is None:
-            raise EmbeddingError(f"serving endpoint {spec.name!r} needs a Databricks workspace client")
-        return CachingEmbedder(ServingEndpointEmbedder(spec.name, workspace, clock=clock))
-    if not serving:
-        return CachingEmbedder(LocalEmbedder(spec.name, notice=notice))
-    # A serving process: the model runs in a child process, out of the requests' GIL (model_process.py).
-    from .model_process import ModelProcessEmbedder
-
-    local: Embedder = ModelProcessEmbedder(spec.name, notice=notice)
-    if rag_config.embedding_batch_wait_ms > 0:
-        # Under the cache, so a question already embedded never queues. Local models only: an endpoint's
-        # requests run in parallel on the server and do not compete for this machine's cores.
-        local = BatchingEmbedder(
-            local,
-            max_wait=rag_config.embedding_batch_wait_ms / 1000,
-            max_texts=rag_config.embedding_batch_max_texts,
-        )
-    return CachingEmbedder(local)
