@@ -155,8 +155,9 @@ class Suite:
             HIGHER,
             [],
             [] if self.with_peers else None,
-            note="ours: `ConversationStore.append_many` (one INSERT … SELECT FROM unnest, autocommitted: one round trip); theirs: "
-            "`PostgresChatMessageHistory.add_messages` (executemany, one commit).",
+            note="ours: `ConversationStore.append` for one message (one INSERT … SELECT with scalar parameters) and "
+            "`ConversationStore.append_many` for 100 (one INSERT … SELECT FROM unnest), each autocommitted: one round "
+            "trip; theirs: `PostgresChatMessageHistory.add_messages` (executemany, one commit).",
         )
 
         def ours() -> None:
@@ -643,7 +644,8 @@ class Suite:
                 rates,
                 None,
                 note=f"`benchmarks/web_load.py`: the app (uvicorn, one worker) with the offline model and all-MiniLM-L6-v2 "
-                f"embedding each question (concurrent questions micro-batched, rag.embedding_batch_wait_ms), tracing on "
+                f"embedding each question (in a child process of the app, one torch thread; concurrent questions "
+                f"micro-batched, rag.embedding_batch_wait_ms), tracing on "
                 f"(exported by a separate process into a local sqlite store, at low priority: it went on writing the "
                 f"run's traces for {min(drains):.0f}–{max(drains):.0f} s after the load, and each run starts once "
                 "it has finished), "
