@@ -140,6 +140,19 @@ def test_a_child_that_cannot_start_leaves_the_model_in_process(
         embedder.close()
 
 
+def test_a_child_whose_hello_is_not_understood_is_ended_and_the_model_runs_in_process(
+    caplog: pytest.LogCaptureFixture, torch_threads: None
+) -> None:
+    embedder = ModelProcessEmbedder(
+        "all-MiniLM-L6-v2", start_timeout=1, command=[sys.executable, "-c", "print('{}', flush=True)"]
+    )
+    try:
+        assert embedder.dimension == 384
+        assert embedder._child is None and "its hello was not understood" in caplog.text
+    finally:
+        embedder.close()
+
+
 def test_the_child_ends_when_its_parent_dies_without_closing_anything(tmp_path: object) -> None:
     parent = textwrap.dedent(
         """

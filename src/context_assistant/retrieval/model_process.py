@@ -77,11 +77,13 @@ class ModelProcessEmbedder:
     def dimension(self) -> int:
         with self._lock:
             if self._fallback is None:
-                with contextlib.suppress(_ChildGone):
+                try:
                     self._running()
+                except _ChildGone as exc:
+                    self._fall_back(str(exc))
+                else:
                     assert self._dimension is not None
                     return self._dimension
-                self._fall_back("it could not be started")
             assert self._fallback is not None
             return self._fallback.dimension
 
@@ -136,8 +138,14 @@ class ModelProcessEmbedder:
         if self.starts == 0 and self._notice is not None:
             self._notice(f"Loading the embedding model {self.model_name} (in a child process)...")
         self.starts += 1
-        hello = self._read(child, self._start_timeout, "loading the model")
-        self._dimension = int(hello["dimension"])
+        try:
+            hello = self._read(child, self._start_timeout, "loading the model")
+            self._dimension = int(hello["dimension"])
+        except (_ChildGone, KeyError, TypeError, ValueError) as exc:
+            self._stop()  # a child that hangs or said something else is ended, not left behind
+            raise (
+                exc if isinstance(exc, _ChildGone) else _ChildGone(f"its hello was not understood: {exc}")
+            ) from exc
         return child
 
     def _ask(self, child: subprocess.Popen[bytes], request: dict[str, Any]) -> dict[str, Any]:
