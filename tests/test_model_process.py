@@ -1,7 +1,7 @@
 """The web app's local model in a child process (retrieval/model_process.py).
 
-Real child processes running the real all-MiniLM-L6-v2; their vectors are compared with the same model's in this
-process. Failures are real too: a child killed mid-life, a command that exits or hangs instead of starting, a
+Real child processes running the real all-MiniLM-L6-v2 (and the real app, served both ways, on the test
+Postgres); their vectors are compared with the same model's in this process. Failures are real too: a child killed mid-life, a command that exits or hangs instead of starting, a
 parent that dies without closing anything.
 """
 
@@ -10,21 +10,25 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from context_assistant.core.config import RagConfig
+from context_assistant.core.config import Config, RagConfig, save_config
 from context_assistant.retrieval.batching import BatchingEmbedder
 from context_assistant.retrieval.embedder_choice import make_embedder
 from context_assistant.retrieval.embeddings import CachingEmbedder, EmbeddingError, LocalEmbedder
 from context_assistant.retrieval.model_process import SMALL_CALL, ModelProcessEmbedder, serve
 from retrieval_support import minilm  # noqa: F401  (session fixture)
 from web_support import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
 
 TEXTS = ["When does the on-call rotation hand over?", "How long is data retained?", "déjà vu — naïve café"]
 
@@ -65,6 +69,7 @@ def test_the_child_gives_the_vectors_the_model_gives_in_process(
 def test_a_killed_child_is_started_again_for_the_next_call(
     child_model: ModelProcessEmbedder,
     minilm: LocalEmbedder,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     child = child_model._child
     assert child is not None
@@ -73,6 +78,7 @@ def test_a_killed_child_is_started_again_for_the_next_call(
     child.wait(10)
     np.testing.assert_allclose(child_model.embed(TEXTS[:1]), minilm.embed(TEXTS[:1]), atol=1e-6)
     assert child_model.starts == starts + 1 and child_model._fallback is None
+    assert "exited (code -9) since the last call; starting it again" in caplog.text
 
 
 def test_the_child_loop_answers_a_bad_call_with_an_error_and_goes_on() -> None:
@@ -186,6 +192,48 @@ def test_a_serving_process_batches_into_the_child_and_others_keep_the_model_in_p
     unbatched = make_embedder(RagConfig(embedding_batch_wait_ms=0), serving=True)
     assert isinstance(unbatched.inner, ModelProcessEmbedder)
     assert isinstance(make_embedder(RagConfig()).inner, LocalEmbedder)
+
+
+@pytest.mark.parametrize("entry", ["serve", "app.py"])
+def test_both_ways_of_serving_the_app_run_the_model_in_a_child_that_ends_with_it(
+    entry: str, make_config: Callable[..., Config], pg_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``context-assistant serve`` is the same web app as ``python app.py``: its warm-up starts the model's child
+    process (it once built a non-serving app, with the model in process and no batching); Ctrl-C ends both."""
+    config_file = save_config(make_config(rag__enabled=False, memory__recall=True), tmp_path / "web.yaml")
+    where = ["--host", "127.0.0.1", "--port", "0"]
+    argv = (
+        [sys.executable, "-m", "context_assistant", "--config", str(config_file), "serve", *where]
+        if entry == "serve"
+        else [sys.executable, str(REPO / "app.py"), "--config", str(config_file), *where]
+    )
+    env = {**os.environ, **pg_env, "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        child = wait_for(lambda: _child_running(server.pid, "model_process"), "the model's child process", 180)
+        server.send_signal(signal.SIGINT)
+        assert server.wait(60) == 130
+        wait_for(lambda: not _alive(child), "the model's child to end with the app", timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+def _child_running(parent: int, marker: str) -> int | None:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:
+            continue
+        if ppid == parent and marker.encode() in command:
+            return int(entry)
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -281,7 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_arguments(args)  # before anything is opened or written
         services = Services(
-            load_config(args.config), notice=_notice, warm_embeddings=args.command in WARM_EMBEDDING_COMMANDS
+            load_config(args.config),
+            notice=_notice,
+            warm_embeddings=args.command in WARM_EMBEDDING_COMMANDS,
+            serving=args.command == "serve",  # the web app, as `python app.py` serves it
         )
         code: int = args.handler(args, services)
         interrupted = code == EXIT_INTERRUPTED  # e.g. a one-shot chat answer stopped with Ctrl-C

@@ -21,7 +21,6 @@ from .embeddings import (
     WorkspaceSource,
     parse_model_spec,
 )
-from .model_process import ModelProcessEmbedder
 
 
 def make_embedder(
@@ -44,7 +43,10 @@ def make_embedder(
         return CachingEmbedder(ServingEndpointEmbedder(spec.name, workspace, clock=clock))
     if not serving:
         return CachingEmbedder(LocalEmbedder(spec.name, notice=notice))
-    # A serving process: the model runs in a child process, out of the requests' GIL (model_process.py).
+    # A serving process: the model runs in a child process, out of the requests' GIL. Imported here, not at the
+    # top: the package imports this module, and `python -m ...model_process` (the child) would import it twice.
+    from .model_process import ModelProcessEmbedder
+
     local: Embedder = ModelProcessEmbedder(spec.name, notice=notice)
     if rag_config.embedding_batch_wait_ms > 0:
         # Under the cache, so a question already embedded never queues. Local models only: an endpoint's

@@ -120,8 +120,13 @@ class ModelProcessEmbedder:
     # -- the child
 
     def _running(self) -> subprocess.Popen[bytes]:
-        if self._child is not None and self._child.poll() is None:
-            return self._child
+        if self._child is not None:
+            code = self._child.poll()
+            if code is None:
+                return self._child
+            log.warning(
+                "the embedding model process exited (code %s) since the last call; starting it again", code
+            )
         self._stop()
         try:
             child = subprocess.Popen(
