@@ -117,10 +117,11 @@ class Suite:
         return self._embedder
 
     def run(self, sections: list[str]) -> int:
-        from benchmarks.common import bench_dir, wait_for_trace_exporters
+        from benchmarks.common import wait_for_trace_exporters
+        from benchmarks.scratch import default_data_dir
 
         for name in sections:
-            waited = wait_for_trace_exporters(self.workdir, bench_dir())  # an earlier section's traces
+            waited = wait_for_trace_exporters(self.workdir, default_data_dir())  # an earlier section's traces
             if waited >= 1:
                 say(f"waited {waited:.0f} s for trace exporters still draining")
             load = os.getloadavg()[0]

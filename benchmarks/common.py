@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.scratch import default_data_dir
 from context_assistant.core import Config, load_config
 
 
@@ -92,15 +92,10 @@ def wait_for_trace_exporters(
     return clock() - started
 
 
-def bench_dir() -> Path:
-    """Where the benchmarks' scratch configs keep their data (``$BENCH_DIR`` or the temp folder)."""
-    return Path(os.environ.get("BENCH_DIR", tempfile.gettempdir())) / "context-assistant-bench"
-
-
 @contextmanager
 def scratch_config(name: str, **overrides: object) -> Iterator[Config]:
     """A Config on a fresh embedded Postgres database in a scratch data directory (kept outside /root)."""
-    base = bench_dir()
+    base = default_data_dir()
     base.mkdir(parents=True, exist_ok=True)
     values: dict[str, object] = {"data_dir": str(base), "database.name": name, "tracing.enabled": False}
     values.update(overrides)

@@ -254,9 +254,8 @@ def main() -> None:
                 server.kill()
                 server.join(5)
         checked = verify(config, result["records"])
-        drained = wait_for_trace_exporters(
-            config.data_path
-        )  # the run's traces, written after the load: not in its timings
+        # The run's traces, written after the load: not in its timings.
+        drained = wait_for_trace_exporters(config.data_path)
 
     latency = Stats.of(result["latencies"])
     ok = len(result["records"])

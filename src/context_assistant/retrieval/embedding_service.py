@@ -337,9 +337,7 @@ def serve(path: Path, model: str, idle_seconds: float, clock: Callable[[], float
                             "pid": os.getpid(),
                         }
                     else:
-                        texts = request["texts"]
-                        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-                            raise ValueError("'texts' must be a list of strings")
+                        texts = requested_texts(request)
                         with encode_lock:
                             answer = {"vectors": embedder.embed(texts)}
                 except Exception as exc:  # one bad request never ends the service
@@ -362,6 +360,14 @@ def serve(path: Path, model: str, idle_seconds: float, clock: Callable[[], float
         if _still_ours(path, inode):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def requested_texts(request: dict[str, Any]) -> list[str]:
+    """The texts of an embedding request (this service's protocol, and the web app's model process's)."""
+    texts = request["texts"]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("'texts' must be a list of strings")
+    return texts
 
 
 def _same_user(conn: socket.socket) -> bool:

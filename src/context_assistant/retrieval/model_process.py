@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from ..core.interrupts import fast_exit
 from ..core.processes import child_python_env
+from .embedding_service import requested_texts
 from .embeddings import EmbeddingError, LocalEmbedder, one_model_thread, resolve_local_model, validate_vectors
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class ModelProcessEmbedder:
                     answer = self._ask(self._running(), request)
                 except _ChildGone as exc:
                     self._stop()
-                    if attempt == 1 and self.starts > 0 and self._dimension is not None:
+                    if attempt == 1 and self._dimension is not None:  # it had started: start it again
                         log.warning("the embedding model process stopped (%s); starting it again", exc)
                         continue
                     self._fall_back(str(exc))
@@ -146,11 +147,12 @@ class ModelProcessEmbedder:
         try:
             hello = self._read(child, self._start_timeout, "loading the model")
             self._dimension = int(hello["dimension"])
-        except (_ChildGone, KeyError, TypeError, ValueError) as exc:
-            self._stop()  # a child that hangs or said something else is ended, not left behind
-            raise (
-                exc if isinstance(exc, _ChildGone) else _ChildGone(f"its hello was not understood: {exc}")
-            ) from exc
+        except _ChildGone:
+            self._stop()  # a child that hangs or exits is ended, not left behind
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            self._stop()
+            raise _ChildGone(f"its hello was not understood: {exc!r}") from exc
         return child
 
     def _ask(self, child: subprocess.Popen[bytes], request: dict[str, Any]) -> dict[str, Any]:
@@ -216,9 +218,7 @@ def serve(model: str, source: IO[bytes], sink: IO[bytes]) -> None:
     sink.flush()
     for line in source:
         try:
-            texts = json.loads(line)["texts"]
-            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-                raise ValueError("'texts' must be a list of strings")
+            texts = requested_texts(json.loads(line))
             torch.set_num_threads(1 if len(texts) <= SMALL_CALL else default_threads)
             answer: dict[str, Any] = {"vectors": embedder.embed(texts)}
         except Exception as exc:  # one bad call never ends the child

@@ -110,6 +110,11 @@ _SESSION_TOUCHED = """s AS (SELECT id, user_id, updated_at FROM sessions WHERE i
                   AND updated_at <= %(ts)s - interval '1 second')"""
 
 
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise InvalidInput(f"role {role!r} is not one of {', '.join(ROLES)}")
+
+
 def _new_session_id() -> str:
     return uuid.uuid4().hex
 
@@ -259,8 +264,7 @@ class ConversationStore:
         One message is the common case, so it has a statement of its own: scalar parameters instead of
         :meth:`append_many`'s arrays, no ``unnest`` and no sorts, which takes about a third off the part of
         an append that is not the commit's WAL flush."""
-        if role not in ROLES:
-            raise InvalidInput(f"role {role!r} is not one of {', '.join(ROLES)}")
+        _check_role(role)
         timestamp = self.clock.now()
         meta = metadata or {}
         with self.db.autocommit() as conn:  # one statement, atomic on its own: one round trip, no BEGIN/COMMIT
@@ -294,8 +298,7 @@ class ConversationStore:
         on every message would cost an extra (non-HOT) row version per message for no visible difference.
         """
         for role, _, _ in messages:
-            if role not in ROLES:
-                raise InvalidInput(f"role {role!r} is not one of {', '.join(ROLES)}")
+            _check_role(role)
         if not messages:
             return []
         timestamp = self.clock.now()
