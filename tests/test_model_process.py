@@ -98,6 +98,26 @@ def test_the_child_loop_answers_a_bad_call_with_an_error_and_goes_on() -> None:
     assert len(good["vectors"]) == 1 and len(good["vectors"][0]) == 384
 
 
+def test_an_app_that_stops_during_a_call_ends_the_child_quietly() -> None:
+    """The app stopped (its end of the pipe closed) while the child was embedding: the child exits with code 0
+    and logs nothing, instead of an ERROR with a BrokenPipeError traceback in the app's log on every such stop."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "context_assistant.retrieval.model_process", "--model", "all-MiniLM-L6-v2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    assert json.loads(child.stdout.readline())["dimension"] == 384
+    child.stdout.close()  # the reader is gone before the answer is written
+    child.stdin.write(json.dumps({"texts": TEXTS}).encode() + b"\n")
+    child.stdin.close()
+    assert child.stderr is not None
+    stderr = child.stderr.read()  # until the child exits
+    assert child.wait(60) == 0
+    assert b"ERROR" not in stderr and b"BrokenPipe" not in stderr, stderr.decode()
+
+
 def test_an_error_answer_is_an_embedding_error_and_the_child_stays() -> None:
     """A child that answers with an error (here a stand-in speaking the protocol) makes the call fail with the
     child's reason; the next call goes to the same child."""

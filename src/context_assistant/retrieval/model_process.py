@@ -208,7 +208,8 @@ class ModelProcessEmbedder:
 
 
 def serve(model: str, source: IO[bytes], sink: IO[bytes]) -> None:
-    """Load ``model``, say hello on ``sink``, then answer each line of ``source`` until it ends."""
+    """Load ``model``, say hello on ``sink``, then answer each line of ``source`` until it ends (or until
+    nobody reads the answers: an app stopped in the middle of a call is a normal end, not a failure)."""
     import torch
 
     embedder = LocalEmbedder(model)
@@ -223,8 +224,11 @@ def serve(model: str, source: IO[bytes], sink: IO[bytes]) -> None:
             answer: dict[str, Any] = {"vectors": embedder.embed(texts)}
         except Exception as exc:  # one bad call never ends the child
             answer = {"error": f"{type(exc).__name__}: {exc}"}
-        sink.write(json.dumps(answer).encode() + b"\n")
-        sink.flush()
+        try:
+            sink.write(json.dumps(answer).encode() + b"\n")
+            sink.flush()
+        except BrokenPipeError:  # the app ended while this call was in flight: nobody is waiting for it
+            return
 
 
 def main(argv: Sequence[str] | None = None) -> int:
