@@ -124,6 +124,9 @@ class Suite:
             waited = wait_for_trace_exporters(self.workdir, default_data_dir())  # an earlier section's traces
             if waited >= 1:
                 say(f"waited {waited:.0f} s for trace exporters still draining")
+            settled = self.server.settle()  # and the server's checkpoint and autovacuum after the last one
+            if settled >= 1:
+                say(f"waited {settled:.0f} s for the server's checkpoint and autovacuum")
             load = os.getloadavg()[0]
             say(f"== {name} (load average {load:.2f})")
             started = time.perf_counter()
@@ -609,6 +612,7 @@ class Suite:
         rates, p95s, lost, drains = [], [], [], []
         for run in range(s.runs):
             say(f"web run {run + 1}/{s.runs}: {s.web_requests} requests, {s.web_clients} clients")
+            self.server.settle()  # the previous run's database writes are not this run's to pay for
             result = REPO / "benchmarks" / "results" / "web_load_minilm.json"
             result.unlink(missing_ok=True)
             done = subprocess.run(
@@ -649,7 +653,7 @@ class Suite:
                 f"micro-batched, rag.embedding_batch_wait_ms), tracing on "
                 f"(exported by a separate process into a local sqlite store, at low priority: it went on writing the "
                 f"run's traces for {min(drains):.0f}–{max(drains):.0f} s after the load, and each run starts once "
-                "it has finished), "
+                "it has finished, and once the database server has run a CHECKPOINT and no autovacuum is running), "
                 f"{s.web_requests} requests per run; afterwards every turn is looked up in the "
                 "database: " + ("nothing lost." if nothing_lost else f"LOST OR WRONG: {lost}."),
                 ours_ok=nothing_lost,

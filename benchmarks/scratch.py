@@ -9,9 +9,11 @@ state (a fully embedded index) can be measured from more than once without being
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -69,6 +71,29 @@ class ScratchServer:
     def drop(self, dbname: str) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+    def settle(
+        self,
+        timeout: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> float:
+        """Let the server finish what an earlier step left it doing before the next one is timed: write the
+        dirty buffers out (``CHECKPOINT``), then wait until no autovacuum worker runs (at most ``timeout`` s).
+        A million-row fill is followed by minutes of autovacuum and checkpoint writes; the step measured next
+        would otherwise pay for them. Returns the seconds waited."""
+        started = clock()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            with contextlib.suppress(psycopg.errors.InsufficientPrivilege):  # a --database-url role may not
+                conn.execute("CHECKPOINT")
+            while clock() - started < timeout:
+                busy = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                ).fetchone()
+                if not busy or not busy[0]:
+                    break
+                sleep(1.0)
+        return clock() - started
 
     def describe(self) -> str:
         return f"PostgreSQL {self.server_version} + pgvector {self.pgvector_version} ({self.description})"

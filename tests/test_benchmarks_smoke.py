@@ -222,3 +222,12 @@ def test_benchmarks_wait_only_for_the_trace_exporters_of_their_own_folders(tmp_p
         stand_in.wait()
     assert stand_in.pid not in running_trace_exporters([tmp_path])
     assert wait_for_trace_exporters(tmp_path) < 1
+
+
+def test_settling_the_server_checkpoints_and_returns_once_no_autovacuum_runs(pg_server: Any) -> None:
+    """The step before each timed section (benchmarks/scratch.py): a real CHECKPOINT on the test Postgres, then
+    the wait for autovacuum workers, which ends at once on an idle server."""
+    from benchmarks.scratch import ScratchServer
+
+    server = ScratchServer(pg_server.admin_uri)
+    assert server.settle(timeout=30) < 30
