@@ -32,6 +32,7 @@ from typing import Any
 import pexpect
 import pytest
 
+from cli_support import SESSIONS_HINT
 from context_assistant.cli import main
 from context_assistant.cli.chat import parse_command, source_line
 from context_assistant.core.config import Config, os_user, save_config
@@ -466,7 +467,7 @@ def test_bad_usage_and_bad_input_are_one_clear_line(
     code, _, err = run("--message", "hi", "--retry", "3")
     assert code == 2 and err.strip() == "usage error: chat: --message and --retry cannot be combined"
     code, _, err = run("--session", "nope", "--message", "hi")
-    assert code == 1 and err.strip() == "error: session not found: nope"
+    assert code == 1 and err.strip() == "error: session not found: nope" + SESSIONS_HINT
     blank = "chat: --message is empty; give the question as TEXT, or '-' to read it from stdin"
     for text in ("", "   "):  # a usage error like the others above, refused before the database is opened
         code, out, err = run("--message", text, "--json")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_support import SESSIONS_HINT
 from context_assistant.cli import main
 
 
@@ -71,7 +72,7 @@ def test_import_show_list_delete(cli, tmp_path: Path) -> None:  # type: ignore[n
 
     # Another user can neither see nor delete it.
     code, _, err = cli("sessions", "show", "s-1", "--user", "eve")
-    assert code == 1 and err.strip() == "error: session not found: s-1"
+    assert code == 1 and err.strip() == "error: session not found: s-1" + SESSIONS_HINT
     code, _, err = cli("sessions", "delete", "s-1", "--user", "eve")
     assert code == 1 and "session not found" in err
 

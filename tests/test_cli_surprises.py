@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from cli_support import SESSIONS_HINT
 from context_assistant.cli import main
 from context_assistant.core.config import find_project_root, load_config
 from context_assistant.core.tracing import disable_mlflow_telemetry
@@ -64,7 +65,7 @@ def test_config_and_debug_work_before_or_after_the_command(
     # --debug after the command shows the traceback too, as before it; the line and exit code stay the same.
     code, _, err = cli("sessions", "show", "nope", "--user", "ana", "--debug")
     assert code == 1 and "Traceback (most recent call last)" in err
-    assert err.strip().splitlines()[-1] == "error: session not found: nope"
+    assert err.strip().splitlines()[-1] == "error: session not found: nope" + SESSIONS_HINT
 
 
 # ------------------------------------------------------------------------------------- the data folder
@@ -161,7 +162,7 @@ def test_sessions_show_takes_an_id_prefix_as_chat_session_does(cli: Any, store: 
     code, _, err = cli("sessions", "show", "a1", "--user", "ana")
     assert code == 1 and "matches more than one session (a1b2c3d4e5f6, a1ffff)" in err
     code, _, err = cli("sessions", "show", "a1b2", "--user", "eve")  # never another user's
-    assert code == 1 and err.strip() == "error: session not found: a1b2"
+    assert code == 1 and err.strip() == "error: session not found: a1b2" + SESSIONS_HINT
 
 
 def test_sessions_delete_takes_a_unique_prefix_and_names_what_it_deleted(
@@ -196,7 +197,7 @@ def test_chat_with_an_unknown_session_prints_a_json_error(config_file: Path, pg_
         "session_id": "BAD",
         "user_message_id": None,
     }
-    assert done.stderr.strip() == "error: session not found: BAD"
+    assert done.stderr.strip() == "error: session not found: BAD" + SESSIONS_HINT
 
 
 def test_every_json_command_prints_its_error_as_json(cli: Any) -> None:
@@ -206,7 +207,7 @@ def test_every_json_command_prints_its_error_as_json(cli: Any) -> None:
         "kind": "not_found",
         "retryable": False,
     }
-    assert err.strip() == "error: session not found: nope"
+    assert err.strip() == "error: session not found: nope" + SESSIONS_HINT
 
 
 # --------------------------------------------------------------------------------------------- bundle

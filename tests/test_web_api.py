@@ -86,7 +86,10 @@ def test_chat_in_an_unknown_session_is_404_and_stores_nothing(start_app) -> None
     for path in ("/api/chat", "/api/chat/stream"):
         response = client.post(path, json={"message": "hello", "session_id": "no-such-session"})
         assert response.status_code == 404
-        assert error_body(response) == {"error": "session not found: no-such-session"}
+        assert error_body(response) == {
+            "error": "session not found: no-such-session",
+            "hint": "GET /api/sessions lists your sessions; leave session_id out to start a new one",
+        }
     assert client.get("/api/sessions").json()["sessions"] == []
 
 
@@ -258,7 +261,10 @@ def test_another_users_sessions_are_not_found(start_app, make_config) -> None:  
         bo.delete(f"/api/sessions/{sid}"),
         bo.post("/api/chat", json={"message": "hi", "session_id": sid}),
     ):
-        assert response.status_code == 404 and error_body(response) == missing, response.request
+        hint = "GET /api/sessions lists your sessions"
+        if response.request.url.path == "/api/chat":
+            hint += "; leave session_id out to start a new one"
+        assert response.status_code == 404 and error_body(response) == {**missing, "hint": hint}, response.request
     other_feedback = bo.post("/api/feedback", json={"message_id": turn["message_id"], "value": "down"})
     assert other_feedback.status_code == 404
     assert error_body(other_feedback) == {"error": f"message not found: {turn['message_id']}"}
@@ -337,6 +343,11 @@ def test_input_limits_are_clear_errors_and_store_nothing(start_app, make_config)
     assert missing.status_code == 422 and error_body(missing) == {
         "error": "message_id: Field required",
         "field": "message_id",
+    }
+    misspelt = client.post("/api/chat", json={"msg": "hi"})
+    assert misspelt.status_code == 422 and error_body(misspelt) == {
+        "error": "msg: not a field of this request (the fields are listed at /docs)",
+        "field": "msg",
     }
     wrong_type = client.post("/api/chat", json={"message": ["a"]})
     assert wrong_type.status_code == 422 and error_body(wrong_type) == {

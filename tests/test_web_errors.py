@@ -90,7 +90,13 @@ def test_a_bug_is_a_500_with_a_request_id_never_a_404(client_for: Any, caplog: p
 def test_known_errors_answer_their_own_status(client_for: Any) -> None:
     client = client_for(services_with(assistant=LostAssistant()))
     response = client.post("/api/chat", json={"message": "hello", "session_id": "gone"})
-    assert (response.status_code, without_id(response)) == (404, {"error": "session not found: gone"})
+    assert (response.status_code, without_id(response)) == (
+        404,
+        {
+            "error": "session not found: gone",
+            "hint": "GET /api/sessions lists your sessions; leave session_id out to start a new one",
+        },
+    )
     blank = client.post("/api/chat", json={"message": "   "})
     assert (blank.status_code, without_id(blank)) == (422, {"error": "the message is empty"})
 

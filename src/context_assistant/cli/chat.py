@@ -51,6 +51,7 @@ from .chat_turns import (
     error_text,
     find_session,
     is_terminal,
+    next_step,
     should_stream,
     source_line,
 )
@@ -495,7 +496,7 @@ def _failure_json(error: ContextAssistantError, session_id: str | None) -> dict[
 def _one_shot_failure(
     args: argparse.Namespace, data: dict[str, Any], text: str, error: ContextAssistantError, out: TextIO
 ) -> int:
-    hint = ""
+    hint = next_step(error)
     if isinstance(error, TurnFailed):
         hint = f" (message {error.user_message_id} kept; send it again with --retry {error.user_message_id})"
     print(f"{error.label}: {text}{hint}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from ..assistant.prompt import source_json
 from ..assistant.turn import TurnFailed, TurnResult
 from ..services import Services
-from ..storage.memory import Session
+from ..storage.memory import Session, SessionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, LookupError) and exc.args:
         return str(exc.args[0])
     return str(exc) or type(exc).__name__
+
+
+def next_step(exc: BaseException) -> str:
+    """What to do next, where the error alone does not say it: added to the terminal line (not to ``--json``)."""
+    if isinstance(exc, SessionNotFound):
+        return " (`context-assistant sessions list` shows your sessions; --user picks whose)"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ..core.interrupts import (
 from ..core.redact import install_log_redaction
 from ..core.text import check_text
 from ..services import Services
+from .chat_turns import next_step
 from .commands import (
     cmd_bundle_validate,
     cmd_chat,
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ContextAssistantError as exc:
         if args.debug:
             traceback.print_exc()  # then the same line and exit code as without --debug
-        print(f"{exc.label}: {exc}", file=sys.stderr)
+        print(f"{exc.label}: {exc}{next_step(exc)}", file=sys.stderr)
         if getattr(args, "json", False):  # a script asked for JSON: it gets one document on stdout, always
             print_json(error_json(exc))
         return exc.exit_code

@@ -36,6 +36,7 @@ from ..assistant.turn import TurnFailed
 from ..core.errors import ContextAssistantError, Unavailable
 from ..core.text import InvalidText
 from ..storage.db import SchemaNotReady
+from ..storage.memory import SessionNotFound
 from ..storage.targets import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ def install_error_handlers(app: FastAPI) -> None:
         body = {**exc.to_json(), "request_id": rid}
         if isinstance(exc, InvalidText):
             body["field"] = exc.field
+        if isinstance(exc, SessionNotFound):  # what an API caller can do about it (the page starts a new one)
+            body["hint"] = "GET /api/sessions lists your sessions" + (
+                "; leave session_id out to start a new one" if request.url.path.startswith("/api/chat") else ""
+            )
         if isinstance(exc, DatabaseError) and not isinstance(exc, SchemaNotReady):
             log.warning(
                 "database unavailable [request %s] in %s %s: %s", rid, request.method, request.url.path, exc
@@ -130,7 +135,10 @@ def install_error_handlers(app: FastAPI) -> None:
                 continue
             where = ".".join(part for part in location if part != "body") or "body"
             fields.append(where)
-            problems.append(f"{where}: {error.get('msg')}")
+            if error.get("type") == "extra_forbidden":  # a misspelt field: say where the real names are
+                problems.append(f"{where}: not a field of this request (the fields are listed at /docs)")
+            else:
+                problems.append(f"{where}: {error.get('msg')}")
         body = {"error": "; ".join(problems) or "invalid request", "request_id": request_id(request)}
         if len(fields) == 1 and len(problems) == 1:  # as for text refused by core.text: the one field at fault
             body["field"] = fields[0]
