@@ -4,6 +4,7 @@
 #   make run     set up, then run the main job: context-assistant ingest   (make run ARGS=--full)
 #   make test    set up (plus Debian's chromium where it can), then run the tests   (make test ARGS='-k chat')
 #   make mlflow-ui   the MLflow UI over the local traces (full mlflow in .venv-mlflow-ui; PORT=5000)
+#   make help    this list
 #
 # PYTHON picks the interpreter the venv is made with (default python3, 3.10 or newer).
 
@@ -11,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: run test setup chromium clean-venv mlflow-ui
+.PHONY: help run test setup chromium clean-venv mlflow-ui
 
 run: setup
 	$(VENV)/bin/context-assistant ingest $(ARGS)
@@ -31,3 +32,6 @@ mlflow-ui: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+help:
+	@sed -n 's/^#   make /make /p' Makefile
