@@ -118,6 +118,20 @@ def test_import_of_bad_file_reports_line_numbers_and_imports_nothing(cli, tmp_pa
     assert json.loads(out)["sessions"] == []
 
 
+def test_the_session_list_stays_aligned_with_ids_longer_than_the_apps(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    long_id = "imported-from-another-tool-" + "x" * 30
+    rows = [
+        {"session_id": sid, "user_id": "al", "role": "user", "content": f"about {sid}", "timestamp": ts}
+        for sid, ts in ((long_id, "2026-03-01T10:00:00Z"), ("short", "2026-03-02T10:00:00Z"))
+    ]
+    assert cli("memory", "import", str(write_jsonl(tmp_path / "in.jsonl", rows)))[0] == 0
+    code, out, _ = cli("sessions", "list", "--user", "al")
+    header, *lines = out.splitlines()
+    assert code == 0 and len(lines) == 2
+    columns = {line.index(" 2026-") for line in lines} | {header.index(" UPDATED")}
+    assert columns == {len(long_id)}  # every UPDATED column starts right after the longest id
+
+
 def test_import_of_missing_or_non_utf8_file(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli("memory", "import", str(tmp_path / "missing.jsonl"))
     assert code == 1 and "no such file" in err

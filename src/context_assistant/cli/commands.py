@@ -61,9 +61,10 @@ def cmd_sessions_list(args: argparse.Namespace, services: Services) -> int:
     if not sessions:
         print(f"No sessions for {user} in {_where(services)}.")
         return EXIT_OK
-    print(f"{'SESSION':<34} {'UPDATED':<20} {'MSGS':>5}  TITLE")
+    width = max(34, *(len(s.id) for s in sessions))  # imported ids can be longer than the app's own (32)
+    print(f"{'SESSION':<{width}} {'UPDATED':<20} {'MSGS':>5}  TITLE")
     for s in sessions:
-        print(f"{s.id:<34} {s.updated_at:%Y-%m-%d %H:%M:%S}  {s.message_count:>5}  {s.title}")
+        print(f"{s.id:<{width}} {s.updated_at:%Y-%m-%d %H:%M:%S}  {s.message_count:>5}  {s.title}")
     return EXIT_OK
 
 
