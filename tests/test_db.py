@@ -219,6 +219,25 @@ def test_connections_are_recycled_after_max_lifetime(pg_server: PgServer) -> Non
         db.close()
 
 
+def test_the_pool_hands_out_the_connection_returned_last(pg_server: PgServer) -> None:
+    """Once two connections were needed at once, one at a time uses the one returned last every time (LIFO),
+    not the two in turn (psycopg_pool's own order); the other stays idle, so the pool can close it."""
+    db = Database(Target("postgres", pg_server.admin_uri, "lifo"), min_size=1, max_size=4)
+    try:
+        with db.connection() as outer, db.connection() as inner:  # a nested checkout: the pool grows to two
+            outer_pid, inner_pid = outer.info.backend_pid, inner.info.backend_pid
+        assert outer_pid != inner_pid and db.pool.get_stats()["pool_available"] == 2
+        used = []
+        for _ in range(6):
+            with db.connection() as conn:
+                used.append(conn.info.backend_pid)
+            with db.autocommit() as conn:
+                used.append(conn.info.backend_pid)
+        assert used == [outer_pid] * 12  # returned last (the outer block closed after the inner one)
+    finally:
+        db.close()
+
+
 def test_lakebase_credentials_through_databricks_sdk(fake_databricks: FakeDatabricks) -> None:
     """databricks-sdk against a loopback server speaking the documented credential REST shapes."""
     fake_databricks.on(
