@@ -160,7 +160,7 @@ class Suite:
             [],
             [] if self.with_peers else None,
             note="ours: `ConversationStore.append` for one message (one INSERT … SELECT with scalar parameters) and "
-            "`ConversationStore.append_many` for 100 (one INSERT … SELECT FROM unnest), each autocommitted: one round "
+            "`ConversationStore.append_many` for 100 (one INSERT … SELECT FROM json_to_recordset), each autocommitted: one round "
             "trip; theirs: `PostgresChatMessageHistory.add_messages` (executemany, one commit).",
         )
 

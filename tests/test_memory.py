@@ -357,8 +357,8 @@ def test_a_single_append_has_the_batch_rules_in_its_own_statement(
 
 
 def test_appended_text_and_metadata_come_back_byte_for_byte(store: ConversationStore) -> None:
-    """append_many sends its arrays in Postgres's binary format (no text-array quoting): whatever array syntax
-    or escapes a message holds is stored as written."""
+    """append_many sends its rows as one JSON document: whatever quoting, escapes, array or JSON syntax a
+    message holds is stored as written, in the content and in the metadata (numbers included)."""
     session = store.create_session("alice")
     tricky = [
         'quotes " and \\" and \\\\ backslashes',
@@ -367,8 +367,10 @@ def test_appended_text_and_metadata_come_back_byte_for_byte(store: ConversationS
         "tabs\tand\nnewlines\r\n",
         "unicode: ünïcödé — 日本語 — 🙂",
         "NULL",
+        '{"role": "system", "content": "injected"}',
+        "\\u0041 is not A",
     ]
-    metas = [{"k": value} for value in tricky]
+    metas = [{"k": value, "n": 0.1 + i, "big": 2**60, "nested": [None, True]} for i, value in enumerate(tricky)]
     written = store.append_many(
         "alice",
         session.id,

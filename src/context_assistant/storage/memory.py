@@ -262,7 +262,7 @@ class ConversationStore:
         """Add a message to one of the user's sessions (and mark the session active).
 
         One message is the common case, so it has a statement of its own: scalar parameters instead of
-        :meth:`append_many`'s arrays, no ``unnest`` and no sorts, which takes about a third off the part of
+        :meth:`append_many`'s JSON document, no set-returning function and no sorts, which takes about a third off the part of
         an append that is not the commit's WAL flush."""
         _check_role(role)
         timestamp = self.clock.now()
@@ -303,6 +303,15 @@ class ConversationStore:
             return []
         timestamp = self.clock.now()
         metas = [meta or {} for _, _, meta in messages]
+        # The rows travel as ONE JSON document (one json.dumps, in C) rather than three arrays adapted element
+        # by element (a Jsonb object per message): 0.07 instead of 0.18 ms of client time for 100 messages.
+        rows = json.dumps(
+            [
+                {"role": role, "content": content, "metadata": meta}
+                for (role, content, _), meta in zip(messages, metas, strict=True)
+            ],
+            ensure_ascii=False,
+        )
         with self.db.autocommit() as conn:  # one statement, atomic on its own: one round trip, no BEGIN/COMMIT
             ids = [
                 row[0]
@@ -311,20 +320,14 @@ class ConversationStore:
                        inserted AS (
                            INSERT INTO conversations (session_id, user_id, role, content, timestamp, metadata)
                            SELECT s.id, s.user_id, m.role, m.content, %(ts)s, m.metadata
-                           FROM s, unnest(%(roles)b::text[], %(contents)b::text[], %(metas)b::jsonb[])
-                                WITH ORDINALITY AS m(role, content, metadata, n)
+                           FROM s, ROWS FROM (json_to_recordset(%(rows)s::json)
+                                              AS (role text, content text, metadata jsonb))
+                                   WITH ORDINALITY AS m(role, content, metadata, n)
                            ORDER BY m.n
                            RETURNING id)
                        SELECT id FROM inserted ORDER BY id""",
-                    {
-                        "ts": timestamp,
-                        "sid": session_id,
-                        "uid": user,
-                        "roles": [role for role, _, _ in messages],
-                        "contents": [content for _, content, _ in messages],
-                        "metas": [Jsonb(meta) for meta in metas],
-                    },
-                )
+                    {"ts": timestamp, "sid": session_id, "uid": user, "rows": rows},
+                ).fetchall()
             ]
         if not ids:
             raise SessionNotFound(session_id)
