@@ -262,8 +262,8 @@ class ConversationStore:
         """Add a message to one of the user's sessions (and mark the session active).
 
         One message is the common case, so it has a statement of its own: scalar parameters instead of
-        :meth:`append_many`'s JSON document, no set-returning function and no sorts, which takes about a third off the part of
-        an append that is not the commit's WAL flush."""
+        :meth:`append_many`'s JSON document, no set-returning function and no sorts, which takes about a third
+        off the part of an append that is not the commit's WAL flush."""
         _check_role(role)
         timestamp = self.clock.now()
         meta = metadata or {}
