@@ -85,14 +85,17 @@ def start_local_spark(local_dir: str | os.PathLike[str] | None = None) -> SparkS
     """
     global _server, _session, _atexit_registered
     with _lock:
+        if _session is not None and _server is not None and _server.running and not _session_alive(_session):
+            # The server ended an idle session; the server itself is fine: forget the session, open another.
+            with contextlib.suppress(Exception):
+                _session.stop()
+            _session = _open_session(_server.url)
         if _session is None or _server is None or not _server.running:
             if importlib.util.find_spec("pysail") is None:
                 raise Unavailable(
                     "local Spark needs the 'pysail' package (pip install 'context-assistant[local]'), "
                     "or run on Databricks / configure Databricks Connect"
                 )
-            from pyspark.sql import SparkSession
-
             from .spark_server import LocalSparkServer
 
             if _server is not None:
@@ -106,11 +109,7 @@ def start_local_spark(local_dir: str | os.PathLike[str] | None = None) -> SparkS
             server = LocalSparkServer(log_path)
             server.start()
             _server = server
-            _session = SparkSession.builder.remote(server.url).create()
-            _fail_fast(_session)
-            # The session time zone otherwise follows the machine's (e.g. "Etc/UTC"), and pysail then refuses
-            # to reopen Delta tables whose timestamps were declared under another zone name ("UTC").
-            _session.conf.set("spark.sql.session.timeZone", "UTC")
+            _session = _open_session(server.url)
             if not _atexit_registered:
                 atexit.register(stop_local_spark)
                 _atexit_registered = True
@@ -119,6 +118,26 @@ def start_local_spark(local_dir: str | os.PathLike[str] | None = None) -> SparkS
         warehouse = Path(local_dir).expanduser().resolve() / "spark-warehouse"
         session.conf.set("spark.sql.warehouse.dir", str(warehouse))
     return session
+
+
+def _open_session(url: str) -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.builder.remote(url).create()
+    _fail_fast(session)
+    # The session time zone otherwise follows the machine's (e.g. "Etc/UTC"), and pysail then refuses to
+    # reopen Delta tables whose timestamps were declared under another zone name ("UTC").
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    return session
+
+
+def _session_alive(session: SparkSession) -> bool:
+    """Whether the server still knows ``session`` (one config round trip on loopback)."""
+    try:
+        session.conf.get("spark.sql.session.timeZone")
+    except Exception:  # pyspark raises IllegalArgumentException "session … is not running", or a gRPC error
+        return False
+    return True
 
 
 def local_spark_running() -> bool:

@@ -33,6 +33,7 @@ from ..core.files import private_file
 
 START_SECONDS = 120.0  # a loaded 2-core machine can take a while to import pysail and bind
 STOP_SECONDS = 2.0
+IDLE_SESSION_SECONDS = 7 * 24 * 3600
 
 
 class LocalSparkServerError(Unavailable):
@@ -66,6 +67,10 @@ class LocalSparkServer:
         # threads and torch's embedding inside one process that held ~1 GB more at the same speed
         # (benchmarks/big_file.py --embed: 6 MB file, peak 2.9-3.4 GiB -> 2.0 GiB).
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        # pysail ends a session that has been idle for a few minutes; this server has one client, this
+        # process, which keeps its session between uses (the chat's second /refresh, a benchmark's later
+        # section), so only a long idle week ends it (start_local_spark then opens a new one).
+        env.setdefault("SAIL_SPARK__SESSION_TIMEOUT_SECS", str(IDLE_SESSION_SECONDS))
         private_file(self.log_path)  # it may quote what a query held
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
