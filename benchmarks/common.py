@@ -59,6 +59,19 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cores} cores, {mem}, Python {platform.python_version()}"
 
 
+def cpu_reference() -> str:
+    """The CPU's model and how long one core takes for a fixed pure-Python loop (best of 5): the same VM type
+    can land on hosts of different speed, and the peer-free lines (turn, web) need that to compare days."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    best = min(timed(lambda: sum(range(10_000_000))) for _ in range(5))
+    return f"{model}; sum(range(10**7)) {best * 1000:.0f} ms"
+
+
 TRACE_EXPORTER_MODULE = "context_assistant.core.trace_export"
 
 

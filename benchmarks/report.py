@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-from benchmarks.common import machine
+from benchmarks.common import cpu_reference, machine
 
 LOWER, HIGHER = "lower", "higher"
 SAME_WITHIN = 0.05  # ratios within 5% of 1 are called even
@@ -143,6 +143,7 @@ class Report:
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     finished: datetime | None = None
     load_before: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    cpu: str = field(default_factory=cpu_reference)
     load_after: tuple[float, float, float] | None = None
     measures: list[Measure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -164,6 +165,7 @@ class Report:
             + f": `{self.command}` ({self.size} size)",
             f"Machine: {machine()}; load average before {load}"
             + (f", after {', '.join(f'{x:.2f}' for x in self.load_after)}" if self.load_after else ""),
+            f"CPU: {self.cpu}",
             f"Server: {self.server}",
             f"Packages: {package_versions(PACKAGES)}",
         ]
@@ -216,6 +218,7 @@ class Report:
             "started": self.started.isoformat(),
             "finished": self.finished.isoformat() if self.finished else None,
             "machine": machine(),
+            "cpu": self.cpu,
             "load_before": self.load_before,
             "load_after": self.load_after,
             "server": self.server,

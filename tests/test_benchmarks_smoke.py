@@ -129,6 +129,7 @@ def test_table_shows_median_min_max_runs_checks_and_footnotes() -> None:
     assert "| turn | overhead | ms | lower | 5.50 (5.00–6.00) | n/a | — |  | 2 |" in text
     assert "[1] a note" in text
     assert "cores" in text and "Run " in text
+    assert "CPU: " in text and " ms" in text.split("CPU: ", 1)[1].splitlines()[0]  # the host-speed reference
     assert spread(None) == "—" and spread([0.001234]) == "0.00123"
 
 
