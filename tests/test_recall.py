@@ -171,6 +171,24 @@ def test_a_failing_model_falls_back_to_keywords(seeded: ConversationStore) -> No
         broken.recall("ana", "secrets", mode="vector")
 
 
+def test_before_anything_is_embedded_recall_finds_turns_by_keyword(seeded: ConversationStore) -> None:
+    """Nothing indexed yet, not even the turn space (a new install whose indexer has not finished its first
+    round, or whose embedding service has never answered): every turn is pending, and recall scores them by
+    keyword instead of answering nothing (a CI run caught the assistant test losing this race)."""
+    recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=5)
+    assert recall.pending_count() == 6
+    for mode in ("keyword", "hybrid"):
+        turns = recall.recall("ana", "rotate warehouse credentials secrets scope", mode=mode)
+        assert turns and turns[0].session_id == "ana-1", mode
+        assert {t.session_id for t in turns} <= {"ana-1", "ana-2"}
+        assert recall.recall("ana", "credentials", exclude_session="ana-1", mode=mode) == []
+    assert recall.recall("ana", "rotate warehouse credentials", mode="vector") == []  # nothing has a vector
+    broken = TurnRecall(seeded.db, PoisonEmbedder(HashingEmbedder(), ""), top_k=3)  # the service never answers
+    assert broken.recall("ana", "secrets scope team-creds")[0].session_id == "ana-1"
+    recall.index_pending()  # once the space exists the same query goes through the index
+    assert recall.recall("ana", "rotate warehouse credentials secrets scope")[0].session_id == "ana-1"
+
+
 def test_bad_recall_arguments(seeded: ConversationStore) -> None:
     recall = TurnRecall(seeded.db, HashingEmbedder())
     with pytest.raises(RetrievalError, match="the query is empty"):

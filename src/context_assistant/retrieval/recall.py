@@ -84,12 +84,15 @@ _PENDING_ROWS = f"""(
     SELECT p.id AS message_id, p.user_id, p.session_id, v.tsv,
            {WEIGHTED_DOC_LEN_SQL.format(tsv="v.tsv", **turn_context.BM25_WEIGHTS)} AS doc_len
     FROM (SELECT c.id, c.user_id, c.session_id, c.content FROM conversations c
-          WHERE c.user_id = %(user)s AND {_ELIGIBLE}
-            AND NOT EXISTS (SELECT 1 FROM {TURNS_TABLE} t WHERE t.message_id = c.id)
+          WHERE c.user_id = %(user)s AND {_ELIGIBLE}<not_indexed>
           ORDER BY c.id DESC LIMIT {PENDING_KEYWORD_ROWS}) p
     CROSS JOIN LATERAL (SELECT setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', p.content), 'A') AS tsv) v)"""
+_NOT_INDEXED = f" AND NOT EXISTS (SELECT 1 FROM {TURNS_TABLE} t WHERE t.message_id = c.id)"
 _KEYWORD_ROWS = f"""(SELECT message_id, user_id, session_id, tsv, doc_len FROM {TURNS_TABLE}
-    UNION ALL SELECT * FROM {_PENDING_ROWS} pending)"""
+    UNION ALL SELECT * FROM {_PENDING_ROWS.replace("<not_indexed>", _NOT_INDEXED)} pending)"""
+# Before the background indexer has created the turn space (the first minutes of a new install, or an embedding
+# service that has never answered) every eligible message is pending: recall scores them by keyword alone.
+_UNINDEXED_ROWS = _PENDING_ROWS.replace("<not_indexed>", "")
 
 
 class TurnRecall:
@@ -351,14 +354,19 @@ class TurnRecall:
             params["exclude"] = exclude_session
         with self.db.connection() as conn:
             info = self._read_space(conn)
-            if info is None:
+            if info is None and mode == "vector":
                 return []
             vector_ranked: list[int] = []
             keyword_ranked: list[int] = []
             scores: dict[int, float] = {}
             vector_scores: dict[int, float] = {}
             keyword_scores: dict[int, float] = {}
-            if qvec is not None and info.model == self.space_model and len(qvec) == info.dimension:
+            if (
+                qvec is not None
+                and info is not None
+                and info.model == self.space_model
+                and len(qvec) == info.dimension
+            ):
                 params["qvec"] = vector_literal(qvec)
                 for message_id, distance in conn.execute(
                     f"""SELECT c.message_id, c.embedding <=> %(qvec)s::vector({info.dimension}) AS distance
@@ -373,7 +381,7 @@ class TurnRecall:
                 for message_id, score in bm25_rank(
                     conn,
                     TURNS_SPACE,
-                    _KEYWORD_ROWS,
+                    _KEYWORD_ROWS if info is not None else _UNINDEXED_ROWS,
                     "message_id",
                     where,
                     params,
