@@ -196,11 +196,16 @@ def test_a_big_file_streams_into_delta_and_one_failing_part_way_keeps_its_last_g
     assert (again.parsed, again.chunks.written, again.chunks.deleted) == (0, 0, 0)
 
 
-def test_the_local_spark_server_runs_with_few_malloc_arenas(tmp_path: Path) -> None:
+def test_the_local_spark_server_runs_with_few_malloc_arenas_and_keeps_idle_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The server embeds inside itself (torch and pysail's threads); glibc's per-thread arenas kept ~1 GB more
-    there (benchmarks/big_file.py --embed). Its environment says MALLOC_ARENA_MAX=2 unless the user set one."""
+    there (benchmarks/big_file.py --embed). Its environment says MALLOC_ARENA_MAX=2 unless the user set one.
+    pysail ends a session idle for minutes; this private server keeps one for a week (see also
+    test_interrupts.py's replaced-session test)."""
     from context_assistant.ingest.spark_server import LocalSparkServer
 
+    monkeypatch.delenv("SAIL_SPARK__SESSION_TIMEOUT_SECS", raising=False)
     server = LocalSparkServer(tmp_path / "spark-server.log")
     server.start()
     try:
@@ -210,3 +215,4 @@ def test_the_local_spark_server_runs_with_few_malloc_arenas(tmp_path: Path) -> N
         server.stop()
     expected = os.environ.get("MALLOC_ARENA_MAX", "2")  # a value the user set is kept
     assert f"MALLOC_ARENA_MAX={expected}".encode() in environ
+    assert f"SAIL_SPARK__SESSION_TIMEOUT_SECS={7 * 24 * 3600}".encode() in environ

@@ -582,19 +582,3 @@ print("again", again.sql("SELECT 3 AS three").collect()[0].three, again is not s
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines() == ["ended True", "again 3 True"]
-
-
-def test_the_local_server_keeps_an_idle_session_for_a_week(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from context_assistant.ingest.spark_server import LocalSparkServer
-
-    monkeypatch.delenv("SAIL_SPARK__SESSION_TIMEOUT_SECS", raising=False)
-    server = LocalSparkServer(tmp_path / "spark-server.log")
-    server.start()
-    try:
-        assert server.process is not None
-        environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
-    finally:
-        server.stop()
-    assert f"SAIL_SPARK__SESSION_TIMEOUT_SECS={7 * 24 * 3600}".encode() in environ

@@ -78,21 +78,25 @@ _PENDING = f"""
     ORDER BY c.id LIMIT %(limit)s"""
 
 
-# The user's newest pending turns (eligible, not in the index yet) as a table bm25_rank can score: the text
-# only (weight A), bounded by the user's own messages (the conversations_history index), never all messages.
-_PENDING_ROWS = f"""(
+def _pending_rows(not_indexed: str) -> str:
+    """The user's newest pending turns (eligible, and ``not_indexed`` if the index exists) as a table bm25_rank
+    can score: the text only (weight A), bounded by the user's own messages (the conversations_history index),
+    never all messages."""
+    return f"""(
     SELECT p.id AS message_id, p.user_id, p.session_id, v.tsv,
            {WEIGHTED_DOC_LEN_SQL.format(tsv="v.tsv", **turn_context.BM25_WEIGHTS)} AS doc_len
     FROM (SELECT c.id, c.user_id, c.session_id, c.content FROM conversations c
-          WHERE c.user_id = %(user)s AND {_ELIGIBLE}<not_indexed>
+          WHERE c.user_id = %(user)s AND {_ELIGIBLE}{not_indexed}
           ORDER BY c.id DESC LIMIT {PENDING_KEYWORD_ROWS}) p
     CROSS JOIN LATERAL (SELECT setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', p.content), 'A') AS tsv) v)"""
+
+
 _NOT_INDEXED = f" AND NOT EXISTS (SELECT 1 FROM {TURNS_TABLE} t WHERE t.message_id = c.id)"
 _KEYWORD_ROWS = f"""(SELECT message_id, user_id, session_id, tsv, doc_len FROM {TURNS_TABLE}
-    UNION ALL SELECT * FROM {_PENDING_ROWS.replace("<not_indexed>", _NOT_INDEXED)} pending)"""
+    UNION ALL SELECT * FROM {_pending_rows(_NOT_INDEXED)} pending)"""
 # Before the background indexer has created the turn space (the first minutes of a new install, or an embedding
 # service that has never answered) every eligible message is pending: recall scores them by keyword alone.
-_UNINDEXED_ROWS = _PENDING_ROWS.replace("<not_indexed>", "")
+_UNINDEXED_ROWS = _pending_rows("")
 
 
 class TurnRecall:
