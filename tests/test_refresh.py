@@ -16,7 +16,7 @@ import pytest
 from context_assistant.cli import main
 from context_assistant.core.clock import FakeClock
 from context_assistant.core.console import TerminalProgress
-from context_assistant.refresh import RefreshError, run_refresh_job
+from context_assistant.refresh import FAILED_FILES_NEXT_STEP, RefreshError, run_refresh_job
 from context_assistant.services import Services
 from fake_databricks import FakeDatabricks
 
@@ -61,6 +61,13 @@ def test_ingest_parses_chunks_and_indexes_then_reruns_as_a_no_op(
     assert again["sync"]["embedded"] == 0 and again["sync"]["kept"] == first["chunks"]["written"]
     # The broken file was not retried (same bytes), but it is still reported as not answerable.
     assert again["failures"] == [] and again["still_failing"] == first["failures"]
+    # In words, the list ends with what to do about a failed file.
+    assert main(["--config", str(config_file), "ingest", "--source", str(docs)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"STILL FAILING broken.pdf: {first['failures'][0]['error']} (unchanged since it failed)" in lines
+    assert (
+        lines[lines.index(next(x for x in lines if x.startswith("STILL FAILING"))) + 1] == FAILED_FILES_NEXT_STEP
+    )
 
     # Edit one document: only its chunks are re-embedded; delete another: its chunks leave the index.
     runbook = docs / "oncall-runbook.txt"

@@ -38,6 +38,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What a user does about a document that failed to parse (a new user read "FAILED x.pdf: not a valid PDF file"
+# and wondered what then); the documents keep their previous chunks meanwhile.
+FAILED_FILES_NEXT_STEP = (
+    "Replace each failed file with a readable copy (re-export or re-save it) or remove it, then run again; "
+    "until then a failed file keeps the chunks of its last good version, if it had one."
+)
+
 # Chunks per index write when Spark made the vectors: the sync only copies them, one table lookup per batch.
 COPY_BATCH_SIZE = 5000
 TERMINAL_LIFE_CYCLE_STATES = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
@@ -88,6 +95,8 @@ class RefreshResult:
                 f"STILL FAILING {f.path}: {f.error} (unchanged since it failed)"
                 for f in sorted(self.ingest.still_failing, key=lambda f: f.path)
             ]
+            if self.ingest.failures or self.ingest.still_failing:
+                lines.append(FAILED_FILES_NEXT_STEP)
         if self.sync is not None:
             lines.append(self.sync.summary())
         if self.job_run is not None:
