@@ -182,6 +182,32 @@ def _search(retriever: Any, query: str, mode: str, rerank: bool) -> list[Any]:
 # LoCoMo
 
 
+# Questions about nothing the LoCoMo speakers talk about, asked of every conversation: recall should bring
+# nothing (memory.recall_min_similarity) unless a word matches. Written for this benchmark, not drawn from LoCoMo.
+UNRELATED_QUESTIONS = (
+    "What is the capital of Mongolia?",
+    "How do I invert a matrix in numpy?",
+    "zebra quantum astrophysics",
+    "What is the boiling point of nitrogen?",
+    "Explain the Krebs cycle",
+    "How many bytes are in a kilobyte?",
+    "Who wrote the Critique of Pure Reason?",
+    "What does a Delta table MERGE statement do?",
+    "How do I configure a Kubernetes ingress?",
+    "What is the derivative of sin(x)?",
+    "Translate good morning into Finnish",
+    "What is the GDP of Brazil?",
+    "How does TCP congestion control work?",
+    "What is the half-life of carbon-14?",
+    "Summarise the plot of Hamlet",
+    "What is ef_search in an HNSW index?",
+    "Which planet has the most moons?",
+    "How do I reset my router password?",
+    "What is the tax rate on capital gains in Germany?",
+    "How do transformers use attention?",
+)
+
+
 def session_time(session_date: str) -> datetime:
     """LoCoMo's "1:56 pm on 8 May, 2023" as an aware datetime (UTC)."""
     return datetime.strptime(session_date.strip(), "%I:%M %p on %d %B, %Y").replace(tzinfo=timezone.utc)
@@ -257,7 +283,14 @@ def run_locomo(eval_dir: Path, *, fresh: bool, say: Any, modes: Sequence[str] = 
                 **{f"category {c}": round(sum(v) / len(v), 4) for c, v in per_category.items() if v},
                 "ms_per_query": round(1000 * (time.monotonic() - started) / len(questions), 1),
             }
-            say(f"LoCoMo {mode}: recall@10 {report[mode]['recall@10']:.3f}")
+            conversations = sorted({q["conv_id"] for q in questions})
+            asked = [(c, u) for c in conversations for u in UNRELATED_QUESTIONS]
+            silent = sum(1 for c, u in asked if not services.recall.recall(c, u, top_k=3, mode=mode))
+            report[mode]["unrelated_silent"] = round(silent / len(asked), 3)
+            say(
+                f"LoCoMo {mode}: recall@10 {report[mode]['recall@10']:.3f}; "
+                f"unrelated questions that recall nothing {report[mode]['unrelated_silent']:.2f}"
+            )
     return report
 
 
@@ -282,7 +315,10 @@ def print_report(report: dict[str, Any]) -> None:
         for mode in [m for m in LOCOMO_MODES if m in s]:
             row = s[mode]
             cats = ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("category"))
-            print(f"  {mode:<15} {row['recall@10']:.3f}    ({cats}) reference: {REFERENCES['locomo'][mode]}")
+            print(
+                f"  {mode:<15} {row['recall@10']:.3f}    ({cats}; unrelated questions recalling nothing "
+                f"{row['unrelated_silent']:.2f}) reference: {REFERENCES['locomo'][mode]}"
+            )
     if "fidelity" in report:
         f = report["fidelity"]
         print(

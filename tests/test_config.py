@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from context_assistant.core.config import Config, ConfigError, load_config
+from context_assistant.core.config import Config, ConfigError, load_config, parse_min_similarity
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,6 +106,10 @@ def test_libpq_and_lakebase_env_vars_map_onto_database_keys() -> None:
         ("- a\n- b\n", "the top level must be a mapping of keys, got list"),
         ("memory:\n  max_history: [1, 2]\n", "memory.max_history: [1, 2] is not an integer"),
         ("rag:\n  top_k: 5\n   bad: indent\n", "is not valid YAML"),
+        (
+            "memory:\n  recall_min_similarity: 1.5\n",
+            "memory.recall_min_similarity: '1.5' is not auto, off or a cosine similarity between -1 and 1",
+        ),
     ],
 )
 def test_bad_config_names_key_value_and_fix(tmp_path: Path, text: str, message: str) -> None:
@@ -113,6 +117,14 @@ def test_bad_config_names_key_value_and_fix(tmp_path: Path, text: str, message: 
         load_config(write(tmp_path, text), env={})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "value"), [("off", "False"), ("0.42", "0.42"), ("auto", "auto")])
+def test_recall_min_similarity_reads_off_a_number_or_auto(tmp_path: Path, text: str, value: str) -> None:
+    """YAML reads a bare ``off`` as false; it still means no floor."""
+    config = load_config(write(tmp_path, f"memory:\n  recall_min_similarity: {text}\n"), env={})
+    assert config.memory.recall_min_similarity == value
+    assert parse_min_similarity(value) == {"off": None, "0.42": 0.42, "auto": "auto"}[text]
 
 
 def test_bad_env_override_names_the_variable() -> None:

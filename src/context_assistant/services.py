@@ -192,6 +192,7 @@ class Services:
             search_mode=self.config.rag.search_mode,
             fusion=self.config.rag.fusion,
             hybrid_weight=self.config.memory.recall_hybrid_weight,
+            min_similarity=self.config.memory.recall_min_similarity,
         )
         self._closers.append(recall.close)  # before the pool closes: let a background batch finish
         return recall

@@ -65,6 +65,10 @@ class MemoryConfig:
     recall_top_k: int = _opt(3, min=0)
     # Hybrid recall (rag.fusion convex): the vector side's share; conversations favour exact words.
     recall_hybrid_weight: float = _opt(0.5, min=0)
+    # The cosine similarity below which an earlier turn is not recalled for its meaning alone (a keyword match
+    # still counts): auto (the measured value for a known embedding model, none for others), off, or a number
+    # in [-1, 1]. Without it, the nearest turns reach every prompt even when nothing is related.
+    recall_min_similarity: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -349,6 +353,7 @@ def load_config(
         raise ConfigError(
             f"memory.recall_hybrid_weight: {config.memory.recall_hybrid_weight} must be between 0 and 1"
         )
+    parse_min_similarity(config.memory.recall_min_similarity)
     if config.rag.hybrid_weight > 1:
         raise ConfigError(f"rag.hybrid_weight: {config.rag.hybrid_weight} must be between 0 and 1")
     if config.rag.rerank_weight > 1:
@@ -464,6 +469,25 @@ def _coerce(key: str, value: Any, kind: type, meta: Mapping[str, Any], source: s
     if minimum is not None and result < minimum:
         raise fail(f"must be at least {minimum:g}")
     return result
+
+
+def parse_min_similarity(value: str) -> float | str | None:
+    """``memory.recall_min_similarity`` read: ``"auto"``, None for off (YAML reads a bare ``off`` as false),
+    or the number. Raises ConfigError for anything else."""
+    text = value.strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("off", "false"):
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not -1 <= number <= 1:
+        raise ConfigError(
+            f"memory.recall_min_similarity: {value!r} is not auto, off or a cosine similarity between -1 and 1"
+        )
+    return number
 
 
 def _show(value: Any) -> str:

@@ -17,6 +17,13 @@ are few enough; no ANN index), and every query filters on ``user_id``: a user ne
 user's turns. Long messages are embedded from their first :data:`EMBED_CHARS` characters (the model would
 truncate anyway); BM25 indexes the whole text.
 
+**Relevance floor** (``memory.recall_min_similarity``): the vector side always has a nearest turn, and fusion
+normalises each side's scores, so without a floor a user's closest earlier turns reach every prompt, even for a
+question unrelated to anything they said. A turn whose cosine similarity to the question is below the floor is
+not a vector candidate; a keyword match still recalls it if it covers enough of the question
+(:data:`KEYWORD_COVERAGE`). ``auto`` takes the floor measured for a known model
+(:data:`MIN_SIMILARITY_BY_MODEL`) and none for others, whose similarity scales differ.
+
 If the embedding model fails, recall degrades to keyword search instead of failing the turn; if the model
 changed, the table is rebuilt (and re-embedded lazily). Creating or rebuilding the table is DDL, which only
 the schema's owner does (``Database.may_change_schema``): the owner's setup and sync create it, and a
@@ -31,12 +38,13 @@ from typing import Any
 
 import psycopg
 
+from ..core.config import parse_min_similarity
 from ..storage.bm25 import TEXT_SEARCH_CONFIG, WEIGHTED_DOC_LEN_SQL, bm25_rank
 from ..storage.db import Database, scalar
 from ..storage.vector_spaces import SpaceInfo, read_space, reset_space, table_exists, vector_literal
 from . import turn_context
 from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query
-from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
+from .embeddings import MINILM, Embedder, EmbeddingError, checked_dimension, validate_vectors
 from .fusion import fuse
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,15 @@ DEFAULT_BATCH_SIZE = 64
 RECALL_ROLES = ("user", "assistant")
 SPACE_LOCK_KEY = 0x0C0A5519  # serialises creating/rebuilding turn_index between processes
 PENDING_KEYWORD_ROWS = 5000  # newest not-yet-indexed messages of a user that recall scores by keyword
+# memory.recall_min_similarity "auto", per embedding model. MiniLM, LoCoMo dev (benchmarks/quality.py): 2 of 496
+# evidence turns in the vector top 10 score below 0.3, while the nearest turn to 4 of 100 general questions
+# unrelated to the conversations scores above it (their median 0.14; a question's evidence turns' median 0.47).
+MIN_SIMILARITY_BY_MODEL = {MINILM: 0.3}
+# A turn found only by keyword must score at least this share of the question's BM25 weight (bm25_rank's
+# min_coverage): one common word shared with a longer question ("good" in "Translate good morning into Finnish")
+# is not a match. LoCoMo dev: hybrid evidence recall@10 0.781 with it and without it; unrelated questions that
+# recall nothing 0.46 with the similarity floor alone -> 0.84 (0.20: 0.784 / 0.71; 0.35: 0.763 / 0.89).
+KEYWORD_COVERAGE = 0.25
 
 TURNS_DDL = """
     CREATE TABLE {table} (
@@ -76,6 +93,14 @@ _PENDING = f"""
       AND btrim(c.content) <> ''
       AND NOT EXISTS (SELECT 1 FROM {TURNS_TABLE} t WHERE t.message_id = c.id)
     ORDER BY c.id LIMIT %(limit)s"""
+
+
+def similarity_floor(setting: str, model_name: str) -> float | None:
+    """The relevance floor for ``model_name`` (see the module docstring); None: no floor."""
+    floor = parse_min_similarity(setting)
+    if floor == "auto":
+        return MIN_SIMILARITY_BY_MODEL.get(model_name)
+    return None if floor is None else float(floor)
 
 
 def _pending_rows(not_indexed: str) -> str:
@@ -110,6 +135,7 @@ class TurnRecall:
         batch_size: int = DEFAULT_BATCH_SIZE,
         fusion: str = "convex",
         hybrid_weight: float = 0.5,
+        min_similarity: str = "auto",
     ) -> None:
         self.db = db
         self.embedder = embedder
@@ -118,6 +144,7 @@ class TurnRecall:
         self.batch_size = batch_size
         self.fusion = fusion
         self.hybrid_weight = hybrid_weight
+        self.similarity_floor = similarity_floor(min_similarity, embedder.model_name)
         self._warned_not_ready = False
         self._space: SpaceInfo | None = None  # the turn space as last read, while it matches the model
         self._lock = threading.Lock()
@@ -378,8 +405,11 @@ class TurnRecall:
                         ORDER BY distance, c.message_id LIMIT %(limit)s""",
                     params,
                 ):
+                    similarity = 1.0 - float(distance)
+                    if self.similarity_floor is not None and similarity < self.similarity_floor:
+                        break  # best first: the rest are below the floor too
                     vector_ranked.append(message_id)
-                    scores[message_id] = vector_scores[message_id] = 1.0 - float(distance)
+                    scores[message_id] = vector_scores[message_id] = similarity
             if mode != "vector":
                 # Indexed turns and the ones not embedded yet (a big import, the last turns) in one scoring.
                 for message_id, score in bm25_rank(
@@ -393,6 +423,7 @@ class TurnRecall:
                     pool,
                     weights=turn_context.BM25_WEIGHTS,
                     unknown_terms=True,
+                    min_coverage=KEYWORD_COVERAGE,
                 ):
                     keyword_ranked.append(message_id)
                     keyword_scores[message_id] = float(score)

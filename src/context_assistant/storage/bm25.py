@@ -43,6 +43,7 @@ def bm25_rank(
     limit: int,
     weights: Mapping[str, float] | None = None,
     unknown_terms: bool = False,
+    min_coverage: float = 0.0,
 ) -> list[tuple[Any, float]]:
     """The top ``limit`` rows of ``table`` (alias ``c``, filtered by ``where`` with ``params``) by BM25 for
     ``query``: ``(key, score)`` best first, exactly as if every matching row were scored.
@@ -64,6 +65,10 @@ def bm25_rank(
     row containing none of them can score at most ``(k1 + 1) * sum(idf)`` of the remaining common terms,
     so if the ``limit``-th score already reaches that bound the answer is exact. Otherwise every row
     matching any query term is scored.
+
+    ``min_coverage`` drops rows scoring below that share of the query's weight (the sum of its lexemes' idf:
+    what a row of average length containing each lexeme once scores), so a row that shares only a common
+    word with a longer question is not a match (the idea of Lucene's ``minimum_should_match``, by idf).
     """
     stats = conn.execute("SELECT doc_count, total_length FROM bm25_stats WHERE space = %s", (space,)).fetchone()
     if not stats or not stats[0]:
@@ -96,6 +101,7 @@ def bm25_rank(
     while essential < len(terms) and budget + terms[essential][1] <= BM25_CANDIDATE_BUDGET:
         budget += terms[essential][1]
         essential += 1
+    floor = min_coverage * sum(idfs)
     scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": avgdl, "limit": limit}
     tf_sql = TF_SQL
     if weights:
@@ -109,9 +115,9 @@ def bm25_rank(
         bound = (BM25_K1 + 1) * sum(idfs[essential:])
         rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes[:essential])}).fetchall()
         if len(rows) >= limit and rows[-1][1] >= bound:
-            return [(row[0], float(row[1])) for row in rows]
+            return [(row[0], float(row[1])) for row in rows if row[1] >= floor]
     rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes)}).fetchall()
-    return [(row[0], float(row[1])) for row in rows]
+    return [(row[0], float(row[1])) for row in rows if row[1] >= floor]
 
 
 def score_sql(table: str, key: str, where: str, match: str, tf_sql: str = TF_SQL) -> str:
