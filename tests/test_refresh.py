@@ -57,7 +57,9 @@ def test_ingest_parses_chunks_and_indexes_then_reruns_as_a_no_op(
 
     code, again, _ = ingest()
     assert code == 0
-    assert again["documents"]["unchanged"] == 11 and again["chunks"] == {"written": 0, "deleted": 0}
+    # The broken file counts as failed, not unchanged: it is still not answerable.
+    assert again["documents"]["unchanged"] == 10 and again["documents"]["failed"] == 1
+    assert again["chunks"] == {"written": 0, "deleted": 0}
     assert again["sync"]["embedded"] == 0 and again["sync"]["kept"] == first["chunks"]["written"]
     # The broken file was not retried (same bytes), but it is still reported as not answerable.
     assert again["failures"] == [] and again["still_failing"] == first["failures"]
@@ -73,8 +75,12 @@ def test_ingest_parses_chunks_and_indexes_then_reruns_as_a_no_op(
     runbook = docs / "oncall-runbook.txt"
     runbook.write_text(runbook.read_text() + "\nThe pager password rotates every 30 days.\n")
     (docs / "faq.html").unlink()
+    # A readable copy replaces the broken PDF: it never parsed, so it is added (answerable for the first time).
+    shutil.copyfile(docs / "release-checklist.pdf", docs / "broken.pdf")
     code, changed, _ = ingest()
     assert changed["documents"]["updated"] == 1 and changed["documents"]["deleted"] == 1
+    assert changed["documents"]["added"] == 1 and changed["documents"]["failed"] == 0
+    assert changed["still_failing"] == []
     assert 0 < changed["sync"]["embedded"] <= changed["chunks"]["written"]
     assert changed["sync"]["deleted"] >= 1
 

@@ -34,11 +34,13 @@ EMPTY_FILE = "empty file"
 
 @dataclass
 class DocumentCounts:
-    added: int = 0  # new files (or files no longer skipped) parsed fine
-    updated: int = 0  # changed files parsed fine
+    added: int = 0  # files answerable for the first time: new, no longer skipped, or fixed before ever parsing
+    updated: int = 0  # changed files parsed fine that had chunks before
     deleted: int = 0  # ingested files that left the source
-    unchanged: int = 0  # supported files not re-parsed (same size+mtime, or same hash)
-    failed: int = 0  # files that failed to parse in this run (previous chunks, if any, kept)
+    unchanged: int = 0  # supported files not re-parsed (same size+mtime, or same hash) that parsed last time
+    # Files not readable as they are: failed to parse in this run, or failed before with the same bytes
+    # (``still_failing``, not retried). Previous chunks, if any, kept.
+    failed: int = 0
     skipped: int = 0  # files present but not ingested (unsupported type, too large)
 
 
@@ -231,11 +233,13 @@ def decide_documents(
     counts = result.documents
     rows = [DocumentRow.keep(f.path) for f in plan.unchanged]
     replace: list[str] = []
-    counts.unchanged += len(plan.unchanged)
     for f in plan.unchanged:
         prev = known.get(f.path)
         if prev is not None and prev.status == FAILED:
+            counts.failed += 1
             result.still_failing.append(Failure(f.path, prev.error or "could not be parsed"))
+        else:
+            counts.unchanged += 1
     for f, reason in plan.skipped:
         counts.skipped += 1
         result.skipped.append(Failure(f.path, reason))
@@ -264,12 +268,14 @@ def decide_documents(
             counts.unchanged += 1
             vanished.append(f.path)
         elif p.status == UNCHANGED:  # touched, same bytes: remember the new size/mtime only
-            counts.unchanged += 1
             if prev is not None and prev.status == FAILED:
+                counts.failed += 1
                 result.still_failing.append(Failure(f.path, prev.error or "could not be parsed"))
+            else:
+                counts.unchanged += 1
             rows.append(DocumentRow(f.path, None, None, None, 0, p.size_bytes, p.modified_us, None, 0, "touch"))
         elif p.status == OK:
-            if prev is None or prev.status == SKIPPED:
+            if prev is None or prev.status == SKIPPED or (prev.status == FAILED and not stored.get(f.path)):
                 counts.added += 1
             else:
                 counts.updated += 1
