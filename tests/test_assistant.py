@@ -169,6 +169,20 @@ def test_recall_brings_a_fact_from_another_session_of_the_same_user_only(config,
     # The offline model's own replies only quote documents: they are never recalled as "what was said".
     assert recalled and all(t.role == "user" for t in later.recalled)
     assert "pelican-stage" in later.reply and "pelican-secret" not in later.reply
+    # What was recalled is named in the answer and in the stored reply (with a real model the reply's text
+    # does not show it): where each turn is, not its text.
+    named = [
+        {
+            "message_id": t.message_id,
+            "session_id": first.session_id,
+            "role": "user",
+            "timestamp": t.timestamp.isoformat(),
+        }
+        for t in later.recalled
+    ]
+    assert later.to_json()["recalled"] == named
+    assert store.get_message("ana", later.reply_message_id).metadata["recalled"] == named
+    assert "recalled" not in store.get_message("ana", first.reply_message_id).metadata  # nothing recalled then
 
 
 def test_model_failure_keeps_the_message_marks_it_and_later_prompts_skip_it(

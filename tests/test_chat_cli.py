@@ -16,6 +16,7 @@ for the initial index and for ``/refresh`` inside the chat process.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -473,6 +474,16 @@ def test_bad_usage_and_bad_input_are_one_clear_line(
         code, out, err = run("--message", text, "--json")
         assert code == 2 and json.loads(out) == {"error": blank, "kind": "usage", "retryable": False}
         assert err.strip() == f"usage error: {blank}"
+    # The same for an empty stdin (it used to be exit 1, "the message is empty"), and nothing is stored.
+    empty_stdin = "chat: the message read from stdin is empty; pipe the question in, or give it as TEXT"
+    for json_flag in ((), ("--json",)):
+        monkeypatch.setattr("sys.stdin", io.StringIO(" \n"))
+        code, out, err = run("--user", "nobody-yet", "--message", "-", *json_flag)
+        assert code == 2 and err.strip() == f"usage error: {empty_stdin}"
+        if json_flag:
+            assert json.loads(out) == {"error": empty_stdin, "kind": "usage", "retryable": False}
+    assert main(["--config", str(config_file), "sessions", "list", "--user", "nobody-yet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sessions"] == []
     code, out, err = run("--retry", "999999", "--json")
     assert code == 1 and json.loads(out) == {
         "error": "message not found: 999999",

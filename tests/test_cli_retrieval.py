@@ -122,10 +122,13 @@ def test_recall_and_batch_recall(cli: Any, tmp_path: Path, minilm: Any) -> None:
     assert code == 0
     result = json.loads(out)
     assert result["user"] == "ana" and {h["session_id"] for h in result["hits"]} == {"s1"}
-    assert set(result["hits"][0]) == {"message_id", "session_id", "role", "content", "timestamp", "score"}
+    assert set(result["hits"][0]) == {
+        "message_id", "session_id", "role", "content", "timestamp", "score", "similarity", "keyword",
+    }  # fmt: skip
 
     code, out, _ = cli("recall", "finance catalog access", "--user", "bob")
-    assert code == 0 and "session s2 user" in out
+    # The raw evidence, not the fused score (normalised over the candidates, it can read 0 for a good match).
+    assert code == 0 and "session s2 user" in out and "keyword " in out and "[score" not in out
 
     code, out, _ = cli("recall", "finance", "--user", "ana", "--exclude-session", "s1")
     assert code == 0 and out.startswith("Nothing relevant in ana's earlier conversations (in ")
@@ -170,6 +173,11 @@ def test_errors_are_one_clear_line(cli: Any, tmp_path: Path) -> None:
     assert (code, out, err) == (2, "", "usage error: search: give either a QUERY or --batch FILE\n")
     code, _, err = cli("recall", "x", "--batch", "q.jsonl")
     assert code == 2 and err == "usage error: recall: give either a QUERY or --batch FILE\n"
+    code, _, err = cli("recall", "  ", "--user", "ana")
+    assert (
+        code == 2
+        and err == "usage error: recall: the query is empty; give the words to look for, or --batch FILE\n"
+    )
 
     code, out, err = cli("search", "anything")
     assert (code, out) == (1, "")

@@ -71,8 +71,14 @@ def test_hits_carry_the_turn(seeded: ConversationStore) -> None:
         stored.content,
         stored.timestamp,
     )
-    assert set(turn.to_json()) == {"message_id", "session_id", "role", "content", "timestamp", "score"}
+    assert set(turn.to_json()) == {
+        "message_id", "session_id", "role", "content", "timestamp", "score", "similarity", "keyword",
+    }  # fmt: skip
     json.dumps(turn.to_json())
+    # Keyword mode: the raw BM25 evidence, and no vector side; hybrid carries both sides' raw evidence.
+    assert turn.keyword == turn.score > 0 and turn.similarity is None
+    (both,) = recall.recall("ana", "secrets scope team-creds", top_k=1, mode="hybrid")
+    assert both.keyword is not None and both.similarity is not None and -1 <= both.similarity <= 1
 
 
 def test_exclude_session_leaves_out_the_current_conversation(seeded: ConversationStore) -> None:

@@ -64,6 +64,7 @@ def test_chat_answers_from_the_documents_and_stores_the_turn(start_app) -> None:
     assert body["sources"][0]["heading"] == "On-call > Handover"
     assert any(s["text"].startswith("The on-call rotation hands over") for s in body["sources"])
     assert body["model"] == "offline" and body["trace_id"] is None
+    assert body["recalled"] == []  # a first conversation: nothing earlier to recall
     user = app.services.config.default_user
     stored = app.services.store.messages(user, body["session_id"])
     assert [(m.id, m.role) for m in stored] == [

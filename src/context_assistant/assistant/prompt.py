@@ -48,6 +48,9 @@ class TurnLike(Protocol):
     """A recalled turn of an earlier session (retrieval's ``RecalledTurn``)."""
 
     @property
+    def message_id(self) -> int: ...
+
+    @property
     def session_id(self) -> str: ...
 
     @property

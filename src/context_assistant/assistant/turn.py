@@ -99,8 +99,20 @@ class TurnResult:
             "message_id": self.reply_message_id,
             "model": self.model,
             "usage": self.usage,
+            "recalled": [recalled_json(t) for t in self.recalled],
             "warnings": self.warnings,
         }
+
+
+def recalled_json(turn: TurnLike) -> dict[str, Any]:
+    """A recalled turn as the turn's answer and its stored reply name it: where it is, not its text (the
+    message is stored: ``GET /api/sessions/{session_id}/messages`` or ``sessions show`` has it)."""
+    return {
+        "message_id": turn.message_id,
+        "session_id": turn.session_id,
+        "role": turn.role,
+        "timestamp": turn.timestamp.isoformat(),
+    }
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,11 @@ class Assistant:
                         {
                             "status": "ok",
                             "sources": [source_json(s, with_text=False) for s in prompt.sources],
+                            **(
+                                {"recalled": [recalled_json(t) for t in prompt.recalled]}
+                                if prompt.recalled
+                                else {}
+                            ),
                             "model": completion.model or self.chat_model.name,
                             "usage": completion.usage.as_dict(),
                             "latency_ms": latency_ms,

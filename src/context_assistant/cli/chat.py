@@ -41,7 +41,7 @@ from typing import Any, TextIO
 from ..assistant.prompt import source_json
 from ..assistant.turn import TurnFailed, TurnResult
 from ..core.console import TerminalProgress, print_json
-from ..core.errors import EXIT_OK, EXIT_USAGE, ContextAssistantError, InvalidInput
+from ..core.errors import EXIT_OK, EXIT_USAGE, ContextAssistantError, InvalidInput, UsageError
 from ..core.interrupts import report_interrupted
 from ..llm.factory import resolve_provider
 from ..services import Services
@@ -458,6 +458,10 @@ def run_one_shot(
     message = args.message or ""
     if message == "-":
         message = sys.stdin.read()
+        if not message.strip() and args.retry is None:  # the same usage error as an empty --message TEXT
+            raise UsageError(
+                "chat: the message read from stdin is empty; pipe the question in, or give it as TEXT"
+            )
     stream = should_stream(services, args, out)
     printer = TurnPrinter(services, user, out, stream=stream)
     session_id = session.id if session else None

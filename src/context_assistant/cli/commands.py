@@ -19,6 +19,7 @@ from ..core.errors import (
     UsageError,
 )
 from ..core.files import open_private
+from ..retrieval.base import RecalledTurn
 from ..retrieval.sync import SyncResult
 from ..services import Services, setup_database
 from ..storage.db_setup import summary_lines
@@ -278,6 +279,8 @@ def _non_empty(value: Any) -> bool:
 
 
 def _one_of_query_or_batch(args: argparse.Namespace, command: str) -> None:
+    if args.query is not None and not args.query.strip() and not args.batch:
+        raise UsageError(f"{command}: the query is empty; give the words to look for, or --batch FILE")
     if bool(args.query) == bool(args.batch):
         raise UsageError(f"{command}: give either a QUERY or --batch FILE")
 
@@ -345,15 +348,29 @@ def cmd_recall(args: argparse.Namespace, services: Services) -> int:
         print_json({"user": user, "query": args.query, "hits": [t.to_json() for t in turns]})
         return EXIT_OK
     if not turns:
-        print(f"Nothing relevant in {user}'s earlier conversations (in {_where(services)}).")
+        print(
+            f"Nothing relevant in {user}'s earlier conversations (in {_where(services)}): no turn is close enough "
+            "in meaning (memory.recall_min_similarity) or shares enough of the question's words."
+        )
     for rank, turn in enumerate(turns, start=1):
         text = " ".join(turn.content.split())
         excerpt = text if len(text) <= 240 else text[:239] + "…"
         print(
             f"{rank}. [{turn.timestamp:%Y-%m-%d %H:%M}] session {turn.session_id} {turn.role}  "
-            f"[score {turn.score:.4f}]\n   {excerpt}"
+            f"[{_evidence(turn)}]\n   {excerpt}"
         )
     return EXIT_OK
+
+
+def _evidence(turn: RecalledTurn) -> str:
+    """Why a turn was recalled, in raw terms (the fused score is normalised over the candidates: the last
+    recalled turn can show 0 however well it matched)."""
+    parts = []
+    if turn.similarity is not None:
+        parts.append(f"similarity {turn.similarity:.3f}")
+    if turn.keyword is not None:
+        parts.append(f"keyword {turn.keyword:.2f}")
+    return ", ".join(parts) or f"score {turn.score:.4f}"
 
 
 # ---------------------------------------------------------------------------------------------------------

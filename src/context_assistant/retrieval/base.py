@@ -98,7 +98,9 @@ class RecalledTurn:
     role: str
     content: str
     timestamp: datetime
-    score: float
+    score: float  # the rank's score (hybrid: fused, min-max normalised over the candidates, so the last may be 0)
+    similarity: float | None = None  # cosine similarity to the question (None: not a vector candidate)
+    keyword: float | None = None  # BM25 score for the question (None: no keyword match)
 
     def to_json(self) -> dict[str, Any]:
         """One hit of ``recall --json`` / ``recall --batch``."""
@@ -109,6 +111,8 @@ class RecalledTurn:
             "content": self.content,
             "timestamp": self.timestamp.isoformat(),
             "score": round(self.score, 6),
+            "similarity": None if self.similarity is None else round(self.similarity, 6),
+            "keyword": None if self.keyword is None else round(self.keyword, 6),
         }
 
 

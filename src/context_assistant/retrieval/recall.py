@@ -448,7 +448,16 @@ class TurnRecall:
                 )
             }
         return [
-            RecalledTurn(m, rows[m][1], rows[m][2], rows[m][3], rows[m][4], score)
+            RecalledTurn(
+                m,
+                rows[m][1],
+                rows[m][2],
+                rows[m][3],
+                rows[m][4],
+                score,
+                vector_scores.get(m),
+                keyword_scores.get(m),
+            )
             for m, score in ranked
             if m in rows
         ]

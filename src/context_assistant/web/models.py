@@ -59,6 +59,13 @@ class Source(BaseModel):
     text: str | None = Field(None, description="The passage text (present in fresh answers).")
 
 
+class RecalledOut(BaseModel):
+    message_id: int = Field(description="The recalled message.")
+    session_id: str = Field(description="The earlier session it is in (one of yours).")
+    role: str = Field(description="user or assistant.")
+    timestamp: str = Field(description="ISO 8601 timestamp.")
+
+
 class ChatReply(BaseModel):
     session_id: str = Field(description="The session the turn is stored in.")
     reply: str = Field(description="The assistant's answer (markdown).")
@@ -68,6 +75,10 @@ class ChatReply(BaseModel):
     message_id: int = Field(description="The stored reply (feedback goes on this id).")
     model: str = Field(description="The model that answered.")
     usage: dict[str, Any] = Field(default_factory=dict, description="Token usage of the model call.")
+    recalled: list[RecalledOut] = Field(
+        default_factory=list,
+        description="Turns of the user's earlier sessions given to the model (none when nothing was related).",
+    )
     warnings: list[str] = Field(default_factory=list, description="What degraded the answer (e.g. search down).")
 
 
