@@ -70,11 +70,15 @@ def work_dir() -> Path:
     return Path(os.environ.get("BENCH_DIR", tempfile.gettempdir())) / "context-assistant-quality"
 
 
+SETTINGS: dict[str, Any] = {}  # config keys every part runs with (main's --min-similarity)
+
+
 def bench_config(name: str, **overrides: Any) -> Config:
     """A config on the benchmarks' embedded Postgres (one server under $BENCH_DIR), database ``name``."""
     base = Path(os.environ.get("BENCH_DIR", tempfile.gettempdir())) / "context-assistant-bench"
     base.mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {"data_dir": str(base), "database.name": name, "tracing.enabled": False}
+    values.update(SETTINGS)
     values.update(overrides)
     return load_config(None, env={}, overrides=values)
 
@@ -338,8 +342,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="re-ingest, re-import and re-embed from scratch")
     parser.add_argument("--locomo-modes", help="comma-separated recall modes (default: all)")
     parser.add_argument("--reranker", default="", help="rag.reranker for the hybrid+rerank line, e.g. sentences")
+    parser.add_argument(
+        "--min-similarity",
+        help="rag.min_similarity and memory.recall_min_similarity (default: the config's, auto); off to compare",
+    )
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
+    if args.min_similarity:
+        SETTINGS.update(
+            {"rag.min_similarity": args.min_similarity, "memory.recall_min_similarity": args.min_similarity}
+        )
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = parts - {"scifact", "locomo", "fidelity"}
     if unknown:

@@ -60,7 +60,9 @@ def fresh_database(url: str | None) -> Database:
 
 
 def evaluate(db: Database, embedder: Any, corpus: list[LabelledDocument], queries: list[LabelledQuery]) -> dict:
-    index = PgVectorChunkIndex(db, embedder)
+    from context_assistant.core import load_config
+
+    index = PgVectorChunkIndex.from_config(db, embedder, load_config(None, env={}).rag)  # a user's defaults
     started = time.monotonic()
     index.refresh(InMemoryChunkSource(corpus_chunks(corpus)))
     indexed_seconds = time.monotonic() - started

@@ -72,7 +72,8 @@ def test_sync_then_search_and_batch_search(cli: Any, chunk_table: Path, tmp_path
     assert code == 0
     found = json.loads(out)
     assert found["query"] == "who has the pager this week?" and found["mode"] == "hybrid"
-    assert len(found["hits"]) == 2 and found["hits"][0]["path"] == "guides/oncall.md"
+    # Only the on-call guide is related: the other chunks are below the relevance floor (rag.min_similarity).
+    assert len(found["hits"]) == 1 and found["hits"][0]["path"] == "guides/oncall.md"
     assert set(found["hits"][0]) == {"chunk_id", "path", "heading", "page", "text", "score"}
 
     code, out, _ = cli("search", "how long are raw events kept", "--top-k", "1")

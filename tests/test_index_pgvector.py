@@ -242,6 +242,23 @@ def test_hybrid_finds_exact_keywords_and_paraphrases_with_minilm(db: Database, m
     assert hits[0].path == "policy/access.md"
 
 
+def test_a_question_unrelated_to_every_document_gets_no_passage(db: Database, minilm: LocalEmbedder) -> None:  # noqa: F811
+    """rag.min_similarity auto (0.3 for MiniLM): the nearest chunk is not a passage by itself, so a turn about
+    something no document covers is not given (or shown) unrelated passages; related questions still are."""
+    floored = PgVectorChunkIndex(db, minilm, top_k=3, min_similarity="auto")
+    floored.refresh(InMemoryChunkSource(CORPUS))
+    for mode in ("vector", "hybrid"):
+        assert floored.search("What is the capital of Mongolia?", mode=mode) == []
+        assert floored.search("zebra quantum astrophysics", mode=mode) == []
+        beeper = "who carries the beeper and when does that duty switch to someone else?"
+        assert floored.search(beeper, mode=mode)[0].chunk_id == CORPUS[2].chunk_id
+    assert len(PgVectorChunkIndex(db, minilm, top_k=3).search("What is the capital of Mongolia?")) == 3  # off
+    # Hybrid: one common word shared with a longer question is not a keyword match; keyword mode ranks it.
+    unrelated = "Which form does a Finnish paper mill fill in to import pulp from Brazil every winter?"
+    assert floored.search(unrelated, mode="hybrid") == []
+    assert floored.search(unrelated, mode="keyword")[0].path == "policy/access.md"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # ANN index types and model changes
 

@@ -13,7 +13,8 @@ import pytest
 from context_assistant.core import ConfigError
 from context_assistant.retrieval.base import RetrievalError
 from context_assistant.retrieval.embeddings import MINILM, LocalEmbedder
-from context_assistant.retrieval.recall import TURNS_TABLE, TurnRecall, similarity_floor
+from context_assistant.retrieval.recall import TURNS_TABLE, TurnRecall
+from context_assistant.retrieval.relevance import KEYWORD_COVERAGE, NO_FLOOR, RelevanceFloor, relevance_floor
 from context_assistant.storage.memory import ConversationStore
 from retrieval_support import CountingEmbedder, HashingEmbedder, PoisonEmbedder, bm25_stats_consistent, minilm  # noqa: F401
 
@@ -218,15 +219,15 @@ def test_a_question_unrelated_to_anything_said_recalls_nothing(
 ) -> None:
     """The nearest turn is not a match by itself: below the model's similarity floor it is left out (a new
     user's "capital of Mongolia" brought back their credential turns), while related questions still recall."""
-    recall = TurnRecall(seeded.db, minilm, top_k=3)
-    assert recall.similarity_floor == 0.3  # auto, measured for MiniLM
+    recall = TurnRecall(seeded.db, minilm, top_k=3, min_similarity="auto")
+    assert recall.floor == RelevanceFloor(0.3, KEYWORD_COVERAGE)  # auto, measured for MiniLM
     recall.index_pending()
-    for mode in ("vector", "keyword", "hybrid"):
+    for mode in ("vector", "keyword", "hybrid"):  # (keyword: no word in common)
         assert recall.recall("ana", "What is the capital of Mongolia?", mode=mode) == []
         assert recall.recall("ana", "zebra quantum astrophysics", mode=mode) == []
         assert recall.recall("ana", "how long are raw events kept?", mode=mode)[0].session_id == "ana-2"
-    unfloored = TurnRecall(seeded.db, minilm, top_k=3, min_similarity="off")
-    assert unfloored.similarity_floor is None
+    unfloored = TurnRecall(seeded.db, minilm, top_k=3)  # the class's default; the config's is auto
+    assert unfloored.floor == NO_FLOOR
     assert len(unfloored.recall("ana", "What is the capital of Mongolia?", mode="vector")) == 3
     assert (
         TurnRecall(seeded.db, minilm, min_similarity="0.9").recall("ana", "raw event retention", mode="vector")
@@ -234,24 +235,28 @@ def test_a_question_unrelated_to_anything_said_recalls_nothing(
     )
 
 
-def test_one_common_word_shared_with_a_longer_question_is_not_a_keyword_match(seeded: ConversationStore) -> None:
-    """A turn found only by keyword must cover a share of the question's weight (KEYWORD_COVERAGE): "raw" alone
-    in a long unrelated question is not enough, the turn's own words are."""
-    recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=3)
+def test_one_common_word_shared_with_a_longer_question_is_not_a_hybrid_match(seeded: ConversationStore) -> None:
+    """In hybrid recall a turn found by keyword must cover a share of the question's weight (KEYWORD_COVERAGE):
+    "raw" alone in a long unrelated question is not enough, the turn's own words are. Keyword mode ranks every
+    match, as asked. (A floor of 0.99 keeps the hashing test double's vectors out of it.)"""
+    recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=3, min_similarity="0.99")
     recall.index_pending()
-    assert recall.recall("ana", "raw", mode="keyword")[0].session_id == "ana-2"
     unrelated = "Which raw materials does a Finnish paper mill import from Brazil every winter?"
-    assert recall.recall("ana", unrelated, mode="keyword") == []
-    assert recall.recall("ana", "retention of raw events", mode="keyword")[0].session_id == "ana-2"
+    assert recall.recall("ana", unrelated, mode="hybrid") == []
+    assert recall.recall("ana", unrelated, mode="keyword")[0].session_id == "ana-2"
+    assert recall.recall("ana", "raw", mode="hybrid")[0].session_id == "ana-2"
+    assert recall.recall("ana", "retention of raw events", mode="hybrid")[0].session_id == "ana-2"
+    assert TurnRecall(seeded.db, HashingEmbedder(), min_similarity="off").recall("ana", unrelated, mode="hybrid")
 
 
 def test_the_similarity_floor_is_the_models_or_the_configured_one() -> None:
-    assert similarity_floor("auto", MINILM) == 0.3
-    assert similarity_floor("auto", "databricks-gte-large-en") is None  # unmeasured: its scale differs
-    assert similarity_floor("off", MINILM) is None
-    assert similarity_floor("0.45", "databricks-gte-large-en") == 0.45
-    with pytest.raises(ConfigError, match="recall_min_similarity: 'high' is not auto, off or a cosine"):
-        similarity_floor("high", MINILM)
+    assert relevance_floor("auto", MINILM) == RelevanceFloor(0.3, KEYWORD_COVERAGE)
+    # Unmeasured: its similarity scale differs, so only the keyword part holds.
+    assert relevance_floor("auto", "databricks-gte-large-en") == RelevanceFloor(None, KEYWORD_COVERAGE)
+    assert relevance_floor("off", MINILM) == NO_FLOOR
+    assert relevance_floor("0.45", "databricks-gte-large-en") == RelevanceFloor(0.45, KEYWORD_COVERAGE)
+    with pytest.raises(ConfigError, match="'high' is not auto, off or a cosine"):
+        relevance_floor("high", MINILM)
 
 
 # ------------------------------------------------------------------------------------------ turns in context

@@ -46,7 +46,10 @@ def _no_hits(services: Services) -> str:
             f"No documents are indexed in {_where(services)}: run `context-assistant ingest` there "
             "(or pass --config to use another project's data folder)."
         )
-    return "No matching chunks."
+    return (
+        "No matching chunks: none is close enough in meaning (rag.min_similarity) or shares enough of the "
+        "question's words; `--mode keyword` lists every chunk sharing a word."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

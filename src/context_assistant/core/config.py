@@ -121,6 +121,9 @@ class RagConfig:
     hybrid_weight: float = _opt(0.5, min=0)  # convex: the vector side's share
     # Hybrid: a document's best chunk carries the document's best vector and keyword evidence (fusion.py).
     document_fusion: bool = True
+    # The relevance floor of the passages a turn and a search get (pgvector backend; retrieval/relevance.py):
+    # auto (measured for known models), off, or a cosine similarity in [-1, 1].
+    min_similarity: str = "auto"
     # A second stage that re-scores the first stage's best candidates with a cross-encoder (retrieval/rerank.py):
     # "" (off), endpoint:NAME (a serving endpoint) or local:PATH (a sentence-transformers CrossEncoder folder).
     reranker: str = ""
@@ -353,7 +356,8 @@ def load_config(
         raise ConfigError(
             f"memory.recall_hybrid_weight: {config.memory.recall_hybrid_weight} must be between 0 and 1"
         )
-    parse_min_similarity(config.memory.recall_min_similarity)
+    parse_min_similarity(config.memory.recall_min_similarity, "memory.recall_min_similarity")
+    parse_min_similarity(config.rag.min_similarity, "rag.min_similarity")
     if config.rag.hybrid_weight > 1:
         raise ConfigError(f"rag.hybrid_weight: {config.rag.hybrid_weight} must be between 0 and 1")
     if config.rag.rerank_weight > 1:
@@ -471,9 +475,9 @@ def _coerce(key: str, value: Any, kind: type, meta: Mapping[str, Any], source: s
     return result
 
 
-def parse_min_similarity(value: str) -> float | str | None:
-    """``memory.recall_min_similarity`` read: ``"auto"``, None for off (YAML reads a bare ``off`` as false),
-    or the number. Raises ConfigError for anything else."""
+def parse_min_similarity(value: str, key: str = "min_similarity") -> float | str | None:
+    """A relevance floor setting (``rag.min_similarity``, ``memory.recall_min_similarity``) read: ``"auto"``,
+    None for off (YAML reads a bare ``off`` as false), or the number. Raises ConfigError naming ``key``."""
     text = value.strip().lower()
     if text == "auto":
         return "auto"
@@ -484,9 +488,7 @@ def parse_min_similarity(value: str) -> float | str | None:
     except ValueError:
         number = float("nan")
     if not -1 <= number <= 1:
-        raise ConfigError(
-            f"memory.recall_min_similarity: {value!r} is not auto, off or a cosine similarity between -1 and 1"
-        )
+        raise ConfigError(f"{key}: {value!r} is not auto, off or a cosine similarity between -1 and 1")
     return number
 
 

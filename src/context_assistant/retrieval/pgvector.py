@@ -71,6 +71,7 @@ from .chunk_rows import write_chunk_rows
 from .embed_table import rate_line
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 from .fusion import fuse_chunks
+from .relevance import relevance_floor
 from .sync import (
     ChunkSource,
     DocumentChange,
@@ -139,6 +140,7 @@ class PgVectorChunkIndex:
         fusion: str = "convex",
         hybrid_weight: float = 0.5,
         document_fusion: bool = True,
+        min_similarity: str = "off",  # the config's rag.min_similarity is "auto"
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"rag.index_type: {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
@@ -154,6 +156,7 @@ class PgVectorChunkIndex:
         self.fusion = fusion
         self.hybrid_weight = hybrid_weight
         self.document_fusion = document_fusion
+        self.floor = relevance_floor(min_similarity, embedder.model_name)
         self._pgvector: tuple[int, ...] | None = None
 
     @classmethod
@@ -169,6 +172,7 @@ class PgVectorChunkIndex:
             fusion=rag.fusion,
             hybrid_weight=rag.hybrid_weight,
             document_fusion=rag.document_fusion,
+            min_similarity=rag.min_similarity,
             **kwargs,
         )
 
@@ -431,11 +435,24 @@ class PgVectorChunkIndex:
                         f"the query vector has {len(qvec)} dims but the index has {info.dimension}; "
                         "run `context-assistant sync`"
                     )
-                vector_ranked = self._vector_search(
-                    conn, info, qvec, where, dict(params), filtered=bool(path_prefix), rows=rows
+                vector_ranked = self.floor.vector(
+                    self._vector_search(
+                        conn, info, qvec, where, dict(params), filtered=bool(path_prefix), rows=rows
+                    )
                 )
             if mode != "vector":
-                keyword_ranked = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", where, params, query, pool)
+                keyword_ranked = bm25_top(
+                    conn,
+                    CHUNKS_SPACE,
+                    CHUNKS_TABLE,
+                    "chunk_id",
+                    where,
+                    params,
+                    query,
+                    pool,
+                    # Nothing close in meaning: a keyword match must then cover enough of the question.
+                    min_coverage=self.floor.keyword_coverage if qvec is not None and not vector_ranked else 0.0,
+                )
             if mode == "vector":
                 ranked = vector_ranked
             elif mode == "keyword":

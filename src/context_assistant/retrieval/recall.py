@@ -17,12 +17,8 @@ are few enough; no ANN index), and every query filters on ``user_id``: a user ne
 user's turns. Long messages are embedded from their first :data:`EMBED_CHARS` characters (the model would
 truncate anyway); BM25 indexes the whole text.
 
-**Relevance floor** (``memory.recall_min_similarity``): the vector side always has a nearest turn, and fusion
-normalises each side's scores, so without a floor a user's closest earlier turns reach every prompt, even for a
-question unrelated to anything they said. A turn whose cosine similarity to the question is below the floor is
-not a vector candidate; a keyword match still recalls it if it covers enough of the question
-(:data:`KEYWORD_COVERAGE`). ``auto`` takes the floor measured for a known model
-(:data:`MIN_SIMILARITY_BY_MODEL`) and none for others, whose similarity scales differ.
+**Relevance floor** (``memory.recall_min_similarity``, :mod:`~context_assistant.retrieval.relevance`): without it
+a user's closest earlier turns reach every prompt, even for a question unrelated to anything they said.
 
 If the embedding model fails, recall degrades to keyword search instead of failing the turn; if the model
 changed, the table is rebuilt (and re-embedded lazily). Creating or rebuilding the table is DDL, which only
@@ -38,14 +34,14 @@ from typing import Any
 
 import psycopg
 
-from ..core.config import parse_min_similarity
 from ..storage.bm25 import TEXT_SEARCH_CONFIG, WEIGHTED_DOC_LEN_SQL, bm25_rank
 from ..storage.db import Database, scalar
 from ..storage.vector_spaces import SpaceInfo, read_space, reset_space, table_exists, vector_literal
 from . import turn_context
 from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query
-from .embeddings import MINILM, Embedder, EmbeddingError, checked_dimension, validate_vectors
+from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
 from .fusion import fuse
+from .relevance import relevance_floor
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +52,6 @@ DEFAULT_BATCH_SIZE = 64
 RECALL_ROLES = ("user", "assistant")
 SPACE_LOCK_KEY = 0x0C0A5519  # serialises creating/rebuilding turn_index between processes
 PENDING_KEYWORD_ROWS = 5000  # newest not-yet-indexed messages of a user that recall scores by keyword
-# memory.recall_min_similarity "auto", per embedding model. MiniLM, LoCoMo dev (benchmarks/quality.py): 2 of 496
-# evidence turns in the vector top 10 score below 0.3, while the nearest turn to 4 of 100 general questions
-# unrelated to the conversations scores above it (their median 0.14; a question's evidence turns' median 0.47).
-MIN_SIMILARITY_BY_MODEL = {MINILM: 0.3}
-# A turn found only by keyword must score at least this share of the question's BM25 weight (bm25_rank's
-# min_coverage): one common word shared with a longer question ("good" in "Translate good morning into Finnish")
-# is not a match. LoCoMo dev: hybrid evidence recall@10 0.781 with it and without it; unrelated questions that
-# recall nothing 0.46 with the similarity floor alone -> 0.84 (0.20: 0.784 / 0.71; 0.35: 0.763 / 0.89).
-KEYWORD_COVERAGE = 0.25
 
 TURNS_DDL = """
     CREATE TABLE {table} (
@@ -93,14 +80,6 @@ _PENDING = f"""
       AND btrim(c.content) <> ''
       AND NOT EXISTS (SELECT 1 FROM {TURNS_TABLE} t WHERE t.message_id = c.id)
     ORDER BY c.id LIMIT %(limit)s"""
-
-
-def similarity_floor(setting: str, model_name: str) -> float | None:
-    """The relevance floor for ``model_name`` (see the module docstring); None: no floor."""
-    floor = parse_min_similarity(setting)
-    if floor == "auto":
-        return MIN_SIMILARITY_BY_MODEL.get(model_name)
-    return None if floor is None else float(floor)
 
 
 def _pending_rows(not_indexed: str) -> str:
@@ -135,7 +114,7 @@ class TurnRecall:
         batch_size: int = DEFAULT_BATCH_SIZE,
         fusion: str = "convex",
         hybrid_weight: float = 0.5,
-        min_similarity: str = "auto",
+        min_similarity: str = "off",  # the config's memory.recall_min_similarity is "auto"
     ) -> None:
         self.db = db
         self.embedder = embedder
@@ -144,7 +123,7 @@ class TurnRecall:
         self.batch_size = batch_size
         self.fusion = fusion
         self.hybrid_weight = hybrid_weight
-        self.similarity_floor = similarity_floor(min_similarity, embedder.model_name)
+        self.floor = relevance_floor(min_similarity, embedder.model_name)
         self._warned_not_ready = False
         self._space: SpaceInfo | None = None  # the turn space as last read, while it matches the model
         self._lock = threading.Lock()
@@ -392,12 +371,14 @@ class TurnRecall:
             scores: dict[int, float] = {}
             vector_scores: dict[int, float] = {}
             keyword_scores: dict[int, float] = {}
+            vector_searched = False
             if (
                 qvec is not None
                 and info is not None
                 and info.model == self.space_model
                 and len(qvec) == info.dimension
             ):
+                vector_searched = True
                 params["qvec"] = vector_literal(qvec)
                 for message_id, distance in conn.execute(
                     f"""SELECT c.message_id, c.embedding <=> %(qvec)s::vector({info.dimension}) AS distance
@@ -406,7 +387,7 @@ class TurnRecall:
                     params,
                 ):
                     similarity = 1.0 - float(distance)
-                    if self.similarity_floor is not None and similarity < self.similarity_floor:
+                    if self.floor.similarity is not None and similarity < self.floor.similarity:
                         break  # best first: the rest are below the floor too
                     vector_ranked.append(message_id)
                     scores[message_id] = vector_scores[message_id] = similarity
@@ -423,7 +404,8 @@ class TurnRecall:
                     pool,
                     weights=turn_context.BM25_WEIGHTS,
                     unknown_terms=True,
-                    min_coverage=KEYWORD_COVERAGE,
+                    # Nothing close in meaning: a keyword match must then cover enough of the question.
+                    min_coverage=self.floor.keyword_coverage if vector_searched and not vector_ranked else 0.0,
                 ):
                     keyword_ranked.append(message_id)
                     keyword_scores[message_id] = float(score)

@@ -131,7 +131,7 @@ def ensure_tier_keys(conn: psycopg.Connection, space: str, table: str, say: Prog
 
 _TERMS_SQL = f"""
     WITH q AS (SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', %(q)s))) AS l)
-    SELECT s.doc_count, s.total_length, s.ref_avgdl, t.lexeme, t.df
+    SELECT s.doc_count, s.total_length, s.ref_avgdl, (SELECT count(*) FROM q), t.lexeme, t.df
     FROM bm25_stats s JOIN bm25_terms t ON t.space = s.space
     WHERE s.space = %(space)s
       AND t.lexeme IN (SELECT l FROM q UNION ALL SELECT l || ' ' || j FROM q, generate_series(1, {TIERS}) AS j)"""
@@ -262,18 +262,45 @@ def bm25_top(
     query: str,
     limit: int,
     rounds: list[int] | None = None,
+    min_coverage: float = 0.0,
 ) -> list[tuple[Any, float]]:
     """:func:`~context_assistant.storage.bm25.bm25_rank`'s answer (same scores, same order) for a space whose
     rows carry tier keys, scoring only rows that can reach the top ``limit``. Falls back to the exhaustive
     method when the space has no tier keys yet or the rounds run out. ``rounds`` (tests, benchmarks) gets the
-    number of threshold rounds used (0: answered by the exhaustive method)."""
+    number of threshold rounds used (0: answered by the exhaustive method).
+
+    ``min_coverage`` drops rows scoring below that share of the question's weight: the idf of each of its
+    lexemes, a lexeme no row holds counting as the rarest (bm25_rank's ``min_coverage``, where unknown words
+    are left out of the weight unless ``unknown_terms``)."""
     rows = conn.execute(_TERMS_SQL, {"q": query, "space": space}).fetchall()
     if not rows:
         return []
     n, a0 = float(rows[0][0]), rows[0][2]
     if not n or a0 is None:
         _note(rounds, 0)
-        return bm25_rank(conn, space, table, key, where, params, query, limit)
+        ranked = bm25_rank(conn, space, table, key, where, params, query, limit)
+    else:
+        ranked = _bm25_top(conn, space, table, key, where, params, query, limit, rounds, rows)
+    if min_coverage <= 0 or not ranked:
+        return ranked
+    known = {lexeme: df for *_, lexeme, df in rows if " " not in lexeme}  # tier keys hold a space
+    weight = sum(idf(n, df) for df in known.values()) + idf(n, 0) * (int(rows[0][3]) - len(known))
+    return [(k, score) for k, score in ranked if score >= min_coverage * weight]
+
+
+def _bm25_top(
+    conn: psycopg.Connection,
+    space: str,
+    table: str,
+    key: str,
+    where: str,
+    params: dict[str, Any],
+    query: str,
+    limit: int,
+    rounds: list[int] | None,
+    rows: list[tuple[Any, ...]],
+) -> list[tuple[Any, float]]:
+    n, a0 = float(rows[0][0]), rows[0][2]
     a = max(float(rows[0][1]) / n, 1.0)
     dfs: dict[str, list[int]] = {}
     for *_, lexeme, df in rows:
