@@ -532,7 +532,9 @@ class Suite:
                     "sqlite store), and the local embedding model "
                     "behind the production cache: the question is embedded once for retrieval and recall. Recall "
                     "embeds the turn's messages on its background thread, waited for between turns (untimed; "
-                    "offline replies are not embedded). The stored chunks/messages carry synthetic vectors.",
+                    "offline replies are not embedded). The stored chunks/messages carry synthetic vectors, so the "
+                    "relevance floors (calibrated on real MiniLM vectors) are off: they filter rows the same "
+                    "statements return, and would drop every synthetic candidate.",
                 )
             )
             self.report.add(

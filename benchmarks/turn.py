@@ -116,7 +116,15 @@ class TurnBench:
         config = load_config(
             None,
             env={},
-            overrides={"data_dir": str(workdir), "model.provider": "offline", "tracing.enabled": True},
+            overrides={
+                "data_dir": str(workdir),
+                "model.provider": "offline",
+                "tracing.enabled": True,
+                # Synthetic vectors under the real model's name: a floor calibrated on real MiniLM vectors would
+                # leave the turns without passages. The floors only filter rows the same statements return.
+                "rag.min_similarity": "off",
+                "memory.recall_min_similarity": "off",
+            },
         )
         self.tracer = make_tracer(config, {})
         self.tracer.warm_up()  # the exporter process opens the store first, as the web app's start-up does
@@ -124,7 +132,11 @@ class TurnBench:
         self.embedder = TimedModel(embedder)
         cached = CachingEmbedder(self.embedder)  # what make_embedder gives the app
         self.recall = TurnRecall(
-            self.db, cached, top_k=config.memory.recall_top_k, search_mode=config.rag.search_mode
+            self.db,
+            cached,
+            top_k=config.memory.recall_top_k,
+            search_mode=config.rag.search_mode,
+            min_similarity=config.memory.recall_min_similarity,
         )
         store = ConversationStore(self.db)
         retriever = PgVectorChunkIndex.from_config(self.db, cached, config.rag)
