@@ -450,8 +450,7 @@ class PgVectorChunkIndex:
                     params,
                     query,
                     pool,
-                    # Nothing close in meaning: a keyword match must then cover enough of the question.
-                    min_coverage=self.floor.keyword_coverage if qvec is not None and not vector_ranked else 0.0,
+                    min_coverage=self.floor.keyword_share(qvec is not None, vector_ranked),
                 )
             if mode == "vector":
                 ranked = vector_ranked

@@ -380,15 +380,13 @@ class TurnRecall:
             ):
                 vector_searched = True
                 params["qvec"] = vector_literal(qvec)
-                for message_id, distance in conn.execute(
+                nearest = conn.execute(
                     f"""SELECT c.message_id, c.embedding <=> %(qvec)s::vector({info.dimension}) AS distance
                         FROM {TURNS_TABLE} c WHERE {where}
                         ORDER BY distance, c.message_id LIMIT %(limit)s""",
                     params,
-                ):
-                    similarity = 1.0 - float(distance)
-                    if self.floor.similarity is not None and similarity < self.floor.similarity:
-                        break  # best first: the rest are below the floor too
+                ).fetchall()
+                for message_id, similarity in self.floor.vector([(m, 1.0 - float(d)) for m, d in nearest]):
                     vector_ranked.append(message_id)
                     scores[message_id] = vector_scores[message_id] = similarity
             if mode != "vector":
@@ -404,8 +402,7 @@ class TurnRecall:
                     pool,
                     weights=turn_context.BM25_WEIGHTS,
                     unknown_terms=True,
-                    # Nothing close in meaning: a keyword match must then cover enough of the question.
-                    min_coverage=self.floor.keyword_coverage if vector_searched and not vector_ranked else 0.0,
+                    min_coverage=self.floor.keyword_share(vector_searched, vector_ranked),
                 ):
                     keyword_ranked.append(message_id)
                     keyword_scores[message_id] = float(score)

@@ -48,6 +48,11 @@ class RelevanceFloor:
             return list(ranked)
         return [(key, similarity) for key, similarity in ranked if similarity >= self.similarity]
 
+    def keyword_share(self, vector_searched: bool, vector_candidates: Sequence[object]) -> float:
+        """The share of the question's BM25 weight a keyword match must cover: :data:`KEYWORD_COVERAGE` when
+        the vector side was searched and found nothing close in meaning, else 0 (see the module docstring)."""
+        return self.keyword_coverage if vector_searched and not vector_candidates else 0.0
+
 
 NO_FLOOR = RelevanceFloor()
 

@@ -276,31 +276,17 @@ def bm25_top(
     if not rows:
         return []
     n, a0 = float(rows[0][0]), rows[0][2]
+    floor = 0.0
+    if min_coverage > 0:
+        known = {lexeme: df for *_, lexeme, df in rows if " " not in lexeme}  # tier keys hold a space
+        floor = min_coverage * (sum(idf(n, df) for df in known.values()) + idf(n, 0) * (rows[0][3] - len(known)))
+
+    def kept(ranked: list[tuple[Any, float]]) -> list[tuple[Any, float]]:
+        return [(k, v) for k, v in ranked if v >= floor] if floor else ranked
+
     if not n or a0 is None:
         _note(rounds, 0)
-        ranked = bm25_rank(conn, space, table, key, where, params, query, limit)
-    else:
-        ranked = _bm25_top(conn, space, table, key, where, params, query, limit, rounds, rows)
-    if min_coverage <= 0 or not ranked:
-        return ranked
-    known = {lexeme: df for *_, lexeme, df in rows if " " not in lexeme}  # tier keys hold a space
-    weight = sum(idf(n, df) for df in known.values()) + idf(n, 0) * (int(rows[0][3]) - len(known))
-    return [(k, score) for k, score in ranked if score >= min_coverage * weight]
-
-
-def _bm25_top(
-    conn: psycopg.Connection,
-    space: str,
-    table: str,
-    key: str,
-    where: str,
-    params: dict[str, Any],
-    query: str,
-    limit: int,
-    rounds: list[int] | None,
-    rows: list[tuple[Any, ...]],
-) -> list[tuple[Any, float]]:
-    n, a0 = float(rows[0][0]), rows[0][2]
+        return kept(bm25_rank(conn, space, table, key, where, params, query, limit))
     a = max(float(rows[0][1]) / n, 1.0)
     dfs: dict[str, list[int]] = {}
     for *_, lexeme, df in rows:
@@ -352,7 +338,7 @@ def _bm25_top(
 
     if sum(dfs[lex][0] for lex in lexemes) <= RARE_BUDGET:  # every term rare: score them all, one round
         _note(rounds, 1)
-        return score([tsquery_or(lexemes)], last=True)
+        return kept(score([tsquery_or(lexemes)], last=True))
     order = sorted(range(len(terms)), key=lambda i: -terms[i][-1])
     essential = order[:MAX_ENUMERATED_TERMS]
     slack = sum(terms[i][-1] for i in order[MAX_ENUMERATED_TERMS:])
@@ -368,14 +354,14 @@ def _bm25_top(
         ranked = score(dnf) if dnf else best()
         if len(ranked) >= limit and ranked[limit - 1][1] >= theta:
             _note(rounds, round_number)
-            return ranked
+            return kept(ranked)
         if len(ranked) >= limit:  # the k-th best seen: the next round is exact
             theta = ranked[limit - 1][1]
         else:
             estimate = _estimate_theta(ess_terms, ess_dfs, n, target * 8**round_number, limit) + slack
             theta = min(estimate, theta * 0.85)
     _note(rounds, 0)
-    return bm25_rank(conn, space, table, key, where, params, query, limit)
+    return kept(bm25_rank(conn, space, table, key, where, params, query, limit))
 
 
 def written_reference(conn: psycopg.Connection, space: str, tsv: str, from_sql: str) -> float:
