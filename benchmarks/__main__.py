@@ -62,7 +62,7 @@ class Sizes:
 
 SIZES = {
     "full": Sizes(
-        "full", runs=3, index_runs=2, appends=2_000, batched=20_000, batch=100, history_rows=1_000_000,
+        "full", runs=3, index_runs=2, appends=4_000, batched=50_000, batch=100, history_rows=1_000_000,
         history_sessions=20_000, fetches=300, documents=5_000, spark_runs=1, ann_chunks=100_000, ann_queries=1_000, keyword_queries=200,
         turn_chunks=10_000, turn_messages=100_000, turns=20, turn_warm_up=3, web_clients=32, web_requests=640, import_messages=10_000,
     ),
@@ -164,22 +164,22 @@ class Suite:
             "trip; theirs: `PostgresChatMessageHistory.add_messages` (executemany, one commit).",
         )
 
-        def ours() -> None:
-            single.ours.append(memory.append_throughput(server.fresh("bench_ours_append"), s.appends, batch=1))
-            batched.ours.append(memory.append_throughput(server.fresh("bench_ours_append"), s.batched, s.batch))
-
-        def theirs() -> None:
-            assert single.theirs is not None and batched.theirs is not None
-            single.theirs.append(peers.append_throughput(server.fresh("bench_lc_append"), s.appends, batch=1))
-            batched.theirs.append(peers.append_throughput(server.fresh("bench_lc_append"), s.batched, s.batch))
-
         for run in range(s.runs):
             say(f"memory append run {run + 1}/{s.runs}")
-            # Interleaved, alternating who goes first (ABBA), so drift in the machine's load hits both sides.
-            order = [ours, theirs] if run % 2 == 0 else [theirs, ours]
-            for side in order:
-                if side is ours or self.with_peers:
-                    side()
+            for measure, messages, batch in ((single, s.appends, 1), (batched, s.batched, s.batch)):
+                # Both sides at once, slice by slice (memory.interleaved_append_rates): a load change between the
+                # two sides' turns, not the code, flipped single runs' ratios when each side ran whole in turn.
+                trials = [memory.our_appends(server.fresh("bench_ours_append"), messages, batch)]
+                if self.with_peers:
+                    trials.append(peers.their_appends(server.fresh("bench_lc_append"), messages, batch))
+                try:
+                    rates = memory.interleaved_append_rates(trials)
+                finally:
+                    for trial in trials:
+                        trial.close()
+                measure.ours.append(rates[0])
+                if measure.theirs is not None:
+                    measure.theirs.append(rates[1])
         self.report.add(single)
         self.report.add(batched)
         server.drop("bench_ours_append")

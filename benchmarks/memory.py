@@ -13,7 +13,10 @@ import io
 import json
 import random
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from benchmarks.common import Stats, machine, timed
 from benchmarks.peers import message_text
@@ -22,6 +25,7 @@ from context_assistant.storage import ConversationStore, Database
 
 BENCH_USER = "bench"
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+APPEND_BLOCKS = 10  # slices of a side-by-side append run (see interleaved_append_rates)
 
 
 def jsonl(messages: int, sessions: int, users: int = 50, offset: int = 0) -> str:
@@ -44,36 +48,74 @@ def jsonl(messages: int, sessions: int, users: int = 50, offset: int = 0) -> str
     return out.getvalue()
 
 
-def append_throughput(conninfo: str, messages: int, batch: int) -> float:
-    """Messages per second into one session: ``ConversationStore.append`` one message per call when
-    ``batch == 1``; otherwise ``ConversationStore.append_many`` with ``batch`` messages per call."""
+@dataclass
+class AppendTrial:
+    """One side's appends into one session, ready to run: the payload of each call, prepared before any timing."""
+
+    who: str
+    messages: int
+    calls: list[Any]
+    append: Callable[[Any], None]
+    count: Callable[[], int]  # messages the side's table holds
+    close: Callable[[], None]
+
+
+def our_appends(conninfo: str, messages: int, batch: int) -> AppendTrial:
+    """``ConversationStore.append`` one message per call when ``batch == 1``; otherwise
+    ``ConversationStore.append_many`` with ``batch`` messages per call."""
     db = ours_database(conninfo)
-    try:
-        store = ConversationStore(db)
-        session = store.create_session(BENCH_USER, session_id="s0")
+    store = ConversationStore(db)
+    session = store.create_session(BENCH_USER, session_id="s0")
+    calls = [
+        [
+            ("user" if i % 2 == 0 else "assistant", message_text(i), None)
+            for i in range(start, min(start + batch, messages))
+        ]
+        for start in range(0, messages, batch)
+    ]
+
+    def append(call: list[tuple[str, str, None]]) -> None:
         if batch == 1:
-            seconds = timed(
-                lambda: [
-                    store.append(BENCH_USER, session.id, "user" if i % 2 == 0 else "assistant", message_text(i))
-                    for i in range(messages)
-                ]
-            )
+            store.append(BENCH_USER, session.id, call[0][0], call[0][1])
         else:
-            calls = [
-                [
-                    ("user" if i % 2 == 0 else "assistant", message_text(i), None)
-                    for i in range(start, min(start + batch, messages))
-                ]
-                for start in range(0, messages, batch)
-            ]
-            seconds = timed(lambda: [store.append_many(BENCH_USER, session.id, call) for call in calls])
+            store.append_many(BENCH_USER, session.id, call)
+
+    def count() -> int:
         with db.connection() as conn:
-            count = conn.execute("SELECT count(*) FROM conversations").fetchone()[0]
-    finally:
-        db.close()
-    if count != messages:
-        raise AssertionError(f"our store holds {count} messages after appending {messages}")
-    return messages / seconds
+            return int(conn.execute("SELECT count(*) FROM conversations").fetchone()[0])
+
+    return AppendTrial("our store", messages, calls, append, count, db.close)
+
+
+def interleaved_append_rates(trials: Sequence[AppendTrial], blocks: int = APPEND_BLOCKS) -> list[float]:
+    """Messages per second of each trial, measured side by side: a few untimed calls each first (a fresh
+    database's first statements fill its caches), then the rest in ``blocks`` slices, every side running each
+    slice in turn and the order alternating (ABBA), so a change in the machine's load hits every side alike.
+    Checks every side's table holds exactly its messages."""
+    calls = len(trials[0].calls)
+    if any(len(t.calls) != calls for t in trials):
+        raise ValueError("side-by-side appends need the same number of calls on every side")
+    warm = min(max(1, calls // 20), calls - 1)
+    for trial in trials:
+        for call in trial.calls[:warm]:
+            trial.append(call)
+    seconds = [0.0] * len(trials)
+    edges = [warm + (calls - warm) * b // blocks for b in range(blocks + 1)]
+    for b in range(blocks):
+        order = list(range(len(trials))) if b % 2 == 0 else list(reversed(range(len(trials))))
+        for i in order:
+            started = time.perf_counter()
+            for call in trials[i].calls[edges[b] : edges[b + 1]]:
+                trials[i].append(call)
+            seconds[i] += time.perf_counter() - started
+    rates = []
+    for trial, spent in zip(trials, seconds, strict=True):
+        held = trial.count()
+        if held != trial.messages:
+            raise AssertionError(f"{trial.who} holds {held} messages after appending {trial.messages}")
+        timed_messages = sum(len(call) for call in trial.calls[warm:])
+        rates.append(timed_messages / spent)
+    return rates
 
 
 def fill_history(db: Database, rows: int, sessions: int) -> float:
@@ -166,7 +208,11 @@ def main() -> None:
         f"memory import: {imp['messages']:,} messages in {imp['seconds']:.2f} s = {imp['per_second']:,.0f} msg/s "
         f"(re-import of the same file, all skipped: {imp['reimport_seconds']:.2f} s)"
     )
-    rate = append_throughput(server.fresh("bench_memory_append"), args.appends, batch=1)
+    trial = our_appends(server.fresh("bench_memory_append"), args.appends, batch=1)
+    try:
+        (rate,) = interleaved_append_rates([trial])
+    finally:
+        trial.close()
     print(f"append (one session, one thread, one transaction each): {rate:,.0f} msg/s")
     hist = bench_history(server, args.rows, args.sessions, args.fetches)
     print(

@@ -85,30 +85,29 @@ def _create_history_table(conn: psycopg.Connection) -> None:
     PostgresChatMessageHistory.create_tables(conn, HISTORY_TABLE)
 
 
-def append_throughput(conninfo: str, messages: int, batch: int) -> float:
-    """Messages per second through ``add_messages`` into one session, ``batch`` messages per call."""
+def their_appends(conninfo: str, messages: int, batch: int) -> Any:
+    """``add_messages`` into one session, ``batch`` messages per call (a :class:`benchmarks.memory.AppendTrial`)."""
     from langchain_core.messages import AIMessage, HumanMessage
 
-    with psycopg.connect(conninfo) as conn:
-        _create_history_table(conn)
-        history = _history(conn, session_uuid("bench"))
-        calls = [
-            [
-                (HumanMessage if (start + j) % 2 == 0 else AIMessage)(content=message_text(start + j))
-                for j in range(min(batch, messages - start))
-            ]
-            for start in range(0, messages, batch)
+    from benchmarks.memory import AppendTrial
+
+    conn = psycopg.connect(conninfo)
+    _create_history_table(conn)
+    history = _history(conn, session_uuid("bench"))
+    calls = [
+        [
+            (HumanMessage if (start + j) % 2 == 0 else AIMessage)(content=message_text(start + j))
+            for j in range(min(batch, messages - start))
         ]
-        started = time.perf_counter()
-        for call in calls:
-            history.add_messages(call)
-        seconds = time.perf_counter() - started
-        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(HISTORY_TABLE))).fetchone()[
-            0
-        ]
-    if count != messages:
-        raise AssertionError(f"LangChain history holds {count} messages after appending {messages}")
-    return messages / seconds
+        for start in range(0, messages, batch)
+    ]
+
+    def count() -> int:
+        return int(
+            conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(HISTORY_TABLE))).fetchone()[0]
+        )
+
+    return AppendTrial("LangChain's history", messages, calls, history.add_messages, count, conn.close)
 
 
 def message_text(i: int) -> str:

@@ -177,6 +177,85 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         requires_vector=True,
     ),
+    Migration(
+        6,
+        "conversations: the session check once per statement",
+        """
+        -- The foreign key from a message to its session becomes triggers with the same guarantees: a message
+        -- needs an existing session when written or moved, deleting a session deletes its messages, and a
+        -- session with messages keeps its id. The key checked each row on its own (a trigger call, an index
+        -- probe and a row lock per message: a third of a 100-message append); the insert check runs once per
+        -- statement over the statement's new rows and locks each distinct session once, FOR KEY SHARE as the
+        -- key's check does, so a concurrent delete of that session waits for the writer and its cascade
+        -- then sees the new messages (READ COMMITTED, the product's isolation level).
+        DO $do$
+        DECLARE key_name text;
+        BEGIN
+            FOR key_name IN
+                SELECT conname FROM pg_constraint
+                WHERE conrelid = 'conversations'::regclass AND confrelid = 'sessions'::regclass AND contype = 'f'
+            LOOP
+                EXECUTE format('ALTER TABLE conversations DROP CONSTRAINT %I', key_name);
+            END LOOP;
+        END
+        $do$;
+
+        CREATE FUNCTION conversations_need_sessions() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        DECLARE wanted text;
+        BEGIN
+            -- Each distinct session once, in id order (two writers lock in the same order: no deadlock).
+            FOR wanted IN SELECT DISTINCT session_id FROM new_rows ORDER BY 1 LOOP
+                PERFORM 1 FROM sessions WHERE id = wanted FOR KEY SHARE;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'a message of session "%" was written, but there is no such session', wanted
+                        USING ERRCODE = 'foreign_key_violation', TABLE = 'conversations', COLUMN = 'session_id';
+                END IF;
+            END LOOP;
+            RETURN NULL;
+        END
+        $fn$;
+        CREATE TRIGGER conversations_need_sessions AFTER INSERT ON conversations
+            REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conversations_need_sessions();
+
+        -- Moving a message to another session is no product operation: checked row by row, and only when the
+        -- UPDATE names session_id (the metadata updates of every turn do not fire it).
+        CREATE FUNCTION conversations_moved_to_a_session() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        BEGIN
+            PERFORM 1 FROM sessions WHERE id = NEW.session_id FOR KEY SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'message % was moved to session "%", but there is no such session',
+                    NEW.id, NEW.session_id
+                    USING ERRCODE = 'foreign_key_violation', TABLE = 'conversations', COLUMN = 'session_id';
+            END IF;
+            RETURN NULL;
+        END
+        $fn$;
+        CREATE TRIGGER conversations_moved_to_a_session AFTER UPDATE OF session_id ON conversations
+            FOR EACH ROW WHEN (OLD.session_id IS DISTINCT FROM NEW.session_id)
+            EXECUTE FUNCTION conversations_moved_to_a_session();
+
+        CREATE FUNCTION sessions_delete_their_messages() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        BEGIN
+            DELETE FROM conversations WHERE session_id IN (SELECT id FROM old_rows);
+            RETURN NULL;
+        END
+        $fn$;
+        CREATE TRIGGER sessions_delete_their_messages AFTER DELETE ON sessions
+            REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions_delete_their_messages();
+
+        CREATE FUNCTION sessions_keep_their_id() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM conversations WHERE session_id = OLD.id) THEN
+                RAISE EXCEPTION 'session "%" has messages: its id cannot change', OLD.id
+                    USING ERRCODE = 'foreign_key_violation', TABLE = 'sessions', COLUMN = 'id';
+            END IF;
+            RETURN NULL;
+        END
+        $fn$;
+        CREATE TRIGGER sessions_keep_their_id AFTER UPDATE OF id ON sessions
+            FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION sessions_keep_their_id();
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
