@@ -345,6 +345,12 @@ def test_input_limits_are_clear_errors_and_store_nothing(start_app, make_config)
         "error": "message_id: Field required",
         "field": "message_id",
     }
+    for path in ("/api/chat", "/api/chat/stream"):
+        nothing = client.post(path, json={})
+        assert nothing.status_code == 422 and error_body(nothing) == {
+            "error": """'message' is missing: send {"message": "your question"} (or retry_of, a failed message's id)""",
+            "field": "message",
+        }
     misspelt = client.post("/api/chat", json={"msg": "hi"})
     assert misspelt.status_code == 422 and error_body(misspelt) == {
         "error": "msg: not a field of this request (the fields are listed at /docs)",

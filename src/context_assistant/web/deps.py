@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 from ..assistant.turn import Assistant, check_message
 from ..core.config import Config
 from ..core.console import Progress
+from ..core.text import InvalidText
 from ..core.tracing import AnyTracer
 from ..llm.interface import ChatModel
 from ..refresh import refresh_documents
@@ -209,6 +210,10 @@ ReadyForTurns = Depends(ready_for_turns)
 def chat_request(body: ChatRequest, config: ConfigDep) -> ChatRequest:
     """The request body, checked by the assistant's own message rule (a retry sends no new message)."""
     if body.retry_of is None:
+        if "message" not in body.model_fields_set:  # `{}` is a missing field, not an empty question
+            raise InvalidText(
+                "message", 'is missing: send {"message": "your question"} (or retry_of, a failed message\'s id)'
+            )
         check_message(body.message, config.web.max_message_chars)
     return body
 
