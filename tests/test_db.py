@@ -461,3 +461,35 @@ def test_a_table_that_stays_busy_is_a_clear_error_and_changes_nothing(
                 == 0
             )
     pg_server.drop_database("migrate_stuck")
+
+
+def test_a_pending_migration_the_code_serves_without_does_not_stop_a_role_that_only_checks(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an upgrade is deployed, the app (which may not migrate) keeps serving until the owner's setup runs
+    when the pending migrations only change how a guarantee is kept or how fast (Migration.serving_needs_it)."""
+    import context_assistant.storage.db as db_module
+    import context_assistant.storage.db_schema as schema_module
+    from context_assistant.storage.db import SchemaNotReady
+
+    def with_migrations(*extra: Migration) -> None:
+        for module in (db_module, schema_module):
+            monkeypatch.setattr(module, "MIGRATIONS", (*MIGRATIONS, *extra))
+
+    with fresh_db(pg_server, "migrate_optional") as db:
+        db.migrate(vector=False)
+        optional = Migration(
+            LATEST_VERSION + 1,
+            "test: an index",
+            "CREATE INDEX sessions_title ON sessions (title)",
+            serving_needs_it=False,
+        )
+        with_migrations(optional)
+        db.check_schema(vector=False)  # serves as it is
+        needed = Migration(LATEST_VERSION + 2, "test: a column", "ALTER TABLE sessions ADD COLUMN x int")
+        with_migrations(optional, needed)
+        with pytest.raises(SchemaNotReady, match=f"at version {LATEST_VERSION}, .* needs {LATEST_VERSION + 2}"):
+            db.check_schema(vector=False)
+        assert [m.version for m in db.migrate(vector=False)] == [optional.version, needed.version]  # the owner
+        db.check_schema(vector=False)
+    pg_server.drop_database("migrate_optional")

@@ -70,12 +70,16 @@ class SchemaState:
     vector_installed: bool = False
 
     def pending(self, vector: bool) -> list[Migration]:
-        """The migrations this role would need applied (those needing pgvector only with ``vector``)."""
+        """The migrations the owner's setup would apply (those needing pgvector only with ``vector``)."""
         return [m for m in MIGRATIONS if (vector or not m.requires_vector) and m.version not in self.applied]
+
+    def missing(self, vector: bool) -> list[Migration]:
+        """The pending migrations this version's code cannot serve without."""
+        return [m for m in self.pending(vector) if m.serving_needs_it]
 
     def ready(self, vector: bool) -> bool:
         return (
-            self.exists and self.usable and self.ledger and not self.pending(vector) and not self.unusable_objects
+            self.exists and self.usable and self.ledger and not self.missing(vector) and not self.unusable_objects
         )
 
     def problem(self, vector: bool, where: str) -> str | None:
@@ -95,12 +99,12 @@ class SchemaState:
             return f"role {self.role} may not use schema {self.schema} in {where}: {fix}"
         if not self.ledger:
             return f"schema {self.schema} in {where} has no tables yet: {fix}"
-        pending = self.pending(vector)
-        if pending:
+        missing = self.missing(vector)
+        if missing:
             have = max(self.applied, default=0)
             return (
                 f"schema {self.schema} in {where} is at version {have}, this version of context-assistant needs "
-                f"{pending[-1].version}: {fix}"
+                f"{missing[-1].version}: {fix}"
             )
         if self.unusable_objects:
             names = ", ".join(self.unusable_objects[:5]) + (" ..." if len(self.unusable_objects) > 5 else "")

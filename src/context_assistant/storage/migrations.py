@@ -17,6 +17,10 @@ class Migration:
     sql: str
     # Needs the pgvector extension; applied only when a vector feature (RAG, recall) asks for it.
     requires_vector: bool = False
+    # False when the code works the same with or without it (it changes how a guarantee is kept, or speed): a
+    # role that may not migrate (the app's) keeps serving while it is pending, until the owner's setup (the
+    # jobs' first task) applies it, instead of answering 503 from the moment a new version is deployed.
+    serving_needs_it: bool = True
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -255,6 +259,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TRIGGER sessions_keep_their_id AFTER UPDATE OF id ON sessions
             FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION sessions_keep_their_id();
         """,
+        serving_needs_it=False,  # the key and the triggers keep the same guarantees
     ),
 )
 
