@@ -161,7 +161,8 @@ class Suite:
             [] if self.with_peers else None,
             note="ours: `ConversationStore.append` for one message (one INSERT … SELECT with scalar parameters) and "
             "`ConversationStore.append_many` for 100 (one INSERT … SELECT FROM json_to_recordset), each autocommitted: one round "
-            "trip; theirs: `PostgresChatMessageHistory.add_messages` (executemany, one commit).",
+            "trip; theirs: `PostgresChatMessageHistory.add_messages` (executemany, one commit). Both sides in each run: "
+            "a few untimed calls, then 10 slices of their calls, alternating side by side (ABBA).",
         )
 
         for run in range(s.runs):
