@@ -469,6 +469,9 @@ def test_bad_usage_and_bad_input_are_one_clear_line(
     assert code == 2 and err.strip() == "usage error: chat: --message and --retry cannot be combined"
     code, _, err = run("--session", "nope", "--message", "hi")
     assert code == 1 and err.strip() == "error: session not found: nope" + SESSIONS_HINT
+    # An empty --session is not "start a new conversation" (a new user's script passed "$SESSION" unset).
+    code, _, err = run("--session", " ", "--message", "hi")
+    assert code == 2 and err.strip().startswith("usage error: chat: --session is empty; give a session id")
     blank = "chat: --message is empty; give the question as TEXT, or '-' to read it from stdin"
     for text in ("", "   "):  # a usage error like the others above, refused before the database is opened
         code, out, err = run("--message", text, "--json")

@@ -132,6 +132,17 @@ def test_bad_env_override_names_the_variable() -> None:
         ConfigError, match=r"rag.top_k \(from CONTEXT_ASSISTANT__RAG__TOP_K\): 'x' is not an integer"
     ):
         load_config(None, env={"CONTEXT_ASSISTANT__RAG__TOP_K": "x"})
+    # A misspelt key and a value checked after the rest are traced to the variable too (a new user read
+    # "rag.topk: unknown key" as a mistake in config.yaml).
+    with pytest.raises(
+        ConfigError,
+        match=r"^rag.topk \(from CONTEXT_ASSISTANT__RAG__TOPK\): unknown key \(did you mean rag.top_k\?\)$",
+    ):
+        load_config(None, env={"CONTEXT_ASSISTANT__RAG__TOPK": "3"})
+    with pytest.raises(
+        ConfigError, match=r"^rag.min_similarity \(from CONTEXT_ASSISTANT__RAG__MIN_SIMILARITY\): "
+    ):
+        load_config(None, env={"CONTEXT_ASSISTANT__RAG__MIN_SIMILARITY": "high"})
 
 
 def test_missing_explicit_file_is_reported(tmp_path: Path) -> None:

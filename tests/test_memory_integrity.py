@@ -66,6 +66,41 @@ def test_deleting_sessions_deletes_their_messages_and_only_theirs(store: Convers
     assert (count(store.db, kept), count(store.db, gone), count(store.db, also_gone)) == (2, 0, 0)
 
 
+def test_truncating_sessions_deletes_every_message(store: ConversationStore) -> None:
+    session = store.create_session("alice").id
+    store.append("alice", session, "user", "hi")
+    execute(store.db, "TRUNCATE sessions", None)
+    assert count(store.db, session) == 0
+
+
+def test_a_client_with_another_search_path_is_checked_the_same_way(store: ConversationStore) -> None:
+    """psql or a SQL editor with the default search_path, naming the tables with their schema."""
+    session = store.create_session("alice").id
+    schema = store.db.schema
+    with psycopg.connect(store.db.target.conninfo, autocommit=True) as conn:
+        assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(INSERT.replace("INTO conversations", f"INTO {schema}.conversations"), [["nope"]])
+        conn.execute(INSERT.replace("INTO conversations", f"INTO {schema}.conversations"), [[session]])
+        conn.execute(f"DELETE FROM {schema}.sessions WHERE id = %s", (session,))
+    assert count(store.db, session) == 0
+
+
+def test_a_session_delete_outside_read_committed_is_refused_and_deletes_nothing(store: ConversationStore) -> None:
+    """Under REPEATABLE READ the cascade would read its own snapshot and miss a message committed meanwhile
+    (the foreign key raised a serialization failure there); the triggers refuse such a delete instead."""
+    session = store.create_session("alice").id
+    store.append("alice", session, "user", "kept")
+    with (
+        pytest.raises(psycopg.errors.FeatureNotSupported, match="READ COMMITTED only, not REPEATABLE READ"),
+        store.db.connection() as conn,
+        conn.transaction(),
+    ):
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("DELETE FROM sessions WHERE id = %s", (session,))
+    assert [m.content for m in store.messages("alice", session)] == ["kept"]
+
+
 def in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     outcome: list[Any] = []
 
@@ -127,6 +162,7 @@ def test_a_database_with_the_foreign_key_migrates_to_the_triggers_keeping_its_me
                DROP TRIGGER conversations_moved_to_a_session ON conversations;
                DROP TRIGGER sessions_delete_their_messages ON sessions;
                DROP TRIGGER sessions_keep_their_id ON sessions;
+               DROP TRIGGER sessions_truncate_their_messages ON sessions;
                DROP FUNCTION conversations_need_sessions(), conversations_moved_to_a_session(),
                              sessions_delete_their_messages(), sessions_keep_their_id();
                ALTER TABLE conversations ADD FOREIGN KEY (session_id) REFERENCES sessions (id) ON DELETE CASCADE;

@@ -317,6 +317,12 @@ def check_arguments(args: argparse.Namespace) -> None:
     message = getattr(args, "message", None)
     if args.command == "chat" and isinstance(message, str) and not message.strip():
         raise UsageError("chat: --message is empty; give the question as TEXT, or '-' to read it from stdin")
+    session = getattr(args, "session", None)
+    if args.command == "chat" and isinstance(session, str) and not session.strip():  # not "start a new one"
+        raise UsageError(
+            "chat: --session is empty; give a session id (or a unique prefix: `context-assistant sessions list`), "
+            "or leave --session out to start a new conversation"
+        )
 
 
 def _argument_name(dest: str) -> str:

@@ -356,8 +356,9 @@ def load_config(
         raise ConfigError(
             f"memory.recall_hybrid_weight: {config.memory.recall_hybrid_weight} must be between 0 and 1"
         )
-    parse_min_similarity(config.memory.recall_min_similarity, "memory.recall_min_similarity")
-    parse_min_similarity(config.rag.min_similarity, "rag.min_similarity")
+    for key in ("memory.recall_min_similarity", "rag.min_similarity"):
+        section, name = key.split(".")
+        parse_min_similarity(getattr(getattr(config, section), name), _label(key, sources.get(key)))
     if config.rag.hybrid_weight > 1:
         raise ConfigError(f"rag.hybrid_weight: {config.rag.hybrid_weight} must be between 0 and 1")
     if config.rag.rerank_weight > 1:
@@ -407,7 +408,7 @@ def _build(cls: type, data: Any, prefix: str, sources: Mapping[str, str]) -> Any
             hint = (
                 f" (did you mean {prefix}{suggestion[0]}?)" if suggestion else f"; known keys: {', '.join(public)}"
             )
-            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+            raise ConfigError(f"{_label(prefix + str(key), sources.get(prefix + str(key)))}: unknown key{hint}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in data:
@@ -421,8 +422,13 @@ def _build(cls: type, data: Any, prefix: str, sources: Mapping[str, str]) -> Any
     return cls(**values)
 
 
+def _label(key: str, source: str | None) -> str:
+    """The key as an error names it, with where its value came from when not the file (``(from VAR)``)."""
+    return f"{key} (from {source})" if source and source != key else key
+
+
 def _coerce(key: str, value: Any, kind: type, meta: Mapping[str, Any], source: str | None) -> Any:
-    label = f"{key} (from {source})" if source and source != key else key
+    label = _label(key, source)
 
     def fail(why: str) -> ConfigError:
         return ConfigError(f"{label}: {_show(value)} {why}")

@@ -186,12 +186,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "conversations: the session check once per statement",
         """
         -- The foreign key from a message to its session becomes triggers with the same guarantees: a message
-        -- needs an existing session when written or moved, deleting a session deletes its messages, and a
-        -- session with messages keeps its id. The key checked each row on its own (a trigger call, an index
-        -- probe and a row lock per message: a third of a 100-message append); the insert check runs once per
-        -- statement over the statement's new rows and locks each distinct session once, FOR KEY SHARE as the
-        -- key's check does, so a concurrent delete of that session waits for the writer and its cascade
-        -- then sees the new messages (READ COMMITTED, the product's isolation level).
+        -- needs an existing session when written or moved, deleting (or truncating) sessions deletes their
+        -- messages, and a session with messages keeps its id. The key checked each row on its own (a trigger
+        -- call, an index probe and a row lock per message: a third of a 100-message append); the insert check
+        -- runs once per statement over its new rows and locks each distinct session once, FOR KEY SHARE as the
+        -- key's check does, so a concurrent delete of that session waits for the writer and its cascade then
+        -- sees the new messages. That last step needs READ COMMITTED (the product's level): a cascade under
+        -- REPEATABLE READ or SERIALIZABLE reads its own snapshot and would miss messages committed meanwhile,
+        -- so such a delete is refused. Unlike the key, the triggers run as the role that writes (it needs
+        -- UPDATE on sessions for the lock and DELETE on conversations: the app's grants have both), and each
+        -- function keeps the schema's search_path, so a client with another one is checked the same way.
         DO $do$
         DECLARE key_name text;
         BEGIN
@@ -204,7 +208,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         END
         $do$;
 
-        CREATE FUNCTION conversations_need_sessions() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        CREATE FUNCTION conversations_need_sessions() RETURNS trigger LANGUAGE plpgsql
+        SET search_path FROM CURRENT AS $fn$
         DECLARE wanted text;
         BEGIN
             -- Each distinct session once, in id order (two writers lock in the same order: no deadlock).
@@ -223,7 +228,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 
         -- Moving a message to another session is no product operation: checked row by row, and only when the
         -- UPDATE names session_id (the metadata updates of every turn do not fire it).
-        CREATE FUNCTION conversations_moved_to_a_session() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        CREATE FUNCTION conversations_moved_to_a_session() RETURNS trigger LANGUAGE plpgsql
+        SET search_path FROM CURRENT AS $fn$
         BEGIN
             PERFORM 1 FROM sessions WHERE id = NEW.session_id FOR KEY SHARE;
             IF NOT FOUND THEN
@@ -238,16 +244,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             FOR EACH ROW WHEN (OLD.session_id IS DISTINCT FROM NEW.session_id)
             EXECUTE FUNCTION conversations_moved_to_a_session();
 
-        CREATE FUNCTION sessions_delete_their_messages() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        CREATE FUNCTION sessions_delete_their_messages() RETURNS trigger LANGUAGE plpgsql
+        SET search_path FROM CURRENT AS $fn$
         BEGIN
-            DELETE FROM conversations WHERE session_id IN (SELECT id FROM old_rows);
+            IF current_setting('transaction_isolation') <> 'read committed' THEN
+                RAISE EXCEPTION 'sessions are deleted under READ COMMITTED only, not %: their messages'' cascade '
+                    'must see messages written meanwhile; run the delete in a READ COMMITTED transaction',
+                    upper(current_setting('transaction_isolation'))
+                    USING ERRCODE = 'feature_not_supported';
+            END IF;
+            IF TG_OP = 'TRUNCATE' THEN
+                DELETE FROM conversations;
+            ELSE
+                DELETE FROM conversations WHERE session_id IN (SELECT id FROM old_rows);
+            END IF;
             RETURN NULL;
         END
         $fn$;
         CREATE TRIGGER sessions_delete_their_messages AFTER DELETE ON sessions
             REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions_delete_their_messages();
+        CREATE TRIGGER sessions_truncate_their_messages AFTER TRUNCATE ON sessions
+            FOR EACH STATEMENT EXECUTE FUNCTION sessions_delete_their_messages();
 
-        CREATE FUNCTION sessions_keep_their_id() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        CREATE FUNCTION sessions_keep_their_id() RETURNS trigger LANGUAGE plpgsql
+        SET search_path FROM CURRENT AS $fn$
         BEGIN
             IF EXISTS (SELECT 1 FROM conversations WHERE session_id = OLD.id) THEN
                 RAISE EXCEPTION 'session "%" has messages: its id cannot change', OLD.id
