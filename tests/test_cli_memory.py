@@ -12,6 +12,7 @@ import pytest
 
 from cli_support import SESSIONS_HINT
 from context_assistant.cli import main
+from context_assistant.storage.migrations import LATEST_VERSION
 
 
 @pytest.fixture
@@ -185,7 +186,10 @@ def test_db_status(cli) -> None:  # type: ignore[no-untyped-def]
     assert status["schema"] == "context_assistant" and status["problem"] is None
     code, out, _ = cli("db", "status")
     assert "PostgreSQL 18" in out and "pgvector:  0.8" in out
-    assert "Schema:    context_assistant, version 5 (latest 5), owner postgres" in out and "Problem:" not in out
+    schema_line = (
+        f"Schema:    context_assistant, version {LATEST_VERSION} (latest {LATEST_VERSION}), owner postgres"
+    )
+    assert schema_line in out and "Problem:" not in out
 
 
 def test_module_entry_point_runs(config_file: Path) -> None:

@@ -27,13 +27,15 @@ def find_session(services: Services, user: str, reference: str) -> Session:
 
 
 def source_line(source: dict[str, Any]) -> str:
-    """``[1] path, page N, Heading — score``: one cited source under an answer."""
+    """``[1] path, page N, Heading``: one cited source under an answer. No score, as on the web page: a fused
+    score is a rank within this question's candidates (the last can read 0.0000 and still be a match), not
+    a confidence, and reads like one; ``search`` shows it."""
     parts = [source["path"]]
     if source.get("page") is not None:
         parts.append(f"page {source['page']}")
     if source.get("heading"):
         parts.append(source["heading"])
-    return f"[{source['index']}] {', '.join(parts)} — {float(source.get('score') or 0):.4f}"
+    return f"[{source['index']}] {', '.join(parts)}"
 
 
 def should_stream(services: Services, args: argparse.Namespace, out: TextIO) -> bool:
