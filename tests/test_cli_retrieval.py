@@ -245,3 +245,24 @@ def test_switched_off_features_say_so(
     assert capsys.readouterr().err == "error: memory recall is off (memory.recall: false in the config)\n"
     assert main(["--config", str(path), "sync", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["embedded"] == 0
+
+
+def test_a_search_hit_quotes_the_sentences_that_match_the_query() -> None:
+    """A new user's first search showed a hit cut at 240 characters just before the sentence that answered it."""
+    from context_assistant.cli.commands import _hit_lines
+    from context_assistant.retrieval.base import Hit
+
+    text = (
+        "Deployment Guide > Deploying to production\n\n"
+        + "Deploys go out from the main branch through the shipit pipeline, which builds, tests and signs the "
+        "image before anything reaches a cluster. Staging receives every merge within minutes. "
+        "Every production deploy needs approval from two reviewers, one of whom must be outside the author's "
+        "team. A deploy starts as a canary."
+    )
+    hit = Hit("c1", "deployment-guide.md", "Deployment Guide > Deploying to production", None, text, 0.5)
+    line = _hit_lines(1, hit, "who approves a production deploy?")
+    assert line.startswith("1. deployment-guide.md › Deployment Guide > Deploying to production  [score 0.5000]\n")
+    assert "   Every production deploy needs approval from two reviewers" in line
+    # No sentence shares a word: the passage's start, without its heading header (shown on the first line).
+    other = _hit_lines(2, hit, "zebra quantum")
+    assert other.split("\n")[1].startswith("   Deploys go out from the main branch") and other.endswith("…")

@@ -19,10 +19,13 @@ from ..core.errors import (
     UsageError,
 )
 from ..core.files import open_private
+from ..core.passages import best_excerpt, chunk_body, question_terms
 from ..retrieval.base import RecalledTurn
 from ..retrieval.sync import SyncResult
 from ..services import Services, setup_database
 from ..storage.db_setup import summary_lines
+
+HIT_EXCERPT_CHARS = 240  # a search hit's quoted part: about two lines of a terminal
 
 
 def _user(args: argparse.Namespace, services: Services) -> str:
@@ -302,10 +305,11 @@ def cmd_sync(args: argparse.Namespace, services: Services) -> int:
     return EXIT_OK  # the run completed; documents that failed to embed are listed, their previous chunks kept
 
 
-def _hit_lines(rank: int, hit: Any) -> str:
+def _hit_lines(rank: int, hit: Any, query: str) -> str:
+    """A hit as a person reads it: where, the score, and the part of the passage that matches the query (its
+    best sentences, as the offline answers quote them; the passage's start when no sentence shares a word)."""
     where = hit.path + (f" › {hit.heading}" if hit.heading else "") + (f" (page {hit.page})" if hit.page else "")
-    text = " ".join(hit.text.split())
-    excerpt = text if len(text) <= 240 else text[:239] + "…"
+    excerpt = best_excerpt(chunk_body(hit.text, hit.heading), question_terms(query), HIT_EXCERPT_CHARS)
     return f"{rank}. {where}  [score {hit.score:.4f}]\n   {excerpt}"
 
 
@@ -328,7 +332,7 @@ def cmd_search(args: argparse.Namespace, services: Services) -> int:
     if not hits:
         print(_no_hits(services))
     for rank, hit in enumerate(hits, start=1):
-        print(_hit_lines(rank, hit))
+        print(_hit_lines(rank, hit, args.query))
     return EXIT_OK
 
 

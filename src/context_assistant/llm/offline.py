@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Generator, Sequence
 from datetime import timezone
 
-from ..core.passages import chunk_body
+from ..core.passages import best_excerpt, chunk_body, question_terms, shorten
 from .interface import (
     CONFIGURE_HINT,
     ChatMessage,
@@ -15,16 +14,6 @@ from .interface import (
     NumberedSource,
     PromptContext,
     estimate_usage,
-)
-
-_WORD = re.compile(r"[a-z0-9]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-# Words too common to tell which sentence answers the question (words under 3 letters never count).
-_STOPWORDS = frozenset(
-    _WORD.findall(
-        "and are can does for from has have how into its our than that the their them then there these they "
-        "this was what when where which who why will with you your"
-    )
 )
 
 
@@ -70,8 +59,8 @@ class OfflineModel:
         return ModelStream(deltas())
 
     def answer(self, context: PromptContext) -> str:
-        question = _excerpt(" ".join(context.question.split()), 200)
-        terms = _terms(context.question)
+        question = shorten(" ".join(context.question.split()), 200)
+        terms = question_terms(context.question)
         sources = sorted(context.sources, key=lambda s: (-s.score, s.index))[: self.max_sources]
         turns = list(context.turns[: self.max_turns])
         if not sources and not turns:
@@ -88,46 +77,18 @@ class OfflineModel:
             for source in sources:
                 # The location names the heading already: quote the text without its contextual header.
                 body = chunk_body(source.text, source.heading)
-                lines.append(f"[{source.index}] {_location(source)}: {self._best_excerpt(body, terms)}")
+                lines.append(
+                    f"[{source.index}] {_location(source)}: {best_excerpt(body, terms, self.excerpt_chars)}"
+                )
         if turns:
             lines += ["", "From earlier conversations:"]
             for turn in turns:
                 who = "you" if turn.role == "user" else turn.role
                 when = turn.timestamp.astimezone(timezone.utc).strftime("%Y-%m-%d")
-                content = _excerpt(" ".join(turn.content.split()), self.excerpt_chars)
+                content = shorten(" ".join(turn.content.split()), self.excerpt_chars)
                 lines.append(f'- {when}, {who} (session {turn.session_id[:8]}): "{content}"')
         lines += ["", CONFIGURE_HINT]
         return "\n".join(lines)
-
-    def _best_excerpt(self, text: str, terms: set[str]) -> str:
-        """The passage's sentences that share most words with the question, kept in their original order."""
-        flat = " ".join(text.split())
-        sentences = [s for s in _SENTENCE_END.split(flat) if s]
-        if not sentences:
-            return ""
-        scored = [(len(terms & _terms(s)), -i) for i, s in enumerate(sentences)]
-        best = max(range(len(sentences)), key=lambda i: scored[i])
-        if scored[best][0] == 0:
-            return _excerpt(flat, self.excerpt_chars)
-        chosen = sentences[best]
-        following = best + 1
-        while following < len(sentences) and len(chosen) + 1 + len(sentences[following]) <= self.excerpt_chars:
-            if not terms & _terms(sentences[following]):
-                break
-            chosen += " " + sentences[following]
-            following += 1
-        return _excerpt(chosen, self.excerpt_chars)
-
-
-def _terms(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOPWORDS}
-
-
-def _excerpt(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
-    return cut.rstrip(",;:") + "…"
 
 
 def _location(source: NumberedSource) -> str:
