@@ -120,18 +120,26 @@ def bm25_rank(
     return [(row[0], float(row[1])) for row in rows if row[1] >= floor]
 
 
+# The row's entries for the query's lexemes, with their positions (and weights), read out of its tsvector.
+# Unweighted: mark the query's lexemes with weight A and keep the A entries (two passes in C, no arrays built;
+# other A entries are dropped by the join with the query's lexemes): a third less time per scored row than
+# the general form, which deletes "every other lexeme" and so keeps each position's own weight.
+QUERY_ENTRIES_SQL = "unnest(ts_filter(setweight(c.tsv, 'A', %(lexemes)s::text[]), '{a}'))"
+QUERY_ENTRIES_WEIGHTED_SQL = "unnest(ts_delete(c.tsv, tsvector_to_array(ts_delete(c.tsv, %(lexemes)s::text[]))))"
+
+
 def score_sql(table: str, key: str, where: str, match: str, tf_sql: str = TF_SQL) -> str:
     """The BM25 scoring statement (one formula for every caller): the rows of ``table`` (alias ``c``) matching
     ``match`` and ``where``, best first, ``%(limit)s`` of them; parameters ``lexemes``, ``idfs``, ``avgdl``."""
+    entries = QUERY_ENTRIES_SQL if tf_sql == TF_SQL else QUERY_ENTRIES_WEIGHTED_SQL
     return f"""
         SELECT c.{key}, sum(
                    t.idf * f.tf * ({BM25_K1} + 1)
                    / (f.tf + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * c.doc_len / %(avgdl)s))) AS score
         FROM {table} c
-        -- Only the query's lexemes of the row, with their positions: deleting "every other lexeme" in C is
-        -- far cheaper than unnesting the whole tsvector and joining.
-        CROSS JOIN LATERAL unnest(ts_delete(c.tsv, tsvector_to_array(ts_delete(c.tsv, %(lexemes)s::text[]))))
-            AS u(lexeme, positions, weights)
+        -- Only the query's lexemes of the row, with their positions, picked out in C (QUERY_ENTRIES_SQL): far
+        -- cheaper than unnesting the whole tsvector and joining.
+        CROSS JOIN LATERAL {entries} AS u(lexeme, positions, weights)
         JOIN unnest(%(lexemes)s::text[], %(idfs)s::float8[]) AS t(lexeme, idf) ON t.lexeme = u.lexeme
         CROSS JOIN LATERAL (SELECT {tf_sql} AS tf) f
         WHERE ({match}) AND {where}
