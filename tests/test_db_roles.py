@@ -327,6 +327,11 @@ def test_the_app_role_cannot_set_up_and_is_told_who_can(as_role, tmp_path) -> No
     assert "as the database owner" in err
 
 
+# What a database made before the schema existed can hold: the migrations of that era (later ones, such as 6's
+# triggers whose functions keep the schema's search_path, are only ever created inside the schema).
+LEGACY_LAYOUT_MIGRATIONS = tuple(m for m in MIGRATIONS if m.version <= 5)
+
+
 def test_a_database_from_before_the_schema_moves_into_it_with_its_data(pg_server, make_config) -> None:
     """Local databases made by earlier versions have their tables in public: the owner's first open moves them
     (ALTER ... SET SCHEMA keeps rows, indexes, identity sequences and triggers) and nothing is lost."""
@@ -340,7 +345,7 @@ def test_a_database_from_before_the_schema_moves_into_it_with_its_data(pg_server
                 "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL, "
                 "applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            for migration in MIGRATIONS:
+            for migration in LEGACY_LAYOUT_MIGRATIONS:
                 conn.execute(migration.sql)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
@@ -357,7 +362,8 @@ def test_a_database_from_before_the_schema_moves_into_it_with_its_data(pg_server
         with open_database(config, env=PG_ENV) as db:
             assert db.setup_report.moved_from_public[:3] == ["schema_migrations", "sessions", "conversations"]
             assert "bm25_track()" in db.setup_report.moved_from_public
-            assert db.setup_report.applied == []  # nothing to migrate: the ledger came along
+            # The ledger came along: only what came after the public layout is applied, in the schema.
+            assert db.setup_report.applied == [m.version for m in MIGRATIONS if m not in LEGACY_LAYOUT_MIGRATIONS]
             from context_assistant.storage.memory import ConversationStore
 
             store = ConversationStore(db)

@@ -99,7 +99,10 @@ def test_ingest_that_cannot_run_exits_2_with_the_reason(spark, job_config, pg_en
         (["--sauce", "x"], "unrecognized arguments: --sauce x"),
         (["--set", "chunk_size"], "--set 'chunk_size': expected section.key=value"),
         (["--set", "rag.chunk_size=lots"], "rag.chunk_size (from command line): 'lots' is not an integer"),
-        (["--set", "rag.chunk_sise=5"], "rag.chunk_sise: unknown key (did you mean rag.chunk_size?)"),
+        (
+            ["--set", "rag.chunk_sise=5"],
+            "rag.chunk_sise (from command line): unknown key (did you mean rag.chunk_size?)",
+        ),
     ],
 )
 def test_bad_parameters_exit_2(argv, message, capsys, tmp_path):
