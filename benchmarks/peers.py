@@ -26,13 +26,16 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from benchmarks.corpus import state_of
 from benchmarks.scratch import sqlalchemy_url
+
+if TYPE_CHECKING:  # benchmarks.memory imports this module
+    from benchmarks.memory import AppendTrial
 
 PEER_MODULES = ("langchain_core", "langchain_postgres", "langchain_classic", "sqlalchemy")
 HISTORY_TABLE = "lc_chat_history"
@@ -85,7 +88,7 @@ def _create_history_table(conn: psycopg.Connection) -> None:
     PostgresChatMessageHistory.create_tables(conn, HISTORY_TABLE)
 
 
-def their_appends(conninfo: str, messages: int, batch: int) -> Any:
+def their_appends(conninfo: str, messages: int, batch: int) -> AppendTrial:
     """``add_messages`` into one session, ``batch`` messages per call (a :class:`benchmarks.memory.AppendTrial`)."""
     from langchain_core.messages import AIMessage, HumanMessage
 

@@ -356,9 +356,9 @@ def load_config(
         raise ConfigError(
             f"memory.recall_hybrid_weight: {config.memory.recall_hybrid_weight} must be between 0 and 1"
         )
-    for key in ("memory.recall_min_similarity", "rag.min_similarity"):
-        section, name = key.split(".")
-        parse_min_similarity(getattr(getattr(config, section), name), _label(key, sources.get(key)))
+    recall_floor, rag_floor = "memory.recall_min_similarity", "rag.min_similarity"
+    parse_min_similarity(config.memory.recall_min_similarity, _label(recall_floor, sources.get(recall_floor)))
+    parse_min_similarity(config.rag.min_similarity, _label(rag_floor, sources.get(rag_floor)))
     if config.rag.hybrid_weight > 1:
         raise ConfigError(f"rag.hybrid_weight: {config.rag.hybrid_weight} must be between 0 and 1")
     if config.rag.rerank_weight > 1:
@@ -408,7 +408,8 @@ def _build(cls: type, data: Any, prefix: str, sources: Mapping[str, str]) -> Any
             hint = (
                 f" (did you mean {prefix}{suggestion[0]}?)" if suggestion else f"; known keys: {', '.join(public)}"
             )
-            raise ConfigError(f"{_label(prefix + str(key), sources.get(prefix + str(key)))}: unknown key{hint}")
+            dotted = prefix + str(key)
+            raise ConfigError(f"{_label(dotted, sources.get(dotted))}: unknown key{hint}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in data:

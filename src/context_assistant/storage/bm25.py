@@ -103,14 +103,9 @@ def bm25_rank(
         essential += 1
     floor = min_coverage * sum(idfs)
     scoring = {**params, "lexemes": lexemes, "idfs": idfs, "avgdl": avgdl, "limit": limit}
-    tf_sql = TF_SQL
     if weights:
         scoring.update({f"w_{k}": float(weights.get(k, 1.0)) for k in "ABCD"})
-        tf_sql = (
-            "coalesce((SELECT sum(CASE w WHEN 'A' THEN %(w_A)s WHEN 'B' THEN %(w_B)s WHEN 'C' THEN %(w_C)s "
-            "ELSE %(w_D)s END) FROM unnest(u.weights) AS w), 1)::float8"
-        )
-    sql_text = score_sql(table, key, where, "c.tsv @@ %(candidates)s::tsquery", tf_sql)
+    sql_text = score_sql(table, key, where, "c.tsv @@ %(candidates)s::tsquery", weighted=bool(weights))
     if essential < len(terms):
         bound = (BM25_K1 + 1) * sum(idfs[essential:])
         rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes[:essential])}).fetchall()
@@ -128,10 +123,18 @@ QUERY_ENTRIES_SQL = "unnest(ts_filter(setweight(c.tsv, 'A', %(lexemes)s::text[])
 QUERY_ENTRIES_WEIGHTED_SQL = "unnest(ts_delete(c.tsv, tsvector_to_array(ts_delete(c.tsv, %(lexemes)s::text[]))))"
 
 
-def score_sql(table: str, key: str, where: str, match: str, tf_sql: str = TF_SQL) -> str:
+# A fielded term frequency: each position counts its weight class's weight (parameters w_A .. w_D).
+WEIGHTED_TF_SQL = (
+    "coalesce((SELECT sum(CASE w WHEN 'A' THEN %(w_A)s WHEN 'B' THEN %(w_B)s WHEN 'C' THEN %(w_C)s "
+    "ELSE %(w_D)s END) FROM unnest(u.weights) AS w), 1)::float8"
+)
+
+
+def score_sql(table: str, key: str, where: str, match: str, weighted: bool = False) -> str:
     """The BM25 scoring statement (one formula for every caller): the rows of ``table`` (alias ``c``) matching
-    ``match`` and ``where``, best first, ``%(limit)s`` of them; parameters ``lexemes``, ``idfs``, ``avgdl``."""
-    entries = QUERY_ENTRIES_SQL if tf_sql == TF_SQL else QUERY_ENTRIES_WEIGHTED_SQL
+    ``match`` and ``where``, best first, ``%(limit)s`` of them; parameters ``lexemes``, ``idfs``, ``avgdl``
+    (and ``w_A`` .. ``w_D`` when ``weighted``: a fielded BM25, see :func:`bm25_rank`)."""
+    entries, tf_sql = (QUERY_ENTRIES_WEIGHTED_SQL, WEIGHTED_TF_SQL) if weighted else (QUERY_ENTRIES_SQL, TF_SQL)
     return f"""
         SELECT c.{key}, sum(
                    t.idf * f.tf * ({BM25_K1} + 1)
