@@ -462,3 +462,38 @@ def test_a_new_local_trace_store_appears_only_once_fully_created(tmp_path: Path)
     assert store.stat().st_size > 0 and (store.stat().st_mode & 0o777) == 0o600
     assert {path.name for path in tmp_path.iterdir()} - left_by_the_killed_run == {"mlflow.db"}
     assert MlflowClient(tracking_uri=f"sqlite:///{store}").search_experiments()  # opens: the Default one
+
+
+def test_an_answered_turn_is_an_ok_trace_whether_or_not_it_streamed(tracer: Tracer, db: Any, config: Any) -> None:
+    """``Assistant.turn`` returns at the done event, which closes the turn's event generator: that must not
+    land in the trace as an error (it did, as ``GeneratorExit``, for every answered turn). A stream stopped
+    before its answer is still an error trace, and its question is marked interrupted."""
+    import dataclasses
+
+    from context_assistant.assistant.turn import Assistant
+    from context_assistant.llm.offline import OfflineModel
+    from context_assistant.storage.memory import ConversationStore
+
+    config = config.replace(
+        rag=dataclasses.replace(config.rag, enabled=False), memory=dataclasses.replace(config.memory, recall=False)
+    )
+    store = ConversationStore(db)
+    assistant = Assistant(config, store, OfflineModel(), tracer=tracer)
+
+    answered = assistant.turn("olga", "What is a trace?")
+    events = list(assistant.stream_turn("olga", "And a span?", answered.session_id))
+    streamed = events[-1].result
+    assert streamed is not None
+    stopped = assistant.stream_turn("olga", "Stop me.", answered.session_id)
+    start = next(stopped)
+    next(stopped)  # the sources: the answer has not started
+    stopped.close()
+
+    for trace_id in (answered.trace_id, streamed.trace_id):
+        trace = read_back(tracer, trace_id)
+        assert str(trace.info.state) in ("OK", "TraceState.OK"), trace.info.state
+        assert not any(span.events for span in trace.data.spans if span.parent_id is None)
+    interrupted = store.get_message("olga", start.data["user_message_id"])
+    assert interrupted.failed and interrupted.metadata.get("error_kind") == "interrupted"
+    trace = read_back(tracer, interrupted.metadata["trace_id"])
+    assert str(trace.info.state) in ("ERROR", "TraceState.ERROR"), trace.info.state

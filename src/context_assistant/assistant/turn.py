@@ -257,7 +257,7 @@ class Assistant:
                     {"reply": completion.text, "sources": [source_json(s, False) for s in prompt.sources]}
                 )
                 finished = True
-                yield TurnEvent("done", {"message_id": reply.id, "trace_id": trace_id}, result)
+                done = TurnEvent("done", {"message_id": reply.id, "trace_id": trace_id}, result)
             except ModelError as exc:
                 raise self._fail(user, session_id, user_message, str(exc), exc.kind, exc.retryable, trace) from exc
             except ContextTooLong as exc:
@@ -280,6 +280,10 @@ class Assistant:
                 if not finished:
                     self._mark_failed(user, user_message, f"internal error: {exc}", "internal", trace)
                 raise
+        # After the trace is closed: a caller that stops at the done event (``turn`` returns there) closes this
+        # generator, and that GeneratorExit is no failure of the turn; inside the trace it recorded every
+        # answered turn as an error (and paid for formatting its traceback).
+        yield done
 
     def _store_user_message(
         self, user: str, message: str, session_id: str | None, retry_of: int | None
