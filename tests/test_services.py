@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -97,3 +97,49 @@ def test_refresh_progress_is_an_argument(make_config: Callable[..., Config], pg_
         assert again.to_json()["kept"] == 1 and len(lines) == printed
     finally:
         services.close()
+
+
+def test_web_dependencies_take_built_parts_on_the_event_loop_and_build_missing_ones_off_it() -> None:
+    """FastAPI runs a plain ``def`` dependency in a worker thread (a hand-off per dependency, per request), so
+    the web app's are ``async``; a part not built yet is still built in a worker thread, never on the loop."""
+    import asyncio
+    import inspect
+
+    from context_assistant.web import deps
+
+    for name in (
+        "web_state",
+        "services",
+        "config",
+        "identity",
+        "current_user",
+        "store",
+        "assistant",
+        "chat_model",
+        "tracer",
+        "chunk_index",
+        "refresh_runner",
+        "turn_hub",
+        "chat_request",
+    ):
+        assert inspect.iscoroutinefunction(getattr(deps, name)), name
+
+    class Recording(Services):
+        built_on: ClassVar[list[int]] = []
+
+        @part
+        def chat_model(self) -> Any:
+            Recording.built_on.append(threading.get_ident())
+            return object()
+
+    services = Recording(Config(), env={})
+    assert services.built(Recording.chat_model) is None  # asking never builds
+
+    async def twice() -> tuple[Any, Any, int]:
+        first = await deps.chat_model(services)
+        second = await deps.chat_model(services)
+        return first, second, threading.get_ident()
+
+    first, second, loop_thread = asyncio.run(twice())
+    assert first is second is services.built(Recording.chat_model)
+    assert len(Recording.built_on) == 1 and Recording.built_on[0] != loop_thread

@@ -229,6 +229,12 @@ class Services:
         """The pool if it has been opened, else None (never opens it)."""
         return self._parts.get("db")
 
+    def built(self, which: part[T]) -> T | None:
+        """A part if it has been built, else None (never builds it): lets an event loop take a built part
+        without handing the request to a worker thread, and build a missing one off the loop."""
+        value: T | None = self._parts.get(which.name)
+        return value
+
     # -- plumbing -----------------------------------------------------------------------------------------
 
     def _part(self, name: str, build: Callable[[], T]) -> T:
