@@ -8,6 +8,7 @@ import math
 from collections import Counter
 from typing import Any
 
+import psycopg
 import pytest
 
 from context_assistant.retrieval.base import Hit, IndexNotReady, RetrievalError, retrieve, rrf_fuse
@@ -16,7 +17,13 @@ from context_assistant.retrieval.pgvector import CHUNKS_TABLE, PgVectorChunkInde
 from context_assistant.retrieval.sync import InMemoryChunkSource, embedding_text
 from context_assistant.storage import bm25
 from context_assistant.storage.db import Database
-from context_assistant.storage.vector_spaces import ivfflat_lists, like_prefix
+from context_assistant.storage.vector_spaces import (
+    QueryVector,
+    ivfflat_lists,
+    like_prefix,
+    query_vector_sql,
+    vector_literal,
+)
 from retrieval_support import HashingEmbedder, bm25_stats_consistent, document, minilm  # noqa: F401
 
 CORPUS = [
@@ -397,3 +404,31 @@ def test_hybrid_search_fuses_per_document_by_default(db: Database) -> None:
     index.document_fusion = False
     plain = [h.chunk_id for h in index.search(query, top_k=4, mode="hybrid")]
     assert plain == [k for k, _ in fuse(vector, keyword)][:4]
+
+
+@pytest.mark.parametrize("dimension", [3, 384, 2500])
+def test_query_vector_goes_binary_and_means_what_its_text_form_means(db: Database, dimension: int) -> None:
+    """The query vector travels in pgvector's binary form (no text formatting, no type lookup): the server
+    reads the same numbers as from the text form, through the ``::vector(n)`` cast and the wide spaces'
+    ``::halfvec(n)`` one, and a vector of the wrong size is refused by the cast with a clear message."""
+    values = [math.sin(i + 1) / 3 for i in range(dimension)]
+    other = vector_literal([math.cos(i) for i in range(dimension)])
+    cast = query_vector_sql(dimension)
+    with db.connection() as conn:
+        binary = conn.execute(
+            f"SELECT ({cast})::text, {cast} <=> %(other)s::vector({dimension})::halfvec({dimension})"
+            if dimension > 2000
+            else f"SELECT ({cast})::text, {cast} <=> %(other)s::vector({dimension})",
+            {"qvec": QueryVector(values), "other": other},
+        ).fetchone()
+        text = conn.execute(
+            f"SELECT ({cast})::text, {cast} <=> %(other)s::vector({dimension})::halfvec({dimension})"
+            if dimension > 2000
+            else f"SELECT ({cast})::text, {cast} <=> %(other)s::vector({dimension})",
+            {"qvec": vector_literal(values), "other": other},
+        ).fetchone()
+    assert binary == text
+    with db.connection() as conn, pytest.raises(psycopg.errors.DataException, match=f"expected {dimension + 1}"):
+        conn.execute(f"SELECT %(qvec)s::vector({dimension + 1})", {"qvec": QueryVector(values)})
+    with pytest.raises(ValueError, match="one row of numbers"), db.connection() as conn:
+        conn.execute(f"SELECT %(qvec)s::vector({dimension})", {"qvec": QueryVector([values, values])})

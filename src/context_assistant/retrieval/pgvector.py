@@ -44,6 +44,7 @@ from ..storage.bm25_tiers import bm25_top, ensure_tier_keys
 from ..storage.db import Database, scalar
 from ..storage.vector_spaces import (
     IVFFLAT_MIN_ROWS,
+    QueryVector,
     SpaceInfo,
     ensure_ann_index,
     finish_full_reembedding,
@@ -56,7 +57,6 @@ from ..storage.vector_spaces import (
     set_local,
     table_exists,
     vector_expression,
-    vector_literal,
 )
 from .base import (
     Hit,
@@ -524,7 +524,7 @@ class PgVectorChunkIndex:
             if filtered and self._pgvector >= (0, 8):
                 set_local(conn, "ivfflat.iterative_scan", "relaxed_order")
         expression, _ = vector_expression(info.dimension)
-        params["qvec"] = vector_literal(qvec)
+        params["qvec"] = QueryVector(qvec)
         distance = f"{expression} <=> {query_vector_sql(info.dimension)}"
         found = conn.execute(
             f"""SELECT chunk_id, path, heading, page, text, distance FROM (

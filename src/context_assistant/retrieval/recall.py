@@ -36,7 +36,7 @@ import psycopg
 
 from ..storage.bm25 import TEXT_SEARCH_CONFIG, WEIGHTED_DOC_LEN_SQL, bm25_rank
 from ..storage.db import Database, scalar
-from ..storage.vector_spaces import SpaceInfo, read_space, reset_space, table_exists, vector_literal
+from ..storage.vector_spaces import QueryVector, SpaceInfo, read_space, reset_space, table_exists, vector_literal
 from . import turn_context
 from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
@@ -379,7 +379,7 @@ class TurnRecall:
                 and len(qvec) == info.dimension
             ):
                 vector_searched = True
-                params["qvec"] = vector_literal(qvec)
+                params["qvec"] = QueryVector(qvec)
                 nearest = conn.execute(
                     f"""SELECT c.message_id, c.embedding <=> %(qvec)s::vector({info.dimension}) AS distance
                         FROM {TURNS_TABLE} c WHERE {where}

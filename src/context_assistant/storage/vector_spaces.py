@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from ..core.config import INDEX_TYPES
 from ..core.console import Progress, quiet
@@ -92,8 +96,34 @@ def reset_space(conn: psycopg.Connection, space: str, table: str, model: str, di
 
 
 def vector_literal(vector: Sequence[float]) -> str:
-    """pgvector's text form; used for query vectors so no type adapter is needed on the connection."""
+    """pgvector's text form, for vectors written in bulk as a text array (no type adapter on the connection)."""
     return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+class QueryVector:
+    """A query vector as a statement parameter, sent in pgvector's binary form (``vector_recv``: dimension,
+    unused, then big-endian float4s). Formatting 384 floats as text cost ~0.3 ms of CPU, twice a turn; this is
+    a copy. The parameter goes out untyped and the statement's ``::vector(n)`` cast types it, so there is no
+    type lookup and nothing to register on a connection (the dumper is registered once, process-wide)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Sequence[float]) -> None:
+        self.values = values
+
+
+class _QueryVectorDumper(Dumper):
+    format = Format.BINARY
+    oid = 0  # unknown: the server takes the type from the statement's cast
+
+    def dump(self, obj: QueryVector) -> bytes:
+        values = np.asarray(obj.values, dtype=">f4")
+        if values.ndim != 1:
+            raise ValueError(f"a query vector is one row of numbers, not an array of shape {values.shape}")
+        return struct.pack(">HH", values.shape[0], 0) + values.tobytes()
+
+
+psycopg.adapters.register_dumper(QueryVector, _QueryVectorDumper)
 
 
 def vector_expression(dimension: int) -> tuple[str, str | None]:
