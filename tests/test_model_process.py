@@ -24,7 +24,7 @@ from context_assistant.core.config import Config, RagConfig, save_config
 from context_assistant.retrieval.batching import BatchingEmbedder
 from context_assistant.retrieval.embedder_choice import make_embedder
 from context_assistant.retrieval.embeddings import CachingEmbedder, EmbeddingError, LocalEmbedder
-from context_assistant.retrieval.model_process import SMALL_CALL, ModelProcessEmbedder, serve
+from context_assistant.retrieval.model_process import SMALL_CALL, ModelProcessEmbedder, decode_vectors, serve
 from retrieval_support import minilm  # noqa: F401  (session fixture)
 from web_support import wait_for
 
@@ -95,7 +95,8 @@ def test_the_child_loop_answers_a_bad_call_with_an_error_and_goes_on() -> None:
     assert hello["dimension"] == 384 and hello["pid"] == os.getpid()
     assert "JSONDecodeError" in bad_json["error"]
     assert not_strings == {"error": "ValueError: 'texts' must be a list of strings"}
-    assert len(good["vectors"]) == 1 and len(good["vectors"][0]) == 384
+    (vector,) = decode_vectors(good, "all-MiniLM-L6-v2")
+    assert len(vector) == 384 and vector == LocalEmbedder("all-MiniLM-L6-v2").embed(TEXTS[:1])[0]  # exact
 
 
 def test_an_app_that_stops_during_a_call_ends_the_child_quietly() -> None:
@@ -124,9 +125,12 @@ def test_an_error_answer_is_an_embedding_error_and_the_child_stays() -> None:
     script = textwrap.dedent(
         """
         import json, sys
+        from context_assistant.retrieval.model_process import encode_vectors
         print(json.dumps({"model_name": "m", "dimension": 2, "pid": 0}), flush=True)
         for n, line in enumerate(sys.stdin):
-            answer = {"error": "ValueError: no"} if n == 0 else {"vectors": [[0.6, 0.8]]}
+            answer = {"error": "ValueError: no"} if n == 0 else encode_vectors([[0.6, 0.8]])
+            if n == 2:
+                answer = {"shape": [1, 2], "f8": "not base64!"}
             print(json.dumps(answer), flush=True)
         """
     )
@@ -135,6 +139,8 @@ def test_an_error_answer_is_an_embedding_error_and_the_child_stays() -> None:
         with pytest.raises(EmbeddingError, match=r"all-MiniLM-L6-v2.*failed: ValueError: no"):
             embedder.embed(["x"])
         assert embedder.embed(["y"]) == [[0.6, 0.8]]
+        with pytest.raises(EmbeddingError, match=r"answered vectors that cannot be read"):
+            embedder.embed(["z"])
         assert embedder.starts == 1
     finally:
         embedder.close()
