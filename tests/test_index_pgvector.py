@@ -428,6 +428,12 @@ def test_query_vector_goes_binary_and_means_what_its_text_form_means(db: Databas
             {"qvec": vector_literal(values), "other": other},
         ).fetchone()
     assert binary == text
+    with db.connection() as conn:  # as a prepared statement too (psycopg prepares a statement's 5th execution)
+        for _ in range(2):
+            prepared = conn.execute(
+                f"SELECT ({cast})::text", {"qvec": QueryVector(values)}, prepare=True
+            ).fetchone()
+            assert prepared is not None and text is not None and prepared[0] == text[0]
     with db.connection() as conn, pytest.raises(psycopg.errors.DataException, match=f"expected {dimension + 1}"):
         conn.execute(f"SELECT %(qvec)s::vector({dimension + 1})", {"qvec": QueryVector(values)})
     with pytest.raises(ValueError, match="one row of numbers"), db.connection() as conn:
