@@ -437,4 +437,4 @@ def test_query_vector_goes_binary_and_means_what_its_text_form_means(db: Databas
     with db.connection() as conn, pytest.raises(psycopg.errors.DataException, match=f"expected {dimension + 1}"):
         conn.execute(f"SELECT %(qvec)s::vector({dimension + 1})", {"qvec": QueryVector(values)})
     with pytest.raises(ValueError, match="one row of numbers"), db.connection() as conn:
-        conn.execute(f"SELECT %(qvec)s::vector({dimension})", {"qvec": QueryVector([values, values])})
+        conn.execute(f"SELECT %(qvec)s::vector({dimension})", {"qvec": QueryVector([values, values])})  # type: ignore[list-item]
