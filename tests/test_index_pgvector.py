@@ -414,19 +414,12 @@ def test_query_vector_goes_binary_and_means_what_its_text_form_means(db: Databas
     values = [math.sin(i + 1) / 3 for i in range(dimension)]
     other = vector_literal([math.cos(i) for i in range(dimension)])
     cast = query_vector_sql(dimension)
+    statement = f"SELECT ({cast})::text, {cast} <=> {cast.replace('qvec', 'other')}"  # the other, cast alike
     with db.connection() as conn:
-        binary = conn.execute(
-            f"SELECT ({cast})::text, {cast} <=> %(other)s::vector({dimension})::halfvec({dimension})"
-            if dimension > 2000
-            else f"SELECT ({cast})::text, {cast} <=> %(other)s::vector({dimension})",
-            {"qvec": QueryVector(values), "other": other},
-        ).fetchone()
-        text = conn.execute(
-            f"SELECT ({cast})::text, {cast} <=> %(other)s::vector({dimension})::halfvec({dimension})"
-            if dimension > 2000
-            else f"SELECT ({cast})::text, {cast} <=> %(other)s::vector({dimension})",
-            {"qvec": vector_literal(values), "other": other},
-        ).fetchone()
+        binary, text = (
+            conn.execute(statement, {"qvec": qvec, "other": other}).fetchone()
+            for qvec in (QueryVector(values), vector_literal(values))
+        )
     assert binary == text
     with db.connection() as conn:  # as a prepared statement too (psycopg prepares a statement's 5th execution)
         for _ in range(2):

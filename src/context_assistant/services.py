@@ -227,7 +227,7 @@ class Services:
 
     def opened_database(self) -> Database | None:
         """The pool if it has been opened, else None (never opens it)."""
-        return self._parts.get("db")
+        return self.built(type(self).db)
 
     def built(self, which: part[T]) -> T | None:
         """A part if it has been built, else None (never builds it): lets an event loop take a built part

@@ -8,8 +8,8 @@ and the app's own CPU per request from ~13 to ~6 ms (README, Performance).
 
 * Protocol: one JSON document per line. The child starts by loading the model and writing ``{"model_name",
   "dimension", "pid"}``; then each ``{"texts": [...]}`` on its stdin gets ``{"shape": [n, d], "f8": "..."}``
-  (the exact floats the model gave, as base64 of little-endian doubles: writing and reading 384 floats as JSON
-  text cost both processes ~0.3 ms a vector, under load the app's busiest CPU after the turn itself) or
+  (the exact floats the model gave, as base64 of little-endian doubles: 384 floats written and read as JSON
+  text cost each process ~0.3 ms a vector, ~2% of the app's CPU under load) or
   ``{"error": "..."}``. End of input ends it, so the child never outlives its parent, however the parent ends.
 * Threads: one torch thread for a call of up to :data:`SMALL_CALL` texts (questions, a recalled turn), torch's
   default for a bigger one (a document refresh started from the web app).
