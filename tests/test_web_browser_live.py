@@ -20,7 +20,7 @@ from test_web_browser import (  # noqa: F401  (the browser, page_for fixtures)
     page_for_fixture,
     screenshot,
 )
-from web_support import start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
+from web_support import page_pause, start_app_fixture, wait_for  # noqa: F401  (the start_app fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -157,7 +157,7 @@ def test_a_question_that_was_not_sent_stays_in_the_box_across_a_reload(start_app
     page.unroute("**/api/chat/stream")
     page.route("**/api/chat/stream", lambda route: held.append(route))
     page.press("#composer-input", "Enter")
-    wait_for(lambda: held, "the send to reach the network")
+    wait_for(lambda: held, "the send to reach the network", pause=page_pause(page))
     assert page.input_value("#composer-input") == ""
     page.reload()  # the hanging request dies with the page
     page.wait_for_selector("body[data-ready='true']")

@@ -149,8 +149,17 @@ def read_events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]
             event, data = "message", ""
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll until ``condition()`` is truthy (background work: a refresh, a closed stream)."""
+def wait_for(
+    condition: Callable[[], Any],
+    what: str,
+    timeout: float = 20.0,
+    pause: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Poll until ``condition()`` is truthy (background work: a refresh, a closed stream).
+
+    A condition fed by a Playwright callback (a route handler) needs ``pause=page_pause(page)``:
+    the sync API only dispatches its events inside its own calls, never during ``time.sleep``.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -158,4 +167,9 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
+        pause(0.05)
+
+
+def page_pause(page: Any) -> Callable[[float], None]:
+    """A pause that lets Playwright deliver its events (route handlers, console messages) meanwhile."""
+    return lambda seconds: page.wait_for_timeout(seconds * 1000)
