@@ -13,7 +13,7 @@ import pytest
 from context_assistant.retrieval.pgvector import CHUNKS_SPACE, CHUNKS_TABLE, PgVectorChunkIndex
 from context_assistant.retrieval.sync import InMemoryChunkSource, SourceChunk
 from context_assistant.storage import bm25_tiers
-from context_assistant.storage.bm25 import BM25_B, BM25_K1, bm25_rank
+from context_assistant.storage.bm25 import BM25_B, BM25_K1, bm25_ceiling, bm25_rank, idf
 from context_assistant.storage.bm25_tiers import TIER_EDGES, TOP, _w_bound, bm25_top, reference_avgdl
 from context_assistant.storage.db import Database
 from retrieval_support import HashingEmbedder, bm25_stats_consistent, chunk
@@ -160,6 +160,38 @@ def test_rounds_run_out_into_the_exhaustive_method(
     monkeypatch.setattr(bm25_tiers, "MAX_ROUNDS", 0)
     monkeypatch.setattr(bm25_tiers, "RARE_BUDGET", 0)
     assert set(_check(db, QUERIES[:2], ks=(10,))) == {0}
+
+
+@pytest.mark.parametrize("rounds_allowed", [True, False])
+def test_relative_scores_are_shares_of_the_questions_ceiling(
+    db: Database, tiered: Any, monkeypatch: pytest.MonkeyPatch, rounds_allowed: bool
+) -> None:
+    """``relative`` (what hybrid fusion asks for): each score divided by ``(k1 + 1) * sum(idf)`` of the question's
+    known words, the same ranking, every share below 1, from the tiered path and the exhaustive one alike
+    (``bm25_rank`` tells its ceiling); a word no row holds is not part of the ceiling."""
+    if not rounds_allowed:
+        monkeypatch.setattr(bm25_tiers, "MAX_ROUNDS", 0)
+        monkeypatch.setattr(bm25_tiers, "RARE_BUDGET", 0)
+    with db.connection() as conn:
+        n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = %s", (CHUNKS_SPACE,)).fetchone()[0]
+        for query in [*QUERIES[:5], QUERIES[0] + " zzyzxunknownword"]:
+            dfs = conn.execute(
+                """SELECT df FROM bm25_terms WHERE space = %s
+                   AND lexeme = ANY (tsvector_to_array(to_tsvector('english', %s)))""",
+                (CHUNKS_SPACE, query),
+            ).fetchall()
+            ceiling = bm25_ceiling([idf(n, df) for (df,) in dfs])
+            raw = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, query, 10)
+            shares = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, query, 10, relative=True)
+            told: list[float] = []
+            exhaustive = bm25_rank(
+                conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, query, 10, ceiling=told
+            )
+            assert told == pytest.approx([ceiling], rel=1e-12)
+            assert raw and [k for k, _ in shares] == [k for k, _ in raw] == [k for k, _ in exhaustive]
+            assert [s for _, s in shares] == pytest.approx([s / ceiling for _, s in raw], rel=1e-9)
+            assert [s for _, s in exhaustive] == pytest.approx([s for _, s in raw], rel=1e-9)
+            assert all(0 < s < 1 for _, s in shares)
 
 
 def test_tier_keys_never_change_what_is_scored(db: Database, tiered: Any) -> None:

@@ -381,9 +381,11 @@ def test_wide_vectors_index_as_halfvec(db: Database) -> None:
 
 def test_hybrid_search_fuses_per_document_by_default(db: Database) -> None:
     """The search path gives each document's best chunk its document's best evidence from each side
-    (``rag.document_fusion``), exactly :func:`fuse_by_document` over the two sides' candidate lists; with
-    it off, plain chunk-by-chunk fusion."""
+    (``rag.document_fusion``), exactly :func:`fuse_by_document` over the two sides' candidate lists (the
+    keyword side as shares of the query's BM25 ceiling); with it off, plain chunk-by-chunk fusion; with
+    ``minmax``, the same over min-max normalised scores."""
     from context_assistant.retrieval.fusion import fuse, fuse_by_document
+    from context_assistant.storage.bm25 import bm25_ceiling, idf
 
     chunks = [
         *document("trial.md", "alendronate weekly dosing trial", "bone fractures fell in women"),
@@ -396,14 +398,73 @@ def test_hybrid_search_fuses_per_document_by_default(db: Database) -> None:
     query = "alendronate bone fractures"
     vector = [(h.chunk_id, h.score) for h in index.search(query, top_k=50, mode="vector")]
     keyword = [(h.chunk_id, h.score) for h in index.search(query, top_k=50, mode="keyword")]
+    with db.connection() as conn:
+        n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = 'chunks'").fetchone()[0]
+        dfs = conn.execute(
+            """SELECT df FROM bm25_terms WHERE space = 'chunks'
+               AND lexeme = ANY (tsvector_to_array(to_tsvector('english', %s)))""",
+            (query,),
+        ).fetchall()
+    ceiling = bm25_ceiling([idf(n, df) for (df,) in dfs])
+    shares = [(k, s / ceiling) for k, s in keyword]
+    assert 0 < shares[0][1] < 1
     path = {c.chunk_id: c.path for c in chunks}
-    expected = fuse_by_document(vector, keyword, path.__getitem__)
+    expected = fuse_by_document(vector, shares, path.__getitem__)
     got = [(h.chunk_id, h.score) for h in index.search(query, top_k=4, mode="hybrid")]
     assert [k for k, _ in got] == [k for k, _ in expected][:4]
     assert [s for _, s in got] == pytest.approx([s for _, s in expected][:4])
+    index.fusion = "minmax"
+    got = [(h.chunk_id, h.score) for h in index.search(query, top_k=4, mode="hybrid")]
+    normalised = fuse_by_document(vector, keyword, path.__getitem__, "minmax")[:4]
+    assert [k for k, _ in got] == [k for k, _ in normalised]
+    assert [s for _, s in got] == pytest.approx([s for _, s in normalised])
+    index.fusion = "convex"
     index.document_fusion = False
     plain = [h.chunk_id for h in index.search(query, top_k=4, mode="hybrid")]
-    assert plain == [k for k, _ in fuse(vector, keyword)][:4]
+    assert plain == [k for k, _ in fuse(vector, shares)][:4]
+
+
+def test_convex_hybrid_gives_keyword_only_candidates_their_own_similarity(db: Database) -> None:
+    """A chunk the keyword side found and the vector side did not (here: below the relevance floor) enters the
+    convex fusion with its own cosine similarity, read with its row in one statement, not an estimate."""
+    from context_assistant.retrieval.fusion import fuse_by_document
+    from context_assistant.retrieval.relevance import RelevanceFloor
+
+    chunks = [
+        *document("trial.md", "alendronate weekly dosing trial", "bone fractures fell in women"),
+        *document("review.md", "a review of alendronate and bone density"),
+        *document("other.md", "pager rotation on mondays and bone"),
+    ]
+    index = PgVectorChunkIndex(db, HashingEmbedder())
+    index.refresh(InMemoryChunkSource(chunks))
+    query = "alendronate bone fractures"
+    every = [(h.chunk_id, h.score) for h in index.search(query, top_k=50, mode="vector")]
+    assert len(every) == len(chunks)
+    floor = sorted(s for _, s in every)[len(every) // 2]  # half the chunks fall below it
+    keyword = index.search(query, top_k=50, mode="keyword")
+    index.floor = RelevanceFloor(floor, 0.25)
+    above = [(k, s) for k, s in every if s >= floor]
+    keyword_only = [h.chunk_id for h in keyword if h.chunk_id not in dict(above)]
+    assert keyword_only, "the example needs a keyword hit below the floor"
+    with db.connection() as conn:
+        n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = 'chunks'").fetchone()[0]
+        dfs = conn.execute(
+            """SELECT df FROM bm25_terms WHERE space = 'chunks'
+               AND lexeme = ANY (tsvector_to_array(to_tsvector('english', %s)))""",
+            (query,),
+        ).fetchall()
+    from context_assistant.storage.bm25 import bm25_ceiling, idf
+
+    shares = [(h.chunk_id, h.score / bm25_ceiling([idf(n, df) for (df,) in dfs])) for h in keyword]
+    completed = sorted([*above, *((k, s) for k, s in every if k in keyword_only)], key=lambda item: -item[1])
+    path = {c.chunk_id: c.path for c in chunks}
+    expected = fuse_by_document(completed, shares, path.__getitem__, depth=50)
+    got = index.search(query, top_k=len(chunks), mode="hybrid")
+    assert [h.chunk_id for h in got] == [k for k, _ in expected]
+    assert [h.score for h in got] == pytest.approx([s for _, s in expected])
+    assert {h.chunk_id: h.text for h in got} == {
+        c.chunk_id: c.text for c in chunks if c.chunk_id in dict(expected)
+    }
 
 
 @pytest.mark.parametrize("dimension", [3, 384, 2500])

@@ -15,6 +15,7 @@ from context_assistant.retrieval.base import RetrievalError
 from context_assistant.retrieval.embeddings import MINILM, LocalEmbedder
 from context_assistant.retrieval.recall import TURNS_TABLE, TurnRecall
 from context_assistant.retrieval.relevance import KEYWORD_COVERAGE, NO_FLOOR, RelevanceFloor, relevance_floor
+from context_assistant.storage.bm25 import bm25_ceiling, idf
 from context_assistant.storage.memory import ConversationStore
 from retrieval_support import CountingEmbedder, HashingEmbedder, PoisonEmbedder, bm25_stats_consistent, minilm  # noqa: F401
 
@@ -247,6 +248,39 @@ def test_one_common_word_shared_with_a_longer_question_is_not_a_hybrid_match(see
     assert recall.recall("ana", "raw", mode="hybrid")[0].session_id == "ana-2"
     assert recall.recall("ana", "retention of raw events", mode="hybrid")[0].session_id == "ana-2"
     assert TurnRecall(seeded.db, HashingEmbedder(), min_similarity="off").recall("ana", unrelated, mode="hybrid")
+
+
+def test_hybrid_recall_fuses_cosine_with_bm25s_share_and_reads_keyword_only_turns_own_similarity(
+    seeded: ConversationStore,
+) -> None:
+    """``convex`` hybrid recall: ``w * cosine + (1 - w) * BM25 / ceiling``, where a turn found only by keyword
+    (here every turn: the floor keeps all out of the vector side) takes its own cosine similarity from the turn
+    index, not an estimate; the evidence a turn shows stays each side's own finding (``similarity`` absent,
+    ``keyword`` the BM25 score). ``minmax`` (``memory.recall_fusion``'s default) gives its normalised scores."""
+    query = "rotate warehouse credentials secrets scope"
+    plain = TurnRecall(seeded.db, HashingEmbedder(), top_k=10, min_similarity="off")
+    plain.index_pending()
+    cosine = {t.message_id: t.similarity for t in plain.recall("ana", query, mode="vector")}
+    keyword = {t.message_id: t.keyword for t in plain.recall("ana", query, mode="keyword")}
+    with seeded.db.connection() as conn:
+        n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = 'turns'").fetchone()[0]
+        dfs = conn.execute(
+            """SELECT coalesce(t.df, 0) FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS q(lexeme)
+               LEFT JOIN bm25_terms t ON t.space = 'turns' AND t.lexeme = q.lexeme""",
+            (query,),
+        ).fetchall()
+    ceiling = bm25_ceiling([idf(n, df) for (df,) in dfs])
+    recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=10, min_similarity="0.99", fusion="convex")
+    turns = recall.recall("ana", query, mode="hybrid")
+    assert turns and {t.message_id for t in turns} == set(keyword)
+    for turn in turns:
+        assert turn.similarity is None and turn.keyword == pytest.approx(keyword[turn.message_id])
+        share = keyword[turn.message_id] / ceiling
+        assert 0 < share < 1
+        assert turn.score == pytest.approx(0.5 * cosine[turn.message_id] + 0.5 * share)
+    assert all(t.session_id.startswith("ana-") for t in turns)
+    minmax = TurnRecall(seeded.db, HashingEmbedder(), top_k=10, min_similarity="0.99")
+    assert {t.message_id: t.score for t in minmax.recall("ana", query, mode="hybrid")}[turns[0].message_id] == 0.5
 
 
 def test_the_similarity_floor_is_the_models_or_the_configured_one() -> None:

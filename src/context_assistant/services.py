@@ -190,7 +190,7 @@ class Services:
             self.embedder,
             top_k=self.config.memory.recall_top_k,
             search_mode=self.config.rag.search_mode,
-            fusion=self.config.rag.fusion,
+            fusion=self.config.memory.recall_fusion,
             hybrid_weight=self.config.memory.recall_hybrid_weight,
             min_similarity=self.config.memory.recall_min_similarity,
         )

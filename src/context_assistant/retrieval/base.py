@@ -20,7 +20,8 @@ A backend (``retrieval.pgvector.PgVectorChunkIndex``, ``retrieval.vector_search.
 Memory recall is a :class:`Recaller` returning :class:`RecalledTurn` s.
 
 ``Hit.score`` is "higher is better" and comparable only within one result list: cosine similarity in
-``vector`` mode, the BM25 score in ``keyword`` mode, the reciprocal-rank-fusion score in ``hybrid`` mode.
+``vector`` mode, the BM25 score in ``keyword`` mode, the fused score in ``hybrid`` mode (``rag.fusion``: with
+``convex`` a weighted mean of the cosine similarity and BM25's share of its ceiling; see :mod:`.fusion`).
 """
 
 from __future__ import annotations

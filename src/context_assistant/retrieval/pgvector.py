@@ -14,8 +14,9 @@ shared with memory recall):
 
 Keyword search is real BM25 in plain SQL (runs on Lakebase, no extension needed), exact top-k scoring only the
 rows that can reach it (:mod:`context_assistant.storage.bm25_tiers`). Hybrid search fuses the vector and BM25
-rankings (``rag.fusion``, :mod:`.fusion`): a convex combination of min-max normalised scores by default (per
-document: ``rag.document_fusion``), or RRF (k=60).
+rankings (``rag.fusion``, :mod:`.fusion`): by default a convex combination of the cosine similarity and BM25's
+share of its query's ceiling (per document: ``rag.document_fusion``), or of min-max normalised scores, or RRF
+(k=60).
 
 ANN index (``rag.index_type``): ``hnsw`` (default) is built after the first sync and maintained on every
 insert; ``ef_search`` is ``max(rag.hnsw_ef_search, candidates)`` per query (``SET LOCAL``). ``ivfflat`` is
@@ -451,6 +452,7 @@ class PgVectorChunkIndex:
                     query,
                     pool,
                     min_coverage=self.floor.keyword_share(qvec is not None, vector_ranked),
+                    relative=mode == "hybrid",  # fusion puts them beside cosine similarities
                 )
             if mode == "vector":
                 ranked = vector_ranked
@@ -458,7 +460,12 @@ class PgVectorChunkIndex:
                 ranked = keyword_ranked
             else:  # per document (rag.document_fusion): the keyword hits' paths are read in this transaction
                 by_document = rows if self.document_fusion else None
-                ranked = fuse_chunks(conn, CHUNKS_TABLE, vector_ranked, keyword_ranked, by_document, self)
+                own = None  # convex: the keyword-only candidates' own similarity, read with their paths
+                if qvec is not None:
+                    own = (f"{vector_expression(info.dimension)[0]} <=> {query_vector_sql(info.dimension)}", qvec)
+                ranked = fuse_chunks(
+                    conn, CHUNKS_TABLE, vector_ranked, keyword_ranked, by_document, self, pool, own
+                )
             ranked = ranked[:top_k]
             missing = [k for k, _ in ranked if k not in rows]  # keyword hits; vector hits came with their rows
             if missing:

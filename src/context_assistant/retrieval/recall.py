@@ -112,7 +112,7 @@ class TurnRecall:
         top_k: int = 3,
         search_mode: str = "hybrid",
         batch_size: int = DEFAULT_BATCH_SIZE,
-        fusion: str = "convex",
+        fusion: str = "minmax",  # memory.recall_fusion
         hybrid_weight: float = 0.5,
         min_similarity: str = "off",  # the config's memory.recall_min_similarity is "auto"
     ) -> None:
@@ -371,6 +371,7 @@ class TurnRecall:
             scores: dict[int, float] = {}
             vector_scores: dict[int, float] = {}
             keyword_scores: dict[int, float] = {}
+            ceiling: list[float] = []  # the question's BM25 ceiling (hybrid fusion)
             vector_searched = False
             if (
                 qvec is not None
@@ -403,17 +404,23 @@ class TurnRecall:
                     weights=turn_context.BM25_WEIGHTS,
                     unknown_terms=True,
                     min_coverage=self.floor.keyword_share(vector_searched, vector_ranked),
+                    ceiling=ceiling,
                 ):
                     keyword_ranked.append(message_id)
                     keyword_scores[message_id] = float(score)
                 if mode == "keyword":
                     scores.update(keyword_scores)
             if mode == "hybrid":
+                per_ceiling = 1 / ceiling[0] if ceiling else 1.0  # BM25 beside cosine: a share of its ceiling
+                vector_side = [(m, vector_scores[m]) for m in vector_ranked]
+                if vector_searched and info is not None and self.fusion == "convex":
+                    vector_side = self._with_own_similarity(conn, info, params, vector_side, keyword_ranked)
                 ranked = fuse(
-                    [(m, vector_scores[m]) for m in vector_ranked],
-                    [(m, keyword_scores[m]) for m in keyword_ranked],
+                    vector_side,
+                    [(m, keyword_scores[m] * per_ceiling) for m in keyword_ranked],
                     self.fusion,
                     self.hybrid_weight,
+                    pool,
                 )
             else:
                 ranked = [(m, scores[m]) for m in (vector_ranked if mode == "vector" else keyword_ranked)]
@@ -440,6 +447,28 @@ class TurnRecall:
             for m, score in ranked
             if m in rows
         ]
+
+    @staticmethod
+    def _with_own_similarity(
+        conn: psycopg.Connection,
+        info: SpaceInfo,
+        params: dict[str, Any],
+        vector: list[tuple[int, float]],
+        keyword: list[int],
+    ) -> list[tuple[int, float]]:
+        """The vector candidates and the keyword-only turns that are indexed, with their own cosine similarity
+        (one statement by key), best first: convex fusion then estimates nothing for them (as
+        :func:`.fusion.fuse_chunks` does for chunks; a turn not embedded yet keeps the estimate)."""
+        listed = {m for m, _ in vector}
+        others = [m for m in keyword if m not in listed]
+        if not others:
+            return vector
+        found = conn.execute(
+            f"""SELECT message_id, embedding <=> %(qvec)s::vector({info.dimension})
+                FROM {TURNS_TABLE} WHERE message_id = ANY(%(others)s) AND user_id = %(user)s""",
+            {"qvec": params["qvec"], "others": others, "user": params["user"]},
+        ).fetchall()
+        return sorted([*vector, *((m, 1.0 - float(d)) for m, d in found)], key=lambda item: -item[1])
 
     def _read_space(self, conn: psycopg.Connection) -> SpaceInfo | None:
         """The turn space, read once per process while it matches the model (it is on every turn's path)."""

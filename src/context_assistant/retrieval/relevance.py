@@ -1,12 +1,12 @@
 """The relevance floor shared by document search and memory recall (``rag.min_similarity``,
 ``memory.recall_min_similarity``).
 
-The vector side always has a nearest neighbour, and hybrid fusion normalises each side's scores, so without a
+The vector side always has a nearest neighbour, and hybrid fusion ranks whatever candidates it gets, so without a
 floor the closest passages and turns reach every prompt, even for a question unrelated to anything stored. A
 candidate whose cosine similarity to the question is below the floor is not a vector candidate (vector and
 hybrid modes). When no candidate is close in meaning, hybrid mode also asks a keyword match to cover at least
-:data:`KEYWORD_COVERAGE` of the question's BM25 weight: normalised for fusion, one common word shared with a
-longer question would otherwise score like a match. When the vector side does find candidates, the keyword side
+:data:`KEYWORD_COVERAGE` of the question's BM25 weight: alone in the fusion, one common word shared with a
+longer question would otherwise come first. When the vector side does find candidates, the keyword side
 is fused as it is (measured: applied always, the share cost SciFact's hybrid nDCG@10 0.0037, while the
 similarity floor alone moved it by 0.0003). Keyword mode ranks every BM25 match, as asked (sharing a word is
 its own floor), and so does hybrid when the question could not be embedded. ``auto`` takes the similarity floor measured for a known embedding

@@ -44,6 +44,7 @@ def bm25_rank(
     weights: Mapping[str, float] | None = None,
     unknown_terms: bool = False,
     min_coverage: float = 0.0,
+    ceiling: list[float] | None = None,
 ) -> list[tuple[Any, float]]:
     """The top ``limit`` rows of ``table`` (alias ``c``, filtered by ``where`` with ``params``) by BM25 for
     ``query``: ``(key, score)`` best first, exactly as if every matching row were scored.
@@ -69,6 +70,9 @@ def bm25_rank(
     ``min_coverage`` drops rows scoring below that share of the query's weight (the sum of its lexemes' idf:
     what a row of average length containing each lexeme once scores), so a row that shares only a common
     word with a longer question is not a match (the idea of Lucene's ``minimum_should_match``, by idf).
+
+    ``ceiling`` (a list) gets the query's :func:`bm25_ceiling` appended when any of its words is known: a
+    score divided by it is what hybrid fusion puts beside a cosine similarity.
     """
     stats = conn.execute("SELECT doc_count, total_length FROM bm25_stats WHERE space = %s", (space,)).fetchone()
     if not stats or not stats[0]:
@@ -106,6 +110,8 @@ def bm25_rank(
     if weights:
         scoring.update({f"w_{k}": float(weights.get(k, 1.0)) for k in "ABCD"})
     sql_text = score_sql(table, key, where, "c.tsv @@ %(candidates)s::tsquery", weighted=bool(weights))
+    if ceiling is not None:
+        ceiling.append(bm25_ceiling(idfs))
     if essential < len(terms):
         bound = (BM25_K1 + 1) * sum(idfs[essential:])
         rows = conn.execute(sql_text, {**scoring, "candidates": tsquery_or(lexemes[:essential])}).fetchall()
@@ -154,6 +160,13 @@ def score_sql(table: str, key: str, where: str, match: str, weighted: bool = Fal
 def idf(n: float, df: int) -> float:
     """Lucene's BM25 idf."""
     return math.log(1 + (n - df + 0.5) / (df + 0.5))
+
+
+def bm25_ceiling(idfs: Sequence[float]) -> float:
+    """A query's BM25 ceiling: ``(k1 + 1) * sum(idf)`` over its lexemes, which no row reaches (a term's part
+    ``tf * (k1 + 1) / (tf + k1 * norm)`` stays below ``k1 + 1`` at any frequency and length). Scores divided
+    by it are shares of the best possible match, comparable across queries and with cosine similarity."""
+    return max((BM25_K1 + 1) * sum(idfs), 1e-9)
 
 
 DOC_LEN_SQL = "(SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest({tsv}) u)::int"

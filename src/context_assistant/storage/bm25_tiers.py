@@ -33,7 +33,17 @@ import psycopg
 from psycopg import sql
 
 from ..core.console import Progress, quiet
-from .bm25 import BM25_B, BM25_K1, DOC_LEN_SQL, TEXT_SEARCH_CONFIG, bm25_rank, idf, score_sql, tsquery_or
+from .bm25 import (
+    BM25_B,
+    BM25_K1,
+    DOC_LEN_SQL,
+    TEXT_SEARCH_CONFIG,
+    bm25_ceiling,
+    bm25_rank,
+    idf,
+    score_sql,
+    tsquery_or,
+)
 
 # Lower edges of tiers 1..5 of the term-frequency part (in [0, k1 + 1)); tier 0 is below the first edge. With
 # k1 0.9 / b 0.4 a single occurrence in a row of average length scores 1.0: the edges split tf=1 postings by
@@ -263,6 +273,7 @@ def bm25_top(
     limit: int,
     rounds: list[int] | None = None,
     min_coverage: float = 0.0,
+    relative: bool = False,
 ) -> list[tuple[Any, float]]:
     """:func:`~context_assistant.storage.bm25.bm25_rank`'s answer (same scores, same order) for a space whose
     rows carry tier keys, scoring only rows that can reach the top ``limit``. Falls back to the exhaustive
@@ -271,18 +282,20 @@ def bm25_top(
 
     ``min_coverage`` drops rows scoring below that share of the question's weight: the idf of each of its
     lexemes, a lexeme no row holds counting as the rarest (bm25_rank's ``min_coverage``, where unknown words
-    are left out of the weight unless ``unknown_terms``)."""
+    are left out of the weight unless ``unknown_terms``). ``relative``: scores as shares of the query's
+    :func:`~context_assistant.storage.bm25.bm25_ceiling` (bm25_rank's ``relative``)."""
     rows = conn.execute(_TERMS_SQL, {"q": query, "space": space}).fetchall()
     if not rows:
         return []
     n, a0 = float(rows[0][0]), rows[0][2]
+    known = {lexeme: df for *_, lexeme, df in rows if " " not in lexeme}  # tier keys hold a space
     floor = 0.0
     if min_coverage > 0:
-        known = {lexeme: df for *_, lexeme, df in rows if " " not in lexeme}  # tier keys hold a space
         floor = min_coverage * (sum(idf(n, df) for df in known.values()) + idf(n, 0) * (rows[0][3] - len(known)))
+    scale = 1 / bm25_ceiling([idf(n, df) for df in known.values()]) if relative else 1.0
 
     def kept(ranked: list[tuple[Any, float]]) -> list[tuple[Any, float]]:
-        return [(k, v) for k, v in ranked if v >= floor] if floor else ranked
+        return [(k, v * scale) for k, v in ranked if v >= floor]
 
     if not n or a0 is None:
         _note(rounds, 0)
