@@ -110,6 +110,22 @@ def document(path: str, *texts: str, heading: str = "") -> list[SourceChunk]:
     return [chunk(path, i, text, heading) for i, text in enumerate(texts)]
 
 
+def query_ceiling(conn: Any, space: str, query: str, unknown_terms: bool = False) -> float:
+    """The question's BM25 ceiling, ``(k1 + 1) * sum(idf)`` over its lexemes, recomputed here from the space's
+    statistics: the lexemes the space knows, or (``unknown_terms``, as recall scores) every lexeme, an unknown
+    one at df 0. What hybrid fusion divides BM25 scores by."""
+    from context_assistant.storage.bm25 import bm25_ceiling, idf
+
+    n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = %s", (space,)).fetchone()[0]
+    join = "LEFT JOIN" if unknown_terms else "JOIN"
+    dfs = conn.execute(
+        f"""SELECT coalesce(t.df, 0) FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS q(lexeme)
+            {join} bm25_terms t ON t.space = %s AND t.lexeme = q.lexeme""",
+        (query, space),
+    ).fetchall()
+    return bm25_ceiling([idf(n, df) for (df,) in dfs])
+
+
 def bm25_stats_consistent(db: Any, space: str, table: str) -> None:
     """Assert the trigger-maintained BM25 statistics equal a recount from the table."""
     with db.connection() as conn:

@@ -13,10 +13,10 @@ import pytest
 from context_assistant.retrieval.pgvector import CHUNKS_SPACE, CHUNKS_TABLE, PgVectorChunkIndex
 from context_assistant.retrieval.sync import InMemoryChunkSource, SourceChunk
 from context_assistant.storage import bm25_tiers
-from context_assistant.storage.bm25 import BM25_B, BM25_K1, bm25_ceiling, bm25_rank, idf
+from context_assistant.storage.bm25 import BM25_B, BM25_K1, bm25_rank
 from context_assistant.storage.bm25_tiers import TIER_EDGES, TOP, _w_bound, bm25_top, reference_avgdl
 from context_assistant.storage.db import Database
-from retrieval_support import HashingEmbedder, bm25_stats_consistent, chunk
+from retrieval_support import HashingEmbedder, bm25_stats_consistent, chunk, query_ceiling
 
 WORDS = [f"w{i:03d}x" for i in range(400)]  # stemmer-stable pseudo-words; w000x is the most frequent
 
@@ -173,14 +173,8 @@ def test_relative_scores_are_shares_of_the_questions_ceiling(
         monkeypatch.setattr(bm25_tiers, "MAX_ROUNDS", 0)
         monkeypatch.setattr(bm25_tiers, "RARE_BUDGET", 0)
     with db.connection() as conn:
-        n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = %s", (CHUNKS_SPACE,)).fetchone()[0]
         for query in [*QUERIES[:5], QUERIES[0] + " zzyzxunknownword"]:
-            dfs = conn.execute(
-                """SELECT df FROM bm25_terms WHERE space = %s
-                   AND lexeme = ANY (tsvector_to_array(to_tsvector('english', %s)))""",
-                (CHUNKS_SPACE, query),
-            ).fetchall()
-            ceiling = bm25_ceiling([idf(n, df) for (df,) in dfs])
+            ceiling = query_ceiling(conn, CHUNKS_SPACE, query)
             raw = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, query, 10)
             shares = bm25_top(conn, CHUNKS_SPACE, CHUNKS_TABLE, "chunk_id", "TRUE", {}, query, 10, relative=True)
             told: list[float] = []

@@ -24,7 +24,7 @@ from context_assistant.storage.vector_spaces import (
     query_vector_sql,
     vector_literal,
 )
-from retrieval_support import HashingEmbedder, bm25_stats_consistent, document, minilm  # noqa: F401
+from retrieval_support import HashingEmbedder, bm25_stats_consistent, document, minilm, query_ceiling  # noqa: F401
 
 CORPUS = [
     *document(
@@ -385,7 +385,6 @@ def test_hybrid_search_fuses_per_document_by_default(db: Database) -> None:
     keyword side as shares of the query's BM25 ceiling); with it off, plain chunk-by-chunk fusion; with
     ``minmax``, the same over min-max normalised scores."""
     from context_assistant.retrieval.fusion import fuse, fuse_by_document
-    from context_assistant.storage.bm25 import bm25_ceiling, idf
 
     chunks = [
         *document("trial.md", "alendronate weekly dosing trial", "bone fractures fell in women"),
@@ -399,13 +398,7 @@ def test_hybrid_search_fuses_per_document_by_default(db: Database) -> None:
     vector = [(h.chunk_id, h.score) for h in index.search(query, top_k=50, mode="vector")]
     keyword = [(h.chunk_id, h.score) for h in index.search(query, top_k=50, mode="keyword")]
     with db.connection() as conn:
-        n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = 'chunks'").fetchone()[0]
-        dfs = conn.execute(
-            """SELECT df FROM bm25_terms WHERE space = 'chunks'
-               AND lexeme = ANY (tsvector_to_array(to_tsvector('english', %s)))""",
-            (query,),
-        ).fetchall()
-    ceiling = bm25_ceiling([idf(n, df) for (df,) in dfs])
+        ceiling = query_ceiling(conn, "chunks", query)
     shares = [(k, s / ceiling) for k, s in keyword]
     assert 0 < shares[0][1] < 1
     path = {c.chunk_id: c.path for c in chunks}
@@ -447,15 +440,8 @@ def test_convex_hybrid_gives_keyword_only_candidates_their_own_similarity(db: Da
     keyword_only = [h.chunk_id for h in keyword if h.chunk_id not in dict(above)]
     assert keyword_only, "the example needs a keyword hit below the floor"
     with db.connection() as conn:
-        n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = 'chunks'").fetchone()[0]
-        dfs = conn.execute(
-            """SELECT df FROM bm25_terms WHERE space = 'chunks'
-               AND lexeme = ANY (tsvector_to_array(to_tsvector('english', %s)))""",
-            (query,),
-        ).fetchall()
-    from context_assistant.storage.bm25 import bm25_ceiling, idf
-
-    shares = [(h.chunk_id, h.score / bm25_ceiling([idf(n, df) for (df,) in dfs])) for h in keyword]
+        ceiling = query_ceiling(conn, "chunks", query)
+    shares = [(h.chunk_id, h.score / ceiling) for h in keyword]
     completed = sorted([*above, *((k, s) for k, s in every if k in keyword_only)], key=lambda item: -item[1])
     path = {c.chunk_id: c.path for c in chunks}
     expected = fuse_by_document(completed, shares, path.__getitem__, depth=50)

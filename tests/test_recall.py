@@ -15,9 +15,15 @@ from context_assistant.retrieval.base import RetrievalError
 from context_assistant.retrieval.embeddings import MINILM, LocalEmbedder
 from context_assistant.retrieval.recall import TURNS_TABLE, TurnRecall
 from context_assistant.retrieval.relevance import KEYWORD_COVERAGE, NO_FLOOR, RelevanceFloor, relevance_floor
-from context_assistant.storage.bm25 import bm25_ceiling, idf
 from context_assistant.storage.memory import ConversationStore
-from retrieval_support import CountingEmbedder, HashingEmbedder, PoisonEmbedder, bm25_stats_consistent, minilm  # noqa: F401
+from retrieval_support import (
+    CountingEmbedder,
+    HashingEmbedder,
+    PoisonEmbedder,
+    bm25_stats_consistent,
+    minilm,  # noqa: F401  (the fixture)
+    query_ceiling,
+)
 
 
 def _conversation(store: ConversationStore, user: str, session: str, *turns: str) -> list[Any]:
@@ -263,13 +269,7 @@ def test_hybrid_recall_fuses_cosine_with_bm25s_share_and_reads_keyword_only_turn
     cosine = {t.message_id: t.similarity for t in plain.recall("ana", query, mode="vector")}
     keyword = {t.message_id: t.keyword for t in plain.recall("ana", query, mode="keyword")}
     with seeded.db.connection() as conn:
-        n = conn.execute("SELECT doc_count FROM bm25_stats WHERE space = 'turns'").fetchone()[0]
-        dfs = conn.execute(
-            """SELECT coalesce(t.df, 0) FROM unnest(tsvector_to_array(to_tsvector('english', %s))) AS q(lexeme)
-               LEFT JOIN bm25_terms t ON t.space = 'turns' AND t.lexeme = q.lexeme""",
-            (query,),
-        ).fetchall()
-    ceiling = bm25_ceiling([idf(n, df) for (df,) in dfs])
+        ceiling = query_ceiling(conn, "turns", query, unknown_terms=True)
     recall = TurnRecall(seeded.db, HashingEmbedder(), top_k=10, min_similarity="0.99", fusion="convex")
     turns = recall.recall("ana", query, mode="hybrid")
     assert turns and {t.message_id for t in turns} == set(keyword)

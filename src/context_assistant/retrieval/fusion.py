@@ -37,7 +37,7 @@ Score fusions only (``rrf`` is left as it is).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from psycopg import sql
@@ -162,6 +162,20 @@ def fuse_by_document(
     return sorted(scored, key=lambda item: (-item[1], first[item[0]]))
 
 
+def keyword_only(vector: Sequence[tuple[K, float]], keyword: Iterable[K]) -> list[K]:
+    """The keyword candidates the vector list lacks (in keyword order): whose own similarity convex fusion reads."""
+    listed = {key for key, _ in vector}
+    return [key for key in keyword if key not in listed]
+
+
+def with_own_similarity(
+    vector: Sequence[tuple[K, float]], distances: Iterable[tuple[K, float]]
+) -> list[tuple[K, float]]:
+    """The vector list completed with more keys' own cosine distances (as similarities), best first."""
+    completed = [*vector, *((key, 1.0 - float(distance)) for key, distance in distances)]
+    return sorted(completed, key=lambda item: -item[1])
+
+
 def fuse_chunks(
     conn: Any,
     table: str,
@@ -187,16 +201,15 @@ def fuse_chunks(
     method, weight = settings.fusion, settings.hybrid_weight
     paths = {chunk_id: str(row[1]) for chunk_id, row in rows.items()} if rows is not None else {}
     if method == "convex" and own_similarity is not None:
-        listed = {chunk_id for chunk_id, _ in vector}  # (rows may hold more: vector hits below the floor)
-        others = [chunk_id for chunk_id, _ in keyword if chunk_id not in listed]
+        # Missing from the vector list (not from `rows`, which also holds the vector hits below the floor).
+        others = keyword_only(vector, (chunk_id for chunk_id, _ in keyword))
         distance, qvec = own_similarity
         query = sql.SQL("SELECT chunk_id, path, {} FROM {} WHERE chunk_id = ANY(%(others)s)").format(
             sql.SQL(distance), sql.Identifier(table)
         )
         found = conn.execute(query, {"qvec": QueryVector(qvec), "others": others}).fetchall() if others else []
         paths.update((chunk_id, str(path)) for chunk_id, path, _ in found)
-        completed = [*vector, *((chunk_id, 1.0 - float(d)) for chunk_id, _, d in found)]
-        vector = sorted(completed, key=lambda item: -item[1])
+        vector = with_own_similarity(vector, ((chunk_id, d) for chunk_id, _, d in found))
     if rows is None:
         return fuse(vector, keyword, method, weight, depth)
     missing = [chunk_id for chunk_id, _ in keyword if chunk_id not in paths]

@@ -461,7 +461,7 @@ class PgVectorChunkIndex:
             else:  # per document (rag.document_fusion): the keyword hits' paths are read in this transaction
                 by_document = rows if self.document_fusion else None
                 own = None  # convex: the keyword-only candidates' own similarity, read with their paths
-                if qvec is not None:
+                if qvec is not None and self.fusion == "convex":
                     own = (f"{vector_expression(info.dimension)[0]} <=> {query_vector_sql(info.dimension)}", qvec)
                 ranked = fuse_chunks(
                     conn, CHUNKS_TABLE, vector_ranked, keyword_ranked, by_document, self, pool, own

@@ -40,7 +40,7 @@ from ..storage.vector_spaces import QueryVector, SpaceInfo, read_space, reset_sp
 from . import turn_context
 from .base import RecalledTurn, RetrievalError, RetrievalFailed, candidate_count, check_mode, check_query
 from .embeddings import Embedder, EmbeddingError, checked_dimension, validate_vectors
-from .fusion import fuse
+from .fusion import fuse, keyword_only, with_own_similarity
 from .relevance import relevance_floor
 
 log = logging.getLogger(__name__)
@@ -459,8 +459,7 @@ class TurnRecall:
         """The vector candidates and the keyword-only turns that are indexed, with their own cosine similarity
         (one statement by key), best first: convex fusion then estimates nothing for them (as
         :func:`.fusion.fuse_chunks` does for chunks; a turn not embedded yet keeps the estimate)."""
-        listed = {m for m, _ in vector}
-        others = [m for m in keyword if m not in listed]
+        others = keyword_only(vector, keyword)
         if not others:
             return vector
         found = conn.execute(
@@ -468,7 +467,7 @@ class TurnRecall:
                 FROM {TURNS_TABLE} WHERE message_id = ANY(%(others)s) AND user_id = %(user)s""",
             {"qvec": params["qvec"], "others": others, "user": params["user"]},
         ).fetchall()
-        return sorted([*vector, *((m, 1.0 - float(d)) for m, d in found)], key=lambda item: -item[1])
+        return with_own_similarity(vector, found)
 
     def _read_space(self, conn: psycopg.Connection) -> SpaceInfo | None:
         """The turn space, read once per process while it matches the model (it is on every turn's path)."""
