@@ -98,6 +98,8 @@ def test_libpq_and_lakebase_env_vars_map_onto_database_keys() -> None:
         ("rag:\n  enabled: maybe\n", "rag.enabled: 'maybe' is not true or false"),
         ("rag:\n  chunk_sise: 400\n", "rag.chunk_sise: unknown key (did you mean rag.chunk_size?)"),
         ("rag:\n  index_type: flat\n", "rag.index_type: 'flat' is not one of hnsw, ivfflat"),
+        ("rag:\n  fusion: sum\n", "rag.fusion: 'sum' is not one of convex, minmax, rrf"),
+        ("memory:\n  recall_fusion: sum\n", "memory.recall_fusion: 'sum' is not one of convex, minmax, rrf"),
         (
             "rag:\n  chunk_size: 100\n  chunk_overlap: 100\n",
             "rag.chunk_overlap: 100 must be smaller than rag.chunk_size",
